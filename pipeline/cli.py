@@ -1,0 +1,42 @@
+"""Shared command-line plumbing: user errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from typing import Callable, Sequence
+
+from pipeline.errors import UserError
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter a user cannot act on."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
+    for name in ("ax", "mlflow", "botorch", "alembic", "urllib3", "timm", "matplotlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--experiment FILE`` / ``--config FILE`` and repeatable ``--set key=value``."""
+    parser.add_argument("--experiment", "--config", dest="experiment", metavar="FILE",
+                        help="experiment YAML (e.g. experiments/demo.yaml, or a resolved config.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set loss.lambda1=0.3 (repeatable)")
+
+
+def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Call ``main`` and exit; a UserError prints ``error: <message>`` and exits with code 2."""
+    quiet_libraries()
+    try:
+        code = main(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

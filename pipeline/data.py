@@ -1,0 +1,189 @@
+"""Datasets: ImageNet / any ImageFolder, the fixed ImageNet validation/test index lists, and the offline demo.
+
+Every dataset yields ``(image, label)`` with the image a float tensor ``[3, S, S]`` in [0, 1] pixel space at
+the classifier's input size ``S``; networks normalise their own inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Subset
+from torchvision.transforms import v2
+
+from pipeline.config import DataConfig
+from pipeline.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DATALISTS = Path(__file__).parent / "datalists"
+IMAGENET_VAL_SIZE = 50_000
+
+
+def train_transform(size: int) -> Callable:
+    """ImageNet-style training views: resize to size/0.875, random crop, horizontal flip."""
+    return v2.Compose([v2.ToImage(), v2.Resize(round(size / 0.875), antialias=True), v2.RandomCrop(size),
+                       v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])
+
+
+def eval_transform(size: int) -> Callable:
+    """Evaluation views: resize to size/0.875, centre crop."""
+    return v2.Compose([v2.ToImage(), v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size),
+                       v2.ToDtype(torch.float32, scale=True)])
+
+
+def read_image(path: Path) -> Image.Image:
+    """Open an image as RGB, or raise a UserError naming the file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise UserError(f"cannot read image {str(path)!r} ({error}); remove or replace the file") from None
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+class ImageFiles(Dataset):
+    """Image files with integer labels (``-1`` when unlabelled)."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], transform: Callable):
+        self.paths, self.labels, self.transform = list(paths), list(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(read_image(self.paths[index])), self.labels[index]
+
+
+def image_folder(root: Path, transform: Callable) -> ImageFiles:
+    """torchvision's ImageFolder layout (``root/<class>/<image>``, classes sorted by name)."""
+    if not root.is_dir():
+        raise UserError(f"data folder {str(root)!r} does not exist; point data.root at your images")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        found = list_images(root / name)
+        paths += found
+        labels += [label] * len(found)
+    if not paths:
+        raise UserError(
+            f"no images found under {str(root)!r}; expected {root}/<class>/<image>.jpg "
+            f"(suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    return ImageFiles(paths, labels, transform)
+
+
+def plain_images(paths: Sequence[str | Path], size: int) -> ImageFiles:
+    """The user's own image files or folders of images, unlabelled, as evaluation views."""
+    files: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            files += list_images(item)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UserError(f"image path {str(item)!r} does not exist")
+    if not files:
+        raise UserError(f"no image files in {', '.join(map(str, paths))}")
+    return ImageFiles(files, [-1] * len(files), eval_transform(size))
+
+
+def demo_photos() -> dict[str, np.ndarray]:
+    """The natural photos shipped inside scikit-image and scikit-learn (no download), as RGB uint8."""
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    left, right, _ = data.stereo_motorcycle()
+    china, flower = load_sample_images().images
+    camera = np.repeat(data.camera()[..., None], 3, axis=-1)
+    return {"chelsea": data.chelsea(), "coffee": data.coffee(), "rocket": data.rocket(),
+            "astronaut": data.astronaut(), "motorcycle_left": left, "motorcycle_right": right,
+            "camera": camera, "china": china, "flower": flower}
+
+
+class DemoViews(Dataset):
+    """Views of the bundled photos: random resized crops and flips, fixed per (seed, index).
+
+    ``random=False`` starts with one centre view of every photo, then random views of the same recipe.
+    """
+
+    def __init__(self, size: int, count: int, seed: int, random: bool = True):
+        photos = demo_photos()
+        self.names = list(photos)
+        self.photos = [torch.from_numpy(np.array(p, copy=True)).permute(2, 0, 1) for p in photos.values()]
+        self.count, self.seed, self.random, self.size = count, seed, random, size
+        self.crop = v2.Compose([v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+                                v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])
+        self.centre = eval_transform(size)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        label = index % len(self.photos)
+        photo = self.photos[label]
+        if not self.random and index < len(self.photos):
+            return self.centre(photo), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + index)
+            return self.crop(photo), label
+
+
+def imagenet_index_list(split: str) -> list[int]:
+    """The repository's fixed, disjoint 2000-image lists over ImageNet's validation split."""
+    return [int(line) for line in (DATALISTS / f"imagenet_{split}.txt").read_text().split()]
+
+
+def _limit(dataset: Dataset, limit: int | None) -> Dataset:
+    return dataset if limit is None or limit >= len(dataset) else Subset(dataset, range(limit))
+
+
+def _split_indices(count: int, seed: int) -> tuple[list[int], list[int]]:
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order[: count // 2], order[count // 2:]
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+def build_splits(config: DataConfig, size: int) -> Splits:
+    """Train/val/test datasets for ``config`` at input size ``size``."""
+    if config.dataset == "demo":
+        train = DemoViews(size, config.demo_train_views, seed=config.seed)
+        val = DemoViews(size, config.demo_eval_views, seed=config.seed + 1, random=False)
+        test = DemoViews(size, config.demo_eval_views, seed=config.seed + 2, random=False)
+    else:
+        root = Path(config.root).expanduser()
+        if not root.is_dir():
+            raise UserError(f"data.root {str(root)!r} does not exist; point it at your {config.dataset} folder")
+        train_root, val_root = root / "train", root / "val"
+        if config.dataset == "imagenet":
+            if not (train_root.is_dir() and val_root.is_dir()):
+                raise UserError(f"ImageNet layout expected: {root}/train/<wnid>/ and {root}/val/<wnid>/")
+            train = image_folder(train_root, train_transform(size))
+            evaluation = image_folder(val_root, eval_transform(size))
+            if len(evaluation) != IMAGENET_VAL_SIZE:
+                raise UserError(f"{val_root} holds {len(evaluation)} images, ImageNet's val split has 50000; "
+                                "use data.dataset=folder for other image sets")
+            val_indices, test_indices = imagenet_index_list("val"), imagenet_index_list("test")
+        elif train_root.is_dir() and val_root.is_dir():
+            train = image_folder(train_root, train_transform(size))
+            evaluation = image_folder(val_root, eval_transform(size))
+            val_indices, test_indices = _split_indices(len(evaluation), config.seed)
+        else:
+            train = image_folder(root, train_transform(size))
+            evaluation = image_folder(root, eval_transform(size))
+            val_indices, test_indices = _split_indices(len(evaluation), config.seed)
+        val, test = Subset(evaluation, val_indices), Subset(evaluation, test_indices)
+    return Splits(_limit(train, config.train_limit), _limit(val, config.val_limit), _limit(test, config.test_limit))

@@ -1,0 +1,70 @@
+"""The P-TAME attention head: per-layer branches, then a 1x1 fusion conv to one map per class.
+
+The fusion conv and bilinear upsampling are both linear, so the head fuses each branch at its own
+resolution for only the requested classes and upsamples those few maps, instead of upsampling every
+channel and computing all classes. The result equals the textbook order (upsample, concat, fuse).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Branch(nn.Module):
+    """``1x1 conv (C->C) -> BN -> + input -> ReLU`` on one feature map."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=1)
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.norm(self.conv(features)) + features)
+
+
+class AttentionHead(nn.Module):
+    """Raw (pre-activation) class maps at the resolution of the largest feature map."""
+
+    def __init__(self, channels: Sequence[int], num_classes: int = 1000):
+        super().__init__()
+        self.channels = list(channels)
+        self.num_classes = num_classes
+        self.branches = nn.ModuleList(Branch(c) for c in self.channels)
+        self.fuse = nn.Conv2d(sum(self.channels), num_classes, kernel_size=1, bias=False)
+
+    def forward(self, features: Sequence[torch.Tensor], classes: torch.Tensor | None = None,
+                per_image: bool = False) -> torch.Tensor:
+        """Maps ``[B, K, h, w]`` for ``classes`` (``[K]``, shared by the batch; all classes if None),
+        or ``[B, 1, h, w]`` with ``per_image=True`` and ``classes`` of shape ``[B]`` (one class per image)."""
+        size = max((f.shape[-2], f.shape[-1]) for f in features)
+        weight = self.fuse.weight[:, :, 0, 0]
+        if classes is not None:
+            weight = weight[classes]
+        maps = None
+        for branch, part, block in zip(self.branches, features, weight.split(self.channels, dim=-1)):
+            hidden = branch(part)
+            if per_image:
+                fused = torch.einsum("bchw,bc->bhw", hidden, block).unsqueeze(1)
+            else:
+                fused = F.conv2d(hidden, block[:, :, None, None])
+            if fused.shape[-2:] != size:
+                fused = F.interpolate(fused, size=size, mode="bilinear", align_corners=False)
+            maps = fused if maps is None else maps + fused
+        return maps
+
+
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max normalisation over the last two dims to [0, 1] (the inference activation)."""
+    flat = maps.flatten(-2)
+    low = flat.min(-1, keepdim=True).values
+    high = flat.max(-1, keepdim=True).values
+    return ((flat - low) / (high - low).clamp_min(1e-8)).view_as(maps)
+
+
+def activate(maps: torch.Tensor, training: bool) -> torch.Tensor:
+    """Sigmoid while training, per-map min-max at inference (as in the paper's code)."""
+    return torch.sigmoid(maps) if training else minmax(maps)

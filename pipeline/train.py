@@ -1,0 +1,169 @@
+"""Train one P-TAME head from a config: ``python -m pipeline.train --experiment experiments/demo.yaml``.
+
+Writes the head-only ``state_dict`` (``head.pt``, loads with ``torch.load(..., weights_only=True)``) and the
+fully resolved ``config.yaml``, which ``python -m pipeline.train --config config.yaml`` reproduces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline import cli, config as configs
+from pipeline.config import ExperimentConfig, ModelConfig
+from pipeline.data import Splits, build_splits
+from pipeline.errors import UserError
+from pipeline.models.auxiliary import FeatureExtractor, backbone_features, load_auxiliary
+from pipeline.models.classifiers import Classifier, load_classifier
+from pipeline.models.explainer import Explainer
+from pipeline.models.head import AttentionHead
+from pipeline.training.loop import StepCallback, TrainingSummary, train
+
+HEAD_FILE, CONFIG_FILE, SUMMARY_FILE = "head.pt", "config.yaml", "training.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device = {name!r} but no CUDA device is available; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+@dataclass
+class Models:
+    """The frozen networks of one model config, on their device."""
+
+    classifier: Classifier
+    auxiliary: FeatureExtractor
+    num_classes: int
+    channels: list[int]
+    device: torch.device
+
+
+def load_models(model: ModelConfig, device: torch.device) -> Models:
+    """Load the classifier and the auxiliary feature extractor, frozen, on ``device``."""
+    classifier = load_classifier(model.backbone, model.backbone_weights)
+    if model.auxiliary == "backbone":
+        auxiliary = backbone_features(classifier, model.auxiliary_layers)
+    else:
+        auxiliary = load_auxiliary(model.auxiliary, model.auxiliary_layers, model.auxiliary_weights)
+    layout = torch.channels_last
+    classifier.to(device, memory_format=layout)
+    auxiliary.to(device, memory_format=layout)
+    size = classifier.preprocessing.input_size
+    with torch.no_grad():
+        num_classes = classifier(torch.zeros(1, 3, size, size, device=device)).shape[1]
+    return Models(classifier, auxiliary, num_classes, auxiliary.channels(size), device)
+
+
+@dataclass
+class Workbench:
+    """Models and data loaded once and reused by every run that shares them (e.g. all search trials)."""
+
+    models: Models
+    splits: Splits
+    config: ExperimentConfig
+
+    def serves(self, config: ExperimentConfig) -> bool:
+        """True when ``config`` needs exactly these models and data."""
+        return (config.model, config.data, config.train.device) == (
+            self.config.model, self.config.data, self.config.train.device)
+
+    @classmethod
+    def load(cls, config: ExperimentConfig) -> "Workbench":
+        device = resolve_device(config.train.device)
+        models = load_models(config.model, device)
+        splits = build_splits(config.data, models.classifier.preprocessing.input_size)
+        return cls(models, splits, config)
+
+
+def build_explainer(models: Models, model: ModelConfig, seed: int) -> Explainer:
+    """A freshly initialised head (seeded) around the frozen networks."""
+    torch.manual_seed(seed)
+    head = AttentionHead(models.channels, models.num_classes).to(models.device, memory_format=torch.channels_last)
+    return Explainer(models.classifier, models.auxiliary, head, model.masking)
+
+
+@dataclass
+class TrainedHead:
+    explainer: Explainer
+    summary: TrainingSummary
+    config: ExperimentConfig
+
+
+def train_head(config: ExperimentConfig, bench: Workbench | None = None, on_step: StepCallback | None = None,
+               progress: bool = True) -> TrainedHead:
+    """Train a head for ``config``; pass a ``bench`` to reuse loaded models and data."""
+    if bench is None or not bench.serves(config):
+        bench = Workbench.load(config)
+    explainer = build_explainer(bench.models, config.model, config.train.seed)
+    dataset = bench.splits.train
+    if len(dataset) == 0:
+        raise UserError("the training split is empty; check data.root and data.train_limit")
+    batches = DataLoader(dataset, batch_size=config.train.batch_size, shuffle=True,
+                         num_workers=config.data.num_workers, drop_last=len(dataset) > config.train.batch_size,
+                         generator=torch.Generator().manual_seed(config.train.seed))
+    summary = train(explainer, batches, len(batches), config.loss, config.train, bench.models.device,
+                    on_step=on_step, progress=progress)
+    return TrainedHead(explainer, summary, config)
+
+
+def save_head(trained: TrainedHead, directory: str | Path) -> Path:
+    """Write ``head.pt``, ``config.yaml`` and ``training.json`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(trained.explainer.head.state_dict(), directory / HEAD_FILE)
+    configs.dump(trained.config, directory / CONFIG_FILE)
+    summary = trained.summary
+    (directory / SUMMARY_FILE).write_text(json.dumps(
+        {"steps": summary.steps, "images": summary.images, "seconds": round(summary.seconds, 3),
+         "last": summary.last}, indent=2))
+    return directory
+
+
+def load_explainer(directory: str | Path, device: str = "auto") -> tuple[Explainer, ExperimentConfig]:
+    """Rebuild a trained explainer from a directory written by ``save_head``."""
+    directory = Path(directory)
+    for name in (HEAD_FILE, CONFIG_FILE):
+        if not (directory / name).is_file():
+            raise UserError(f"{directory} has no {name}; pass a folder written by `python -m pipeline.train`")
+    config = configs.load(directory / CONFIG_FILE)
+    models = load_models(config.model, resolve_device(device if device != "auto" else config.train.device))
+    explainer = build_explainer(models, config.model, config.train.seed)
+    state = torch.load(directory / HEAD_FILE, map_location=models.device, weights_only=True)
+    try:
+        explainer.head.load_state_dict(state)
+    except RuntimeError as error:
+        raise UserError(f"{directory / HEAD_FILE} does not fit the head of its config: {error}") from None
+    explainer.head.eval()
+    return explainer, config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.splitlines()[0])
+    cli.add_config_arguments(parser)
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/<name>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    config = configs.load(args.experiment, args.overrides)
+    out = args.out or Path("runs") / config.name
+    print(f"training a P-TAME head: backbone {config.model.backbone}, auxiliary {config.model.auxiliary}, "
+          f"λ1={config.loss.lambda1:g} λ2={config.loss.lambda2:g} λ3={config.loss.lambda3:g} "
+          f"λ_area={config.loss.lambda_area:g}")
+    trained = train_head(config, progress=not args.no_progress)
+    save_head(trained, out)
+    summary = trained.summary
+    print(f"trained {summary.steps} steps ({summary.images} images) in {summary.seconds:.1f} s, "
+          f"final loss {summary.last.get('loss', float('nan')):.4f}; wrote {out}/{HEAD_FILE} and {out}/{CONFIG_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,93 @@
+"""One P-TAME training step and the AdamW + OneCycleLR epoch loop around it."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.config import LossConfig, TrainConfig
+from pipeline.models.explainer import Explainer
+from pipeline.models.head import activate
+from pipeline.training.loss import LossTerms, class_subset, ptame_loss
+from pipeline.training.masking import mask_images
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exceeded ``train.max_loss``."""
+
+
+@dataclass
+class TrainingSummary:
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    last: dict[str, float] = field(default_factory=dict)
+
+
+def training_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
+                  generator: torch.Generator | None = None) -> LossTerms:
+    """Forward pass of one batch: clean prediction, maps of S, masked prediction, loss."""
+    with torch.no_grad():
+        targets = explainer.classifier(images).argmax(1)
+        features = explainer.auxiliary(images)
+    subset_size = loss.lambda_rand or images.shape[0]
+    classes, position = class_subset(targets, subset_size, explainer.head.num_classes, generator)
+    subset_maps = activate(explainer.head(features, classes), training=True)
+    own_maps = subset_maps[torch.arange(images.shape[0], device=images.device), position]
+    masked = mask_images(images, own_maps, explainer.classifier.mean, explainer.masking)
+    masked_logits = explainer.classifier(masked)
+    return ptame_loss(masked_logits, targets, subset_maps, loss.lambda1, loss.lambda2,
+                      loss.lambda_area, loss.area_epsilon)
+
+
+def _check(terms: LossTerms, step: int, limit: float) -> None:
+    value = float(terms.total.detach())
+    if not math.isfinite(value) or value > limit:
+        raise TrainingDiverged(f"loss diverged at step {step}: {value} (limit train.max_loss = {limit})")
+
+
+def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
+          loss: LossConfig, settings: TrainConfig, device: torch.device,
+          on_step: StepCallback | None = None, progress: bool = True) -> TrainingSummary:
+    """Train ``explainer.head`` for ``settings.epochs`` epochs; the frozen networks stay in eval mode."""
+    head = explainer.head
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.max_lr, weight_decay=settings.weight_decay,
+                                  amsgrad=True)
+    total = steps_per_epoch * settings.epochs
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.max_lr, total_steps=total)
+    generator = torch.Generator().manual_seed(settings.seed)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    summary = TrainingSummary()
+    started = time.perf_counter()
+    head.train()
+    with tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False) as bar:
+        for _ in range(settings.epochs):
+            for images, _labels in batches:
+                images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                with autocast:
+                    terms = training_step(explainer, images, loss, generator)
+                _check(terms, summary.steps, settings.max_loss)
+                optimizer.zero_grad(set_to_none=True)
+                terms.total.backward()
+                optimizer.step()
+                schedule.step()
+                summary.steps += 1
+                summary.images += images.shape[0]
+                summary.last = terms.as_floats() | {"lr": schedule.get_last_lr()[0]}
+                if on_step is not None:
+                    on_step(summary.steps, summary.last)
+                bar.set_postfix(loss=f"{summary.last['loss']:.4f}")
+                bar.update()
+    head.eval()
+    summary.seconds = time.perf_counter() - started
+    return summary

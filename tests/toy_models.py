@@ -1,0 +1,55 @@
+"""Tiny random networks for fast tests, loadable by name as ``tests.toy_models:<factory>``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.models.classifiers import Preprocessing
+
+TOY_PREPROCESSING = Preprocessing(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+class TinyClassifier(nn.Module):
+    """Two strided convs, global pooling, a linear layer: 32x32 images, ``num_classes`` logits."""
+
+    preprocessing = TOY_PREPROCESSING
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                      nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).amax(dim=(2, 3)))
+
+
+class TinyFeatures(nn.Module):
+    """A three-stage CNN with named stages at strides 1, 2 and 4."""
+
+    preprocessing = TOY_PREPROCESSING
+
+    def __init__(self):
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.ReLU())
+        self.stage3 = nn.Sequential(nn.Conv2d(12, 16, 3, stride=2, padding=1), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage3(self.stage2(self.stage1(x)))
+
+
+def tiny_classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyClassifier()
+
+
+def tiny_features() -> nn.Module:
+    torch.manual_seed(1)
+    return TinyFeatures()
+
+
+TOY_MODEL = {"backbone": "tests.toy_models:tiny_classifier", "auxiliary": "tests.toy_models:tiny_features",
+             "auxiliary_layers": ["stage1", "stage2", "stage3"]}
