@@ -1,0 +1,105 @@
+"""ROAD (RemOve And Debias, Rong et al. 2022) without retraining: MoRF and LeRF accuracy curves.
+
+Pixels are removed in saliency order, imputed with noisy linear imputation, and the classifier's
+accuracy against its own clean prediction is measured per removed percentage. The AUC is the
+trapezoid over [0, p1, ..., pk, 1] with the endpoints 1 (nothing removed) and 0 (all removed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.metrics.imputation import noisy_linear_impute
+
+ORDERS = ("morf", "lerf")
+DEFAULT_PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)
+# Images whose masks and imputations are built together (all percentages and both orders).
+_IMAGES_PER_CHUNK = 8
+
+
+def removal_masks(maps: torch.Tensor, fraction: float, order: str) -> torch.Tensor:
+    """Bool [B, H, W], True at the round(fraction * H * W) removed pixels of each map [B, H, W].
+
+    "morf" removes the most relevant pixels first, "lerf" the least relevant; ties go to the
+    lower flat index (stable sort), so masks are deterministic.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    flat = maps.flatten(1)
+    count = round(fraction * flat.shape[1])
+    ranking = torch.sort(flat, dim=1, descending=order == "morf", stable=True).indices
+    removed = torch.zeros_like(flat, dtype=torch.bool)
+    removed.scatter_(1, ranking[:, :count], True)
+    return removed.view_as(maps)
+
+
+def road_auc(percentages: Sequence[int], scores: Sequence[float]) -> float:
+    """Trapezoid AUC over x = [0, p1/100, ..., pk/100, 1] and y = [1, s1, ..., sk, 0]."""
+    xs = [0.0, *(p / 100 for p in percentages), 1.0]
+    ys = [1.0, *scores, 0.0]
+    return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]))
+
+
+@dataclass
+class RoadResult:
+    """Accuracy per removed percentage for both orders, and their AUCs."""
+
+    percentages: list[int]
+    morf: list[float]
+    lerf: list[float]
+    morf_auc: float
+    lerf_auc: float
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric names: road_morf_auc, road_lerf_auc, road_morf_10, road_lerf_10, ..."""
+        flat = {"road_morf_auc": self.morf_auc, "road_lerf_auc": self.lerf_auc}
+        for percentage, morf, lerf in zip(self.percentages, self.morf, self.lerf):
+            flat[f"road_morf_{percentage}"] = morf
+            flat[f"road_lerf_{percentage}"] = lerf
+        return flat
+
+
+def road(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    percentages: Sequence[int] = DEFAULT_PERCENTAGES,
+    noise: float = 0.01,
+    batch_size: int = 32,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RoadResult:
+    """MoRF/LeRF accuracy of ``classify`` (pixel-space images -> logits) on imputed ``images``.
+
+    ``maps`` [N, H, W] are saliency maps at image resolution, ``targets`` [N] the classifier's
+    predictions on the clean images. ``progress``, if given, is called with the number of images
+    finished after every chunk.
+    """
+    percentages = [int(p) for p in percentages]
+    hits = torch.zeros(len(ORDERS), len(percentages), dtype=torch.long)
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], _IMAGES_PER_CHUNK):
+            chunk = slice(start, start + _IMAGES_PER_CHUNK)
+            chunk_images, chunk_maps, chunk_targets = images[chunk], maps[chunk], targets[chunk]
+            masks = torch.stack(
+                [
+                    torch.stack([removal_masks(chunk_maps, p / 100, order) for p in percentages])
+                    for order in ORDERS
+                ]
+            )  # [orders, percentages, n, H, W]
+            repeated = chunk_images.expand(len(ORDERS) * len(percentages), *chunk_images.shape)
+            imputed = noisy_linear_impute(
+                repeated.flatten(0, 1), masks.flatten(0, 2), noise=noise, generator=generator
+            )
+            predictions = torch.cat([classify(part).argmax(dim=1) for part in imputed.split(batch_size)])
+            correct = predictions.view(*masks.shape[:3]) == chunk_targets.to(predictions.device)
+            hits += correct.sum(dim=2).cpu()
+            if progress is not None:
+                progress(min(start + _IMAGES_PER_CHUNK, images.shape[0]))
+    accuracy = (hits.double() / images.shape[0]).tolist()
+    morf, lerf = accuracy
+    return RoadResult(percentages, morf, lerf, road_auc(percentages, morf), road_auc(percentages, lerf))

@@ -1,0 +1,373 @@
+"""Declarative search spaces: a YAML file -> a validated `SearchSpace` -> an Ax `Client` setup.
+
+Each parameter names the experiment-config key it sets (``loss.lambda1``), so a new search is a new
+YAML file, not new code. Every error names the file and the offending key and says how to fix it.
+Ax is imported only by `SearchSpace.configure`, so loading and validating a space stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import keyword
+import math
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+from pipeline.config import ExperimentConfig, read_yaml
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from ax.api import ChoiceParameterConfig, Client, RangeParameterConfig
+
+Direction = Literal["minimize", "maximize"]
+Method = Literal["fast", "quality", "random_search"]
+ValueType = Literal["float", "int", "str", "bool"]
+
+_TOP_KEYS = ("name", "seed", "parameters", "constraints", "objectives", "initialization_trials", "method")
+_RANGE_KEYS = ("key", "type", "bounds", "scale", "value_type")
+_CHOICE_KEYS = ("key", "type", "values", "ordered")
+_METHODS = typing.get_args(Method)
+_DIRECTIONS = typing.get_args(Direction)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME_IN_TEXT = re.compile(r"(?<![\w.])[A-Za-z_]\w*")  # skips the 'e' of 1e-3
+_RELATION = re.compile(r"(<=|>=)")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One searched value and the experiment-config key it is written to."""
+
+    name: str
+    key: str
+    type: Literal["range", "choice"]
+    value_type: ValueType
+    bounds: tuple[float, float] | None = None
+    log_scale: bool = False
+    values: tuple[Any, ...] = ()
+    ordered: bool = False
+
+    def ax_config(self) -> RangeParameterConfig | ChoiceParameterConfig:
+        from ax.api import ChoiceParameterConfig, RangeParameterConfig
+
+        if self.type == "range":
+            return RangeParameterConfig(
+                name=self.name,
+                bounds=self.bounds,
+                parameter_type=self.value_type,
+                scaling="log" if self.log_scale else "linear",
+            )
+        return ChoiceParameterConfig(
+            name=self.name, values=list(self.values), parameter_type=self.value_type, is_ordered=self.ordered
+        )
+
+
+@dataclass(frozen=True)
+class LinearConstraint:
+    """``sum(weights[name] * value) <= bound``, parsed from ``text``."""
+
+    text: str
+    weights: dict[str, float]
+    bound: float
+
+    def holds(self, parameters: Mapping[str, float], tolerance: float = 1e-9) -> bool:
+        total = sum(weight * float(parameters[name]) for name, weight in self.weights.items())
+        return total <= self.bound + tolerance
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space: parameters, linear constraints, objectives and how to start."""
+
+    name: str
+    seed: int
+    parameters: tuple[Parameter, ...]
+    constraints: tuple[LinearConstraint, ...]
+    objectives: dict[str, Direction]
+    initialization_trials: int = 5
+    method: Method = "fast"
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return [parameter.name for parameter in self.parameters]
+
+    @property
+    def objective_names(self) -> list[str]:
+        return list(self.objectives)
+
+    @property
+    def directions(self) -> dict[str, Direction]:
+        return dict(self.objectives)
+
+    @property
+    def objective_signs(self) -> dict[str, float]:
+        """+1 for objectives to maximise, -1 for those to minimise."""
+        return {name: 1.0 if direction == "maximize" else -1.0 for name, direction in self.objectives.items()}
+
+    @property
+    def objective_string(self) -> str:
+        """Ax's objective syntax, e.g. ``"-road_morf_auc, road_lerf_auc"`` (``-`` = minimise)."""
+        return ", ".join(
+            ("-" if direction == "minimize" else "") + name for name, direction in self.objectives.items()
+        )
+
+    def contains(self, parameters: Mapping[str, Any]) -> bool:
+        """Whether a point lies in the bounds and choices and satisfies every constraint."""
+        for parameter in self.parameters:
+            value = parameters[parameter.name]
+            if parameter.type == "choice" and value not in parameter.values:
+                return False
+            if parameter.type == "range" and not parameter.bounds[0] <= value <= parameter.bounds[1]:
+                return False
+        return all(constraint.holds(parameters) for constraint in self.constraints)
+
+    def configure(self, client: Client, seed: int | None = None) -> None:
+        """Set up a fresh Ax client: experiment, objectives, Sobol-then-BoTorch strategy.
+
+        ``seed`` (e.g. from ``--seed``) replaces the space's own seed for the Sobol initialisation.
+        """
+        client.configure_experiment(
+            parameters=[parameter.ax_config() for parameter in self.parameters],
+            parameter_constraints=[constraint.text for constraint in self.constraints],
+            name=self.name,
+        )
+        client.configure_optimization(objective=self.objective_string)
+        client.configure_generation_strategy(
+            method=self.method,
+            initialization_budget=self.initialization_trials,
+            initialize_with_center=False,
+            initialization_random_seed=self.seed if seed is None else seed,
+        )
+
+    def overrides(self, parameters: Mapping[str, Any]) -> list[str]:
+        """A trial's parameters as experiment-config overrides: ``["loss.lambda1=0.3", ...]``."""
+        return [f"{parameter.key}={_format_value(parameters[parameter.name])}" for parameter in self.parameters]
+
+
+def _format_value(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+class _Reader:
+    """Validation helpers that prefix every error with the file and the offending key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, message: str) -> UserError:
+        return UserError(f"search space {self.path}: {key}: {message}")
+
+    def check_keys(self, values: Mapping[str, Any], allowed: tuple[str, ...], prefix: str = "") -> None:
+        for key in values:
+            if key not in allowed:
+                raise self.fail(f"{prefix}{key}", f"unknown key; valid keys here: {', '.join(allowed)}")
+
+    def mapping(self, value: Any, key: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping) or not value:
+            raise self.fail(key, f"expected a non-empty mapping, got {value!r}")
+        return value
+
+    def integer(self, value: Any, key: str, minimum: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"expected an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(key, f"{value} must be >= {minimum}")
+        return value
+
+    def number(self, value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(key, f"expected a finite number, got {value!r}")
+        return float(value)
+
+    def one_of(self, value: Any, allowed: tuple[str, ...], key: str) -> Any:
+        if value not in allowed:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+
+    def name(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value) or keyword.iskeyword(value):
+            raise self.fail(key, f"{value!r} is not a valid name; use letters, digits and '_' (e.g. lambda1)")
+        return value
+
+
+def _config_key(reader: _Reader, value: Any, key: str) -> str:
+    """Check that ``value`` is a dotted path to a value field of `ExperimentConfig`."""
+    if not isinstance(value, str) or not value:
+        raise reader.fail(key, f"expected an experiment-config key such as 'loss.lambda1', got {value!r}")
+    section: Any = ExperimentConfig
+    for depth, part in enumerate(value.split(".")):
+        if not dataclasses.is_dataclass(section):
+            raise reader.fail(key, f"{value!r}: '{'.'.join(value.split('.')[:depth])}' is a value, not a section")
+        fields = typing.get_type_hints(section)
+        if part not in fields:
+            raise reader.fail(key, f"{value!r}: no config key '{part}' here; valid keys: {', '.join(fields)}")
+        section = fields[part]
+    if dataclasses.is_dataclass(section):
+        raise reader.fail(key, f"{value!r} is a config section; name one of its keys, e.g. '{value}.<key>'")
+    return value
+
+
+def _range_parameter(reader: _Reader, name: str, spec: Mapping[str, Any], key: str, prefix: str) -> Parameter:
+    bounds = spec.get("bounds")
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise reader.fail(prefix + "bounds", f"expected [lower, upper], got {bounds!r}")
+    lower, upper = (reader.number(bound, prefix + "bounds") for bound in bounds)
+    if not lower < upper:
+        raise reader.fail(prefix + "bounds", f"{bounds} is empty or inverted; the lower bound must be below the upper")
+    log_scale = reader.one_of(spec.get("scale", "linear"), ("linear", "log"), prefix + "scale") == "log"
+    if log_scale and lower <= 0:
+        raise reader.fail(prefix + "bounds", f"{bounds}: scale: log needs a positive lower bound, e.g. [1e-5, 1e-3]")
+    value_type = reader.one_of(spec.get("value_type", "float"), ("float", "int"), prefix + "value_type")
+    if value_type == "int" and not (lower.is_integer() and upper.is_integer()):
+        raise reader.fail(prefix + "bounds", f"{bounds}: value_type: int needs integer bounds")
+    if value_type == "int":
+        lower, upper = int(lower), int(upper)
+    return Parameter(name, key, "range", value_type, bounds=(lower, upper), log_scale=log_scale)
+
+
+def _choice_parameter(reader: _Reader, name: str, spec: Mapping[str, Any], key: str, prefix: str) -> Parameter:
+    values = spec.get("values")
+    if not isinstance(values, list) or not values:
+        raise reader.fail(prefix + "values", f"expected a non-empty list of choices, got {values!r}")
+    if len(set(values)) != len(values):
+        raise reader.fail(prefix + "values", f"{values} contains duplicates")
+    kinds = {type(value) for value in values}
+    if kinds <= {bool}:
+        value_type = "bool"
+    elif kinds <= {int}:
+        value_type = "int"
+    elif kinds <= {int, float}:
+        value_type, values = "float", [float(value) for value in values]
+    elif kinds <= {str}:
+        value_type = "str"
+    else:
+        raise reader.fail(prefix + "values", f"{values} mixes types; use all numbers, all strings or all booleans")
+    ordered = spec.get("ordered", value_type in ("int", "float"))
+    if not isinstance(ordered, bool):
+        raise reader.fail(prefix + "ordered", f"expected true or false, got {ordered!r}")
+    return Parameter(name, key, "choice", value_type, values=tuple(values), ordered=ordered)
+
+
+def _parameters(reader: _Reader, raw: Any) -> tuple[Parameter, ...]:
+    parameters = []
+    for name, spec in reader.mapping(raw, "parameters").items():
+        reader.name(name, "parameters")
+        prefix = f"parameters.{name}."
+        spec = reader.mapping(spec, f"parameters.{name}")
+        kind = reader.one_of(spec.get("type"), ("range", "choice"), prefix + "type")
+        reader.check_keys(spec, _RANGE_KEYS if kind == "range" else _CHOICE_KEYS, prefix)
+        key = _config_key(reader, spec.get("key"), prefix + "key")
+        build = _range_parameter if kind == "range" else _choice_parameter
+        parameters.append(build(reader, name, spec, key, prefix))
+    keys = [parameter.key for parameter in parameters]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise reader.fail("parameters", f"several parameters set the config key {key!r}; give each its own key")
+    return tuple(parameters)
+
+
+def _parse_constraint(reader: _Reader, text: Any, key: str, parameters: dict[str, Parameter]) -> LinearConstraint:
+    """Parse ``"lambda1 + lambda2 <= 1"`` (or ``>=``) into weights and a bound."""
+    from tokenize import TokenError
+
+    import sympy
+    from sympy.parsing.sympy_parser import parse_expr
+
+    if not isinstance(text, str):
+        raise reader.fail(key, f"expected a string such as 'lambda1 + lambda2 <= 1', got {text!r}")
+    sides = _RELATION.split(text)
+    if len(sides) != 3:
+        raise reader.fail(key, f"{text!r} must contain exactly one '<=' or '>=', e.g. 'lambda1 + lambda2 <= 1'")
+    names = set(_NAME_IN_TEXT.findall(text))
+    for name in sorted(names):
+        if name not in parameters:
+            raise reader.fail(key, f"{text!r} names {name!r}, which is not a parameter of this space")
+        parameter = parameters[name]
+        if parameter.type != "range" or parameter.log_scale:
+            raise reader.fail(key, f"{text!r}: constraints may only use linear-scale range parameters, not {name!r}")
+    symbols = {name: sympy.Symbol(name) for name in names}
+    try:
+        lhs, relation, rhs = sides
+        expression = parse_expr(lhs, local_dict=dict(symbols)) - parse_expr(rhs, local_dict=dict(symbols))
+        if relation == ">=":
+            expression = -expression
+        polynomial = sympy.Poly(sympy.expand(expression), *symbols.values()) if symbols else None
+    except (SyntaxError, TypeError, ValueError, TokenError, sympy.SympifyError, sympy.PolynomialError) as error:
+        raise reader.fail(key, f"{text!r} is not a linear constraint ({error})") from None
+    if polynomial is None or polynomial.total_degree() != 1:
+        raise reader.fail(key, f"{text!r} is not linear in the parameters; write e.g. 'lambda1 + 2*lambda2 <= 1'")
+    weights = {name: float(polynomial.coeff_monomial(symbol)) for name, symbol in symbols.items()}
+    return LinearConstraint(text.strip(), weights, -float(polynomial.coeff_monomial(1)))
+
+
+def _check_feasible(reader: _Reader, parameters: dict[str, Parameter], constraints: list[LinearConstraint]) -> None:
+    """Reject constraints that leave no interior point in the bounds (Sobol could never sample one).
+
+    Solves for the largest ball (Chebyshev centre) inside {x in bounds, w.x <= b}; radius 0 = empty.
+    """
+    import numpy as np
+    from scipy.optimize import linprog
+
+    names = sorted({name for constraint in constraints for name in constraint.weights})
+    if not names:
+        return
+    lower = np.array([parameters[name].bounds[0] for name in names], dtype=float)
+    upper = np.array([parameters[name].bounds[1] for name in names], dtype=float)
+    scale = upper - lower
+    rows, limits = [], []
+    for constraint in constraints:  # w.x <= b in unit-box coordinates u = (x - lower) / scale, plus radius r
+        weights = np.array([constraint.weights.get(name, 0.0) for name in names])
+        rows.append([*(weights * scale), np.linalg.norm(weights * scale)])
+        limits.append(constraint.bound - float(weights @ lower))
+    for unit in np.eye(len(names)):  # r <= u_i <= 1 - r
+        rows += [[*-unit, 1.0], [*unit, 1.0]]
+        limits += [0.0, 1.0]
+    maximise_radius = [0.0] * len(names) + [-1.0]
+    bounds = [(None, None)] * len(names) + [(0.0, None)]
+    result = linprog(maximise_radius, A_ub=np.array(rows), b_ub=np.array(limits), bounds=bounds)
+    if result.status == 2 or (result.status == 0 and -result.fun <= 1e-9):
+        box = ", ".join(f"{name} in {list(parameters[name].bounds)}" for name in names)
+        raise reader.fail(
+            "constraints",
+            f"{[constraint.text for constraint in constraints]} cannot be satisfied with {box}: the search "
+            "space is empty (or a single boundary point); loosen the constraints or widen the bounds",
+        )
+
+
+def _objectives(reader: _Reader, raw: Any) -> dict[str, Direction]:
+    objectives = {}
+    for name, direction in reader.mapping(raw, "objectives").items():
+        reader.name(name, "objectives")
+        objectives[name] = reader.one_of(direction, _DIRECTIONS, f"objectives.{name}")
+    return objectives
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file (see ``search_spaces/ptame.yaml``)."""
+    path = Path(path)
+    reader = _Reader(path)
+    raw = read_yaml(path)
+    reader.check_keys(raw, _TOP_KEYS)
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise reader.fail("name", f"expected a non-empty string, got {name!r}")
+    parameters = _parameters(reader, raw.get("parameters"))
+    by_name = {parameter.name: parameter for parameter in parameters}
+    raw_constraints = raw.get("constraints") or []
+    if not isinstance(raw_constraints, list):
+        raise reader.fail("constraints", f"expected a list of strings, got {raw_constraints!r}")
+    constraints = [
+        _parse_constraint(reader, text, f"constraints[{index}]", by_name) for index, text in enumerate(raw_constraints)
+    ]
+    _check_feasible(reader, by_name, constraints)
+    return SearchSpace(
+        name=name,
+        seed=reader.integer(raw.get("seed", 0), "seed", minimum=0),
+        parameters=parameters,
+        constraints=tuple(constraints),
+        objectives=_objectives(reader, raw.get("objectives")),
+        initialization_trials=reader.integer(raw.get("initialization_trials", 5), "initialization_trials", minimum=1),
+        method=reader.one_of(raw.get("method", "fast"), _METHODS, "method"),
+    )

@@ -1,0 +1,297 @@
+"""The persistent Ax study of one search: ask/tell trials, atomic JSON snapshots, resume, final choice.
+
+The whole state lives in ``<directory>/ax_experiment.json`` (Ax's own snapshot: experiment, data,
+generation strategy, trial failure reasons) and is rewritten atomically after every change, so a
+killed search resumes where it stopped. Nothing here knows about training, torch models or MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from pipeline.errors import UserError
+from pipeline.search_space import SearchSpace
+
+if TYPE_CHECKING:
+    from ax.api import Client
+    from ax.core.experiment import Experiment
+
+SNAPSHOT_NAME = "ax_experiment.json"
+INTERRUPTED = "interrupted: the process stopped while this trial was running"
+_EXTRA_METRICS = "extra_metrics"  # run-metadata key for metrics that Ax does not model
+_GENERATOR_NAMES = {"Sobol": "Sobol", "MBM": "BoTorch"}
+_COLUMN_LABELS = {"road_morf_auc": "MoRF", "road_lerf_auc": "LeRF"}
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as the rest of the pipeline sees it. ``status``: running, completed, failed, ..."""
+
+    index: int
+    status: str
+    parameters: dict[str, Any]
+    metrics: dict[str, float]
+    reason: str | None
+    generator: str
+
+    @property
+    def lambda3(self) -> float | None:
+        """``1 − λ1 − λ2`` (the loss's third weight) when the trial searched λ1 and λ2."""
+        if "lambda1" in self.parameters and "lambda2" in self.parameters:
+            return 1.0 - self.parameters["lambda1"] - self.parameters["lambda2"]
+        return None
+
+
+def pareto_front(records: Sequence[TrialRecord], signs: Mapping[str, float]) -> list[TrialRecord]:
+    """Completed trials that no other completed trial dominates, on observed (not predicted) values.
+
+    ``signs`` maps each objective to +1 (maximise) or −1 (minimise).
+    """
+    scored = [
+        (record, [signs[name] * record.metrics[name] for name in signs])
+        for record in records
+        if record.status == "completed" and all(name in record.metrics for name in signs)
+    ]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    return [record for record, score in scored if not any(dominates(other, score) for _, other in scored)]
+
+
+def trade_off(record: TrialRecord, signs: Mapping[str, float]) -> float:
+    """The sum of direction-signed objectives, e.g. ``LeRF − MoRF``: larger is better."""
+    return sum(sign * record.metrics[name] for name, sign in signs.items())
+
+
+class Study:
+    """An Ax ``Client`` for one search, saved to ``directory/ax_experiment.json`` after every change."""
+
+    def __init__(self, client: Client, space: SearchSpace, path: Path) -> None:
+        self._client = client
+        self.space = space
+        self.path = path
+
+    @classmethod
+    def open(cls, directory: Path, space: SearchSpace, seed: int) -> Study:
+        """Start a new search in ``directory`` or resume the one saved there.
+
+        On resume, trials that were running when the last process died are marked failed with
+        the reason `INTERRUPTED`, so none is lost or run twice. ``seed`` seeds both the Sobol
+        initialisation (new searches) and BoTorch's candidate generation (the snapshot does not
+        store the client's seed, so it is passed again on every open).
+        """
+        from ax.api import Client
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / SNAPSHOT_NAME
+        if not path.exists():
+            client = Client(random_seed=seed)
+            space.configure(client, seed=seed)
+            study = cls(client, space, path)
+            study._save()
+            return study
+        try:
+            client = Client.load_from_json_file(str(path))
+        except (ValueError, KeyError) as error:
+            raise UserError(
+                f"{path} is not a readable Ax snapshot ({error}); move it away or pass a new --name"
+            ) from None
+        client._random_seed = seed  # not part of the snapshot; Client has no public setter
+        _check_same_space(client, space, path)
+        study = cls(client, space, path)
+        running = [record.index for record in study.records() if record.status == "running"]
+        for index in running:
+            client.mark_trial_failed(index, failed_reason=INTERRUPTED)
+        if running:
+            study._save()
+        return study
+
+    @property
+    def client(self) -> Client:
+        """The Ax client, for Ax analyses and plots."""
+        return self._client
+
+    def next_trial(self) -> tuple[int, dict[str, Any]]:
+        """Generate one trial, mark it running and save; returns ``(index, parameters)``."""
+        trials = self._client.get_next_trials(max_trials=1)
+        if not trials:
+            raise RuntimeError("Ax generated no trial; finish or fail the running trials first")
+        ((index, parameters),) = trials.items()
+        self._save()
+        return index, dict(parameters)
+
+    def complete(self, index: int, metrics: Mapping[str, float]) -> bool:
+        """Record a finished trial's metrics and save; returns whether the trial was completed.
+
+        Only the objectives go to Ax's model (each extra metric would be one more GP output to fit);
+        finite extras are kept in the trial's run metadata and show up in `records`. A trial whose
+        objective is NaN or infinite (a diverged run) is marked failed instead.
+        """
+        values = {name: float(value) for name, value in metrics.items()}
+        missing = [name for name in self.space.objective_names if name not in values]
+        if missing:
+            raise ValueError(f"trial {index}: the metrics {sorted(values)} lack the objectives {missing}")
+        bad = [name for name in self.space.objective_names if not math.isfinite(values[name])]
+        if bad:
+            self.fail(index, "non-finite objective: " + ", ".join(f"{name} = {values[name]}" for name in bad))
+            return False
+        extras = {
+            name: value for name, value in values.items() if name not in self.space.objectives and math.isfinite(value)
+        }
+        _experiment(self._client).trials[index].update_run_metadata({_EXTRA_METRICS: extras})
+        self._client.complete_trial(index, raw_data={name: values[name] for name in self.space.objective_names})
+        self._save()
+        return True
+
+    def fail(self, index: int, reason: str) -> None:
+        """Mark a trial failed with a reason (kept in the snapshot) and save; the search goes on."""
+        self._client.mark_trial_failed(index, failed_reason=reason)
+        self._save()
+
+    def records(self) -> list[TrialRecord]:
+        """Every trial in index order, with its observed metrics."""
+        experiment = _experiment(self._client)
+        data = experiment.lookup_data().df
+        metrics: dict[int, dict[str, float]] = {}
+        for row in data.itertuples(index=False):
+            metrics.setdefault(int(row.trial_index), {})[str(row.metric_name)] = float(row.mean)
+        return [
+            TrialRecord(
+                index=trial.index,
+                status=trial.status.name.lower(),
+                parameters=dict(trial.arm.parameters),
+                metrics={**trial.run_metadata.get(_EXTRA_METRICS, {}), **metrics.get(trial.index, {})},
+                reason=trial.status_reason,
+                generator=_generator_name(trial.generator_run),
+            )
+            for _, trial in sorted(experiment.trials.items())
+        ]
+
+    @property
+    def completed_count(self) -> int:
+        return sum(record.status == "completed" for record in self.records())
+
+    @property
+    def failed_count(self) -> int:
+        return sum(record.status == "failed" for record in self.records())
+
+    def pareto(self) -> list[TrialRecord]:
+        """The observed non-dominated completed trials under the space's objective directions."""
+        return pareto_front(self.records(), self.space.objective_signs)
+
+    def select(self, trial: int | None = None) -> TrialRecord:
+        """The Pareto trial with the best `trade_off` (LeRF − MoRF), or the completed trial named."""
+        records = self.records()
+        if trial is None:
+            front = pareto_front(records, self.space.objective_signs)
+            if not front:
+                raise UserError("no trial has completed yet, so there is no configuration to select; run more trials")
+            return max(front, key=lambda record: trade_off(record, self.space.objective_signs))
+        completed = [record.index for record in records if record.status == "completed"]
+        if not 0 <= trial < len(records):
+            raise UserError(f"--trial {trial}: no such trial; completed trials are {completed}")
+        record = records[trial]
+        if record.status != "completed":
+            why = f" ({record.reason})" if record.reason else ""
+            raise UserError(f"--trial {trial}: that trial is {record.status}{why}; pick a completed one: {completed}")
+        return record
+
+    def table(self) -> str:
+        """`format_table` of all trials, Pareto trials starred."""
+        front = {record.index for record in self.pareto()}
+        return format_table(self.records(), front, self.space.objective_names)
+
+    def _save(self) -> None:
+        """Write the snapshot to a temp file in the same directory, fsync, and rename over the old one."""
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            self._client.save_to_json_file(temporary)
+            with open(temporary, "rb") as file:
+                os.fsync(file.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _experiment(client: Client) -> Experiment:
+    """The client's experiment (Ax 1.3 exposes it only as a private property)."""
+    return client._experiment
+
+
+def _generator_name(generator_run: Any) -> str:
+    node = getattr(generator_run, "_generation_node_name", None)
+    return _GENERATOR_NAMES.get(node, node or "manual")
+
+
+def _check_same_space(client: Client, space: SearchSpace, path: Path) -> None:
+    """Raise a `UserError` when the saved search used other parameters, constraints or objectives."""
+    from ax.api import Client
+
+    expected = Client()
+    space.configure(expected)
+    saved, wanted = _experiment(client), _experiment(expected)
+    differences = []
+    for name in dict.fromkeys([*saved.search_space.parameters, *wanted.search_space.parameters]):
+        before, after = saved.search_space.parameters.get(name), wanted.search_space.parameters.get(name)
+        if before != after:
+            differences.append(f"saved {before!r}, now {after!r}")
+    if saved.search_space.parameter_constraints != wanted.search_space.parameter_constraints:
+        differences.append(
+            f"saved constraints {saved.search_space.parameter_constraints}, "
+            f"now {wanted.search_space.parameter_constraints}"
+        )
+    if saved.optimization_config != wanted.optimization_config:
+        differences.append(
+            f"saved objectives {saved.optimization_config.objective!r}, now {wanted.optimization_config.objective!r}"
+        )
+    if differences:
+        raise UserError(
+            f"{path} holds a search with a different search space ({'; '.join(differences)}); resume it with "
+            "the search space it was started with, or pass a new --name to start a fresh search"
+        )
+
+
+def format_table(
+    records: Sequence[TrialRecord],
+    pareto_indices: set[int] | Sequence[int],
+    objectives: Sequence[str] = ("road_morf_auc", "road_lerf_auc"),
+) -> str:
+    """A fixed-width console table of all trials; ``*`` marks the Pareto set."""
+    parameter_names = list(dict.fromkeys(name for record in records for name in record.parameters))
+    with_lambda3 = any(record.lambda3 is not None for record in records)
+    header = ["", "trial", "generator", *parameter_names]
+    header += ["lambda3"] * with_lambda3 + [_COLUMN_LABELS.get(name, name) for name in objectives] + ["status"]
+    rows = [header]
+    for record in records:
+        status = record.status + (f": {record.reason}" if record.reason else "")
+        row = ["*" if record.index in pareto_indices else "", str(record.index), record.generator]
+        row += [_format_cell(record.parameters.get(name)) for name in parameter_names]
+        row += [_format_cell(record.lambda3)] * with_lambda3
+        row += [_format_cell(record.metrics.get(name)) for name in objectives] + [status]
+        rows.append(row)
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _format_cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

@@ -1,0 +1,429 @@
+"""MLflow tracking for a search: one parent run per search, a nested child run per trial, and a
+nested run for the final head (registered in the Model Registry).
+
+Everything goes through an `MlflowClient` with explicit run ids, so no global active run is used;
+only `log_head` borrows MLflow's fluent model logging, with the tracking URI set for that call
+alone. Step metrics are buffered and sent with `log_batch` (at most 1000 per request).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema, TensorSpec
+from mlflow.utils.validation import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
+
+_log = logging.getLogger(__name__)
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+SUPPRESS_URL_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+FAILURE_TAG = "failure_reason"
+FLUSH_INTERVAL_S = 30.0  # step metrics also go out this often, so the UI shows live curves
+ELLIPSIS = "..."
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """Explicit `uri` > $MLFLOW_TRACKING_URI > MLflow's default (sqlite:///mlflow.db in the cwd)."""
+    return uri or os.environ.get(TRACKING_URI_ENV) or mlflow.get_tracking_uri()
+
+
+def registered_model_name(backbone: str, auxiliary: str) -> str:
+    """Registry name "ptame-<backbone>-<auxiliary>"; characters other than [A-Za-z0-9_.-] become _.
+
+    e.g. ("timm:convnext_tiny", "resnet18") -> "ptame-timm_convnext_tiny-resnet18".
+    """
+    parts = [re.sub(r"[^A-Za-z0-9_.-]+", "_", part).strip("_") or "none"
+             for part in (backbone, auxiliary)]
+    return "-".join(["ptame", *parts])[:250]
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - len(ELLIPSIS)] + ELLIPSIS
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts -> dotted keys ("loss.lambda1"); values stringified and cut to MLflow's limit."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = _truncate(str(value), MAX_PARAM_VAL_LENGTH)
+    return flat
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at `uri` for one block, then restore the global and the env var
+    (`mlflow.set_tracking_uri` also writes $MLFLOW_TRACKING_URI)."""
+    env_before = os.environ.get(TRACKING_URI_ENV)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        if env_before is not None:
+            os.environ[TRACKING_URI_ENV] = env_before
+
+
+@contextmanager
+def _quiet_pickle_advice() -> Iterator[None]:
+    """Hide the warning log_model prints for pickled models (the only noise it makes here when
+    pip requirements are given): the caller chose pickle by giving no input example."""
+    logger = logging.getLogger("mlflow.pytorch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextmanager
+def _no_run_url_printing() -> Iterator[None]:
+    """MLflow prints two URL lines (and fetches the run) whenever a run ends over HTTP; a search
+    would print hundreds. The search run's own end still prints them."""
+    before = os.environ.get(SUPPRESS_URL_ENV)
+    os.environ[SUPPRESS_URL_ENV] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SUPPRESS_URL_ENV, None)
+        else:
+            os.environ[SUPPRESS_URL_ENV] = before
+
+
+class RunLog:
+    """One MLflow run (a trial or the final head). Also a context manager: an exception inside
+    marks the run FAILED with the exception text and propagates; Ctrl-C marks it KILLED."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self._ended = False
+
+    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Buffer one training step's metrics (pass floats: a CUDA tensor here would sync)."""
+        timestamp = _now_ms()
+        self._pending.extend(Metric(key, float(value), timestamp, step) for key, value in metrics.items())
+        if (len(self._pending) >= MAX_METRICS_PER_BATCH
+                or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S):
+            self.flush()
+
+    def flush(self) -> None:
+        """Send buffered step metrics, at most 1000 per request."""
+        for chunk in _chunks(self._pending, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+        self._pending = []
+        self._last_flush = time.monotonic()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log metrics now (e.g. ROAD AUCs; or one ROAD curve point with step = % removed)."""
+        timestamp = _now_ms()
+        entries = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params, flattened to dotted keys (see `flatten_params`)."""
+        entries = [Param(key, value) for key, value in flatten_params(params).items()]
+        for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file or a directory."""
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self) -> None:
+        """Flush and end the run as FINISHED."""
+        self._end(RunStatus.to_string(RunStatus.FINISHED))
+
+    def fail(self, reason: str) -> None:
+        """Flush, tag `failure_reason`, and end the run as FAILED."""
+        self._end(RunStatus.to_string(RunStatus.FAILED), reason)
+
+    def _end(self, status: str, reason: str | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self.flush()
+        finally:
+            if reason is not None:
+                self.client.set_tag(self.run_id, FAILURE_TAG, _truncate(reason, MAX_TAG_VAL_LENGTH))
+            with _no_run_url_printing():
+                self.client.set_terminated(self.run_id, status)
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None
+    ) -> None:
+        if error is None:
+            self.finish()
+        elif isinstance(error, Exception):
+            self.fail(f"{kind.__name__}: {error}")
+        else:
+            self._end(RunStatus.to_string(RunStatus.KILLED), f"{kind.__name__}: {error}")
+
+
+class FinalRunLog(RunLog):
+    """The final head's run: system metrics (CPU/memory/disk/network, NVIDIA GPU when present)
+    are sampled in a background thread until the run ends; `log_head` registers the model."""
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        tracking_uri: str,
+        experiment_id: str,
+        system_metrics_interval_s: float,
+    ) -> None:
+        super().__init__(client, run_id)
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self._monitor: SystemMetricsMonitor | None = None
+        if system_metrics_interval_s > 0:
+            self._monitor = SystemMetricsMonitor(
+                run_id, sampling_interval=system_metrics_interval_s, tracking_uri=tracking_uri
+            )
+            self._monitor.start()
+
+    def _end(self, status: str, reason: str | None = None) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+        super()._end(status, reason)
+
+    def log_head(
+        self,
+        head: torch.nn.Module,
+        registered_name: str,
+        state_dict_path: str | Path,
+        config_path: str | Path,
+        input_example: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    ) -> str:
+        """Log `head` as an MLflow model registered as `registered_name`, plus the plain state_dict
+        (under "head/") and the config YAML (under "config/"); return the new model version.
+
+        With `input_example` (the tensors `head(*example)` takes, batch >= 2 so the batch size stays
+        dynamic) the model is saved in MLflow's pickle-free "pt2" format, loadable without
+        MLFLOW_ALLOW_PICKLE_DESERIALIZATION; without it, as a pickle, whose loading needs that
+        opt-in and an importable `pipeline` package. The state_dict works either way.
+        """
+        model = copy.deepcopy(head).cpu().eval()
+        options: dict[str, Any] = {"serialization_format": "pickle",
+                                   "pip_requirements": [_torch_requirement(), "cloudpickle"]}
+        if input_example is not None:
+            examples = ((input_example,) if isinstance(input_example, torch.Tensor)
+                        else tuple(input_example))
+            examples = tuple(example.detach().cpu() for example in examples)
+            options = {"serialization_format": "pt2", "pip_requirements": [_torch_requirement()],
+                       "input_example": examples, "signature": _tensor_signature(model, examples)}
+        # Created here because log_model would file it under the fluent (default) experiment.
+        logged = self.client.create_logged_model(self.experiment_id, "head", source_run_id=self.run_id)
+        with _fluent_tracking_uri(self.tracking_uri), _quiet_pickle_advice():
+            info = mlflow.pytorch.log_model(
+                pytorch_model=model, name="head", registered_model_name=registered_name,
+                run_id=self.run_id, model_id=logged.model_id, **options,
+            )
+        self.log_artifact(state_dict_path, "head")
+        self.log_artifact(config_path, "config")
+        return str(info.registered_model_version)
+
+
+def _torch_requirement() -> str:
+    """torch pinned to this version, without the local "+cu130" label pip can't resolve."""
+    return f"torch=={torch.__version__.split('+')[0]}"
+
+
+def _tensor_spec(tensor: torch.Tensor, name: str | None) -> TensorSpec:
+    dtype = np.dtype(torch.empty((), dtype=tensor.dtype).numpy().dtype)
+    return TensorSpec(dtype, (-1, *tensor.shape[1:]), name)
+
+
+def _tensor_signature(model: torch.nn.Module, examples: tuple[torch.Tensor, ...]) -> ModelSignature:
+    """Signature with a dynamic batch dimension; inputs named input_0.. when there are several."""
+    with torch.no_grad():
+        output = model(*examples)
+    names = [f"input_{index}" for index in range(len(examples))] if len(examples) > 1 else [None]
+    inputs = Schema([_tensor_spec(example, name) for example, name in zip(examples, names)])
+    outputs = Schema([_tensor_spec(output, None)]) if isinstance(output, torch.Tensor) else None
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+class Tracker:
+    """An MLflow experiment and the search run in it; hands out trial and final-head runs."""
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = "ptame") -> None:
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(self.tracking_uri)
+        self.experiment_id = self._experiment_id(experiment)
+        self.search_run_id: str | None = None
+
+    def _experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                return self.client.create_experiment(name)
+            except MlflowException:  # created meanwhile by another process
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+        if found.lifecycle_stage == "deleted":
+            self.client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+
+    def start_search(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Create the search's parent run, or with `run_id` reopen it (resume): its trial runs
+        still RUNNING were cut off by a crash and are marked FAILED; params already on the run
+        keep their first value. Returns the run id."""
+        run_tags = {key: _truncate(str(value), MAX_TAG_VAL_LENGTH)
+                    for key, value in (tags or {}).items()}
+        if run_id is None:
+            run_id = self.client.create_run(self.experiment_id, tags=run_tags, run_name=name).info.run_id
+            logged: Mapping[str, str] = {}
+        else:
+            logged = self.client.get_run(run_id).data.params
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            self._fail_interrupted_children(run_id)
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
+        self.search_run_id = run_id
+        if self.tracking_uri.startswith(("http://", "https://")):
+            _log.info("MLflow search run: %s/#/experiments/%s/runs/%s",
+                      self.tracking_uri.rstrip("/"), self.experiment_id, run_id)
+        fresh = {key: value for key, value in flatten_params(params).items() if key not in logged}
+        RunLog(self.client, run_id).log_params(fresh)
+        return run_id
+
+    def _fail_interrupted_children(self, parent_id: str) -> None:
+        stale = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'",
+        )
+        for run in stale:
+            RunLog(self.client, run.info.run_id).fail("interrupted: the search process stopped")
+
+    def _search(self) -> RunLog:
+        if self.search_run_id is None:
+            raise RuntimeError("start_search() first")
+        return RunLog(self.client, self.search_run_id)
+
+    def _child_run(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=name,
+            tags={PARENT_RUN_TAG: self._search().run_id, **tags},
+        )
+        RunLog(self.client, run.info.run_id).log_params(params)
+        return run.info.run_id
+
+    def log_search_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Search-level metrics (best MoRF, best LeRF, ...) with step = completed trials."""
+        self._search().log_metrics(metrics, step)
+
+    def log_search_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._search().log_artifact(path, artifact_path)
+
+    def log_ax_analyses(
+        self, client: Any, directory: str | Path, include_plotlyjs: bool | str = "cdn"
+    ) -> list[Path]:
+        """Export Ax analyses of `client` (an `ax.api.Client`) as HTML into `directory` and log
+        them under "ax/": parallel coordinates and sensitivity per objective, the two objectives'
+        observed scatter with the Pareto frontier, and the utility (hypervolume) progression.
+
+        An analysis that errors or lacks data is skipped with a one-line note in the log. The HTML
+        loads plotly.js from its CDN (pass include_plotlyjs=True to embed it, ~4 MB per file).
+        """
+        from ax.analysis.plotly import (
+            ParallelCoordinatesPlot,
+            PlotlyAnalysisCard,
+            ScatterPlot,
+            SensitivityAnalysisPlot,
+            UtilityProgressionAnalysis,
+        )
+
+        objectives = list(client._experiment.optimization_config.objective.metric_names)
+        analyses = [ParallelCoordinatesPlot(name) for name in objectives]
+        analyses += [SensitivityAnalysisPlot(name) for name in objectives]
+        if len(objectives) == 2:
+            analyses.append(ScatterPlot(*objectives, use_model_predictions=False,
+                                        show_pareto_frontier=True))
+        analyses.append(UtilityProgressionAnalysis())
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for group in client.compute_analyses(analyses, display=False):
+            for card in group.flatten():
+                if not isinstance(card, PlotlyAnalysisCard):
+                    reason = (card.subtitle or str(card.blob)).strip().splitlines()[0]
+                    _log.info("Ax analysis %r skipped: %s", card.title, reason[:200])
+                    continue
+                stem = re.sub(r"[^a-z0-9]+", "_", card.title.lower()).strip("_")
+                path = directory / f"{stem}.html"
+                figure = card.get_figure()
+                if not figure.layout.title.text:
+                    figure.update_layout(title=card.title)
+                figure.write_html(path, include_plotlyjs=include_plotlyjs)
+                self.log_search_artifact(path, "ax")
+                written.append(path)
+        return written
+
+    def start_trial(self, index: int, params: Mapping[str, Any]) -> RunLog:
+        """A child run "trial-003" for Ax trial 3, with its params."""
+        run_id = self._child_run(f"trial-{index:03d}", {"trial_index": str(index)}, params)
+        return RunLog(self.client, run_id)
+
+    def start_final(self, params: Mapping[str, Any], system_metrics_interval_s: float = 10.0) -> FinalRunLog:
+        """The child run "final-head"; system metrics every `system_metrics_interval_s` (0: off)."""
+        run_id = self._child_run("final-head", {"role": "final"}, params)
+        return FinalRunLog(
+            self.client, run_id, self.tracking_uri, self.experiment_id, system_metrics_interval_s
+        )
+
+    def end_search(self, status: str = "FINISHED") -> None:
+        """End the search run with `status` (FINISHED, FAILED or KILLED)."""
+        self.client.set_terminated(self._search().run_id, status)

@@ -1,0 +1,72 @@
+"""A real `mlflow server` process on 127.0.0.1 for tests (SQLite backend, local artifacts)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+STARTUP_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_mlflow_server(tmp_path: Path) -> tuple[str, subprocess.Popen]:
+    """Start `mlflow server` with its store under `tmp_path`; return (uri, process) once healthy.
+
+    The caller stops it with `stop_mlflow_server(process)`. The server log is `tmp_path/server.log`.
+    """
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--artifacts-destination", str(tmp_path / "artifacts"),
+    ]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    log = open(tmp_path / "server.log", "wb")
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    log.close()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not _healthy(uri):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_mlflow_server(process)
+            output = (tmp_path / "server.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"mlflow server did not come up at {uri}:\n{output}")
+        time.sleep(0.25)
+    return uri, process
+
+
+def stop_mlflow_server(process: subprocess.Popen) -> None:
+    """Terminate the server and its workers (its own process group), then reap it."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

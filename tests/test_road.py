@@ -1,0 +1,108 @@
+"""ROAD masks, AUC and MoRF/LeRF curves on toy classifiers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.metrics.road import RoadResult, removal_masks, road, road_auc
+
+SIZE = 16
+
+
+def test_masks_remove_the_most_or_least_relevant_pixels() -> None:
+    maps = torch.randperm(SIZE * SIZE, generator=torch.Generator().manual_seed(0)).float().view(1, SIZE, SIZE)
+    for fraction in (0.1, 0.25, 0.9):
+        count = round(fraction * SIZE * SIZE)
+        morf = removal_masks(maps, fraction, "morf")
+        lerf = removal_masks(maps, fraction, "lerf")
+        assert morf.dtype == torch.bool and morf.shape == maps.shape
+        assert morf.sum() == lerf.sum() == count
+        assert torch.equal(morf, maps >= SIZE * SIZE - count)
+        assert torch.equal(lerf, maps < count)
+
+
+def test_masks_break_ties_deterministically() -> None:
+    maps = torch.zeros(2, 4, 4)
+    morf = removal_masks(maps, 0.25, "morf")
+    assert morf.sum(dim=(1, 2)).tolist() == [4, 4]
+    assert torch.equal(morf, removal_masks(maps, 0.25, "morf"))
+    with pytest.raises(ValueError):
+        removal_masks(maps, 0.25, "random")
+
+
+def test_auc_is_the_trapezoid_with_endpoints() -> None:
+    scores = [0.9, 0.6, 0.4, 0.2]
+    expected = 0.05 + 0.15 * 0.9 + 0.2 * 0.6 + 0.2 * 0.4 + 0.25 * 0.2
+    assert road_auc([10, 30, 50, 70], scores) == pytest.approx(expected)
+    assert road_auc([50], [1.0]) == pytest.approx(1.0 * 0.5 + 0.5 * 0.5)
+
+
+class RegionClassifier(nn.Module):
+    """Class 1 when the mean brightness of the top-left quarter exceeds 0.5, else class 0."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        brightness = images[:, :, : SIZE // 2, : SIZE // 2].mean(dim=(1, 2, 3))
+        return torch.stack([0.5 - brightness, brightness - 0.5], dim=1) * 10
+
+
+class ConstantClassifier(nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([[2.0, 1.0, 0.0]]).expand(images.shape[0], -1)
+
+
+def bright_region_images(count: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    images = 0.1 + 0.2 * torch.rand(count, 3, SIZE, SIZE, generator=generator)
+    images[:, :, : SIZE // 2, : SIZE // 2] += 0.6
+    return images
+
+
+def test_map_on_the_decisive_region_gives_morf_below_lerf() -> None:
+    images = bright_region_images(5)
+    maps = torch.rand(5, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 0.1
+    maps[:, : SIZE // 2, : SIZE // 2] += 1
+    classifier = RegionClassifier()
+    targets = classifier(images).argmax(dim=1)
+    assert targets.eq(1).all()
+    result = road(classifier, images, maps, targets, batch_size=16, generator=torch.Generator().manual_seed(2))
+    assert result.percentages == [10, 20, 30, 40, 50, 70, 90]
+    assert result.morf[2:] == [0.0] * 5  # the whole region (25 %) is gone from 30 % on
+    assert result.lerf[:5] == [1.0] * 5  # the region is untouched up to 75 %
+    assert result.morf_auc < result.lerf_auc
+    assert result.morf_auc == pytest.approx(road_auc(result.percentages, result.morf))
+
+
+def test_constant_classifier_is_always_right() -> None:
+    images = torch.rand(3, 3, SIZE, SIZE)
+    maps = torch.rand(3, SIZE, SIZE)
+    result = road(ConstantClassifier(), images, maps, torch.zeros(3, dtype=torch.long), percentages=(10, 50, 90))
+    assert result.morf == result.lerf == [1.0, 1.0, 1.0]
+    assert result.morf_auc == pytest.approx(0.95)
+    assert result.metrics() == pytest.approx(
+        {
+            "road_morf_auc": 0.95,
+            "road_lerf_auc": 0.95,
+            **{f"road_{order}_{p}": 1.0 for order in ("morf", "lerf") for p in (10, 50, 90)},
+        }
+    )
+
+
+def test_result_metrics_keys() -> None:
+    result = RoadResult([10, 20], [0.5, 0.25], [0.75, 0.5], 0.1, 0.2)
+    assert result.metrics() == {
+        "road_morf_auc": 0.1,
+        "road_lerf_auc": 0.2,
+        "road_morf_10": 0.5,
+        "road_lerf_10": 0.75,
+        "road_morf_20": 0.25,
+        "road_lerf_20": 0.5,
+    }
+
+
+def test_progress_is_reported_per_chunk() -> None:
+    seen: list[int] = []
+    images, maps = torch.rand(10, 3, 8, 8), torch.rand(10, 8, 8)
+    road(ConstantClassifier(), images, maps, torch.zeros(10, dtype=torch.long), percentages=(50,), progress=seen.append)
+    assert seen[-1] == 10 and seen == sorted(seen)

@@ -1,0 +1,127 @@
+"""The search end to end on tiny models: trials, failures, resume after SIGKILL, final head and export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline import config as configs
+from pipeline.search import DEFAULT_SPACE, Search, SearchOptions
+from pipeline.search_space import load_search_space
+from pipeline.study import Study
+from pipeline.train import train_head
+from pipeline.training import loop
+from pipeline.training.loss import LossTerms
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_images(root: Path, count: int = 8) -> Path:
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(count // 2):
+            Image.fromarray((torch.rand(36, 36, 3, generator=generator) * 255).byte().numpy()).save(
+                root / label / f"{i}.png")
+    return root
+
+
+def toy_base(images: Path) -> dict:
+    return {
+        "name": "toy",
+        "model": {"backbone": "tests.toy_models:tiny_classifier", "auxiliary": "tests.toy_models:tiny_features",
+                  "auxiliary_layers": ["stage1", "stage2", "stage3"]},
+        "data": {"dataset": "folder", "root": str(images)},
+        "train": {"batch_size": 4, "max_lr": 0.01},
+        "evaluation": {"percentages": [20, 50, 80]},
+    }
+
+
+def options(tmp_path: Path, trials: int) -> SearchOptions:
+    space = load_search_space(DEFAULT_SPACE)
+    return SearchOptions(name="toy", trials=trials, base=toy_base(write_images(tmp_path / "images")), space=space,
+                         space_path=DEFAULT_SPACE, seed=3, directory=tmp_path / "search" / "toy",
+                         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", progress=False, system_metrics=False)
+
+
+def test_a_raising_and_a_nan_trial_are_marked_failed_and_the_search_completes(tmp_path, monkeypatch):
+    calls = {"count": 0}
+
+    def flaky_trainer(config, bench, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 1:
+            raise RuntimeError("injected failure")
+        if calls["count"] == 2:
+            def nan_step(*args, **kw):
+                nan = torch.tensor(float("nan"), requires_grad=True)
+                return LossTerms(nan, nan, nan, nan)
+            with monkeypatch.context() as patch:
+                patch.setattr(loop, "training_step", nan_step)
+                return train_head(config, bench, **kwargs)
+        return train_head(config, bench, **kwargs)
+
+    search = Search(options(tmp_path, trials=2), trainer=flaky_trainer)
+    report = search.run()
+    records = search.study.records()
+    assert [r.status for r in records] == ["failed", "failed", "completed", "completed"]
+    assert "injected failure" in records[0].reason
+    assert "TrainingDiverged" in records[1].reason and "nan" in records[1].reason
+    directory = tmp_path / "search" / "toy"
+    best = configs.load(directory / "best.yaml")
+    assert best.loss.lambda1 == pytest.approx(records[report["trial"]].parameters["lambda1"])
+    assert torch.load(directory / "final" / "head.pt", weights_only=True)
+    assert json.loads((directory / "metrics.json").read_text())["test"]["metrics"]["road_morf_auc"] >= 0
+
+
+def test_a_search_stops_after_several_failures_in_a_row(tmp_path):
+    def broken(config, bench, **kwargs):
+        raise ValueError("always broken")
+
+    search = Search(options(tmp_path, trials=2), trainer=broken)
+    with pytest.raises(Exception, match="3 trials failed in a row"):
+        search.run()
+    assert [r.status for r in search.study.records()] == ["failed"] * 3
+
+
+def test_sigkill_then_rerun_resumes_without_losing_or_duplicating_trials(tmp_path):
+    base = toy_base(write_images(tmp_path / "images"))
+    experiment = tmp_path / "toy.yaml"
+    experiment.write_text(yaml.safe_dump(base))
+    command = [sys.executable, "-m", "pipeline.search", "--experiment", str(experiment), "--trials", "4",
+               "--name", "killed", "--out", str(tmp_path / "search"), "--no-progress",
+               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    snapshot = tmp_path / "search" / "killed" / "ax_experiment.json"
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    while process.poll() is None and sum("-> MoRF" in line for line in output) < 2:
+        output.append(process.stdout.readline())
+    assert process.poll() is None, "".join(output)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = Study.open(snapshot.parent, load_search_space(DEFAULT_SPACE), seed=0).records()
+    done_before = [r.index for r in before if r.status == "completed"]
+    assert len(done_before) >= 2
+
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    records = Study.open(snapshot.parent, load_search_space(DEFAULT_SPACE), seed=0).records()
+    assert [r.index for r in records] == list(range(len(records)))
+    assert sum(r.status == "completed" for r in records) == 4
+    assert all(r.status in ("completed", "failed") for r in records)
+    assert all(r.status == "completed" for r in records if r.index in done_before)
+    interrupted = [r for r in records if r.status == "failed"]
+    assert all("interrupted" in r.reason for r in interrupted)
+    arms = [tuple(sorted(r.parameters.items())) for r in records]
+    assert len(set(arms)) == len(arms)
+    assert (tmp_path / "search" / "killed" / "best.yaml").is_file()

@@ -1,0 +1,189 @@
+"""The persistent Ax study, driven by synthetic objectives (no training)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load as load_config
+from pipeline.errors import UserError
+from pipeline.search_space import SearchSpace, load_search_space
+from pipeline.study import INTERRUPTED, SNAPSHOT_NAME, Study, TrialRecord, format_table, pareto_front, trade_off
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGNS = {"road_morf_auc": -1.0, "road_lerf_auc": 1.0}
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return load_search_space(ROOT / "search_spaces" / "ptame.yaml")
+
+
+def synthetic(parameters: dict) -> dict[str, float]:
+    """A smooth stand-in for ROAD: MoRF best at λ1 = 0.3, LeRF grows with λ2 and λ_area."""
+    morf = (parameters["lambda1"] - 0.3) ** 2 + 0.1 * parameters["lambda2"]
+    lerf = 0.5 * parameters["lambda2"] + 0.1 * parameters["lambda_area"]
+    return {"road_morf_auc": morf, "road_lerf_auc": lerf, "loss": 1.0}
+
+
+def record(index: int, morf: float, lerf: float, status: str = "completed") -> TrialRecord:
+    return TrialRecord(index, status, {"lambda1": 0.2, "lambda2": 0.3}, {"road_morf_auc": morf, "road_lerf_auc": lerf},
+                       None, "Sobol")
+
+
+def test_sobol_then_botorch_within_the_space(tmp_path: Path, space: SearchSpace) -> None:
+    study = Study.open(tmp_path, space, seed=space.seed)
+    for _ in range(6):  # 5 Sobol + 1 BoTorch: each BoTorch trial costs 10-50 s on two busy CPU cores
+        index, parameters = study.next_trial()
+        assert parameters["lambda1"] + parameters["lambda2"] <= 1 + 1e-9
+        assert 0 <= parameters["lambda1"] <= 1 and 0 <= parameters["lambda2"] <= 1
+        assert parameters["lambda_area"] in {0.5, 1.0, 2.0}
+        assert study.complete(index, synthetic(parameters))
+    records = study.records()
+    assert [r.generator for r in records] == ["Sobol"] * 5 + ["BoTorch"]
+    assert [r.index for r in records] == list(range(6)) and study.completed_count == 6
+    assert records[0].metrics["loss"] == 1.0  # extra metrics are kept, outside Ax's model
+    assert "loss" not in study.client.summarize().columns
+    assert records[0].lambda3 == pytest.approx(1 - records[0].parameters["lambda1"] - records[0].parameters["lambda2"])
+    front = study.pareto()
+    assert front and all(r.status == "completed" for r in front)
+    assert study.select() in front
+    assert study.select() == max(front, key=lambda r: trade_off(r, SIGNS))
+
+
+def test_same_seed_same_sobol_points_and_seed_override(tmp_path: Path, space: SearchSpace) -> None:
+    first = Study.open(tmp_path / "a", space, seed=1).next_trial()
+    again = Study.open(tmp_path / "b", space, seed=1).next_trial()
+    other = Study.open(tmp_path / "c", space, seed=2).next_trial()
+    assert first == again and first != other
+
+
+def test_resume_after_kill(tmp_path: Path, space: SearchSpace) -> None:
+    study = Study.open(tmp_path, space, seed=3)
+    for _ in range(2):
+        index, parameters = study.next_trial()
+        study.complete(index, synthetic(parameters))
+    running, _ = study.next_trial()
+    del study  # the process dies with trial 2 running; the snapshot on disk is all that is left
+    assert not list(tmp_path.glob("*.tmp"))
+    saved = json.loads((tmp_path / SNAPSHOT_NAME).read_text())
+    assert len(saved["experiment"]["trials"]) == 3
+
+    resumed = Study.open(tmp_path, space, seed=3)
+    records = resumed.records()
+    assert [r.index for r in records] == [0, 1, 2]
+    assert [r.status for r in records] == ["completed", "completed", "failed"]
+    assert records[running].reason == INTERRUPTED
+    assert resumed.completed_count == 2 and resumed.failed_count == 1
+    index, _ = resumed.next_trial()
+    assert index == 3
+
+    reloaded = Study.open(tmp_path, space, seed=3)  # trial 3 was running again: interrupted too
+    assert [(r.index, r.status, r.reason) for r in reloaded.records()] == [
+        (0, "completed", None),
+        (1, "completed", None),
+        (2, "failed", INTERRUPTED),
+        (3, "failed", INTERRUPTED),
+    ]
+    assert reloaded.next_trial()[0] == 4
+
+
+def test_fail_keeps_reason_and_search_goes_on(tmp_path: Path, space: SearchSpace) -> None:
+    study = Study.open(tmp_path, space, seed=4)
+    index, _ = study.next_trial()
+    study.fail(index, "loss diverged at step 12")
+    nan_index, parameters = study.next_trial()
+    assert not study.complete(nan_index, {**synthetic(parameters), "road_morf_auc": float("nan")})
+    next_index, parameters = study.next_trial()
+    assert study.complete(next_index, synthetic(parameters))
+
+    records = Study.open(tmp_path, space, seed=4).records()
+    assert records[index].status == "failed" and records[index].reason == "loss diverged at step 12"
+    assert records[nan_index].reason == "non-finite objective: road_morf_auc = nan"
+    assert records[next_index].status == "completed" and records[next_index].metrics["loss"] == 1.0
+    table = format_table(records, {next_index}, space.objective_names)
+    assert "failed: loss diverged at step 12" in table
+    lines = table.splitlines()
+    assert lines[0].split() == ["trial", "generator", "lambda1", "lambda2", "lambda_area", "lambda3", "MoRF", "LeRF",
+                                "status"]
+    assert lines[2 + next_index].startswith("*")
+    assert lines[2 + index].index("failed") == lines[2 + next_index].index("completed") == lines[0].index("status")
+    with pytest.raises(ValueError, match="road_lerf_auc"):
+        study.complete(study.next_trial()[0], {"road_morf_auc": 0.1})
+
+
+def test_pareto_and_select_on_hand_made_data() -> None:
+    records = [
+        record(0, morf=0.30, lerf=0.60),  # dominated by 1
+        record(1, morf=0.20, lerf=0.70),  # Pareto, LeRF − MoRF = 0.50
+        record(2, morf=0.10, lerf=0.40),  # Pareto, 0.30
+        record(3, morf=0.40, lerf=0.95),  # Pareto, 0.55  <- best trade-off
+        record(4, morf=0.01, lerf=0.99, status="failed"),  # would dominate all, but failed
+    ]
+    front = pareto_front(records, SIGNS)
+    assert [r.index for r in front] == [1, 2, 3]
+    assert max(front, key=lambda r: trade_off(r, SIGNS)).index == 3
+    reversed_directions = pareto_front(records, {"road_morf_auc": 1.0, "road_lerf_auc": -1.0})
+    assert [r.index for r in reversed_directions] == [0, 2, 3]
+
+
+def test_select_through_the_study(tmp_path: Path, space: SearchSpace) -> None:
+    study = Study.open(tmp_path, space, seed=5)
+    with pytest.raises(UserError, match="no trial has completed"):
+        study.select()
+    hand_made = [(0.30, 0.60), (0.20, 0.70), None, (0.10, 0.40), (0.40, 0.95)]
+    for values in hand_made:
+        index, _ = study.next_trial()
+        if values is None:
+            study.fail(index, "out of memory")
+        else:
+            study.complete(index, {"road_morf_auc": values[0], "road_lerf_auc": values[1]})
+    assert [r.index for r in study.pareto()] == [1, 3, 4]
+    assert study.select().index == 4
+    assert study.select(trial=0).index == 0
+    with pytest.raises(UserError, match=r"--trial 2: that trial is failed \(out of memory\).*\[0, 1, 3, 4\]"):
+        study.select(trial=2)
+    with pytest.raises(UserError, match="--trial 9: no such trial"):
+        study.select(trial=9)
+
+
+def test_resume_with_another_space_is_refused(tmp_path: Path, space: SearchSpace) -> None:
+    Study.open(tmp_path, space, seed=6)
+    lambda1, *rest = space.parameters
+    narrower = dataclasses.replace(space, parameters=(dataclasses.replace(lambda1, bounds=(0.0, 0.5)), *rest))
+    with pytest.raises(UserError, match=r"different search space.*range=\[0.0, 0.5\].*new --name") as error:
+        Study.open(tmp_path, narrower, seed=6)
+    assert "lambda2" not in str(error.value)
+    flipped = dataclasses.replace(space, objectives={"road_morf_auc": "maximize", "road_lerf_auc": "maximize"})
+    with pytest.raises(UserError, match="objectives"):
+        Study.open(tmp_path, flipped, seed=6)
+
+
+def test_unreadable_snapshot(tmp_path: Path, space: SearchSpace) -> None:
+    (tmp_path / SNAPSHOT_NAME).write_text("{")
+    with pytest.raises(UserError, match="not a readable Ax snapshot"):
+        Study.open(tmp_path, space, seed=7)
+
+
+def test_another_space_with_log_scale_learning_rate(tmp_path: Path) -> None:
+    path = tmp_path / "lr.yaml"
+    path.write_text(
+        "parameters:\n"
+        "  lambda1: {key: loss.lambda1, type: range, bounds: [0.0, 1.0]}\n"
+        "  lambda2: {key: loss.lambda2, type: range, bounds: [0.0, 1.0]}\n"
+        "  max_lr: {key: train.max_lr, type: range, bounds: [1.0e-5, 1.0e-3], scale: log}\n"
+        "  batch_size: {key: train.batch_size, type: choice, values: [32, 64]}\n"
+        "constraints: ['lambda1 + lambda2 <= 0.9', 'lambda1 >= 0.6']\n"
+        "objectives: {road_morf_auc: minimize}\n"
+    )
+    space = load_search_space(path)
+    study = Study.open(tmp_path / "study", space, seed=8)
+    for _ in range(3):
+        _, parameters = study.next_trial()
+        assert space.contains(parameters) and parameters["lambda1"] >= 0.6 - 1e-9
+        config = load_config(overrides=space.overrides(parameters))  # the overrides round-trip exactly
+        assert (config.loss.lambda1, config.loss.lambda2) == (parameters["lambda1"], parameters["lambda2"])
+        assert (config.train.max_lr, config.train.batch_size) == (parameters["max_lr"], parameters["batch_size"])

@@ -1,0 +1,238 @@
+"""Tracking against a real `mlflow server` on 127.0.0.1: nested runs, buffered step metrics,
+artifacts, failures, resume, Ax analyses and a registered final head."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.tracking import Tracker
+from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
+
+
+@pytest.fixture(scope="module")
+def server_uri(tmp_path_factory: pytest.TempPathFactory):
+    uri, process = start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"))
+    yield uri
+    stop_mlflow_server(process)
+
+
+@pytest.fixture
+def tracker(server_uri: str) -> Tracker:
+    """A tracker on its own experiment, with a search run started."""
+    tracker = Tracker(server_uri, experiment=f"test-{uuid.uuid4().hex[:8]}")
+    tracker.start_search("search", {"backbone": "vgg16", "trials": 3}, {"kind": "test"})
+    return tracker
+
+
+def test_resolve_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = tracking.resolve_tracking_uri(None)
+    assert default.startswith("sqlite:///") and default.endswith(f"{tmp_path.name}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-env:5000")
+    assert tracking.resolve_tracking_uri(None) == "http://from-env:5000"
+    assert tracking.resolve_tracking_uri("http://explicit:5000") == "http://explicit:5000"
+
+
+@pytest.mark.parametrize(
+    ("backbone", "auxiliary", "expected"),
+    [
+        ("efficientnet_lite0", "efficientnet_lite1", "ptame-efficientnet_lite0-efficientnet_lite1"),
+        ("timm:convnext_tiny", "resnet18", "ptame-timm_convnext_tiny-resnet18"),
+        ("mypkg.models:factory", "mobilenet_v3_small", "ptame-mypkg.models_factory-mobilenet_v3_small"),
+        ("a/b c%", "", "ptame-a_b_c-none"),
+    ],
+)
+def test_registered_model_name(backbone: str, auxiliary: str, expected: str) -> None:
+    assert tracking.registered_model_name(backbone, auxiliary) == expected
+
+
+def test_flatten_params() -> None:
+    flat = tracking.flatten_params(
+        {"loss": {"lambda1": 0.5, "area": {"exp": 2}}, "layers": ["layer1", "layer2"], "empty": {},
+         "long": "x" * 7000}
+    )
+    assert flat["loss.lambda1"] == "0.5" and flat["loss.area.exp"] == "2"
+    assert flat["layers"] == "['layer1', 'layer2']" and flat["empty"] == "{}"
+    assert len(flat["long"]) == 6000 and flat["long"].endswith("...")
+
+
+def test_trials_are_nested_with_params_steps_metrics_and_artifacts(tracker: Tracker, tmp_path: Path) -> None:
+    client = MlflowClient(tracker.tracking_uri)
+    artifact = tmp_path / "road.txt"
+    artifact.write_text("MoRF 0.2\n")
+    run_ids = []
+    for index in range(3):
+        with tracker.start_trial(index, {"loss": {"lambda1": 0.1 * index}, "lambda_area": 2}) as run:
+            for step in range(50):
+                run.log_step(step, {"loss": 1.0 / (step + 1), "ce": 0.5, "area": 0.2})
+            run.log_metrics({"road_morf": 0.2, "road_lerf": 0.7})
+            for percent, accuracy in [(10, 0.6), (50, 0.3)]:
+                run.log_metrics({"road_morf_curve": accuracy}, step=percent)
+            run.log_artifact(artifact, "plots")
+        run_ids.append(run.run_id)
+    tracker.log_search_metrics({"best_lerf_minus_morf": 0.5}, step=3)
+    tracker.end_search()
+
+    for index, run_id in enumerate(run_ids):
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.info.run_name == f"trial-{index:03d}"
+        assert run.data.tags["mlflow.parentRunId"] == tracker.search_run_id
+        assert run.data.params["loss.lambda1"] == str(0.1 * index)
+        assert run.data.metrics["road_lerf"] == 0.7
+        assert len(client.get_metric_history(run_id, "loss")) == 50
+        assert [m.step for m in client.get_metric_history(run_id, "road_morf_curve")] == [10, 50]
+        assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/road.txt"]
+    search = client.get_run(tracker.search_run_id)
+    assert search.info.status == "FINISHED" and search.data.params["trials"] == "3"
+    assert search.data.tags["kind"] == "test"
+
+
+def test_failed_trial_is_marked_failed_with_reason(tracker: Tracker) -> None:
+    with pytest.raises(RuntimeError, match="loss is NaN"):
+        with tracker.start_trial(7, {"lambda1": 0.9}) as run:
+            run.log_step(0, {"loss": float("nan")})
+            raise RuntimeError("loss is NaN at step 0")
+    failed = MlflowClient(tracker.tracking_uri).get_run(run.run_id)
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["failure_reason"] == "RuntimeError: loss is NaN at step 0"
+
+    explicit = tracker.start_trial(8, {})
+    explicit.fail("diverged")
+    assert MlflowClient(tracker.tracking_uri).get_run(explicit.run_id).data.tags["failure_reason"] == "diverged"
+
+
+def test_resume_reopens_search_and_fails_interrupted_trials(tracker: Tracker) -> None:
+    interrupted = tracker.start_trial(0, {"lambda1": 0.3})  # the process "dies" here
+    resumed = Tracker(tracker.tracking_uri, experiment=tracker.client.get_experiment(tracker.experiment_id).name)
+    run_id = resumed.start_search("search", {"backbone": "vgg16", "trials": 5, "resumed": True}, {},
+                                  run_id=tracker.search_run_id)
+    client = MlflowClient(tracker.tracking_uri)
+    search = client.get_run(run_id)
+    assert run_id == tracker.search_run_id and search.info.status == "RUNNING"
+    assert search.data.params["trials"] == "3" and search.data.params["resumed"] == "True"
+    stale = client.get_run(interrupted.run_id)
+    assert stale.info.status == "FAILED" and stale.data.tags["failure_reason"].startswith("interrupted")
+
+
+def test_buffered_step_logging_cost(tracker: Tracker) -> None:
+    steps, names = 200, ("loss", "ce", "area", "smooth")
+    run = tracker.start_trial(0, {})
+    started = time.perf_counter()
+    for step in range(steps):
+        run.log_step(step, {name: 1.0 / (step + 1) for name in names})
+    run.finish()
+    buffered = time.perf_counter() - started
+
+    unbuffered_steps = 25
+    plain = tracker.start_trial(1, {})
+    started = time.perf_counter()
+    for step in range(unbuffered_steps):
+        for name in names:
+            tracker.client.log_metric(plain.run_id, name, 1.0, step=step)
+    per_call = (time.perf_counter() - started) / (unbuffered_steps * len(names))
+    plain.finish()
+
+    print(f"\n{steps} steps x {len(names)} metrics over HTTP: buffered {buffered * 1000:.0f} ms total "
+          f"({buffered / steps * 1e6:.0f} us/step incl. flush + finish); one log_metric per value: "
+          f"{per_call * 1000:.1f} ms/call -> ~{per_call * steps * len(names):.1f} s for the same")
+    for name in names:
+        assert len(tracker.client.get_metric_history(run.run_id, name)) == steps
+
+
+def test_final_head_is_logged_and_registered(
+    tracker: Tracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    name = tracking.registered_model_name("timm:convnext_tiny", f"resnet18-{uuid.uuid4().hex[:6]}")
+    head = torch.nn.Conv2d(4, 10, 1)
+    state_dict_path, config_path = tmp_path / "head.pt", tmp_path / "config.yaml"
+    torch.save(head.state_dict(), state_dict_path)
+    config_path.write_text("loss:\n  lambda1: 0.6\n")
+
+    with tracker.start_final({"loss": {"lambda1": 0.6}}, system_metrics_interval_s=0.5) as final:
+        final.log_step(0, {"loss": 0.5})
+        example = torch.rand(2, 4, 7, 7)
+        version = final.log_head(head, name, state_dict_path, config_path, input_example=example)
+        time.sleep(1.5)
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # log_head restored the env
+
+    client = MlflowClient(tracker.tracking_uri)
+    versions = client.search_model_versions(f"name='{name}'")
+    assert version == "1" and [v.version for v in versions] == ["1"]
+    run = client.get_run(final.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "final-head"
+    assert run.data.tags["mlflow.parentRunId"] == tracker.search_run_id
+    assert any(key.startswith("system/cpu") for key in run.data.metrics)
+    assert [a.path for a in client.list_artifacts(final.run_id, "head")] == ["head/head.pt"]
+    assert [a.path for a in client.list_artifacts(final.run_id, "config")] == ["config/config.yaml"]
+    [model] = client.search_logged_models([tracker.experiment_id])  # in our experiment, not "0"
+    assert model.source_run_id == final.run_id
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)
+    from mlflow.tracking._tracking_service import utils as U
+    from mlflow.tracking._model_registry import utils as R
+    print("DBG", os.environ.get("MLFLOW_TRACKING_URI"), U._tracking_uri, mlflow.get_tracking_uri(), mlflow.get_registry_uri(), R._registry_uri, os.environ.get("MLFLOW_REGISTRY_URI"))
+    loaded = mlflow.pytorch.load_model(f"models:/{name}/1")  # pt2: no pickle opt-in needed
+    batch = torch.rand(3, 4, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), head(batch))
+
+
+def test_final_head_without_example_is_pickled(tracker: Tracker, tmp_path: Path) -> None:
+    name = tracking.registered_model_name("vgg16", f"resnet18-{uuid.uuid4().hex[:6]}")
+    (tmp_path / "head.pt").write_bytes(b"weights")
+    (tmp_path / "config.yaml").write_text("{}\n")
+    with tracker.start_final({}, system_metrics_interval_s=0) as final:
+        version = final.log_head(torch.nn.Conv2d(4, 10, 1), name, tmp_path / "head.pt",
+                                 tmp_path / "config.yaml")
+    assert version == "1"
+    client = MlflowClient(tracker.tracking_uri)
+    assert client.get_model_version(name, "1").run_id == final.run_id
+    [model] = client.search_logged_models([tracker.experiment_id])
+    assert model.source_run_id == final.run_id and model.status == "READY"
+
+
+def test_ax_analyses_are_exported_and_logged(
+    tracker: Tracker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ax.api import ChoiceParameterConfig, Client, RangeParameterConfig
+
+    client = Client(random_seed=0)
+    client.configure_experiment(
+        parameters=[
+            RangeParameterConfig(name="lambda1", parameter_type="float", bounds=(0.0, 1.0)),
+            RangeParameterConfig(name="lambda2", parameter_type="float", bounds=(0.0, 1.0)),
+            ChoiceParameterConfig(name="lambda_area", parameter_type="float",
+                                  values=[0.5, 1.0, 2.0], is_ordered=True),
+        ],
+        parameter_constraints=["lambda1 + lambda2 <= 1"],
+    )
+    client.configure_optimization(objective="-road_morf, road_lerf")
+    client.configure_generation_strategy(initialization_budget=5, initialize_with_center=False)
+    for index, params in client.get_next_trials(max_trials=3).items():
+        client.complete_trial(index, {"road_morf": 0.3 * params["lambda1"] + 0.1,
+                                      "road_lerf": 0.8 - 0.2 * params["lambda2"]})
+
+    with caplog.at_level(logging.INFO, logger="pipeline.tracking"):
+        written = tracker.log_ax_analyses(client, tmp_path / "ax")
+    names = sorted(path.name for path in written)
+    assert names == ["observed_effects_road_morf_vs_road_lerf.html",
+                     "parallel_coordinates_for_road_lerf.html",
+                     "parallel_coordinates_for_road_morf.html",
+                     "utility_progression.html"]
+    assert all(path.stat().st_size > 1000 for path in written)
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 2 and all("\n" not in line for line in skipped)  # sensitivity x2
+    logged = MlflowClient(tracker.tracking_uri).list_artifacts(tracker.search_run_id, "ax")
+    assert sorted(Path(a.path).name for a in logged) == names
