@@ -20,6 +20,14 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def quiet_ax() -> None:
+    """Import Ax and lower its console handler (INFO by default) to warnings."""
+    import ax  # noqa: F401  (attaches Ax's handler)
+
+    for handler in logging.getLogger("ax").handlers:
+        handler.setLevel(logging.WARNING)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--experiment FILE`` / ``--config FILE`` and repeatable ``--set key=value``."""
     parser.add_argument("--experiment", "--config", dest="experiment", metavar="FILE",

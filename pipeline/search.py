@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ from pipeline.tracking import RunLog, Tracker, registered_model_name
 from pipeline.train import TrainedHead, Workbench, save_head, train_head
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "ptame.yaml"
-BASE_CONFIG, STATE, BEST, METRICS = "base_config.yaml", "state.json", "best.yaml", "metrics.json"
+BASE_CONFIG, SPACE, STATE = "base_config.yaml", "search_space.yaml", "state.json"
+BEST, METRICS = "best.yaml", "metrics.json"
 GRID_IMAGES = 8
 
 
@@ -99,18 +101,26 @@ class Search:
                  trainer: Callable[..., TrainedHead] = train_head):
         self.options = options
         self.trainer = trainer
-        options.directory.mkdir(parents=True, exist_ok=True)
-        base_path = options.directory / BASE_CONFIG
-        if base_path.is_file() and configs.read_yaml(base_path) != options.base:
-            raise UserError(f"search {options.name!r} was started with another experiment config "
-                            f"({base_path}); rerun with the same options or choose a new --name")
-        base_path.write_text(yaml.safe_dump(options.base, sort_keys=False))
         self.base_config = configs.from_dict(options.base)
-        self.state = SearchState.load(options.directory / STATE)
-        self.study = Study.open(options.directory, options.space, options.seed)
-        self.tracker = Tracker(options.tracking_uri)
+        self.study: Study | None = None
+        self.tracker: Tracker | None = None
         self.bench: Workbench | None = None
         self.val_set: EvalSet | None = None
+
+    def _open_state(self) -> None:
+        """The search folder: the base config it was started with, our state and the Ax study."""
+        directory = self.options.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        base_path = directory / BASE_CONFIG
+        if base_path.is_file() and configs.read_yaml(base_path) != self.options.base:
+            raise UserError(f"search {self.options.name!r} was started with another experiment config "
+                            f"({base_path}); rerun with the same options or choose a new --name")
+        base_path.write_text(yaml.safe_dump(self.options.base, sort_keys=False))
+        shutil.copyfile(self.options.space_path, directory / SPACE)
+        self.state = SearchState.load(directory / STATE)
+        cli.quiet_ax()
+        self.study = Study.open(directory, self.options.space, self.options.seed)
+        self.tracker = Tracker(self.options.tracking_uri)
 
     def _parent_params(self) -> dict[str, Any]:
         base = self.base_config
@@ -121,8 +131,9 @@ class Search:
                 "batch_size": base.train.batch_size, "base": configs.to_dict(base)}
 
     def open(self) -> None:
-        """Load models and data once, classify the validation split once, open the MLflow parent run."""
+        """Load models and data once (first, so bad input fails fast), then the study and MLflow runs."""
         self.bench = Workbench.load(self.base_config)
+        self._open_state()
         evaluation = self.base_config.evaluation
         self.val_set = prepare_eval_set(self.bench.models.classifier, self.bench.splits.val, evaluation.batch_size)
         run_id = self.tracker.start_search(
@@ -237,7 +248,7 @@ class Search:
             self.run_trials()
             report = self.finish()
         except BaseException:
-            if self.tracker.search_run_id is not None:
+            if self.tracker is not None and self.tracker.search_run_id is not None:
                 self.tracker.end_search("FAILED")
             raise
         self.tracker.end_search("FINISHED")

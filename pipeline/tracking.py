@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import Any
 
 import mlflow
-import numpy as np
 import torch
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -141,7 +140,9 @@ class RunLog:
     def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
         """Buffer one training step's metrics (pass floats: a CUDA tensor here would sync)."""
         timestamp = _now_ms()
-        self._pending.extend(Metric(key, float(value), timestamp, step) for key, value in metrics.items())
+        self._pending.extend(
+            Metric(key, float(value), timestamp, step) for key, value in metrics.items()
+        )
         if (len(self._pending) >= MAX_METRICS_PER_BATCH
                 or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S):
             self.flush()
@@ -257,11 +258,12 @@ class FinalRunLog(RunLog):
             examples = tuple(example.detach().cpu() for example in examples)
             options = {"serialization_format": "pt2", "pip_requirements": [_torch_requirement()],
                        "input_example": examples, "signature": _tensor_signature(model, examples)}
-        # Created here because log_model would file it under the fluent (default) experiment.
-        logged = self.client.create_logged_model(self.experiment_id, "head", source_run_id=self.run_id)
+        # Created here because log_model would file it under the fluent (default) experiment. Not
+        # named "head": MLflow resolves a run's artifact path equal to a model name to the model.
+        logged = self.client.create_logged_model(self.experiment_id, "model", source_run_id=self.run_id)
         with _fluent_tracking_uri(self.tracking_uri), _quiet_pickle_advice():
             info = mlflow.pytorch.log_model(
-                pytorch_model=model, name="head", registered_model_name=registered_name,
+                pytorch_model=model, name="model", registered_model_name=registered_name,
                 run_id=self.run_id, model_id=logged.model_id, **options,
             )
         self.log_artifact(state_dict_path, "head")
@@ -275,8 +277,7 @@ def _torch_requirement() -> str:
 
 
 def _tensor_spec(tensor: torch.Tensor, name: str | None) -> TensorSpec:
-    dtype = np.dtype(torch.empty((), dtype=tensor.dtype).numpy().dtype)
-    return TensorSpec(dtype, (-1, *tensor.shape[1:]), name)
+    return TensorSpec(tensor.numpy().dtype, (-1, *tensor.shape[1:]), name)
 
 
 def _tensor_signature(model: torch.nn.Module, examples: tuple[torch.Tensor, ...]) -> ModelSignature:
@@ -324,10 +325,13 @@ class Tracker:
         run_tags = {key: _truncate(str(value), MAX_TAG_VAL_LENGTH)
                     for key, value in (tags or {}).items()}
         if run_id is None:
-            run_id = self.client.create_run(self.experiment_id, tags=run_tags, run_name=name).info.run_id
+            run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=name)
+            run_id = run.info.run_id
             logged: Mapping[str, str] = {}
         else:
-            logged = self.client.get_run(run_id).data.params
+            reopened = self.client.get_run(run_id)
+            self.experiment_id = reopened.info.experiment_id  # trials join the search's experiment
+            logged = reopened.data.params
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             self._fail_interrupted_children(run_id)
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
@@ -417,7 +421,9 @@ class Tracker:
         run_id = self._child_run(f"trial-{index:03d}", {"trial_index": str(index)}, params)
         return RunLog(self.client, run_id)
 
-    def start_final(self, params: Mapping[str, Any], system_metrics_interval_s: float = 10.0) -> FinalRunLog:
+    def start_final(
+        self, params: Mapping[str, Any], system_metrics_interval_s: float = 10.0
+    ) -> FinalRunLog:
         """The child run "final-head"; system metrics every `system_metrics_interval_s` (0: off)."""
         run_id = self._child_run("final-head", {"role": "final"}, params)
         return FinalRunLog(

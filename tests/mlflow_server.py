@@ -46,6 +46,7 @@ def start_mlflow_server(tmp_path: Path) -> tuple[str, subprocess.Popen]:
         "--artifacts-destination", str(tmp_path / "artifacts"),
     ]
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner processes
     log = open(tmp_path / "server.log", "wb")
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

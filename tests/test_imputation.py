@@ -10,9 +10,19 @@ import torch
 import torch.nn.functional as F
 from skimage import data as skdata
 
+from pipeline.metrics import imputation
 from pipeline.metrics.imputation import FILL_VALUE, noisy_linear_impute
 
 SIDE, DIAGONAL = 1 / 6, 1 / 12
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: on a shared 2-core machine, small multi-threaded ops are erratic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def exact_impute(image: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
@@ -162,3 +172,14 @@ def test_odd_sizes_match_exact_solve() -> None:
     removed[0, 5:30, 10:51] = True
     result = noisy_linear_impute(image, removed, noise=0.0)
     assert (result[0].double() - exact_impute(image[0], removed[0])).abs().max() <= 1e-3
+
+
+def test_chunks_on_a_thread_pool_match_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    images = torch.rand(6, 3, 24, 24, generator=torch.Generator().manual_seed(3))
+    removed = torch.rand(6, 24, 24, generator=torch.Generator().manual_seed(4)) < 0.6
+    whole = noisy_linear_impute(images, removed, noise=0.0)
+    monkeypatch.setattr(imputation, "_CHUNK_VALUES", 2 * 3 * 24 * 24)
+    torch.set_num_threads(2)
+    chunked = noisy_linear_impute(images, removed, noise=0.0)
+    assert torch.get_num_threads() == 2
+    assert (chunked - whole).abs().max() <= 1e-4

@@ -11,6 +11,15 @@ from pipeline.metrics.road import RoadResult, removal_masks, road, road_auc
 SIZE = 16
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: on a shared 2-core machine, small multi-threaded ops are erratic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_masks_remove_the_most_or_least_relevant_pixels() -> None:
     maps = torch.randperm(SIZE * SIZE, generator=torch.Generator().manual_seed(0)).float().view(1, SIZE, SIZE)
     for fraction in (0.1, 0.25, 0.9):

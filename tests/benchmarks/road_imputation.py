@@ -1,0 +1,139 @@
+"""Benchmark: batched `noisy_linear_impute` against a per-image scipy sparse direct solve.
+
+Bundled photos (skimage, sklearn) with random crops and flips, MoRF masks from smooth maps at the
+seven default ROAD percentages. Run: python tests/benchmarks/road_imputation.py [--batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+import torch
+import torch.nn.functional as F
+from skimage import data as skdata
+from sklearn.datasets import load_sample_images
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script from anywhere
+
+from pipeline.metrics.imputation import noisy_linear_impute
+from pipeline.metrics.road import removal_masks
+
+PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)
+OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+
+
+def photos() -> list[torch.Tensor]:
+    """The bundled photos as float [3, H, W] tensors in [0, 1]."""
+    arrays = [skdata.chelsea(), skdata.coffee(), skdata.rocket(), skdata.astronaut(), skdata.stereo_motorcycle()[0]]
+    arrays.append(np.repeat(skdata.camera()[..., None], 3, axis=2))
+    arrays.extend(load_sample_images().images)
+    return [torch.from_numpy(np.array(a[..., :3])).permute(2, 0, 1).float() / 255 for a in arrays]
+
+
+def make_batch(batch: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crops (after a random rescale) and flips of the photos."""
+    sources = photos()
+    crops = []
+    for index in range(batch):
+        photo = sources[index % len(sources)]
+        scale = (size + torch.randint(0, size // 2, (1,), generator=generator).item()) / min(photo.shape[1:])
+        resized = F.interpolate(photo[None], scale_factor=scale, mode="bilinear", antialias=True)[0]
+        top = torch.randint(0, resized.shape[1] - size + 1, (1,), generator=generator).item()
+        left = torch.randint(0, resized.shape[2] - size + 1, (1,), generator=generator).item()
+        crop = resized[:, top : top + size, left : left + size]
+        if torch.rand(1, generator=generator).item() < 0.5:
+            crop = crop.flip(-1)
+        crops.append(crop.clamp(0, 1))
+    return torch.stack(crops)
+
+
+def smooth_maps(batch: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """A Gaussian blob at a random place plus blurred noise, per image."""
+    grid = torch.linspace(0, 1, size)
+    centers = torch.rand(batch, 2, generator=generator)
+    widths = 0.1 + 0.2 * torch.rand(batch, 1, 1, generator=generator)
+    distance = (grid[None, :, None] - centers[:, 0, None, None]) ** 2 + (grid[None, None, :] - centers[:, 1, None, None]) ** 2
+    blob = torch.exp(-distance / (2 * widths**2))
+    noise = F.interpolate(torch.rand(batch, 1, 7, 7, generator=generator), size=(size, size), mode="bicubic")[:, 0]
+    return blob + 0.3 * noise
+
+
+def scipy_impute(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """Exact noise-free solve of one image [C, H, W] (float64) with a coo-built system and spsolve."""
+    height, width = removed.shape
+    index = np.full((height, width), -1)
+    rows, cols = np.nonzero(removed)
+    index[rows, cols] = np.arange(rows.size)
+    diagonal = np.zeros(rows.size)
+    rhs = np.zeros((rows.size, image.shape[0]))
+    entries_i, entries_j, entries_w = [], [], []
+    for dy, dx in OFFSETS:
+        weight = 1 / 12 if dy and dx else 1 / 6
+        ny, nx = rows + dy, cols + dx
+        inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+        source, ny, nx = np.nonzero(inside)[0], ny[inside], nx[inside]
+        diagonal[source] += weight
+        neighbour = index[ny, nx]
+        unknown = neighbour >= 0
+        entries_i.append(source[unknown])
+        entries_j.append(neighbour[unknown])
+        entries_w.append(np.full(unknown.sum(), -weight))
+        np.add.at(rhs, source[~unknown], weight * image[:, ny[~unknown], nx[~unknown]].T)
+    all_rows = np.concatenate([*entries_i, np.arange(rows.size)])
+    all_cols = np.concatenate([*entries_j, np.arange(rows.size)])
+    all_values = np.concatenate([*entries_w, diagonal])
+    matrix = scipy.sparse.coo_matrix((all_values, (all_rows, all_cols)), shape=(rows.size,) * 2).tocsc()
+    solution = scipy.sparse.linalg.spsolve(matrix, rhs).reshape(rows.size, -1)
+    out = image.copy()
+    out[:, rows, cols] = solution.T
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--skip-scipy", action="store_true", help="time only the batched imputer")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(0)
+    images = make_batch(args.batch, args.size, generator)
+    maps = smooth_maps(args.batch, args.size, generator)
+    masks = torch.cat([removal_masks(maps, p / 100, "morf") for p in PERCENTAGES])
+    stacked = images.repeat(len(PERCENTAGES), 1, 1, 1)
+    print(f"{stacked.shape[0]} imputations ({args.batch} images x {len(PERCENTAGES)} percentages), {args.size}x{args.size}")
+
+    device = torch.device(args.device)
+    on_device, masks_on_device = stacked.to(device), masks.to(device)
+    noisy_linear_impute(on_device[:2], masks_on_device[:2], noise=0.0)  # warm-up
+    start = time.perf_counter()
+    batched = noisy_linear_impute(on_device, masks_on_device, noise=0.0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    batched_time = time.perf_counter() - start
+    print(f"batched: {batched_time:.2f} s ({stacked.shape[0] / batched_time:.1f} imputations/s)")
+    if args.skip_scipy:
+        return
+
+    start = time.perf_counter()
+    exact = [scipy_impute(image.double().numpy(), mask.numpy()) for image, mask in zip(stacked, masks)]
+    scipy_time = time.perf_counter() - start
+    difference = (batched.cpu().double() - torch.from_numpy(np.stack(exact))).abs()
+    per_percentage = difference.amax(dim=(1, 2, 3)).view(len(PERCENTAGES), -1).amax(dim=1)
+    print("max |diff| per percentage: " + ", ".join(f"{p}%: {d:.1e}" for p, d in zip(PERCENTAGES, per_percentage)))
+    print(
+        f"scipy loop: {scipy_time:.2f} s, batched: {batched_time:.2f} s, "
+        f"speed-up: {scipy_time / batched_time:.2f} x, max |diff|: {difference.max():.2e}"
+    )
+
+
+if __name__ == "__main__":
+    main()

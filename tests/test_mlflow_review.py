@@ -1,0 +1,75 @@
+"""A 3-trial demo search logged over HTTP to a real `mlflow server`, checked through the MLflow client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from pipeline import config as configs
+from pipeline.search import DEFAULT_SPACE, Search, SearchOptions
+from pipeline.search_space import load_search_space
+from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_DEMO = ["data.demo_train_views=32", "data.demo_eval_views=9", "evaluation.percentages=[20, 50, 80]"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    uri, process = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    yield uri
+    stop_mlflow_server(process)
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_path):
+    base = configs.apply_overrides(configs.read_yaml(REPO / "experiments" / "demo.yaml"), SMALL_DEMO)
+    options = SearchOptions(name="review", trials=3, base=base, space=load_search_space(DEFAULT_SPACE),
+                            space_path=DEFAULT_SPACE, seed=1, directory=tmp_path / "review",
+                            tracking_uri=server, progress=False)
+    Search(options).run()
+
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name("ptame")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["backbone"] == "efficientnet_lite0"
+    assert {"best_morf_auc", "best_lerf_auc", "best_lerf_minus_morf"} <= parent.data.metrics.keys()
+    parent_artifacts = artifact_paths(client, parent.info.run_id)
+    assert "search_space/ptame.yaml" in parent_artifacts and "best.yaml" in parent_artifacts
+    assert "ax/ax_experiment.json" in parent_artifacts
+    assert any(p.startswith("ax/") and p.endswith(".html") for p in parent_artifacts)
+
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    trials = sorted((r for r in children if r.info.run_name.startswith("trial-")), key=lambda r: r.info.run_name)
+    finals = [r for r in children if r.info.run_name == "final-head"]
+    assert [r.info.run_name for r in trials] == ["trial-000", "trial-001", "trial-002"] and len(finals) == 1
+    for run in trials:
+        assert {"lambda1", "lambda2", "lambda3", "lambda_area", "config.loss.lambda1"} <= run.data.params.keys()
+        metrics = run.data.metrics
+        assert {"road_morf_auc", "road_lerf_auc", "road_morf_20", "road_lerf_80", "ad_100", "ic_15"} <= metrics.keys()
+        steps = client.get_metric_history(run.info.run_id, "loss")
+        assert len(steps) == 2 and {"loss_ce", "loss_area", "loss_variation"} <= metrics.keys()
+        assert {"plots/explanations.png", "plots/road_curve.png"} <= artifact_paths(client, run.info.run_id)
+    final = finals[0]
+    assert {"road_morf_auc", "road_lerf_auc", "ad_50"} <= final.data.metrics.keys()
+    assert any(key.startswith("system/") for key in final.data.metrics)
+    assert {"plots/explanations.png", "head/head.pt"} <= artifact_paths(client, final.info.run_id)
+    versions = client.search_model_versions("name='ptame-efficientnet_lite0-efficientnet_lite1'")
+    assert len(versions) == 1 and versions[0].run_id == final.info.run_id
+
+    grid = Image.open(tmp_path / "review" / "trials" / "000" / "explanations.png")
+    curve = Image.open(tmp_path / "review" / "trials" / "000" / "road_curve.png")
+    assert grid.size[0] > 600 and grid.size[1] > 300 and curve.size[0] > 300

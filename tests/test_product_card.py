@@ -1,0 +1,55 @@
+"""The product-card command `python -m pipeline.search --backbone vgg16 --trials 20`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.models.classifiers import build_network
+from pipeline.search import DEFAULT_SPACE, Search, SearchOptions
+from pipeline.search_space import load_search_space
+from tests.test_search import write_images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_vgg16_without_cached_weights_stops_with_the_missing_weights_message(tmp_path):
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.search", "--backbone", "vgg16", "--trials", "20",
+         "--out", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TORCH_HOME": str(tmp_path / "torch")})
+    seconds = time.perf_counter() - started
+    print(f"vgg16 without weights stopped after {seconds:.1f} s")
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: no weights for 'vgg16'")
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in error[0] and "weights:" in error[0]
+
+
+@pytest.mark.slow
+def test_vgg16_search_runs_two_trials_with_a_weights_file(tmp_path):
+    for name in ("vgg16", "resnet18"):
+        network, _, _ = build_network(name, weights="random")
+        torch.save(network.state_dict(), tmp_path / f"{name}.pth")
+        del network
+    images = write_images(tmp_path / "images", count=4)
+    base = {"name": "vgg16-random",
+            "model": {"backbone": "vgg16", "backbone_weights": str(tmp_path / "vgg16.pth"),
+                      "auxiliary": "resnet18", "auxiliary_weights": str(tmp_path / "resnet18.pth")},
+            "data": {"dataset": "folder", "root": str(images)},
+            "train": {"batch_size": 2}, "evaluation": {"percentages": [30, 70], "batch_size": 8}}
+    options = SearchOptions(name="vgg16", trials=2, base=base, space=load_search_space(DEFAULT_SPACE),
+                            space_path=DEFAULT_SPACE, seed=0, directory=tmp_path / "runs" / "vgg16",
+                            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", progress=False,
+                            system_metrics=False)
+    search = Search(options)
+    search.run()
+    assert [r.status for r in search.study.records()] == ["completed", "completed"]
+    assert (tmp_path / "runs" / "vgg16" / "best.yaml").is_file()
