@@ -21,8 +21,13 @@ def quiet_libraries() -> None:
 
 
 def quiet_ax() -> None:
-    """Import Ax and lower its console handler (INFO by default) to warnings."""
-    import ax  # noqa: F401  (attaches Ax's handler)
+    """Import Ax without its import-time INFO chatter and lower its console handler to warnings."""
+    logging.disable(logging.INFO)
+    try:
+        import ax  # noqa: F401  (attaches Ax's handler)
+        import ax.storage.sqa_store.with_db_settings_base  # noqa: F401  (logs at import)
+    finally:
+        logging.disable(logging.NOTSET)
 
     for handler in logging.getLogger("ax").handlers:
         handler.setLevel(logging.WARNING)

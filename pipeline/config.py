@@ -157,7 +157,7 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         value = getattr(loss, name)
         if not 0.0 <= value <= 1.0:
             raise UserError(f"loss.{name} = {value} is outside [0, 1]; choose a value in [0, 1]")
-    if loss.lambda1 + loss.lambda2 > 1.0 + 1e-9:
+    if loss.lambda1 + loss.lambda2 > 1.0 + 1e-6:  # tolerate optimiser round-off
         raise UserError(
             f"loss.lambda1 + loss.lambda2 = {loss.lambda1 + loss.lambda2:g} > 1, so "
             "lambda3 = 1 - lambda1 - lambda2 would be negative; lower one of them"

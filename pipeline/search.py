@@ -209,7 +209,7 @@ class Search:
         print(self.study.table())
         pareto = ", ".join(str(r.index) for r in self.study.pareto())
         print(f"Pareto set (trial indices): {pareto}")
-        self.tracker.log_ax_analyses(self.study.client, self.options.directory / "ax")
+        self.tracker.log_ax_analyses(self.study.client, self.options.directory / "ax", include_plotlyjs=True)
         self.tracker.log_search_artifact(self.study.path, "ax")
         chosen = self.study.select(self.options.select)
         config = trial_config(self.options.base, self.options.space, chosen.parameters)

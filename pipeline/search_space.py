@@ -39,9 +39,10 @@ _NAME_IN_TEXT = re.compile(r"(?<![\w.])[A-Za-z_]\w*")  # skips the 'e' of 1e-3
 _RELATION = re.compile(r"(<=|>=)")
 
 # Acquisition-function optimisation of the BoTorch (MBM) node; see `SearchSpace.generation_strategy`.
-# Ax's defaults (20 restarts from 1024 raw samples, the constrained start-point sampler's 10,000-step
-# burn-in, one full optimisation per combination of choice values) cost ~40 CPU-s per trial on two
-# cores; these settings run one optimisation of ~1/10 the size (tests/benchmarks/generation.py).
+# Ax's defaults run, per combination of choice values (3 for λ_area), 20 SLSQP restarts picked from 1024
+# starting points that a hit-and-run sampler draws inside the linear constraints after a 10,000-step
+# burn-in: ~18 CPU-s per trial single-threaded. With `botorch_transforms` there is one optimisation, and
+# these settings make it ~1.9 CPU-s (tests/benchmarks/generation.py; maxiter is SLSQP's, default 200).
 BOTORCH_GEN_OPTIONS: dict[str, Any] = {
     "optimizer_kwargs": {"num_restarts": 5, "raw_samples": 128, "options": {"n_burnin": 500, "maxiter": 100}},
 }
@@ -52,8 +53,10 @@ def botorch_transforms() -> list[type[Transform]]:
 
     Ordered choices become integer ranges over their indices (λ_area 0.5/1/2 -> 0/1/2) and integers become
     floats rounded to the nearest integer, so the acquisition function is optimised once over a continuous
-    box (plus the linear constraints) instead of once per combination of choice values. Every candidate is
-    rounded back to a listed choice value before it is returned.
+    box (plus the linear constraints) instead of once per combination of choice values. BoTorch rounds every
+    candidate (through Ax's transforms) before it scores the restarts, so the returned point has a listed
+    choice value; the constraints may only use range parameters, so rounding cannot break them.
+    Unordered choices are one-hot encoded and relaxed the same way.
     """
     from ax.adapter.registry import Cont_X_trans, Y_trans
 
@@ -165,9 +168,10 @@ class SearchSpace:
 
         The strategy (nodes "Sobol" then "MBM", transition after `initialization_trials`) is the one
         ``Client.configure_generation_strategy`` builds; only the MBM node's generator spec changes:
-        ``transforms`` = `BOTORCH_TRANSFORMS` and ``model_gen_options`` = `BOTORCH_GEN_OPTIONS`. Both are
+        ``transforms`` = `botorch_transforms()` and ``model_gen_options`` = `BOTORCH_GEN_OPTIONS`. Both are
         plain data, so the strategy round-trips through the client's JSON snapshot.
         """
+        from ax.adapter.registry import Generators
         from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
         from ax.api.utils.structs import GenerationStrategyDispatchStruct
 
@@ -181,7 +185,7 @@ class SearchSpace:
         )
         for node in strategy._nodes:
             for spec in node.generator_specs:
-                if spec.generator_enum.value == "BoTorch":
+                if spec.generator_enum == Generators.BOTORCH_MODULAR:
                     spec.generator_kwargs["transforms"] = botorch_transforms()
                     spec.generator_gen_kwargs["model_gen_options"] = copy.deepcopy(BOTORCH_GEN_OPTIONS)
         return strategy

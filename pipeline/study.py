@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from pipeline.errors import UserError
 from pipeline.search_space import SearchSpace
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from ax.core.experiment import Experiment
 
 SNAPSHOT_NAME = "ax_experiment.json"
+# Torch threads while Ax fits the GP and optimises the acquisition function. Its tensors are tiny (tens of
+# trials), so intra-op parallelism gains nothing, and on a busy 2-core machine two threads that wait for
+# each other made a BoTorch generation 2-4x slower in CPU time (tests/benchmarks/generation.py).
+GENERATION_THREADS = 1
 INTERRUPTED = "interrupted: the process stopped while this trial was running"
 _EXTRA_METRICS = "extra_metrics"  # run-metadata key for metrics that Ax does not model
 _GENERATOR_NAMES = {"Sobol": "Sobol", "MBM": "BoTorch"}
@@ -76,6 +81,7 @@ class Study:
         self._client = client
         self.space = space
         self.path = path
+        self.read_only = False
 
     @classmethod
     def open(cls, directory: Path, space: SearchSpace, seed: int) -> Study:
@@ -97,21 +103,37 @@ class Study:
             study = cls(client, space, path)
             study._save()
             return study
+        study = cls._load(path, space)
+        study._client._random_seed = seed  # not part of the snapshot; Client has no public setter
+        running = [record.index for record in study.records() if record.status == "running"]
+        for index in running:
+            study._client.mark_trial_failed(index, failed_reason=INTERRUPTED)
+        if running:
+            study._save()
+        return study
+
+    @classmethod
+    def read(cls, directory: Path, space: SearchSpace) -> Study:
+        """Load a saved search without changing it (safe while the search still runs); never saves."""
+        path = Path(directory) / SNAPSHOT_NAME
+        if not path.exists():
+            raise UserError(f"{path} does not exist: no search was started in {directory}")
+        study = cls._load(path, space)
+        study.read_only = True
+        return study
+
+    @classmethod
+    def _load(cls, path: Path, space: SearchSpace) -> Study:
+        from ax.api import Client
+
         try:
             client = Client.load_from_json_file(str(path))
         except (ValueError, KeyError) as error:
             raise UserError(
                 f"{path} is not a readable Ax snapshot ({error}); move it away or pass a new --name"
             ) from None
-        client._random_seed = seed  # not part of the snapshot; Client has no public setter
         _check_same_space(client, space, path)
-        study = cls(client, space, path)
-        running = [record.index for record in study.records() if record.status == "running"]
-        for index in running:
-            client.mark_trial_failed(index, failed_reason=INTERRUPTED)
-        if running:
-            study._save()
-        return study
+        return cls(client, space, path)
 
     @property
     def client(self) -> Client:
@@ -120,7 +142,8 @@ class Study:
 
     def next_trial(self) -> tuple[int, dict[str, Any]]:
         """Generate one trial, mark it running and save; returns ``(index, parameters)``."""
-        trials = self._client.get_next_trials(max_trials=1)
+        with _torch_threads(GENERATION_THREADS):
+            trials = self._client.get_next_trials(max_trials=1)
         if not trials:
             raise RuntimeError("Ax generated no trial; finish or fail the running trials first")
         ((index, parameters),) = trials.items()
@@ -196,11 +219,11 @@ class Study:
             return max(front, key=lambda record: trade_off(record, self.space.objective_signs))
         completed = [record.index for record in records if record.status == "completed"]
         if not 0 <= trial < len(records):
-            raise UserError(f"--trial {trial}: no such trial; completed trials are {completed}")
+            raise UserError(f"--select {trial}: no such trial; completed trials are {completed}")
         record = records[trial]
         if record.status != "completed":
             why = f" ({record.reason})" if record.reason else ""
-            raise UserError(f"--trial {trial}: that trial is {record.status}{why}; pick a completed one: {completed}")
+            raise UserError(f"--select {trial}: that trial is {record.status}{why}; pick a completed one: {completed}")
         return record
 
     def table(self) -> str:
@@ -210,6 +233,8 @@ class Study:
 
     def _save(self) -> None:
         """Write the snapshot to a temp file in the same directory, fsync, and rename over the old one."""
+        if self.read_only:
+            raise RuntimeError("this study was opened with Study.read and cannot change")
         handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         os.close(handle)
         try:
@@ -225,6 +250,19 @@ class Study:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads, then restore the previous number."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _experiment(client: Client) -> Experiment:

@@ -48,7 +48,14 @@ def test_ad_ic_match_hand_computed_values() -> None:
     assert result.ad == pytest.approx(expected_ad, rel=1e-5)
     assert result.ic == pytest.approx([50.0, 50.0, 50.0])
     assert result.metrics() == pytest.approx(
-        {"ad_100": expected_ad[0], "ic_100": 50.0, "ad_50": expected_ad[1], "ic_50": 50.0, "ad_15": expected_ad[2], "ic_15": 50.0},
+        {
+            "ad_100": expected_ad[0],
+            "ic_100": 50.0,
+            "ad_50": expected_ad[1],
+            "ic_50": 50.0,
+            "ad_15": expected_ad[2],
+            "ic_15": 50.0,
+        },
         rel=1e-5,
     )
 

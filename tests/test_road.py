@@ -11,13 +11,7 @@ from pipeline.metrics.road import RoadResult, removal_masks, road, road_auc
 SIZE = 16
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: on a shared 2-core machine, small multi-threaded ops are erratic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_masks_remove_the_most_or_least_relevant_pixels() -> None:

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from pipeline import config as configs
+from pipeline.export import export
 from pipeline.search import DEFAULT_SPACE, Search, SearchOptions
 from pipeline.search_space import load_search_space
 from pipeline.study import Study
@@ -81,6 +82,10 @@ def test_a_raising_and_a_nan_trial_are_marked_failed_and_the_search_completes(tm
     assert best.loss.lambda1 == pytest.approx(records[report["trial"]].parameters["lambda1"])
     assert torch.load(directory / "final" / "head.pt", weights_only=True)
     assert json.loads((directory / "metrics.json").read_text())["test"]["metrics"]["road_morf_auc"] >= 0
+    exported = export(directory)
+    assert configs.load(exported) == best
+    assert torch.equal(torch.load(exported.with_name("head.pt"), weights_only=True)["fuse.weight"],
+                       torch.load(directory / "final" / "head.pt", weights_only=True)["fuse.weight"])
 
 
 def test_a_search_stops_after_several_failures_in_a_row(tmp_path):
@@ -109,13 +114,17 @@ def test_sigkill_then_rerun_resumes_without_losing_or_duplicating_trials(tmp_pat
     assert process.poll() is None, "".join(output)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    before = Study.open(snapshot.parent, load_search_space(DEFAULT_SPACE), seed=0).records()
+    saved = snapshot.read_bytes()
+    exported = export(snapshot.parent, tmp_path / "interrupted.yaml")
+    assert configs.load(exported).model.backbone == base["model"]["backbone"]
+    assert snapshot.read_bytes() == saved, "exporting must not change the search"
+    before = Study.read(snapshot.parent, load_search_space(DEFAULT_SPACE)).records()
     done_before = [r.index for r in before if r.status == "completed"]
-    assert len(done_before) >= 2
+    assert len(done_before) >= 2 and all(r.status in ("running", "completed") for r in before)
 
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    records = Study.open(snapshot.parent, load_search_space(DEFAULT_SPACE), seed=0).records()
+    records = Study.read(snapshot.parent, load_search_space(DEFAULT_SPACE)).records()
     assert [r.index for r in records] == list(range(len(records)))
     assert sum(r.status == "completed" for r in records) == 4
     assert all(r.status in ("completed", "failed") for r in records)

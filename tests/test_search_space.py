@@ -110,3 +110,23 @@ def test_bad_space_names_the_key(tmp_path: Path, old: str, new: str, expected: l
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         load_search_space(tmp_path / "nope.yaml")
+
+
+def test_generation_strategy_is_sobol_then_a_cheaper_mbm() -> None:
+    from ax.adapter.registry import Cont_X_trans, Generators, Y_trans
+
+    from pipeline.search_space import BOTORCH_GEN_OPTIONS
+
+    space = load_search_space(ROOT / "search_spaces" / "ptame.yaml")
+    strategy = space.generation_strategy(seed=3)
+    sobol, mbm = strategy._nodes
+    assert (sobol.name, mbm.name) == ("Sobol", "MBM")
+    (sobol_spec,) = sobol.generator_specs
+    assert sobol_spec.generator_enum == Generators.SOBOL and sobol_spec.generator_kwargs == {"seed": 3}
+    assert {criterion.threshold for criterion in sobol.transition_criteria} == {5, 2}  # Ax's own budget rules
+    (spec,) = mbm.generator_specs
+    assert spec.generator_enum == Generators.BOTORCH_MODULAR
+    assert spec.generator_kwargs["transforms"] == [*Cont_X_trans, *Y_trans]  # choices relaxed, then rounded
+    assert spec.generator_gen_kwargs == {"model_gen_options": BOTORCH_GEN_OPTIONS}
+    assert spec.generator_gen_kwargs["model_gen_options"] is not BOTORCH_GEN_OPTIONS  # a copy per strategy
+    assert "surrogate_spec" in spec.generator_kwargs  # the rest of Ax's "fast" MBM is kept

@@ -6,7 +6,8 @@ solved jointly with the known pixels as Dirichlet boundary: a sparse SPD system 
 channel. We solve it with conjugate gradients preconditioned by an aggregation multigrid
 cycle (2x2 Galerkin coarse operators, Jacobi smoothing, dense solve on the coarsest grid), all
 images and channels of a chunk at once, until every system's last update is below a tolerance
-(measured: max error vs. an exact sparse solve about 2e-4 for 224 x 224 photos).
+(measured: max error vs. an exact sparse solve about 3e-4 for 224 x 224 photos). Each image is
+cut to the bounding box of its holes first, so small holes cost little.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ _FINE_DAMPING = 1.0
 _COARSE_DAMPING = 0.8
 _COARSE_SCALE = 1.5
 _W_CYCLE_FROM = 2
+# Stop once every system's last CG update is below this (max norm); the remaining error is
+# about half of it for the measured convergence rate, well within the 1e-3 accuracy target.
 _TOLERANCE = 8e-4
 _MAX_ITERATIONS = 200
 
@@ -49,45 +52,101 @@ def noisy_linear_impute(
     if images.dim() != 4 or removed.shape != images.shape[:1] + images.shape[2:]:
         raise ValueError(f"expected images [B, C, H, W] and removed [B, H, W], got {images.shape}, {removed.shape}")
     removed = removed.to(device=images.device, dtype=torch.bool)
-    work_dtype = torch.promote_types(images.dtype, torch.float32)
-    solved = images.to(work_dtype)  # a copy unless the dtype already matches
-    if solved is images:
-        solved = images.clone()
+    solved = images.to(torch.promote_types(images.dtype, torch.float32), copy=True)
     full = removed.flatten(1).all(dim=1)
     _solve_in_chunks(solved, removed & ~full[:, None, None])
     solved[full] = FILL_VALUE
     if noise > 0:
-        solved += noise * torch.randn(
-            solved.shape, generator=generator, device=solved.device, dtype=solved.dtype
-        )
+        solved += noise * torch.randn(solved.shape, generator=generator, device=solved.device, dtype=solved.dtype)
     return torch.where(removed[:, None], solved.to(images.dtype), images)
 
 
+@dataclass
+class _Chunk:
+    """Images solved together on crops of one size: (image index, crop top, crop left) each."""
+
+    height: int
+    width: int
+    crops: list[tuple[int, int, int]]
+
+
+def _plan_chunks(removed: torch.Tensor, channels: int, budget: int, workers: int) -> list[_Chunk]:
+    """Crop every image with holes to their bounding box plus a one-pixel frame, largest first,
+    and group the crops into chunks of at most ``budget`` values (at least one image each),
+    and into at least ``workers`` chunks where there are enough images."""
+    height, width = removed.shape[-2:]
+    rows, cols = removed.any(dim=2), removed.any(dim=1)
+    present = rows.any(dim=1)
+    first_row, last_row = rows.int().argmax(dim=1), height - 1 - rows.flip(1).int().argmax(dim=1)
+    first_col, last_col = cols.int().argmax(dim=1), width - 1 - cols.flip(1).int().argmax(dim=1)
+    boxes = torch.stack([first_row, last_row, first_col, last_col], dim=1)[present].tolist()
+    needs = [
+        (index, min(height, bottom - top + 3), min(width, right - left + 3), top, left)
+        for index, (top, bottom, left, right) in zip(present.nonzero()[:, 0].tolist(), boxes)
+    ]
+    needs.sort(key=lambda need: need[1] * need[2], reverse=True)
+    total = sum(channels * crop_height * crop_width for _, crop_height, crop_width, _, _ in needs)
+    budget = min(budget, -(-total // workers))
+    chunks: list[_Chunk] = []
+    for index, crop_height, crop_width, top, left in needs:
+        chunk = chunks[-1] if chunks else None
+        if chunk is None or (len(chunk.crops) + 1) * channels * max(chunk.height, crop_height) * max(
+            chunk.width, crop_width
+        ) > budget:
+            chunk = _Chunk(crop_height, crop_width, [])
+            chunks.append(chunk)
+        chunk.height, chunk.width = max(chunk.height, crop_height), max(chunk.width, crop_width)
+        chunk.crops.append((index, top, left))
+    for chunk in chunks:  # place each crop: frame the holes, stay inside the image
+        chunk.crops = [
+            (index, min(max(top - 1, 0), height - chunk.height), min(max(left - 1, 0), width - chunk.width))
+            for index, top, left in chunk.crops
+        ]
+    return chunks
+
+
 def _solve_in_chunks(images: torch.Tensor, removed: torch.Tensor) -> None:
-    """Impute in place, chunk by chunk.
+    """Impute in place, chunk by chunk (see _plan_chunks).
 
-    On the CPU, chunks run on a pool of Python threads with one intra-op thread each: on a busy
-    machine this is far faster than splitting every small op across threads.
+    Known pixels beyond the one-pixel frame around the holes do not enter the equations, and a
+    crop edge that is not an image edge holds known pixels only, so crops solve the same system.
+    On the CPU, chunks run on a pool of torch.get_num_threads() Python threads with one intra-op
+    thread each (restored afterwards): on a busy machine this is far faster than splitting every
+    small op across threads.
     """
-    values = _CHUNK_VALUES * (1 if images.device.type == "cpu" else _ACCELERATOR_CHUNK_FACTOR)
-    size = max(1, values // images[0].numel())
-    parts = [slice(start, start + size) for start in range(0, images.shape[0], size) if removed[start : start + size].any()]
-
-    def solve(part: slice) -> None:
-        images[part] = _solve(images[part], removed[part])
-
-    workers = min(torch.get_num_threads(), len(parts)) if images.device.type == "cpu" else 1
-    if workers <= 1:
-        for part in parts:
-            solve(part)
-        return
+    on_cpu = images.device.type == "cpu"
     threads = torch.get_num_threads()
+    workers = threads if on_cpu else 1
+    budget = _CHUNK_VALUES * (1 if on_cpu else _ACCELERATOR_CHUNK_FACTOR)
+    chunks = _plan_chunks(removed, images.shape[1], budget, workers)
+
+    inference = torch.is_inference_mode_enabled()  # thread-local, like grad mode: hand it over
+
+    def solve(chunk: _Chunk) -> None:
+        with torch.inference_mode(inference), torch.no_grad():
+            _solve_chunk(images, removed, chunk)
+
+    if not on_cpu:
+        for chunk in chunks:
+            solve(chunk)
+        return
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(solve, parts))
+        with ThreadPoolExecutor(min(workers, max(len(chunks), 1))) as pool:
+            list(pool.map(solve, chunks))
     finally:
         torch.set_num_threads(threads)
+
+
+def _solve_chunk(images: torch.Tensor, removed: torch.Tensor, chunk: _Chunk) -> None:
+    """Solve one chunk's crops and write them back into images."""
+    windows = [
+        (index, slice(top, top + chunk.height), slice(left, left + chunk.width)) for index, top, left in chunk.crops
+    ]
+    crops = torch.stack([images[index, :, rows, cols] for index, rows, cols in windows])
+    holes = torch.stack([removed[index, rows, cols] for index, rows, cols in windows])
+    for (index, rows, cols), result in zip(windows, _solve(crops, holes)):
+        images[index, :, rows, cols] = result
 
 
 def _box121(x: torch.Tensor) -> torch.Tensor:

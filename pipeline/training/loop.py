@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -54,6 +54,19 @@ def _check(terms: LossTerms, step: int, limit: float) -> None:
         raise TrainingDiverged(f"loss diverged at step {step}: {value} (limit train.max_loss = {limit})")
 
 
+def optimisation_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
+                      optimizer: torch.optim.Optimizer, generator: torch.Generator | None,
+                      autocast: AbstractContextManager, max_loss: float, step: int) -> LossTerms:
+    """Forward, divergence check, backward and optimiser step for one batch."""
+    with autocast:
+        terms = training_step(explainer, images, loss, generator)
+    _check(terms, step, max_loss)
+    optimizer.zero_grad(set_to_none=True)
+    terms.total.backward()
+    optimizer.step()
+    return terms
+
+
 def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
           loss: LossConfig, settings: TrainConfig, device: torch.device,
           on_step: StepCallback | None = None, progress: bool = True) -> TrainingSummary:
@@ -74,12 +87,8 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
         for _ in range(settings.epochs):
             for images, _labels in batches:
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                with autocast:
-                    terms = training_step(explainer, images, loss, generator)
-                _check(terms, summary.steps, settings.max_loss)
-                optimizer.zero_grad(set_to_none=True)
-                terms.total.backward()
-                optimizer.step()
+                terms = optimisation_step(explainer, images, loss, optimizer, generator, autocast, settings.max_loss,
+                                          summary.steps)
                 schedule.step()
                 summary.steps += 1
                 summary.images += images.shape[0]

@@ -6,8 +6,13 @@ for every generation the wall-clock and CPU seconds (``time.process_time``: this
 threads) of ``Study.next_trial`` and the node that generated the trial.
 
     python tests/benchmarks/generation.py [--botorch 10] [--seed 12345] [--profile out.prof]
+                                          [--ax-defaults] [--threads N]
 
 ``--profile`` writes a cProfile of the last BoTorch generation (read it with ``python -m pstats``).
+``--ax-defaults`` runs Ax's unmodified strategy and ``--threads 2`` overrides
+`pipeline.study.GENERATION_THREADS` (torch threads during generation; the project uses 1): both
+together reproduce the original setup.
+It also prints the hypervolume of the observed points, a rough check of optimisation quality.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.search_space import SearchSpace, load_search_space  # noqa: E402
+import pipeline.study as study_module  # noqa: E402
 from pipeline.study import Study  # noqa: E402
 
 
@@ -33,6 +39,16 @@ def synthetic(parameters: dict) -> dict[str, float]:
     morf = (lambda1 - 0.3) ** 2 + 0.1 * lambda2 + 0.05 * (area - 1.0) ** 2
     lerf = 0.5 * lambda2 + 0.1 * area - 0.2 * (lambda1 - 0.5) ** 2
     return {"road_morf_auc": morf, "road_lerf_auc": lerf}
+
+
+def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float] = (1.0, -0.1)) -> float:
+    """Area dominated by ``(morf, lerf)`` points (minimise MoRF, maximise LeRF) above ``reference``."""
+    area, best_lerf = 0.0, reference[1]
+    for morf, lerf in sorted(points):  # by increasing MoRF: each point adds the LeRF it gains
+        if morf < reference[0] and lerf > best_lerf:
+            area += (reference[0] - morf) * (lerf - best_lerf)
+            best_lerf = lerf
+    return area
 
 
 def _ax_default_strategy(space: SearchSpace, seed: int):
@@ -57,13 +73,13 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, help="cProfile the last BoTorch generation")
     parser.add_argument("--ax-defaults", action="store_true",
                         help="baseline: Ax's unmodified Sobol+MBM strategy (configure_generation_strategy)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="override study.GENERATION_THREADS")
     args = parser.parse_args()
 
     import torch
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        study_module.GENERATION_THREADS = args.threads
 
     if args.ax_defaults:
         SearchSpace.generation_strategy = _ax_default_strategy
@@ -71,7 +87,8 @@ def main() -> None:
     seed = space.seed if args.seed is None else args.seed
     total = space.initialization_trials + args.botorch
     strategy = "Ax defaults" if args.ax_defaults else "project"
-    print(f"strategy: {strategy}, torch threads: {torch.get_num_threads()}, trials: {total}, seed: {seed}")
+    threads = f"{study_module.GENERATION_THREADS} (of {torch.get_num_threads()})"
+    print(f"strategy: {strategy}, torch threads while generating: {threads}, trials: {total}, seed: {seed}")
     print(f"{'trial':>5}  {'generator':<9}  {'wall s':>7}  {'cpu s':>7}  parameters")
     timings: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as directory:
@@ -93,6 +110,7 @@ def main() -> None:
             shown = ", ".join(f"{name}={value:.4g}" for name, value in parameters.items())
             print(f"{index:>5}  {generator:<9}  {wall:>7.2f}  {cpu:>7.2f}  {shown}", flush=True)
         front = study.pareto()
+        points = [(r.metrics["road_morf_auc"], r.metrics["road_lerf_auc"]) for r in study.records()]
     for generator, values in timings.items():
         walls, cpus = [w for w, _ in values], [c for _, c in values]
         print(
@@ -100,6 +118,8 @@ def main() -> None:
             f"(max {max(walls):.2f}), cpu mean {statistics.mean(cpus):.2f} s (max {max(cpus):.2f})"
         )
     print(f"Pareto front: {len(front)} trials: {sorted(record.index for record in front)}")
+    initial = hypervolume(points[: space.initialization_trials])
+    print(f"hypervolume (MoRF <= 1, LeRF >= -0.1): after Sobol {initial:.4f}, after all {hypervolume(points):.4f}")
 
 
 if __name__ == "__main__":

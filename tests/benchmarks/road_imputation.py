@@ -58,7 +58,8 @@ def smooth_maps(batch: int, size: int, generator: torch.Generator) -> torch.Tens
     grid = torch.linspace(0, 1, size)
     centers = torch.rand(batch, 2, generator=generator)
     widths = 0.1 + 0.2 * torch.rand(batch, 1, 1, generator=generator)
-    distance = (grid[None, :, None] - centers[:, 0, None, None]) ** 2 + (grid[None, None, :] - centers[:, 1, None, None]) ** 2
+    rows = (grid[None, :, None] - centers[:, 0, None, None]) ** 2
+    distance = rows + (grid[None, None, :] - centers[:, 1, None, None]) ** 2
     blob = torch.exp(-distance / (2 * widths**2))
     noise = F.interpolate(torch.rand(batch, 1, 7, 7, generator=generator), size=(size, size), mode="bicubic")[:, 0]
     return blob + 0.3 * noise
@@ -95,6 +96,18 @@ def scipy_impute(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
     return out
 
 
+def time_batched(images: torch.Tensor, masks: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
+    """noisy_linear_impute without noise on device; returns the result on the CPU and the wall time."""
+    images, masks = images.to(device), masks.to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = noisy_linear_impute(images, masks, noise=0.0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return result.cpu(), time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=32)
@@ -104,35 +117,42 @@ def main() -> None:
     parser.add_argument("--skip-scipy", action="store_true", help="time only the batched imputer")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
     images = make_batch(args.batch, args.size, generator)
     maps = smooth_maps(args.batch, args.size, generator)
-    masks = torch.cat([removal_masks(maps, p / 100, "morf") for p in PERCENTAGES])
-    stacked = images.repeat(len(PERCENTAGES), 1, 1, 1)
-    print(f"{stacked.shape[0]} imputations ({args.batch} images x {len(PERCENTAGES)} percentages), {args.size}x{args.size}")
+    print(f"{args.batch} images x {len(PERCENTAGES)} percentages, {args.size}x{args.size}, MoRF, {args.threads} threads")
+    time_batched(images[:2], removal_masks(maps[:2], 0.5, "morf"), device)  # warm-up
 
-    device = torch.device(args.device)
-    on_device, masks_on_device = stacked.to(device), masks.to(device)
-    noisy_linear_impute(on_device[:2], masks_on_device[:2], noise=0.0)  # warm-up
-    start = time.perf_counter()
-    batched = noisy_linear_impute(on_device, masks_on_device, noise=0.0)
+    # Interleaved per percentage so that both sides see the same machine load.
+    scipy_time = batched_time = error = 0.0
+    for percentage in PERCENTAGES:
+        masks = removal_masks(maps, percentage / 100, "morf")
+        batched, seconds = time_batched(images, masks, device)
+        batched_time += seconds
+        line = f"{percentage:3d}%: batched {seconds:6.2f} s"
+        if not args.skip_scipy:
+            start = time.perf_counter()
+            exact = np.stack(
+                [scipy_impute(image.double().numpy(), mask.numpy()) for image, mask in zip(images, masks)]
+            )
+            scipy_time += time.perf_counter() - start
+            difference = (batched.double() - torch.from_numpy(exact)).abs().max().item()
+            error = max(error, difference)
+            line += f", scipy {time.perf_counter() - start:6.2f} s, max |diff| {difference:.1e}"
+        print(line, flush=True)
+    count = args.batch * len(PERCENTAGES)
+    print(f"batched: {batched_time:.2f} s ({count / batched_time:.1f} imputations/s)")
+    if not args.skip_scipy:
+        print(
+            f"scipy loop: {scipy_time:.2f} s, batched: {batched_time:.2f} s, "
+            f"speed-up: {scipy_time / batched_time:.2f} x, max |diff|: {error:.2e}"
+        )
     if device.type == "cuda":
-        torch.cuda.synchronize()
-    batched_time = time.perf_counter() - start
-    print(f"batched: {batched_time:.2f} s ({stacked.shape[0] / batched_time:.1f} imputations/s)")
-    if args.skip_scipy:
-        return
-
-    start = time.perf_counter()
-    exact = [scipy_impute(image.double().numpy(), mask.numpy()) for image, mask in zip(stacked, masks)]
-    scipy_time = time.perf_counter() - start
-    difference = (batched.cpu().double() - torch.from_numpy(np.stack(exact))).abs()
-    per_percentage = difference.amax(dim=(1, 2, 3)).view(len(PERCENTAGES), -1).amax(dim=1)
-    print("max |diff| per percentage: " + ", ".join(f"{p}%: {d:.1e}" for p, d in zip(PERCENTAGES, per_percentage)))
-    print(
-        f"scipy loop: {scipy_time:.2f} s, batched: {batched_time:.2f} s, "
-        f"speed-up: {scipy_time / batched_time:.2f} x, max |diff|: {difference.max():.2e}"
-    )
+        wide = make_batch(64, args.size, generator)
+        wide_masks = removal_masks(smooth_maps(64, args.size, generator), 0.5, "morf")
+        _, seconds = time_batched(wide, wide_masks, device)
+        print(f"{device}: batch 64 at 50 % removed: {64 / seconds:.1f} images/s")
 
 
 if __name__ == "__main__":
