@@ -229,6 +229,9 @@ class FinalRunLog(RunLog):
 
     def _end(self, status: str, reason: str | None = None) -> None:
         if self._monitor is not None:
+            # Publish what was sampled so far: MLflow drops it on finish(), so a run shorter than
+            # the sampling interval would otherwise end without any system metric.
+            self._monitor.publish_metrics(self._monitor.aggregate_metrics())
             self._monitor.finish()
             self._monitor = None
         super()._end(status, reason)
