@@ -8,5 +8,5 @@ if [ -d /etc/xdg/pip ]; then
   # On machines that keep these releases on disk, take them from there (no multi-GB download).
   .venv/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 fi
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet ".[test]"
 echo "installed into .venv"

@@ -331,5 +331,5 @@ def _format_cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{round(value, 4) + 0.0:.4f}"  # + 0.0 turns a rounded -0.0 into 0.0
     return str(value)

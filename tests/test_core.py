@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import LossConfig, ModelConfig, TrainConfig
-from pipeline.models.auxiliary import LAYER_PRESETS, load_auxiliary, tokens_to_grid
+from pipeline.models.auxiliary import LAYER_PRESETS, backbone_features, load_auxiliary, tokens_to_grid
 from pipeline.models.head import AttentionHead, activate, minmax
 from pipeline.training.loop import train, training_step
 from pipeline.training.loss import area_loss, class_subset, ptame_loss, variation_loss
@@ -130,3 +130,13 @@ def test_gradients_reach_the_head_only_and_frozen_networks_stay_in_eval(toy):
     assert any(not torch.equal(a, b) for a, b in zip(before, explainer.head.parameters()))
     assert not explainer.classifier.network.training and not explainer.auxiliary.network.training
     assert all(not m.training for m in explainer.classifier.modules())
+
+
+def test_ttame_mode_reads_the_backbones_own_layers_without_disturbing_its_forward(toy):
+    features = backbone_features(toy.classifier, ["features.2", "features.5"])
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = toy.classifier(images)
+        maps = features(images)
+        assert torch.equal(toy.classifier(images), logits)
+    assert [m.shape[1:] for m in maps] == [(16, 32, 32), (32, 16, 16)]
