@@ -26,6 +26,8 @@ from pipeline.metrics.adic import AdIcResult, ad_ic
 from pipeline.metrics.road import RoadResult, road
 from pipeline.models.classifiers import Classifier
 from pipeline.models.explainer import Explainer
+from pipeline.plots import road_curve
+from pipeline.train import load_explainer
 
 MapKind = Literal["head", "random", "center"]
 
@@ -127,9 +129,6 @@ def summary_line(evaluation: Evaluation) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.plots import road_curve
-    from pipeline.train import load_explainer
-
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--head", required=True, type=Path, help="folder written by pipeline.train")
     source = parser.add_mutually_exclusive_group(required=True)
