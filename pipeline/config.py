@@ -15,6 +15,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.models.coverage import DEFAULT_MIN_COUNT
 
 
 @dataclass
@@ -74,12 +75,13 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """ROAD and AD/IC settings."""
+    """ROAD and AD/IC settings, and how many training images make a class's map count as trained."""
 
     percentages: list[int] = field(default_factory=lambda: [10, 20, 30, 40, 50, 70, 90])
     noise: float = 0.01
     batch_size: int = 32
     seed: int = 0
+    min_class_count: int = DEFAULT_MIN_COUNT
 
 
 @dataclass
@@ -167,7 +169,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     if loss.lambda_rand is not None and loss.lambda_rand < 1:
         raise UserError(f"loss.lambda_rand = {loss.lambda_rand} must be >= 1 (or null for the batch size)")
     for key, value in (("train.batch_size", config.train.batch_size), ("train.epochs", config.train.epochs),
-                       ("evaluation.batch_size", config.evaluation.batch_size)):
+                       ("evaluation.batch_size", config.evaluation.batch_size),
+                       ("evaluation.min_class_count", config.evaluation.min_class_count)):
         if value < 1:
             raise UserError(f"{key} = {value} must be >= 1")
     if config.train.max_lr <= 0:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from pipeline.config import LossConfig, ModelConfig, TrainConfig
 from pipeline.models.auxiliary import LAYER_PRESETS, backbone_features, load_auxiliary, tokens_to_grid
+from pipeline.models.coverage import ClassCoverage
 from pipeline.models.head import AttentionHead, activate, minmax
 from pipeline.training.loop import train, training_step
 from pipeline.training.loss import area_loss, class_subset, ptame_loss, variation_loss
@@ -140,3 +141,24 @@ def test_ttame_mode_reads_the_backbones_own_layers_without_disturbing_its_forwar
         maps = features(images)
         assert torch.equal(toy.classifier(images), logits)
     assert [m.shape[1:] for m in maps] == [(16, 32, 32), (32, 16, 16)]
+
+
+def test_training_counts_each_explained_class_and_each_member_of_s(toy):
+    explainer = build_explainer(toy, ModelConfig(**TOY_MODEL), seed=0)
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        predicted = explainer.classifier(images).argmax(1)
+    batches = [(images, torch.zeros(6))] * 2
+    train(explainer, batches, 2, LossConfig(lambda_rand=4), TrainConfig(), torch.device("cpu"), progress=False)
+    head = explainer.head
+    assert torch.equal(head.target_counts, 2 * torch.bincount(predicted, minlength=toy.num_classes))
+    # every step computes one map per image for each of the max(4, distinct predictions) classes of S
+    assert head.subset_counts.sum() == 2 * 6 * max(4, predicted.unique().numel())
+    assert bool((head.subset_counts[predicted] >= 12).all())
+    coverage = ClassCoverage.of(head, min_count=2)
+    assert torch.equal(coverage.covered(predicted), torch.ones(6, dtype=torch.bool))
+    unseen = torch.tensor([c for c in range(toy.num_classes) if c not in predicted.tolist()])
+    assert coverage.fraction(torch.cat([predicted, unseen])) == pytest.approx(6 / (6 + unseen.numel()))
+    explanation = explainer.explain(images, torch.cat([predicted[:3], unseen[:3]]), min_count=2)
+    assert explanation.trained.tolist() == [True] * 3 + [False] * 3
+    assert set(head.state_dict()) >= {"target_counts", "subset_counts"}

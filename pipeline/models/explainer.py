@@ -11,16 +11,19 @@ from torch import nn
 
 from pipeline.models.auxiliary import FeatureExtractor
 from pipeline.models.classifiers import Classifier
+from pipeline.models.coverage import DEFAULT_MIN_COUNT
 from pipeline.models.head import AttentionHead, minmax
 
 
 @dataclass
 class Explanation:
-    """Saliency maps at image resolution in [0, 1], the explained classes and the clean logits."""
+    """Saliency maps at image resolution in [0, 1], the explained classes, the clean logits, and whether
+    each explained class was trained (an untrained class's map is the head's random initial row)."""
 
     saliency: torch.Tensor  # [B, H, W]
     classes: torch.Tensor  # [B]
     logits: torch.Tensor  # [B, num_classes]
+    trained: torch.Tensor  # [B] bool
 
 
 class Explainer(nn.Module):
@@ -35,8 +38,10 @@ class Explainer(nn.Module):
         self.masking = masking
 
     @torch.no_grad()
-    def explain(self, images: torch.Tensor, classes: torch.Tensor | None = None) -> Explanation:
-        """Min-max maps of ``classes`` (default: the classifier's own prediction) upsampled to the image size."""
+    def explain(self, images: torch.Tensor, classes: torch.Tensor | None = None,
+                min_count: int = DEFAULT_MIN_COUNT) -> Explanation:
+        """Min-max maps of ``classes`` (default: the classifier's own prediction) upsampled to the image size;
+        a class is trained when it was explained at least ``min_count`` times in training."""
         was_training = self.head.training
         self.head.eval()
         try:
@@ -46,4 +51,5 @@ class Explainer(nn.Module):
             maps = F.interpolate(minmax(raw), size=images.shape[-2:], mode="bilinear", align_corners=False)
         finally:
             self.head.train(was_training)
-        return Explanation(maps[:, 0].clamp(0, 1), targets, logits)
+        trained = self.head.target_counts[targets] >= min_count
+        return Explanation(maps[:, 0].clamp(0, 1), targets, logits, trained)

@@ -27,7 +27,13 @@ class Branch(nn.Module):
 
 
 class AttentionHead(nn.Module):
-    """Raw (pre-activation) class maps at the resolution of the largest feature map."""
+    """Raw (pre-activation) class maps at the resolution of the largest feature map.
+
+    The fusion conv has one row per class, and only the rows of classes seen in training are trained, so
+    the head also counts, per class, the training images it explained (``target_counts``) and the
+    training maps it computed as a member of the subset S (``subset_counts``). The counts are buffers:
+    they travel with the ``state_dict``.
+    """
 
     def __init__(self, channels: Sequence[int], num_classes: int = 1000):
         super().__init__()
@@ -35,6 +41,14 @@ class AttentionHead(nn.Module):
         self.num_classes = num_classes
         self.branches = nn.ModuleList(Branch(c) for c in self.channels)
         self.fuse = nn.Conv2d(sum(self.channels), num_classes, kernel_size=1, bias=False)
+        self.register_buffer("target_counts", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("subset_counts", torch.zeros(num_classes, dtype=torch.long))
+
+    @torch.no_grad()
+    def record(self, targets: torch.Tensor, subset: torch.Tensor) -> None:
+        """Count one training batch: ``targets`` [B] explained classes, ``subset`` [K] the classes of S."""
+        self.target_counts += torch.bincount(targets, minlength=self.num_classes)
+        self.subset_counts.index_add_(0, subset, torch.full_like(subset, targets.numel()))
 
     def forward(self, features: Sequence[torch.Tensor], classes: torch.Tensor | None = None,
                 per_image: bool = False) -> torch.Tensor:

@@ -34,12 +34,15 @@ class TrainingSummary:
 
 def training_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
                   generator: torch.Generator | None = None) -> LossTerms:
-    """Forward pass of one batch: clean prediction, maps of S, masked prediction, loss."""
+    """Forward pass of one batch: clean prediction, maps of S, masked prediction, loss.
+
+    The head counts the batch's explained classes and S (its class coverage)."""
     with torch.no_grad():
         targets = explainer.classifier(images).argmax(1)
         features = explainer.auxiliary(images)
     subset_size = loss.lambda_rand or images.shape[0]
     classes, position = class_subset(targets, subset_size, explainer.head.num_classes, generator)
+    explainer.head.record(targets, classes)
     subset_maps = activate(explainer.head(features, classes), training=True)
     own_maps = subset_maps[torch.arange(images.shape[0], device=images.device), position]
     masked = mask_images(images, own_maps, explainer.classifier.mean, explainer.masking)
