@@ -25,6 +25,7 @@ from pipeline.data import build_splits, plain_images
 from pipeline.metrics.adic import AdIcResult, ad_ic
 from pipeline.metrics.road import RoadResult, road
 from pipeline.models.classifiers import Classifier
+from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
 from pipeline.plots import road_curve
 from pipeline.train import load_explainer
@@ -83,17 +84,31 @@ def head_maps(explainer: Explainer, evalset: EvalSet, batch_size: int = 32) -> t
 
 @dataclass
 class Evaluation:
+    """ROAD and AD/IC of one set of maps; for a head's maps also whether each image's class was trained."""
+
     road: RoadResult
     adic: AdIcResult
     images: int
     seconds: float
+    classes: list[int] | None = None
+    trained: list[bool] | None = None
+
+    @property
+    def class_coverage(self) -> float | None:
+        """The fraction of evaluated images whose explained class the head was trained on."""
+        return None if self.trained is None else sum(self.trained) / max(len(self.trained), 1)
 
     def metrics(self) -> dict[str, float]:
-        return self.road.metrics() | self.adic.metrics()
+        coverage = {} if self.class_coverage is None else {"class_coverage": self.class_coverage}
+        return self.road.metrics() | self.adic.metrics() | coverage
 
     def to_json(self) -> dict:
-        return {"metrics": self.metrics(), "road": asdict(self.road), "adic": asdict(self.adic),
-                "images": self.images, "seconds": round(self.seconds, 3)}
+        report = {"metrics": self.metrics(), "road": asdict(self.road), "adic": asdict(self.adic),
+                  "images": self.images, "seconds": round(self.seconds, 3)}
+        if self.trained is not None:
+            report |= {"class_coverage": self.class_coverage,
+                       "per_image": [{"class": c, "trained": t} for c, t in zip(self.classes, self.trained)]}
+        return report
 
 
 def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: torch.Tensor, settings: EvalConfig,
@@ -113,19 +128,31 @@ def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: torch.Tensor, 
 
 def evaluate_head(explainer: Explainer, evalset: EvalSet, settings: EvalConfig, maps: MapKind = "head",
                   progress: bool = False) -> tuple[Evaluation, torch.Tensor]:
-    """Evaluate the head's maps (or reference maps); returns the evaluation and the maps used."""
-    if maps == "head":
-        saliency = head_maps(explainer, evalset, settings.batch_size)
-    else:
+    """Evaluate the head's maps (or reference maps); returns the evaluation and the maps used.
+
+    For the head's maps the evaluation also records which images' classes the head was trained on."""
+    if maps != "head":
         saliency = reference_maps(maps, len(evalset), tuple(evalset.images.shape[-2:]), settings.seed)
-    return evaluate_maps(explainer.classifier, evalset, saliency, settings, progress), saliency
+        return evaluate_maps(explainer.classifier, evalset, saliency, settings, progress), saliency
+    saliency = head_maps(explainer, evalset, settings.batch_size)
+    evaluation = evaluate_maps(explainer.classifier, evalset, saliency, settings, progress)
+    evaluation.classes = evalset.targets.tolist()
+    evaluation.trained = ClassCoverage.of(explainer.head, settings.min_class_count).covered(evalset.targets).tolist()
+    return evaluation, saliency
 
 
 def summary_line(evaluation: Evaluation) -> str:
     metrics = evaluation.metrics()
-    return (f"MoRF AUC {metrics['road_morf_auc']:.4f} (lower is better), LeRF AUC {metrics['road_lerf_auc']:.4f} "
+    line = (f"MoRF AUC {metrics['road_morf_auc']:.4f} (lower is better), LeRF AUC {metrics['road_lerf_auc']:.4f} "
             f"(higher is better), AD@100 {metrics['ad_100']:.1f}, IC@100 {metrics['ic_100']:.1f} "
             f"on {evaluation.images} images in {evaluation.seconds:.1f} s")
+    if evaluation.trained is not None:
+        untrained = evaluation.trained.count(False)
+        line += f"; class coverage {evaluation.class_coverage:.2f}"
+        if untrained:
+            line += (f" ({untrained} image(s) explained by a class the head was not trained on: "
+                     "their maps are untrained, see per_image in the JSON)")
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,9 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.add_argument("--maps", choices=["head", "random", "center"], default="head")
     parser.add_argument("--out", type=Path, default=Path("evaluation.json"), help="metrics JSON (+ .png curve)")
+    parser.add_argument("--min-count", type=int, help="training images a class needs to count as trained "
+                                                       "(default: the head's evaluation.min_class_count)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    explainer, config = load_explainer(args.head, args.device)
+    overrides = [] if args.min_count is None else [f"evaluation.min_class_count={args.min_count}"]
+    explainer, config = load_explainer(args.head, args.device, overrides)
     size = explainer.classifier.preprocessing.input_size
     if args.images:
         dataset = plain_images(args.images, size)

@@ -231,8 +231,8 @@ class Search:
             report = {"trial": chosen.index, "parameters": chosen.parameters,
                       "validation": chosen.metrics, "test": evaluation.to_json()}
             (self.options.directory / METRICS).write_text(json.dumps(report, indent=2))
-            version = run.log_head(trained.explainer.head, registered_model_name(
-                config.model.backbone, config.model.auxiliary), final / "head.pt", best)
+            version = run.log_explainer(final, config, trained.explainer.classifier.preprocessing.input_size,
+                                        registered_model_name(config.model.backbone, config.model.auxiliary))
         self.tracker.log_search_artifact(best)
         self.tracker.log_search_artifact(self.options.directory / METRICS)
         self.state.set(final_trial=chosen.index, model_version=version)

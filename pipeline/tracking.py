@@ -2,17 +2,17 @@
 nested run for the final head (registered in the Model Registry).
 
 Everything goes through an `MlflowClient` with explicit run ids, so no global active run is used;
-only `log_head` borrows MLflow's fluent model logging, with the tracking URI set for that call
+only `log_explainer` borrows MLflow's fluent model logging, with the tracking URI set for that call
 alone. Step metrics are buffered and sent with `log_batch` (at most 1000 per request).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,19 +20,22 @@ from types import TracebackType
 from typing import Any
 
 import mlflow
-import torch
+import mlflow.pyfunc
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models.signature import ModelSignature
+from mlflow.models import Model
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import Schema, TensorSpec
 from mlflow.utils.validation import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
     MAX_TAG_VAL_LENGTH,
 )
+
+from pipeline import serving
+from pipeline.config import ExperimentConfig
+from pipeline.train import CONFIG_FILE, COUNTS_FILE, HEAD_FILE, SUMMARY_FILE
 
 _log = logging.getLogger(__name__)
 
@@ -96,19 +99,6 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(None)
         if env_before is not None:
             os.environ[TRACKING_URI_ENV] = env_before
-
-
-@contextmanager
-def _quiet_pickle_advice() -> Iterator[None]:
-    """Hide the warning log_model prints for pickled models (the only noise it makes here when
-    pip requirements are given): the caller chose pickle by giving no input example."""
-    logger = logging.getLogger("mlflow.pytorch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 @contextmanager
@@ -207,7 +197,7 @@ class RunLog:
 
 class FinalRunLog(RunLog):
     """The final head's run: system metrics (CPU/memory/disk/network, NVIDIA GPU when present)
-    are sampled in a background thread until the run ends; `log_head` registers the model."""
+    are sampled in a background thread until the run ends; `log_explainer` registers the model."""
 
     def __init__(
         self,
@@ -236,61 +226,32 @@ class FinalRunLog(RunLog):
             self._monitor = None
         super()._end(status, reason)
 
-    def log_head(
-        self,
-        head: torch.nn.Module,
-        registered_name: str,
-        state_dict_path: str | Path,
-        config_path: str | Path,
-        input_example: torch.Tensor | Sequence[torch.Tensor] | None = None,
-    ) -> str:
-        """Log `head` as an MLflow model registered as `registered_name`, plus the plain state_dict
-        (under "head/") and the config YAML (under "config/"); return the new model version.
+    def log_explainer(self, head_directory: str | Path, config: ExperimentConfig, input_size: int,
+                      registered_name: str) -> str:
+        """Register the explainer in `head_directory` (written by `save_head`; its backbone takes
+        `input_size` px images) as `registered_name` and return the new version; also log the plain
+        head files (weights, config, training summary) under "head/".
 
-        With `input_example` (the tensors `head(*example)` takes, batch >= 2 so the batch size stays
-        dynamic) the model is saved in MLflow's pickle-free "pt2" format, loadable without
-        MLFLOW_ALLOW_PICKLE_DESERIALIZATION; without it, as a pickle, whose loading needs that
-        opt-in and an importable `pipeline` package. The state_dict works either way.
+        The model is an MLflow pyfunc logged as code (`pipeline.serving`), without pickle: images in, maps
+        out, loadable with `mlflow.pyfunc.load_model("models:/NAME/VERSION")` in any process.
         """
-        model = copy.deepcopy(head).cpu().eval()
-        options: dict[str, Any] = {"serialization_format": "pickle",
-                                   "pip_requirements": [_torch_requirement(), "cloudpickle"]}
-        if input_example is not None:
-            examples = ((input_example,) if isinstance(input_example, torch.Tensor)
-                        else tuple(input_example))
-            examples = tuple(example.detach().cpu() for example in examples)
-            options = {"serialization_format": "pt2", "pip_requirements": [_torch_requirement()],
-                       "input_example": examples, "signature": _tensor_signature(model, examples)}
-        # Created here because log_model would file it under the fluent (default) experiment. Not
-        # named "head": MLflow resolves a run's artifact path equal to a model name to the model.
-        logged = self.client.create_logged_model(self.experiment_id, "model", source_run_id=self.run_id)
-        with _fluent_tracking_uri(self.tracking_uri), _quiet_pickle_advice():
-            info = mlflow.pytorch.log_model(
-                pytorch_model=model, name="model", registered_model_name=registered_name,
-                run_id=self.run_id, model_id=logged.model_id, **options,
+        head_directory = Path(head_directory)
+        # Created here because log_model would file it under the fluent (default) experiment.
+        logged = self.client.create_logged_model(self.experiment_id, "explainer", source_run_id=self.run_id)
+        with _fluent_tracking_uri(self.tracking_uri), warnings.catch_warnings():
+            # An input example would make MLflow load both networks again just to log it; the
+            # signature already states the input, so its advice to add one is noise here.
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            info = Model.log(
+                artifact_path=None, name="explainer", flavor=mlflow.pyfunc, python_model=str(serving.ENTRY_POINT),
+                artifacts=serving.model_artifacts(head_directory, config), code_paths=[str(serving.PACKAGE)],
+                signature=serving.signature(input_size), pip_requirements=serving.requirements(config),
+                registered_model_name=registered_name, run_id=self.run_id, model_id=logged.model_id,
             )
-        self.log_artifact(state_dict_path, "head")
-        self.log_artifact(config_path, "config")
+        for name in (HEAD_FILE, CONFIG_FILE, SUMMARY_FILE, COUNTS_FILE):
+            if (head_directory / name).is_file():
+                self.log_artifact(head_directory / name, "head")
         return str(info.registered_model_version)
-
-
-def _torch_requirement() -> str:
-    """torch pinned to this version, without the local "+cu130" label pip can't resolve."""
-    return f"torch=={torch.__version__.split('+')[0]}"
-
-
-def _tensor_spec(tensor: torch.Tensor, name: str | None) -> TensorSpec:
-    return TensorSpec(tensor.numpy().dtype, (-1, *tensor.shape[1:]), name)
-
-
-def _tensor_signature(model: torch.nn.Module, examples: tuple[torch.Tensor, ...]) -> ModelSignature:
-    """Signature with a dynamic batch dimension; inputs named input_0.. when there are several."""
-    with torch.no_grad():
-        output = model(*examples)
-    names = [f"input_{index}" for index in range(len(examples))] if len(examples) > 1 else [None]
-    inputs = Schema([_tensor_spec(example, name) for example, name in zip(examples, names)])
-    outputs = Schema([_tensor_spec(output, None)]) if isinstance(output, torch.Tensor) else None
-    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
 class Tracker:

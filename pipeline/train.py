@@ -21,11 +21,12 @@ from pipeline.data import Splits, build_splits
 from pipeline.errors import UserError
 from pipeline.models.auxiliary import FeatureExtractor, backbone_features, load_auxiliary
 from pipeline.models.classifiers import Classifier, load_classifier
+from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
 from pipeline.models.head import AttentionHead
 from pipeline.training.loop import StepCallback, TrainingSummary, train
 
-HEAD_FILE, CONFIG_FILE, SUMMARY_FILE = "head.pt", "config.yaml", "training.json"
+HEAD_FILE, CONFIG_FILE, SUMMARY_FILE, COUNTS_FILE = "head.pt", "config.yaml", "training.json", "class_counts.json"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,6 +98,11 @@ class TrainedHead:
     summary: TrainingSummary
     config: ExperimentConfig
 
+    @property
+    def coverage(self) -> ClassCoverage:
+        """Which classes the head was trained on, under the config's ``evaluation.min_class_count``."""
+        return ClassCoverage.of(self.explainer.head, self.config.evaluation.min_class_count)
+
 
 def train_head(config: ExperimentConfig, bench: Workbench | None = None, on_step: StepCallback | None = None,
                progress: bool = True) -> TrainedHead:
@@ -116,7 +122,7 @@ def train_head(config: ExperimentConfig, bench: Workbench | None = None, on_step
 
 
 def save_head(trained: TrainedHead, directory: str | Path) -> Path:
-    """Write ``head.pt``, ``config.yaml`` and ``training.json`` into ``directory``."""
+    """Write ``head.pt``, ``config.yaml``, ``training.json`` and ``class_counts.json`` into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(trained.explainer.head.state_dict(), directory / HEAD_FILE)
@@ -124,26 +130,41 @@ def save_head(trained: TrainedHead, directory: str | Path) -> Path:
     summary = trained.summary
     (directory / SUMMARY_FILE).write_text(json.dumps(
         {"steps": summary.steps, "images": summary.images, "seconds": round(summary.seconds, 3),
-         "last": summary.last}, indent=2))
+         "last": summary.last, "class_coverage": trained.coverage.summary()}, indent=2))
+    (directory / COUNTS_FILE).write_text(json.dumps(trained.coverage.counts(), indent=1))
     return directory
 
 
-def load_explainer(directory: str | Path, device: str = "auto") -> tuple[Explainer, ExperimentConfig]:
-    """Rebuild a trained explainer from a directory written by ``save_head``."""
+def load_explainer(directory: str | Path, device: str = "auto",
+                   overrides: Sequence[str] = ()) -> tuple[Explainer, ExperimentConfig]:
+    """Rebuild a trained explainer from a directory written by ``save_head`` (``overrides`` as ``--set``)."""
     directory = Path(directory)
     for name in (HEAD_FILE, CONFIG_FILE):
         if not (directory / name).is_file():
             raise UserError(f"{directory} has no {name}; pass a folder written by `python -m pipeline.train`")
-    config = configs.load(directory / CONFIG_FILE)
+    config = configs.load(directory / CONFIG_FILE, overrides)
     models = load_models(config.model, resolve_device(device if device != "auto" else config.train.device))
     explainer = build_explainer(models, config.model, config.train.seed)
     state = torch.load(directory / HEAD_FILE, map_location=models.device, weights_only=True)
     try:
-        explainer.head.load_state_dict(state)
+        missing, unexpected = explainer.head.load_state_dict(state, strict=False)
     except RuntimeError as error:
         raise UserError(f"{directory / HEAD_FILE} does not fit the head of its config: {error}") from None
+    if set(missing) == {"target_counts", "subset_counts"} and not unexpected:
+        raise UserError(f"{directory / HEAD_FILE} predates class-coverage counts, so its trained classes are "
+                        f"unknown; retrain it: python -m pipeline.train --config {directory / CONFIG_FILE}")
+    if missing or unexpected:
+        raise UserError(f"{directory / HEAD_FILE} does not fit the head of its config: missing {missing}, "
+                        f"unexpected {unexpected}")
     explainer.head.eval()
     return explainer, config
+
+
+def coverage_line(coverage: ClassCoverage) -> str:
+    """One console line on how many classes have trained maps."""
+    counts = coverage.summary()
+    return (f"class coverage: {counts['classes_trained']} of {counts['num_classes']} classes were explained at least "
+            f"{counts['min_count']} times in training; maps of the other classes are untrained, not explanations")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = trained.summary
     print(f"trained {summary.steps} steps ({summary.images} images) in {summary.seconds:.1f} s, "
           f"final loss {summary.last.get('loss', float('nan')):.4f}; wrote {out}/{HEAD_FILE} and {out}/{CONFIG_FILE}")
+    print(coverage_line(trained.coverage))
     return 0
 
 

@@ -14,9 +14,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
+from pipeline import config as configs, tracking
 from pipeline.tracking import Tracker
+from pipeline.train import save_head, train_head
 from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
+from tests.toy_models import TOY_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -156,22 +158,20 @@ def test_buffered_step_logging_cost(tracker: Tracker) -> None:
         assert len(tracker.client.get_metric_history(run.run_id, name)) == steps
 
 
-def test_final_head_is_logged_and_registered(
+def test_final_explainer_is_logged_and_registered(
     tracker: Tracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    name = tracking.registered_model_name("timm:convnext_tiny", f"resnet18-{uuid.uuid4().hex[:6]}")
-    head = torch.nn.Conv2d(4, 10, 1)
-    state_dict_path, config_path = tmp_path / "head.pt", tmp_path / "config.yaml"
-    torch.save(head.state_dict(), state_dict_path)
-    config_path.write_text("loss:\n  lambda1: 0.6\n")
+    name = tracking.registered_model_name("tests.toy_models:tiny_classifier", f"toy-{uuid.uuid4().hex[:6]}")
+    config = configs.from_dict({"model": TOY_MODEL, "data": {"demo_train_views": 8}, "train": {"batch_size": 4},
+                                "evaluation": {"min_class_count": 1}})
+    head = save_head(train_head(config, progress=False), tmp_path / "head")
 
     with tracker.start_final({"loss": {"lambda1": 0.6}}, system_metrics_interval_s=0.5) as final:
         final.log_step(0, {"loss": 0.5})
-        example = torch.rand(2, 4, 7, 7)
-        version = final.log_head(head, name, state_dict_path, config_path, input_example=example)
+        version = final.log_explainer(head, config, 32, name)
         time.sleep(1.5)
-    assert "MLFLOW_TRACKING_URI" not in os.environ  # log_head restored the env
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # log_explainer restored the env
 
     client = MlflowClient(tracker.tracking_uri)
     versions = client.search_model_versions(f"name='{name}'")
@@ -180,30 +180,15 @@ def test_final_head_is_logged_and_registered(
     assert run.info.status == "FINISHED" and run.info.run_name == "final-head"
     assert run.data.tags["mlflow.parentRunId"] == tracker.search_run_id
     assert any(key.startswith("system/cpu") for key in run.data.metrics)
-    assert [a.path for a in client.list_artifacts(final.run_id, "head")] == ["head/head.pt"]
-    assert [a.path for a in client.list_artifacts(final.run_id, "config")] == ["config/config.yaml"]
+    assert {a.path for a in client.list_artifacts(final.run_id, "head")} >= {"head/head.pt", "head/config.yaml"}
     [model] = client.search_logged_models([tracker.experiment_id])  # in our experiment, not "0"
-    assert model.source_run_id == final.run_id
+    assert model.source_run_id == final.run_id and model.status == "READY"
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)
-    loaded = mlflow.pytorch.load_model(f"models:/{name}/1")  # pt2: no pickle opt-in needed
-    batch = torch.rand(3, 4, 7, 7)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(batch), head(batch))
-
-
-def test_final_head_without_example_is_pickled(tracker: Tracker, tmp_path: Path) -> None:
-    name = tracking.registered_model_name("vgg16", f"resnet18-{uuid.uuid4().hex[:6]}")
-    (tmp_path / "head.pt").write_bytes(b"weights")
-    (tmp_path / "config.yaml").write_text("{}\n")
-    with tracker.start_final({}, system_metrics_interval_s=0) as final:
-        version = final.log_head(torch.nn.Conv2d(4, 10, 1), name, tmp_path / "head.pt",
-                                 tmp_path / "config.yaml")
-    assert version == "1"
-    client = MlflowClient(tracker.tracking_uri)
-    assert client.get_model_version(name, "1").run_id == final.run_id
-    [model] = client.search_logged_models([tracker.experiment_id])
-    assert model.source_run_id == final.run_id and model.status == "READY"
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}/1")  # logged as code: no pickle opt-in needed
+    images = (torch.rand(3, 40, 50, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()
+    result = loaded.predict(images)
+    assert result["saliency"].shape == (3, 32, 32) and result["classes"].shape == result["coverage"].shape == (3,)
 
 
 def test_ax_analyses_are_exported_and_logged(

