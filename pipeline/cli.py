@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from typing import Callable, Sequence
@@ -11,13 +12,21 @@ from typing import Callable, Sequence
 from pipeline.errors import UserError
 
 
+# Libraries whose warnings (and torch warnings raised from their code) a user of a search cannot act on:
+# the optimiser's numerical and API notices.
+OPTIMISER_MODULES = r"(ax|botorch|gpytorch|linear_operator|pyro)(\.|$)"
+
+
 def quiet_libraries() -> None:
-    """Silence library chatter a user cannot act on."""
+    """Silence library chatter a user cannot act on: deprecation notices, the optimiser's warnings,
+    INFO logs and MLflow's artifact progress bars."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
+    warnings.filterwarnings("ignore", module=OPTIMISER_MODULES)
     for name in ("ax", "mlflow", "botorch", "alembic", "urllib3", "timm", "matplotlib"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def quiet_ax() -> None:

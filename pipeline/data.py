@@ -22,6 +22,7 @@ from pipeline.errors import UserError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DATALISTS = Path(__file__).parent / "datalists"
 IMAGENET_VAL_SIZE = 50_000
+EVAL_SPLIT_CAP = 2000  # validation and test images drawn from a folder, each (the paper's lists hold 2000)
 
 
 def train_transform(size: int) -> Callable:
@@ -145,9 +146,32 @@ def _limit(dataset: Dataset, limit: int | None) -> Dataset:
     return dataset if limit is None or limit >= len(dataset) else Subset(dataset, range(limit))
 
 
-def _split_indices(count: int, seed: int) -> tuple[list[int], list[int]]:
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
-    return order[: count // 2], order[count // 2:]
+def _shuffled(count: int, seed: int) -> list[int]:
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _split_evaluation(count: int, seed: int) -> tuple[list[int], list[int]]:
+    """Disjoint validation and test indices over a held-out folder: halves, at most EVAL_SPLIT_CAP each."""
+    order = _shuffled(count, seed)
+    half = min(count // 2, EVAL_SPLIT_CAP)
+    return order[:half], order[half: 2 * half]
+
+
+def _split_three_ways(count: int, seed: int) -> tuple[list[int], list[int], list[int]]:
+    """Disjoint train / validation / test indices over one folder: a tenth each (at most EVAL_SPLIT_CAP, at
+    least one image) for validation and test, the rest for training."""
+    if count < 3:
+        raise UserError(f"only {count} image(s): a folder without train/ and val/ needs at least 3 to split into "
+                        "disjoint train, validation and test images")
+    held_out = min(max(count // 10, 1), EVAL_SPLIT_CAP)
+    order = _shuffled(count, seed)
+    return order[2 * held_out:], order[:held_out], order[held_out: 2 * held_out]
+
+
+def looks_like_imagenet(root: Path) -> bool:
+    """ImageNet in torchvision's layout: ``train/`` and ``val/`` with one folder per class (1000)."""
+    val = root / "val"
+    return (root / "train").is_dir() and val.is_dir() and sum(p.is_dir() for p in val.iterdir()) == 1000
 
 
 @dataclass
@@ -158,7 +182,14 @@ class Splits:
 
 
 def build_splits(config: DataConfig, size: int) -> Splits:
-    """Train/val/test datasets for ``config`` at input size ``size``."""
+    """Train/val/test datasets for ``config`` at input size ``size``, always disjoint in images:
+
+    - ``imagenet``: ``train/`` for training; the fixed 2000/2000 index lists over ``val/``;
+    - ``folder`` with ``train/`` and ``val/``: ``val/`` halved into validation and test (at most 2000 each);
+    - ``folder`` without them: one folder split three ways (a tenth each for validation and test);
+    - ``demo``: random crops of the bundled photos for training, other crops of the same photos for
+      validation and test (so the demo shows the pipeline working, not generalisation).
+    """
     if config.dataset == "demo":
         train = DemoViews(size, config.demo_train_views, seed=config.seed)
         val = DemoViews(size, config.demo_eval_views, seed=config.seed + 1, random=False)
@@ -180,10 +211,10 @@ def build_splits(config: DataConfig, size: int) -> Splits:
         elif train_root.is_dir() and val_root.is_dir():
             train = image_folder(train_root, train_transform(size))
             evaluation = image_folder(val_root, eval_transform(size))
-            val_indices, test_indices = _split_indices(len(evaluation), config.seed)
+            val_indices, test_indices = _split_evaluation(len(evaluation), config.seed)
         else:
-            train = image_folder(root, train_transform(size))
             evaluation = image_folder(root, eval_transform(size))
-            val_indices, test_indices = _split_indices(len(evaluation), config.seed)
+            train_indices, val_indices, test_indices = _split_three_ways(len(evaluation), config.seed)
+            train = Subset(ImageFiles(evaluation.paths, evaluation.labels, train_transform(size)), train_indices)
         val, test = Subset(evaluation, val_indices), Subset(evaluation, test_indices)
     return Splits(_limit(train, config.train_limit), _limit(val, config.val_limit), _limit(test, config.test_limit))

@@ -17,7 +17,6 @@ from typing import Literal, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from pipeline import cli
 from pipeline.config import EvalConfig
@@ -29,6 +28,7 @@ from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
 from pipeline.plots import road_curve
 from pipeline.train import load_explainer
+from pipeline.training.progress import Progress
 
 MapKind = Literal["head", "random", "center"]
 
@@ -117,10 +117,10 @@ def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: torch.Tensor, 
     started = time.perf_counter()
     maps = maps.to(evalset.images.device)
     generator = torch.Generator(device=evalset.images.device).manual_seed(settings.seed)
-    with tqdm(total=len(evalset), desc="ROAD", unit="img", disable=not progress, leave=False) as bar:
+    with Progress(len(evalset), "ROAD", "images", enabled=progress) as bar:
         road_result = road(classifier, evalset.images, maps, evalset.targets, settings.percentages,
                            settings.noise, settings.batch_size, generator,
-                           progress=lambda done: bar.update(done - bar.n))
+                           progress=lambda done: bar.update(done - bar.done))
     adic_result = ad_ic(classifier, evalset.images, maps, evalset.targets, evalset.probabilities,
                         batch_size=settings.batch_size)
     return Evaluation(road_result, adic_result, len(evalset), time.perf_counter() - started)

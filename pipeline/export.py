@@ -13,7 +13,7 @@ from typing import Sequence
 
 from pipeline import cli, config as configs
 from pipeline.errors import UserError
-from pipeline.search import BASE_CONFIG, SPACE, STATE, SearchState, trial_config
+from pipeline.search import BASE_CONFIG, REFERENCES, SPACE, STATE, SearchState, trial_config
 from pipeline.search_space import load_search_space
 from pipeline.study import Study
 
@@ -29,11 +29,12 @@ def export(directory: Path, out: Path | None = None, trial: int | None = None) -
     config = trial_config(configs.read_yaml(directory / BASE_CONFIG), space, chosen.parameters)
     out = out or directory / "export" / "best.yaml"
     configs.dump(config, out)
-    print(study.table())
+    state = SearchState.load(directory / STATE)
+    print(study.table(state.values.get(REFERENCES)))
     print(f"trial {chosen.index}: " + ", ".join(f"{k}={v:.4g}" for k, v in chosen.metrics.items()
                                                if k.startswith("road_") and k.endswith("auc")))
     head = directory / "final" / "head.pt"
-    if SearchState.load(directory / STATE).values.get("final_trial") == chosen.index and head.is_file():
+    if state.values.get("final_trial") == chosen.index and head.is_file():
         shutil.copyfile(head, out.with_name("head.pt"))
         print(f"wrote {out} and {out.with_name('head.pt')} (the final head trained with this config)")
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import time
@@ -21,17 +22,23 @@ import yaml
 
 from pipeline import cli, config as configs
 from pipeline.config import ExperimentConfig
+from pipeline.data import looks_like_imagenet
 from pipeline.errors import UserError
-from pipeline.evaluate import EvalSet, Evaluation, evaluate_head, prepare_eval_set, summary_line
+from pipeline.evaluate import (EvalSet, Evaluation, evaluate_head, evaluate_maps, prepare_eval_set, reference_maps,
+                               summary_line)
 from pipeline.plots import explanation_grid, road_curve
 from pipeline.search_space import SearchSpace, load_search_space
-from pipeline.study import Study, TrialRecord
+from pipeline.study import Study, TrialRecord, objective_thresholds
 from pipeline.tracking import RunLog, Tracker, registered_model_name
 from pipeline.train import TrainedHead, Workbench, save_head, train_head
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "ptame.yaml"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"  # the paper setups, experiments/<backbone>.yaml
+IMAGENET_ENV, DEFAULT_IMAGENET = "IMAGENET_ROOT", Path("data/ImageNet")
 BASE_CONFIG, SPACE, STATE = "base_config.yaml", "search_space.yaml", "state.json"
 BEST, METRICS = "best.yaml", "metrics.json"
+REFERENCES = "reference_maps"  # state key: ROAD of trivial maps on the validation split
+REFERENCE_MAPS = {"random": "random maps", "center": "centred blob"}  # reference_maps() kind -> table label
 GRID_IMAGES = 8
 
 
@@ -106,9 +113,10 @@ class Search:
         self.tracker: Tracker | None = None
         self.bench: Workbench | None = None
         self.val_set: EvalSet | None = None
+        self.references: dict[str, dict[str, float]] = {}
 
-    def _open_state(self) -> None:
-        """The search folder: the base config it was started with, our state and the Ax study."""
+    def _open_folder(self) -> None:
+        """The search folder: the base config it was started with, the search space, and our state."""
         directory = self.options.directory
         directory.mkdir(parents=True, exist_ok=True)
         base_path = directory / BASE_CONFIG
@@ -118,9 +126,23 @@ class Search:
         base_path.write_text(yaml.safe_dump(self.options.base, sort_keys=False))
         shutil.copyfile(self.options.space_path, directory / SPACE)
         self.state = SearchState.load(directory / STATE)
-        cli.quiet_ax()
-        self.study = Study.open(directory, self.options.space, self.options.seed)
-        self.tracker = Tracker(self.options.tracking_uri)
+
+    def _reference_scores(self) -> dict[str, dict[str, float]]:
+        """ROAD of trivial maps (random, a centred blob) on the validation split, scored once per search
+        and kept in the state; logged on the parent run the first time."""
+        cached = self.state.values.get(REFERENCES)
+        if cached is not None:
+            return cached
+        evaluation, classifier = self.base_config.evaluation, self.bench.models.classifier
+        size = tuple(self.val_set.images.shape[-2:])
+        scores = {}
+        for kind, label in REFERENCE_MAPS.items():
+            maps = reference_maps(kind, len(self.val_set), size, evaluation.seed)
+            scores[label] = evaluate_maps(classifier, self.val_set, maps, evaluation).road.metrics()
+        self.state.set(**{REFERENCES: scores})
+        self.tracker.log_search_metrics({f"{kind}_maps_{name}": value for kind, label in REFERENCE_MAPS.items()
+                                         for name, value in scores[label].items()}, step=0)
+        return scores
 
     def _parent_params(self) -> dict[str, Any]:
         base = self.base_config
@@ -131,11 +153,13 @@ class Search:
                 "batch_size": base.train.batch_size, "base": configs.to_dict(base)}
 
     def open(self) -> None:
-        """Load models and data once (first, so bad input fails fast), then the study and MLflow runs."""
+        """Load models and data once (first, so bad input fails fast), then the MLflow runs, the reference
+        maps' scores (the objective thresholds) and the study."""
         self.bench = Workbench.load(self.base_config)
-        self._open_state()
+        self._open_folder()
         evaluation = self.base_config.evaluation
         self.val_set = prepare_eval_set(self.bench.models.classifier, self.bench.splits.val, evaluation.batch_size)
+        self.tracker = Tracker(self.options.tracking_uri)
         run_id = self.tracker.start_search(
             self.options.name, self._parent_params(),
             tags={"search": self.options.name, "backbone": self.base_config.model.backbone,
@@ -143,6 +167,14 @@ class Search:
             run_id=self.state.values.get("parent_run_id"))
         self.state.set(parent_run_id=run_id)
         self.tracker.log_search_artifact(self.options.space_path, "search_space")
+        self.references = self._reference_scores()
+        thresholds = objective_thresholds(self.references, self.options.space.objective_signs)
+        self.tracker.log_search_metrics({f"threshold_{name}": value for name, value in thresholds.items()}, step=0)
+        print("objective thresholds from trivial maps on the validation split: "
+              + ", ".join(f"{name} {'>=' if sign > 0 else '<='} {thresholds[name]:.4f}"
+                          for name, sign in self.options.space.objective_signs.items() if name in thresholds))
+        cli.quiet_ax()
+        self.study = Study.open(self.options.directory, self.options.space, self.options.seed, thresholds)
 
     def run_trial(self) -> TrialRecord:
         """Ask Ax for a point, train and evaluate it, tell Ax; failures are recorded, not raised."""
@@ -206,7 +238,7 @@ class Search:
 
     def finish(self) -> dict[str, Any]:
         """Report the trials, train the chosen configuration, evaluate it on the test split, export."""
-        print(self.study.table())
+        print(self.study.table(self.references))
         pareto = ", ".join(str(r.index) for r in self.study.pareto())
         print(f"Pareto set (trial indices): {pareto}")
         self.tracker.log_ax_analyses(self.study.client, self.options.directory / "ax", include_plotlyjs=True)
@@ -254,20 +286,43 @@ class Search:
         return report
 
 
+def find_imagenet(data: str | None) -> Path | None:
+    """An ImageNet folder: ``--data`` if given, else ``$IMAGENET_ROOT``, else ``data/ImageNet``."""
+    candidates = [data] if data else [os.environ.get(IMAGENET_ENV), DEFAULT_IMAGENET]
+    for candidate in filter(None, candidates):
+        root = Path(candidate).expanduser()
+        if root.is_dir() and looks_like_imagenet(root):
+            return root
+    return None
+
+
 def base_experiment(args: argparse.Namespace) -> dict[str, Any]:
-    """The experiment dict shared by every trial: --experiment, then --backbone/--aux/--data, then --set."""
+    """The experiment dict shared by every trial: --experiment, then --backbone/--aux/--data, then --set.
+
+    Without --experiment, a backbone with a paper setup (``experiments/<backbone>.yaml``) starts from it when
+    ImageNet is found; with no data at all, the search runs on the offline demo photos and says so."""
     values = configs.read_yaml(args.experiment) if args.experiment else {}
     shortcuts = []
+    paper = EXPERIMENTS / f"{args.backbone}.yaml"
+    imagenet = find_imagenet(args.data) if args.data != "demo" else None
+    if args.experiment is None and args.backbone and paper.is_file() and imagenet is not None:
+        values = configs.read_yaml(paper)
+        shortcuts.append(f"data.root={imagenet}")
+        print(f"using the paper's setup for {args.backbone} ({paper.relative_to(EXPERIMENTS.parent)}) "
+              f"on ImageNet at {imagenet}")
+    elif args.data and args.data != "demo":
+        root = Path(args.data).expanduser()
+        shortcuts += [f"data.dataset={'imagenet' if imagenet else 'folder'}", f"data.root={root}"]
+    elif args.data == "demo":
+        shortcuts.append("data.dataset=demo")
+    elif args.experiment is None:
+        print("no --data and no ImageNet found ($IMAGENET_ROOT, data/ImageNet): running on the offline demo photos "
+              "(9 bundled photos, a smoke test, not a real search); point it at your images with --data "
+              "/path/to/imagenet or --data /path/to/image_folder")
     if args.backbone:
         shortcuts.append(f"model.backbone={args.backbone}")
     if args.aux:
         shortcuts.append(f"model.auxiliary={args.aux}")
-    if args.data and args.data != "demo":
-        root = Path(args.data).expanduser()
-        kind = "imagenet" if (root / "val").is_dir() and len(list((root / "val").iterdir())) == 1000 else "folder"
-        shortcuts += [f"data.dataset={kind}", f"data.root={root}"]
-    elif args.data == "demo":
-        shortcuts.append("data.dataset=demo")
     merged = configs.apply_overrides(values, shortcuts + list(args.overrides))
     if "name" not in merged:
         merged["name"] = "search"

@@ -150,17 +150,21 @@ class SearchSpace:
                 return False
         return all(constraint.holds(parameters) for constraint in self.constraints)
 
-    def configure(self, client: Client, seed: int | None = None) -> None:
+    def configure(self, client: Client, seed: int | None = None, thresholds: Mapping[str, float] | None = None) -> None:
         """Set up a fresh Ax client: experiment, objectives, Sobol-then-BoTorch strategy.
 
         ``seed`` (e.g. from ``--seed``) replaces the space's own seed for the Sobol initialisation.
+        ``thresholds`` (objective -> value) is the reference point of the multi-objective search: the worst
+        value of each objective worth having.
         """
         client.configure_experiment(
             parameters=[parameter.ax_config() for parameter in self.parameters],
             parameter_constraints=[constraint.text for constraint in self.constraints],
             name=self.name,
         )
-        client.configure_optimization(objective=self.objective_string)
+        bounds = [f"{name} {'>=' if self.objectives[name] == 'maximize' else '<='} {value!r}"
+                  for name, value in (thresholds or {}).items()]
+        client.configure_optimization(objective=self.objective_string, outcome_constraints=bounds or None)
         client.set_generation_strategy(self.generation_strategy(self.seed if seed is None else seed))
 
     def generation_strategy(self, seed: int) -> GenerationStrategy:

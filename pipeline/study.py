@@ -84,8 +84,12 @@ class Study:
         self.read_only = False
 
     @classmethod
-    def open(cls, directory: Path, space: SearchSpace, seed: int) -> Study:
+    def open(cls, directory: Path, space: SearchSpace, seed: int,
+             thresholds: Mapping[str, float] | None = None) -> Study:
         """Start a new search in ``directory`` or resume the one saved there.
+
+        ``thresholds``: the objective thresholds (reference point) a new search is configured with; a
+        resumed one must have been started with the same.
 
         On resume, trials that were running when the last process died are marked failed with
         the reason `INTERRUPTED`, so none is lost or run twice. ``seed`` seeds both the Sobol
@@ -99,11 +103,11 @@ class Study:
         path = directory / SNAPSHOT_NAME
         if not path.exists():
             client = Client(random_seed=seed)
-            space.configure(client, seed=seed)
+            space.configure(client, seed=seed, thresholds=thresholds)
             study = cls(client, space, path)
             study._save()
             return study
-        study = cls._load(path, space)
+        study = cls._load(path, space, thresholds)
         study._client._random_seed = seed  # not part of the snapshot; Client has no public setter
         running = [record.index for record in study.records() if record.status == "running"]
         for index in running:
@@ -123,7 +127,7 @@ class Study:
         return study
 
     @classmethod
-    def _load(cls, path: Path, space: SearchSpace) -> Study:
+    def _load(cls, path: Path, space: SearchSpace, thresholds: Mapping[str, float] | None = None) -> Study:
         from ax.api import Client
 
         try:
@@ -132,7 +136,7 @@ class Study:
             raise UserError(
                 f"{path} is not a readable Ax snapshot ({error}); move it away or pass a new --name"
             ) from None
-        _check_same_space(client, space, path)
+        _check_same_space(client, space, path, thresholds)
         return cls(client, space, path)
 
     @property
@@ -226,10 +230,16 @@ class Study:
             raise UserError(f"--select {trial}: that trial is {record.status}{why}; pick a completed one: {completed}")
         return record
 
-    def table(self) -> str:
-        """`format_table` of all trials, Pareto trials starred."""
+    def table(self, references: Mapping[str, Mapping[str, float]] | None = None) -> str:
+        """`format_table` of all trials, Pareto trials starred, reference maps (and the thresholds) below."""
         front = {record.index for record in self.pareto()}
-        return format_table(self.records(), front, self.space.objective_names)
+        return format_table(self.records(), front, self.space.objective_names, references, self.thresholds)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The objective thresholds (Ax's reference point) the search was configured with."""
+        config = _experiment(self._client).optimization_config
+        return {threshold.metric_names[0]: threshold.bound for threshold in getattr(config, "objective_thresholds", [])}
 
     def _save(self) -> None:
         """Write the snapshot to a temp file in the same directory, fsync, and rename over the old one."""
@@ -275,12 +285,14 @@ def _generator_name(generator_run: Any) -> str:
     return _GENERATOR_NAMES.get(node, node or "manual")
 
 
-def _check_same_space(client: Client, space: SearchSpace, path: Path) -> None:
-    """Raise a `UserError` when the saved search used other parameters, constraints or objectives."""
+def _check_same_space(client: Client, space: SearchSpace, path: Path,
+                      thresholds: Mapping[str, float] | None = None) -> None:
+    """Raise a `UserError` when the saved search used other parameters, constraints or objectives, or
+    (when ``thresholds`` is given) other objective thresholds."""
     from ax.api import Client
 
     expected = Client()
-    space.configure(expected)
+    space.configure(expected, thresholds=thresholds)
     saved, wanted = _experiment(client), _experiment(expected)
     differences = []
     for name in dict.fromkeys([*saved.search_space.parameters, *wanted.search_space.parameters]):
@@ -292,10 +304,13 @@ def _check_same_space(client: Client, space: SearchSpace, path: Path) -> None:
             f"saved constraints {saved.search_space.parameter_constraints}, "
             f"now {wanted.search_space.parameter_constraints}"
         )
-    if saved.optimization_config != wanted.optimization_config:
+    if saved.optimization_config.objective != wanted.optimization_config.objective:
         differences.append(
             f"saved objectives {saved.optimization_config.objective!r}, now {wanted.optimization_config.objective!r}"
         )
+    before, after = (getattr(c.optimization_config, "objective_thresholds", []) for c in (saved, wanted))
+    if thresholds is not None and before != after:
+        differences.append(f"saved objective thresholds {before!r}, now {after!r}")
     if differences:
         raise UserError(
             f"{path} holds a search with a different search space ({'; '.join(differences)}); resume it with "
@@ -303,12 +318,25 @@ def _check_same_space(client: Client, space: SearchSpace, path: Path) -> None:
         )
 
 
+def objective_thresholds(references: Mapping[str, Mapping[str, float]], signs: Mapping[str, float]) -> dict[str, float]:
+    """The reference point: per objective, the worst value any reference map scored (``signs``: +1 maximise).
+
+    A trial adds hypervolume only where it beats every trivial map on every objective."""
+    return {name: (min if sign > 0 else max)(scores[name] for scores in references.values())
+            for name, sign in signs.items() if all(name in scores for scores in references.values())}
+
+
 def format_table(
     records: Sequence[TrialRecord],
     pareto_indices: set[int] | Sequence[int],
     objectives: Sequence[str] = ("road_morf_auc", "road_lerf_auc"),
+    references: Mapping[str, Mapping[str, float]] | None = None,
+    thresholds: Mapping[str, float] | None = None,
 ) -> str:
-    """A fixed-width console table of all trials; ``*`` marks the Pareto set."""
+    """A fixed-width console table of all trials; ``*`` marks the Pareto set.
+
+    ``references`` (label -> metrics, e.g. of random maps) are rows under the trials; a reference whose value
+    is an objective threshold (``thresholds``) says so in its status."""
     parameter_names = list(dict.fromkeys(name for record in records for name in record.parameters))
     with_lambda3 = any(record.lambda3 is not None for record in records)
     header = ["", "trial", "generator", *parameter_names]
@@ -321,9 +349,19 @@ def format_table(
         row += [_format_cell(record.lambda3)] * with_lambda3
         row += [_format_cell(record.metrics.get(name)) for name in objectives] + [status]
         rows.append(row)
+    separator = len(rows)
+    for label, scores in (references or {}).items():
+        sets = [_COLUMN_LABELS.get(name, name) for name in objectives
+                if thresholds and name in thresholds and scores.get(name) == thresholds[name]]
+        status = "reference" + (f", objective threshold for {' and '.join(sets)}" if sets else "")
+        row = ["", "-", label, *["-"] * (len(parameter_names) + with_lambda3)]
+        rows.append(row + [_format_cell(scores.get(name)) for name in objectives] + [status])
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
+    rule = "  ".join("-" * width for width in widths)
+    if len(rows) > separator:
+        lines.insert(separator, rule)
+    lines.insert(1, rule)
     return "\n".join(lines)
 
 

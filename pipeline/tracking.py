@@ -8,13 +8,14 @@ alone. Step metrics are buffered and sent with `log_batch` (at most 1000 per req
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -238,7 +239,8 @@ class FinalRunLog(RunLog):
         head_directory = Path(head_directory)
         # Created here because log_model would file it under the fluent (default) experiment.
         logged = self.client.create_logged_model(self.experiment_id, "explainer", source_run_id=self.run_id)
-        with _fluent_tracking_uri(self.tracking_uri), warnings.catch_warnings():
+        # MLflow prints its own two lines about the registration on stderr; the caller reports the version.
+        with _fluent_tracking_uri(self.tracking_uri), warnings.catch_warnings(), redirect_stderr(io.StringIO()):
             # An input example would make MLflow load both networks again just to log it; the
             # signature already states the input, so its advice to add one is noise here.
             warnings.filterwarnings("ignore", message=".*An input example was not provided")

@@ -36,7 +36,8 @@ def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_
     options = SearchOptions(name="review", trials=3, base=base, space=load_search_space(DEFAULT_SPACE),
                             space_path=DEFAULT_SPACE, seed=1, directory=tmp_path / "review",
                             tracking_uri=server, progress=False)
-    Search(options).run()
+    search = Search(options)
+    search.run()
 
     client = MlflowClient(server)
     experiment = client.get_experiment_by_name("ptame")
@@ -47,6 +48,11 @@ def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_
     assert parent.info.status == "FINISHED"
     assert parent.data.params["backbone"] == "efficientnet_lite0"
     assert {"best_morf_auc", "best_lerf_auc", "best_lerf_minus_morf"} <= parent.data.metrics.keys()
+    random_morf, centre_lerf = (parent.data.metrics[k] for k in ("random_maps_road_morf_auc", "center_maps_road_lerf_auc"))
+    assert parent.data.metrics["threshold_road_morf_auc"] == max(random_morf, parent.data.metrics["center_maps_road_morf_auc"])
+    assert parent.data.metrics["threshold_road_lerf_auc"] == min(centre_lerf, parent.data.metrics["random_maps_road_lerf_auc"])
+    assert search.study.thresholds == {"road_morf_auc": parent.data.metrics["threshold_road_morf_auc"],
+                                       "road_lerf_auc": parent.data.metrics["threshold_road_lerf_auc"]}
     parent_artifacts = artifact_paths(client, parent.info.run_id)
     assert "search_space/ptame.yaml" in parent_artifacts and "best.yaml" in parent_artifacts
     assert "ax/ax_experiment.json" in parent_artifacts

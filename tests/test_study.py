@@ -11,7 +11,8 @@ import pytest
 from pipeline.config import load as load_config
 from pipeline.errors import UserError
 from pipeline.search_space import SearchSpace, load_search_space
-from pipeline.study import INTERRUPTED, SNAPSHOT_NAME, Study, TrialRecord, format_table, pareto_front, trade_off
+from pipeline.study import (INTERRUPTED, SNAPSHOT_NAME, Study, TrialRecord, format_table, objective_thresholds,
+                            pareto_front, trade_off)
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNS = {"road_morf_auc": -1.0, "road_lerf_auc": 1.0}
@@ -207,3 +208,20 @@ def test_another_space_with_log_scale_learning_rate(tmp_path: Path) -> None:
         config = load_config(overrides=space.overrides(parameters))  # the overrides round-trip exactly
         assert (config.loss.lambda1, config.loss.lambda2) == (parameters["lambda1"], parameters["lambda2"])
         assert (config.train.max_lr, config.train.batch_size) == (parameters["max_lr"], parameters["batch_size"])
+
+
+def test_reference_maps_set_the_thresholds_and_sit_under_the_trial_table(tmp_path: Path, space: SearchSpace) -> None:
+    references = {"random maps": {"road_morf_auc": 0.74, "road_lerf_auc": 0.73},
+                  "centred blob": {"road_morf_auc": 0.38, "road_lerf_auc": 0.61}}
+    thresholds = objective_thresholds(references, space.objective_signs)
+    assert thresholds == {"road_morf_auc": 0.74, "road_lerf_auc": 0.61}  # the worst trivial value of each
+    study = Study.open(tmp_path, space, seed=0, thresholds=thresholds)
+    index, parameters = study.next_trial()
+    study.complete(index, synthetic(parameters))
+    assert Study.open(tmp_path, space, seed=0, thresholds=thresholds).thresholds == thresholds
+    with pytest.raises(UserError, match="objective thresholds"):
+        Study.open(tmp_path, space, seed=0, thresholds={"road_morf_auc": 0.5, "road_lerf_auc": 0.61})
+    lines = study.table(references).splitlines()
+    assert lines[-2].split()[:4] == ["-", "random", "maps", "-"] and "threshold for MoRF" in lines[-2]
+    assert "centred blob" in lines[-1] and "threshold for LeRF" in lines[-1] and "0.6100" in lines[-1]
+    assert set(lines[-3]) == {"-", " "}  # a rule between the trials and the references

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.config import LossConfig, TrainConfig
 from pipeline.models.explainer import Explainer
 from pipeline.models.head import activate
 from pipeline.training.loss import LossTerms, class_subset, ptame_loss
 from pipeline.training.masking import mask_images
+from pipeline.training.progress import Progress
 
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -86,7 +86,7 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
     summary = TrainingSummary()
     started = time.perf_counter()
     head.train()
-    with tqdm(total=total, desc="training", unit="step", disable=not progress, leave=False) as bar:
+    with Progress(total, "training", "steps", enabled=progress) as bar:
         for _ in range(settings.epochs):
             for images, _labels in batches:
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -98,8 +98,7 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
                 summary.last = terms.as_floats() | {"lr": schedule.get_last_lr()[0]}
                 if on_step is not None:
                     on_step(summary.steps, summary.last)
-                bar.set_postfix(loss=f"{summary.last['loss']:.4f}")
-                bar.update()
+                bar.update(status=f"loss {summary.last['loss']:.4f}")
     head.eval()
     summary.seconds = time.perf_counter() - started
     return summary
