@@ -30,7 +30,7 @@ def quiet_libraries() -> None:
 
 
 def quiet_ax() -> None:
-    """Import Ax without its import-time INFO chatter and lower its console handler to warnings."""
+    """Import Ax without its import-time INFO chatter; its console handler shows errors only."""
     logging.disable(logging.INFO)
     try:
         import ax  # noqa: F401  (attaches Ax's handler)
@@ -38,8 +38,8 @@ def quiet_ax() -> None:
     finally:
         logging.disable(logging.NOTSET)
 
-    for handler in logging.getLogger("ax").handlers:
-        handler.setLevel(logging.WARNING)
+    for handler in logging.getLogger("ax").handlers:  # its modelling notices, e.g. "outcome is constant"
+        handler.setLevel(logging.ERROR)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,9 +14,11 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
-from pipeline import config as configs
+from pipeline import cli, config as configs
 from pipeline.data import demo_photos, eval_transform
+from pipeline.explain import main as explain_main
 from pipeline.serving import model_artifacts, requirements
 from pipeline.tracking import Tracker
 from pipeline.train import load_explainer, save_head, train_head
@@ -109,3 +111,20 @@ def test_weights_files_travel_as_artifacts(tmp_path):
     artifacts = model_artifacts(tmp_path / "head", config)
     assert artifacts["auxiliary_weights"] == str(weights) and "backbone_weights" not in artifacts
     assert not any(r.startswith("efficientnet-lite1") for r in requirements(config))
+
+
+def test_explain_takes_the_registered_model_and_rejects_unknown_ones(registered, tmp_path, capsys):
+    uri, _, version = registered
+    photo = tmp_path / "coffee.png"
+    Image.fromarray(demo_photos()["coffee"]).save(photo)
+    with pytest.raises(SystemExit) as stop:
+        cli.run(explain_main, ["--model", f"models:/ptame-test-explainer/{version}", "--tracking-uri", uri,
+                               str(photo), "--out", str(tmp_path / "maps")])
+    assert stop.value.code == 0
+    assert "coffee.png: " in capsys.readouterr().out and (tmp_path / "maps" / "coffee.png").is_file()
+    for model in ("models:/ptame-test-explainer/99", "models:/no-such-model/1"):
+        with pytest.raises(SystemExit) as stop:
+            cli.run(explain_main, ["--model", model, "--tracking-uri", uri, str(photo)])
+        error = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(error) == 1
+        assert error[0].startswith(f"error: cannot load '{model}'") and "models:/NAME/VERSION" in error[0]

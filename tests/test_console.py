@@ -1,0 +1,36 @@
+"""What a user sees: a short real demo search (into the BoTorch phase) writes nothing to stderr when its output
+is a log file, and its trial table ends with the reference maps that set the objective thresholds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_DEMO = ["data.demo_train_views=16", "data.demo_eval_views=9", "evaluation.percentages=[50]"]
+SHORT_START = "initialization_trials: 2\n"  # the paper's space, with BoTorch from the third trial
+
+
+def test_a_demo_search_writes_no_warning_or_progress_noise_to_a_log(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text((REPO / "search_spaces" / "ptame.yaml").read_text().replace("initialization_trials: 5\n",
+                                                                                  SHORT_START))
+    command = [sys.executable, "-m", "pipeline.search", "--experiment", str(REPO / "experiments" / "demo.yaml"),
+               "--space", str(space), "--trials", "3", "--out", str(tmp_path / "runs"),
+               "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    for override in TINY_DEMO:
+        command += ["--set", override]
+    env = os.environ | {"PYTHONPATH": str(REPO), "PYTHONWARNINGS": "default"}  # warnings would show, if raised
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert sum("[BoTorch]" in line for line in lines) == 1 and sum("-> MoRF" in line for line in lines) == 3
+    random_row = next(line for line in lines if "random maps" in line)
+    centre_row = next(line for line in lines if "centred blob" in line)
+    assert "objective threshold" in random_row + centre_row
+    assert lines.index(centre_row) == lines.index(random_row) + 1
+    assert any(line.startswith("objective thresholds from trivial maps") for line in lines)
+    assert "registered model version 1" in lines[-1]
