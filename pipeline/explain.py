@@ -19,7 +19,7 @@ from pipeline.models.explainer import Explainer
 from pipeline.plots import save_overlay
 from pipeline.train import load_explainer
 
-UNTRAINED_MARK = "UNTRAINED class"
+UNTRAINED_MARK = "UNTRAINED"
 
 
 def registered_explainer(uri: str, tracking_uri: str | None) -> tuple[Explainer, int]:
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         probability = float(result.logits.softmax(1)[0, target])
         title = f"{classifier.category(target)} ({probability:.2f})"
         if not bool(result.trained[0]):
-            title += f" {UNTRAINED_MARK}"
+            title = f"{UNTRAINED_MARK}: {title}"
         written = save_overlay(image[0].cpu(), result.saliency[0].cpu(), args.out / f"{path.stem}.png", title)
         print(f"{path}: {title} -> {written}")
         if not bool(result.trained[0]):

@@ -129,7 +129,7 @@ class Search:
 
     def _reference_scores(self) -> dict[str, dict[str, float]]:
         """ROAD of trivial maps (random, a centred blob) on the validation split, scored once per search
-        and kept in the state; logged on the parent run the first time."""
+        and kept in the state; logged on the parent run with the objective thresholds they set."""
         cached = self.state.values.get(REFERENCES)
         if cached is not None:
             return cached
@@ -140,8 +140,10 @@ class Search:
             maps = reference_maps(kind, len(self.val_set), size, evaluation.seed)
             scores[label] = evaluate_maps(classifier, self.val_set, maps, evaluation).road.metrics()
         self.state.set(**{REFERENCES: scores})
+        thresholds = objective_thresholds(scores, self.options.space.objective_signs)
         self.tracker.log_search_metrics({f"{kind}_maps_{name}": value for kind, label in REFERENCE_MAPS.items()
-                                         for name, value in scores[label].items()}, step=0)
+                                         for name, value in scores[label].items()}
+                                        | {f"threshold_{name}": value for name, value in thresholds.items()}, step=0)
         return scores
 
     def _parent_params(self) -> dict[str, Any]:
@@ -169,7 +171,6 @@ class Search:
         self.tracker.log_search_artifact(self.options.space_path, "search_space")
         self.references = self._reference_scores()
         thresholds = objective_thresholds(self.references, self.options.space.objective_signs)
-        self.tracker.log_search_metrics({f"threshold_{name}": value for name, value in thresholds.items()}, step=0)
         print("objective thresholds from trivial maps on the validation split: "
               + ", ".join(f"{name} {'>=' if sign > 0 else '<='} {thresholds[name]:.4f}"
                           for name, sign in self.options.space.objective_signs.items() if name in thresholds))
