@@ -16,7 +16,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import ray
 from ray.exceptions import AuthenticationError, RayError, RayTaskError
@@ -26,6 +26,9 @@ from pipeline import cli, config as configs
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
 from pipeline.trials import Finished, Trainer, TrialResult, TrialWorker, failure_reason
+
+if TYPE_CHECKING:
+    from pipeline.tracking import RunLog
 
 DEFAULT_PORTS = {"ray": 10001, "gcs": 6379}
 CONNECT_TIMEOUT_S = 5.0
@@ -157,7 +160,11 @@ class RayPool:
         """``tracking_uri``: a tracking server the workers log steps to directly; None keeps them off MLflow."""
         self._owns_connection = connect(address)
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-        self.size = slot_size(nodes, parallel, gpus_per_trial)
+        try:
+            self.size = slot_size(nodes, parallel, gpus_per_trial)
+        except UserError:
+            self._disconnect()
+            raise
         self._actor_class = ray.remote(TrialActor).options(
             num_cpus=self.size.cpus, num_gpus=self.size.gpus, max_restarts=0, max_task_retries=0)
         self._arguments = (base, trainer, self.size.threads, tracking_uri)
@@ -174,7 +181,7 @@ class RayPool:
     def free_slots(self) -> int:
         return sum(slot.where is not None and slot.trial is None for slot in self.slots)
 
-    def submit(self, index: int, config: ExperimentConfig, run: Any) -> dict[str, str]:
+    def submit(self, index: int, config: ExperimentConfig, run: RunLog) -> dict[str, str]:
         slot = next(slot for slot in self.slots if slot.where is not None and slot.trial is None)
         reference = slot.actor.run.remote(index, config, run.run_id if self.direct_logging else None)
         slot.trial = index
@@ -224,6 +231,9 @@ class RayPool:
         for slot in self.slots:
             ray.kill(slot.actor)
         self._running.clear()
+        self._disconnect()
+
+    def _disconnect(self) -> None:
         if self._owns_connection:
             ray.shutdown()
 

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.errors import UserError
 from pipeline.locking import search_lock
-from pipeline.parallel import SlotSize, slot_size
+from pipeline.parallel import RayPool, SlotSize, slot_size
 from pipeline.search import DEFAULT_SPACE, Search, main
 from pipeline.search_space import load_search_space
 from pipeline.study import INTERRUPTED, AwaitingData, Study
@@ -48,11 +48,17 @@ def ray_address():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
         patch.setenv("PYTHONPATH", str(REPO))  # the workers import this checkout and the toy models
+        auth_mode = os.environ.get("RAY_AUTH_MODE")
         ray.init(address="local", num_cpus=2, num_gpus=3, include_dashboard=False, logging_level=logging.WARNING)
         try:
             yield ray.get_runtime_context().gcs_address
         finally:
             ray.shutdown()
+            # ray.init turned on token authentication for this process and its children: undo that
+            if auth_mode is None:
+                os.environ.pop("RAY_AUTH_MODE", None)
+            else:
+                os.environ["RAY_AUTH_MODE"] = auth_mode
 
 
 def trial_runs(tracking_uri: str, parent_run_id: str) -> dict:
@@ -247,6 +253,12 @@ def test_gpus_that_no_node_has_are_refused_instead_of_waiting_forever():
         slot_size([{"CPU": 2}], 2, 1)
     with pytest.raises(UserError, match="no node of the Ray cluster has that many GPUs .* at most 2"):
         slot_size([{"CPU": 8, "GPU": 2}, {"CPU": 8, "GPU": 1}], 2, 4)
+
+
+def test_a_pool_wanting_more_gpus_than_a_node_has_stops_before_starting_workers(ray_address):
+    with pytest.raises(UserError, match="--gpus-per-trial 4: no node of the Ray cluster has that many GPUs"):
+        RayPool(toy_base(Path("unused")), train_head, 2, 4, None, None)
+    assert ray.is_initialized()  # it joined the module's Ray, so it leaves it connected
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
