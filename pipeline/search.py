@@ -3,12 +3,14 @@
 Each trial trains a head for one epoch and is scored by ROAD MoRF (minimise) and LeRF (maximise) on the
 validation split; everything is logged to MLflow. Then the chosen Pareto point trains the final head,
 which is evaluated on the test split, registered and exported as ``best.yaml``. Rerunning the same
-command (same ``--name``) resumes the search.
+command (same ``--name``) resumes the search. ``--parallel N`` runs up to N trials at once on Ray
+workers (`pipeline.parallel`); this process alone talks to Ax.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -24,13 +26,14 @@ from pipeline import cli, config as configs
 from pipeline.config import ExperimentConfig
 from pipeline.data import looks_like_imagenet
 from pipeline.errors import UserError
-from pipeline.evaluate import (EvalSet, Evaluation, evaluate_head, evaluate_maps, prepare_eval_set, reference_maps,
-                               summary_line)
-from pipeline.plots import explanation_grid, road_curve
+from pipeline.evaluate import EvalSet, evaluate_head, evaluate_maps, prepare_eval_set, reference_maps, summary_line
+from pipeline.locking import search_lock
 from pipeline.search_space import SearchSpace, load_search_space
-from pipeline.study import Study, TrialRecord, objective_thresholds
-from pipeline.tracking import RunLog, Tracker, registered_model_name
+from pipeline.study import INTERRUPTED, AwaitingData, Study, TrialRecord, objective_thresholds
+from pipeline.tracking import RunLog, Tracker, is_tracking_server, registered_model_name
 from pipeline.train import TrainedHead, Workbench, save_head, train_head
+from pipeline.trials import (Finished, InProcessPool, TrialPool, TrialResult, TrialWorker, failure_reason,
+                             grid_and_curve)
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "ptame.yaml"
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"  # the paper setups, experiments/<backbone>.yaml
@@ -39,7 +42,6 @@ BASE_CONFIG, SPACE, STATE = "base_config.yaml", "search_space.yaml", "state.json
 BEST, METRICS = "best.yaml", "metrics.json"
 REFERENCES = "reference_maps"  # state key: ROAD of trivial maps on the validation split
 REFERENCE_MAPS = {"random": "random maps", "center": "centred blob"}  # reference_maps() kind -> table label
-GRID_IMAGES = 8
 
 
 @dataclass
@@ -56,6 +58,14 @@ class SearchOptions:
     max_failures_in_row: int = 3
     progress: bool = True
     system_metrics: bool = True
+    parallel: int = 1
+    ray_address: str | None = None
+    gpus_per_trial: float | None = None
+
+    @property
+    def uses_ray(self) -> bool:
+        """Trials run on Ray workers: more than one at once, or on a named cluster."""
+        return self.parallel > 1 or self.ray_address is not None
 
 
 def search_name(base: ExperimentConfig, space: SearchSpace) -> str:
@@ -67,20 +77,6 @@ def search_name(base: ExperimentConfig, space: SearchSpace) -> str:
 def trial_config(base: dict[str, Any], space: SearchSpace, parameters: dict[str, Any]) -> ExperimentConfig:
     """The base experiment with the trial's parameters applied (validated like any config)."""
     return configs.from_dict(configs.apply_overrides(base, space.overrides(parameters)))
-
-
-def _grid_and_curve(evalset: EvalSet, maps, evaluation: Evaluation, trained: TrainedHead, directory: Path,
-                    title: str) -> list[Path]:
-    """Explanation grid of the first validation images and the ROAD curve, as PNGs."""
-    classifier = trained.explainer.classifier
-    count = min(GRID_IMAGES, len(evalset))
-    titles = [f"{classifier.category(int(t))} ({float(p):.2f})"
-              for t, p in zip(evalset.targets[:count], evalset.probabilities[:count])]
-    grid = explanation_grid(evalset.images[:count].cpu(), maps[:count].cpu(), titles, directory / "explanations.png")
-    road = evaluation.road
-    curve = road_curve(road.percentages, road.morf, road.lerf, road.morf_auc, road.lerf_auc,
-                       directory / "road_curve.png", title=title)
-    return [grid, curve]
 
 
 @dataclass
@@ -114,6 +110,7 @@ class Search:
         self.bench: Workbench | None = None
         self.val_set: EvalSet | None = None
         self.references: dict[str, dict[str, float]] = {}
+        self._failures_in_row = 0
 
     def _open_folder(self) -> None:
         """The search folder: the base config it was started with, the search space, and our state."""
@@ -177,37 +174,82 @@ class Search:
         cli.quiet_ax()
         self.study = Study.open(self.options.directory, self.options.space, self.options.seed, thresholds)
 
-    def run_trial(self) -> TrialRecord:
-        """Ask Ax for a point, train and evaluate it, tell Ax; failures are recorded, not raised."""
-        index, parameters = self.study.next_trial()
-        started = time.perf_counter()
-        run: RunLog | None = None
-        try:
-            config = trial_config(self.options.base, self.options.space, parameters)
-            run = self.tracker.start_trial(index, parameters | {"lambda3": config.loss.lambda3,
-                                                                "config": configs.to_dict(config)})
-            trained = self.trainer(config, self.bench, on_step=run.log_step, progress=self.options.progress)
-            evaluation, maps = evaluate_head(trained.explainer, self.val_set, config.evaluation)
-            metrics = evaluation.metrics() | {"train_seconds": trained.summary.seconds,
-                                              "eval_seconds": evaluation.seconds}
-            if not self.study.complete(index, metrics):
-                raise FloatingPointError(f"non-finite objectives: MoRF {metrics['road_morf_auc']}, "
-                                         f"LeRF {metrics['road_lerf_auc']}")
-            run.log_metrics(metrics)
-            folder = self.options.directory / "trials" / f"{index:03d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for path in _grid_and_curve(self.val_set, maps, evaluation, trained, folder, f"trial {index}"):
-                run.log_artifact(path, "plots")
-            run.finish()
-        except Exception as error:  # a failing trial must not end the search
-            reason = f"{type(error).__name__}: {error}".strip()
-            if self.study.records()[index].status == "running":
-                self.study.fail(index, reason)
+    def _trial_pool(self) -> TrialPool:
+        """This process for one trial at a time, else Ray workers (Ray is imported only then)."""
+        if not self.options.uses_ray:
+            return InProcessPool(TrialWorker(self.bench, self.val_set, self.trainer, self.options.progress))
+        from pipeline.parallel import RayPool
+
+        uri = self.tracker.tracking_uri
+        return RayPool(self.options.base, self.trainer, self.options.parallel, self.options.gpus_per_trial,
+                       self.options.ray_address, tracking_uri=uri if is_tracking_server(uri) else None)
+
+    def _start_trials(self, pool: TrialPool, running: dict[int, tuple[RunLog, float]]) -> None:
+        """Ask Ax for a point per free slot (the running trials are its pending points) and start them,
+        never more than the completed trials still missing."""
+        while pool.free_slots() and self.study.completed_count + len(running) < self.options.trials:
+            try:
+                index, parameters = self.study.next_trial()
+            except AwaitingData:  # Sobol budget spent, too few completed: wait for a running trial
+                return
+            started = time.perf_counter()
+            try:
+                config = trial_config(self.options.base, self.options.space, parameters)
+                run = self.tracker.start_trial(index, parameters | {"lambda3": config.loss.lambda3,
+                                                                    "config": configs.to_dict(config)})
+            except Exception as error:  # a failing trial must not end the search
+                self._settle(Finished(index, failure=failure_reason(error)), None, started)
+                continue
+            where = pool.submit(index, config, run)
+            running[index] = (run, started)
+            run.set_tags({f"worker.{key}": value for key, value in where.items()})
+            if self.options.uses_ray:
+                print(f"trial {index:3d} started on {_describe(where)}", flush=True)
+
+    def _settle(self, done: Finished, run: RunLog | None, started: float) -> None:
+        """Record a trial that came back in Ax, MLflow and its folder; stop after too many failures in a row."""
+        failure = done.failure
+        if done.result is not None:
+            try:
+                self._complete(done.index, run, done.result)
+            except Exception as error:
+                failure = failure_reason(error)
+        if failure is not None:
+            if self.study.records()[done.index].status == "running":
+                self.study.fail(done.index, failure)
             if run is not None:
-                run.fail(reason)
-        record = self.study.records()[index]
+                run.fail(failure)
+        record = self.study.records()[done.index]
         self._report(record, time.perf_counter() - started)
-        return record
+        self._log_best()
+        self._failures_in_row = 0 if record.status == "completed" else self._failures_in_row + 1
+        if self._failures_in_row >= self.options.max_failures_in_row:
+            raise UserError(f"{self._failures_in_row} trials failed in a row (last: {record.reason}); fix the "
+                            "cause and rerun the same command to resume")
+
+    def _complete(self, index: int, run: RunLog, result: TrialResult) -> None:
+        """Log the result to the trial's run and folder, tell Ax, then end the run: a kill in between
+        leaves the trial running in Ax, so a resume marks both interrupted."""
+        for step in result.steps:
+            run.log_step(step.step, step.metrics, step.timestamp_ms)
+        run.log_metrics(result.metrics)
+        folder = self.options.directory / "trials" / f"{index:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, png in result.plots.items():
+            (folder / name).write_bytes(png)
+            run.log_artifact(folder / name, "plots")
+        if not self.study.complete(index, result.metrics):
+            raise FloatingPointError(f"non-finite objectives: MoRF {result.metrics['road_morf_auc']}, "
+                                     f"LeRF {result.metrics['road_lerf_auc']}")
+        run.finish()
+
+    def _abandon(self, running: dict[int, tuple[RunLog, float]]) -> None:
+        """The search stops with trials in flight: record them as interrupted now, as a resume would.
+        Best effort, so that the error that stopped the search is the one reported."""
+        for index, (run, _) in running.items():
+            with contextlib.suppress(Exception):
+                self.study.fail(index, INTERRUPTED)
+                run.fail(INTERRUPTED)
 
     def _report(self, record: TrialRecord, seconds: float) -> None:
         params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
@@ -228,14 +270,20 @@ class Search:
                                              "best_lerf_minus_morf": max(gap)}, step=len(done))
 
     def run_trials(self) -> None:
-        failures = 0
-        while self.study.completed_count < self.options.trials:
-            record = self.run_trial()
-            failures = 0 if record.status == "completed" else failures + 1
-            self._log_best()
-            if failures >= self.options.max_failures_in_row:
-                raise UserError(f"{failures} trials failed in a row (last: {record.reason}); fix the cause "
-                                "and rerun the same command to resume")
+        """Run trials until ``trials`` have completed, up to ``parallel`` at once, each started as soon
+        as a slot frees up. Failed trials are recorded and replaced."""
+        pool = self._trial_pool()
+        running: dict[int, tuple[RunLog, float]] = {}
+        try:
+            while self.study.completed_count < self.options.trials:
+                self._start_trials(pool, running)
+                for done in pool.wait():
+                    self._settle(done, *running.pop(done.index))
+        except BaseException:
+            self._abandon(running)
+            raise
+        finally:
+            pool.close()
 
     def finish(self) -> dict[str, Any]:
         """Report the trials, train the chosen configuration, evaluate it on the test split, export."""
@@ -258,7 +306,7 @@ class Search:
                                         config.evaluation.batch_size)
             evaluation, maps = evaluate_head(trained.explainer, test_set, config.evaluation)
             run.log_metrics(evaluation.metrics())
-            for path in _grid_and_curve(test_set, maps, evaluation, trained, final, "final head, test split"):
+            for path in grid_and_curve(test_set, maps, evaluation, trained, final, "final head, test split"):
                 run.log_artifact(path, "plots")
             best = configs.dump(config, self.options.directory / BEST)
             report = {"trial": chosen.index, "parameters": chosen.parameters,
@@ -275,15 +323,16 @@ class Search:
         return report
 
     def run(self) -> dict[str, Any]:
-        try:
-            self.open()
-            self.run_trials()
-            report = self.finish()
-        except BaseException:
-            if self.tracker is not None and self.tracker.search_run_id is not None:
-                self.tracker.end_search("FAILED")
-            raise
-        self.tracker.end_search("FINISHED")
+        with search_lock(self.options.directory, self.options.name):
+            try:
+                self.open()
+                self.run_trials()
+                report = self.finish()
+            except BaseException:
+                if self.tracker is not None and self.tracker.search_run_id is not None:
+                    self.tracker.end_search("FAILED")
+                raise
+            self.tracker.end_search("FINISHED")
         return report
 
 
@@ -295,6 +344,13 @@ def find_imagenet(data: str | None) -> Path | None:
         if root.is_dir() and looks_like_imagenet(root):
             return root
     return None
+
+
+def _describe(where: dict[str, str]) -> str:
+    """``worker 1 (gpu-node-3, pid 4242, GPU 1)`` for the console."""
+    gpus = where.get("cuda_visible_devices")
+    device = f"GPU {gpus}" if gpus else where["device"]
+    return f"worker {where['slot']} ({where['host']}, pid {where['pid']}, {device})"
 
 
 def base_experiment(args: argparse.Namespace) -> dict[str, Any]:
@@ -345,9 +401,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--select", type=int, metavar="TRIAL", help="train the final head with this trial")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--no-progress", action="store_true")
+    parallel = parser.add_argument_group("parallel trials (Ray)")
+    parallel.add_argument("--parallel", type=int, default=1, metavar="N",
+                          help="run up to N trials at once on Ray workers (default 1: one at a time, no Ray)")
+    parallel.add_argument("--ray-address", metavar="ADDRESS",
+                          help="join a running Ray cluster: auto, HOST:PORT or ray://HOST:10001 "
+                               "(default: start Ray on this machine)")
+    parallel.add_argument("--gpus-per-trial", type=float, metavar="G",
+                          help="GPUs per trial, e.g. 0.5 packs two trials on a GPU; 0: CPU cores only "
+                               "(default: 1 when the cluster has GPUs, else CPU cores)")
     args = parser.parse_args(argv)
     if args.trials < 1:
         parser.error("--trials must be at least 1")
+    if args.parallel < 1:
+        raise UserError(f"--parallel {args.parallel}: give the number of trials to run at once, at least 1")
+    gpus = args.gpus_per_trial
+    if gpus is not None and args.parallel == 1 and args.ray_address is None:
+        raise UserError(f"--gpus-per-trial {gpus:g} sizes Ray workers; add --parallel N (N > 1) or --ray-address, "
+                        "or leave it out")
+    if gpus is not None and (gpus < 0 or (gpus > 1 and not gpus.is_integer())):
+        raise UserError(f"--gpus-per-trial {gpus:g}: give 0 (CPU cores only), a fraction below 1 (0.5 packs two "
+                        "trials on one GPU) or a whole number of GPUs")
+    if args.ray_address is not None:
+        from pipeline.parallel import check_reachable  # imports Ray
+
+        check_reachable(args.ray_address)
     return args
 
 
@@ -359,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = SearchOptions(name=name, trials=args.trials, base=base, space=space, space_path=args.space,
                             seed=space.seed if args.seed is None else args.seed,
                             directory=args.out / name, tracking_uri=args.tracking_uri,
-                            select=args.select, progress=not args.no_progress)
+                            select=args.select, progress=not args.no_progress, parallel=args.parallel,
+                            ray_address=args.ray_address, gpus_per_trial=args.gpus_per_trial)
     print(f"search {name!r}: {args.trials} trials, state in {options.directory}")
     Search(options).run()
     return 0

@@ -33,6 +33,11 @@ _GENERATOR_NAMES = {"Sobol": "Sobol", "MBM": "BoTorch"}
 _COLUMN_LABELS = {"road_morf_auc": "MoRF", "road_lerf_auc": "LeRF"}
 
 
+class AwaitingData(Exception):
+    """Ax wants results before it generates more points: its Sobol budget is spent on running trials
+    and too few have completed. Wait for a running trial, then ask again."""
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     """One trial as the rest of the pipeline sees it. ``status``: running, completed, failed, ..."""
@@ -145,9 +150,18 @@ class Study:
         return self._client
 
     def next_trial(self) -> tuple[int, dict[str, Any]]:
-        """Generate one trial, mark it running and save; returns ``(index, parameters)``."""
+        """Generate one trial, mark it running and save; returns ``(index, parameters)``.
+
+        The trials still running are Ax's pending points, so parallel trials get distinct points;
+        raises `AwaitingData` when Ax needs some of them to complete first.
+        """
+        from ax.exceptions.core import DataRequiredError
+
         with _torch_threads(GENERATION_THREADS):
-            trials = self._client.get_next_trials(max_trials=1)
+            try:
+                trials = self._client.get_next_trials(max_trials=1)
+            except DataRequiredError as error:
+                raise AwaitingData(str(error)) from None
         if not trials:
             raise RuntimeError("Ax generated no trial; finish or fail the running trials first")
         ((index, parameters),) = trials.items()

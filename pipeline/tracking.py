@@ -53,6 +53,11 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get(TRACKING_URI_ENV) or mlflow.get_tracking_uri()
 
 
+def is_tracking_server(uri: str) -> bool:
+    """An http(s) tracking server, which any process (e.g. a Ray worker) may write to."""
+    return uri.startswith(("http://", "https://"))
+
+
 def registered_model_name(backbone: str, auxiliary: str) -> str:
     """Registry name "ptame-<backbone>-<auxiliary>"; characters other than [A-Za-z0-9_.-] become _.
 
@@ -128,9 +133,10 @@ class RunLog:
         self._last_flush = time.monotonic()
         self._ended = False
 
-    def log_step(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Buffer one training step's metrics (pass floats: a CUDA tensor here would sync)."""
-        timestamp = _now_ms()
+    def log_step(self, step: int, metrics: Mapping[str, float], timestamp_ms: int | None = None) -> None:
+        """Buffer one training step's metrics (pass floats: a CUDA tensor here would sync); a step
+        recorded elsewhere keeps its own ``timestamp_ms``."""
+        timestamp = _now_ms() if timestamp_ms is None else timestamp_ms
         self._pending.extend(
             Metric(key, float(value), timestamp, step) for key, value in metrics.items()
         )
@@ -157,6 +163,12 @@ class RunLog:
         entries = [Param(key, value) for key, value in flatten_params(params).items()]
         for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set tags (e.g. which worker ran a trial), cut to MLflow's length limit."""
+        entries = [RunTag(key, _truncate(str(value), MAX_TAG_VAL_LENGTH)) for key, value in tags.items()]
+        for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=chunk)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file or a directory."""
@@ -302,7 +314,7 @@ class Tracker:
             self._fail_interrupted_children(run_id)
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
         self.search_run_id = run_id
-        if self.tracking_uri.startswith(("http://", "https://")):
+        if is_tracking_server(self.tracking_uri):
             _log.info("MLflow search run: %s/#/experiments/%s/runs/%s",
                       self.tracking_uri.rstrip("/"), self.experiment_id, run_id)
         fresh = {key: value for key, value in flatten_params(params).items() if key not in logged}

@@ -17,7 +17,7 @@ from collections import defaultdict
 from functools import wraps
 from pathlib import Path
 
-from pipeline import config as configs, search
+from pipeline import config as configs, search, trials
 from pipeline.search import DEFAULT_SPACE, Search, SearchOptions
 from pipeline.search_space import load_search_space
 from pipeline.study import Study
@@ -49,14 +49,16 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     timed(loop, "optimisation_step", "training steps")
-    timed(search, "evaluate_head", "evaluation (maps, imputation, forwards)")
+    for module in (search, trials):  # trials: the search's trials; search: the validation set and the final head
+        timed(module, "evaluate_head", "evaluation (maps, imputation, forwards)")
     timed(search, "prepare_eval_set", "evaluation (maps, imputation, forwards)")
     timed(Study, "next_trial", "Ax generation")
     for name in ("start_trial", "log_search_metrics"):
         timed(Tracker, name, LOGGING)
-    for name in ("log_step", "log_metrics", "log_artifact", "finish"):
+    for name in ("log_step", "log_metrics", "log_artifact", "set_tags", "finish"):
         timed(RunLog, name, LOGGING)
-    timed(search, "_grid_and_curve", LOGGING)
+    for module in (search, trials):
+        timed(module, "grid_and_curve", LOGGING)
     base = configs.apply_overrides(configs.read_yaml(REPO / "experiments" / "demo.yaml"), args.overrides)
     with tempfile.TemporaryDirectory() as folder:
         options = SearchOptions(name="overhead", trials=args.trials, base=base,

@@ -1,0 +1,282 @@
+"""Parallel trials on real Ray: distinct trials per worker, GPUs per worker, a killed worker, a killed
+search process and its resume, the folder lock, Ax's Sobol wait, two searches on one MLflow server.
+
+The module shares one local Ray instance (2 CPUs and 2 logical GPUs: Ray hands them out and sets
+CUDA_VISIBLE_DEVICES, the trials still run on the CPU); the kill-and-resume test starts its own, as
+the command does by default.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import UserError
+from pipeline.locking import search_lock
+from pipeline.parallel import RayPool, SlotSize, slot_size
+from pipeline.search import DEFAULT_SPACE, Search, main
+from pipeline.search_space import load_search_space
+from pipeline.study import INTERRUPTED, AwaitingData, Study
+from pipeline.train import train_head
+from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
+from tests.test_search import options, toy_base, write_images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def command_env() -> dict[str, str]:
+    """The environment for a search command; read late, as the fixture's Ray sets RAY_AUTH_MODE to join it."""
+    return os.environ | {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray instance for the module's in-process searches and for commands that join it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        patch.setenv("PYTHONPATH", str(REPO))  # the workers import this checkout and the toy models
+        auth_mode = os.environ.get("RAY_AUTH_MODE")
+        ray.init(address="local", num_cpus=2, num_gpus=3, include_dashboard=False, logging_level=logging.WARNING)
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
+            # ray.init turned on token authentication for this process and its children: undo that
+            if auth_mode is None:
+                os.environ.pop("RAY_AUTH_MODE", None)
+            else:
+                os.environ["RAY_AUTH_MODE"] = auth_mode
+
+
+def trial_runs(tracking_uri: str, parent_run_id: str) -> dict:
+    """The search's child runs by name."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return {run.info.run_name: run for run in runs}
+
+
+def wait_for_ax_then_kill_the_first(markers: Path, config, bench, **kwargs):
+    """A trial that trains only once Ax has answered "data required" to a third worker (so the first two
+    trials run side by side), and that SIGKILLs its own worker when it is the first to finish training."""
+    deadline = time.monotonic() + 120
+    while not (markers / "ax-waited").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    trained = train_head(config, bench, **kwargs)
+    try:
+        handle = os.open(markers / "killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return trained
+    os.write(handle, str(os.getpid()).encode())
+    os.close(handle)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_three_workers_wait_for_ax_run_distinct_trials_on_own_gpus_and_survive_a_killed_worker(
+        ray_address, tmp_path, monkeypatch):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    space_path = tmp_path / "space.yaml"  # a Sobol budget of 2: the third worker must wait for a result
+    space_path.write_text(DEFAULT_SPACE.read_text().replace("initialization_trials: 5", "initialization_trials: 2"))
+    settings = replace(options(tmp_path, trials=4), parallel=3, space=load_search_space(space_path),
+                       space_path=space_path)
+    next_trial = Study.next_trial
+
+    def noting_the_wait(study):
+        try:
+            return next_trial(study)
+        except AwaitingData:
+            (markers / "ax-waited").touch()
+            raise
+
+    monkeypatch.setattr(Study, "next_trial", noting_the_wait)
+    search = Search(settings, trainer=functools.partial(wait_for_ax_then_kill_the_first, markers))
+    search.run()
+
+    records = search.study.records()
+    assert (markers / "ax-waited").exists()
+    assert sorted(r.status for r in records) == ["completed"] * 4 + ["failed"]
+    [failed] = [r for r in records if r.status == "failed"]
+    killed_pid = (markers / "killed").read_text()
+    assert failed.index in (0, 1) and f"pid {killed_pid} on" in failed.reason and "died" in failed.reason, failed
+    arms = [tuple(sorted(r.parameters.items())) for r in records]
+    assert len(set(arms)) == len(arms)
+
+    runs = trial_runs(settings.tracking_uri, search.state.values["parent_run_id"])
+    assert sorted(runs) == ["final-head"] + [f"trial-{index:03d}" for index in range(5)]
+    client = MlflowClient(settings.tracking_uri)
+    for record in records:
+        run = runs[f"trial-{record.index:03d}"]
+        if record.status == "completed":
+            assert run.info.status == "FINISHED"
+            assert run.data.metrics["road_morf_auc"] == pytest.approx(record.metrics["road_morf_auc"])
+            assert len(client.get_metric_history(run.info.run_id, "loss")) >= 1  # steps sent back by the worker
+            assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "plots")) == [
+                "plots/explanations.png", "plots/road_curve.png"]
+        else:
+            assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == failed.reason
+    gpus = [runs[name].data.tags["worker.cuda_visible_devices"] for name in ("trial-000", "trial-001")]
+    assert len(set(gpus)) == 2 and set(gpus) <= {"0", "1", "2"}, "trials 0 and 1 ran side by side on own GPUs"
+    assert runs["final-head"].info.status == "FINISHED"
+
+
+def search_command(experiment: Path, tmp_path: Path, name: str, trials: int, *options: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.search", "--experiment", str(experiment), "--trials", str(trials),
+            "--name", name, "--out", str(tmp_path / "search"), "--no-progress", *options]
+
+
+def toy_experiment(tmp_path: Path) -> Path:
+    experiment = tmp_path / "toy.yaml"
+    experiment.write_text(yaml.safe_dump(toy_base(write_images(tmp_path / "images"))))
+    return experiment
+
+
+def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_second_search_is_refused(
+        ray_address, tmp_path):
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = search_command(toy_experiment(tmp_path), tmp_path, "killed", 4, "--parallel", "2",
+                             "--ray-address", ray_address, "--tracking-uri", tracking_uri)
+    first = subprocess.Popen(command, cwd=REPO, env=command_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    output = [first.stdout.readline()]  # "search 'killed': ..." just before it takes the folder's lock
+    second = subprocess.Popen(command, cwd=REPO, env=command_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    in_flight: set[int] = set()
+    completed = 0
+    while first.poll() is None:
+        line = first.stdout.readline()
+        output.append(line)
+        words = line.split()
+        if line.startswith("trial") and words[2] == "started":
+            in_flight.add(int(words[1]))
+            if len(in_flight) == 2 and completed and second.poll() is not None:
+                first.send_signal(signal.SIGKILL)
+                break
+        elif line.startswith("trial") and words[2].startswith("["):
+            in_flight.discard(int(words[1]))
+            completed += 1
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "".join(output)
+    refused = second.communicate(timeout=60)
+    assert second.returncode == 2 and "search 'killed' is already running (pid" in refused[1], refused
+
+    folder = tmp_path / "search" / "killed"
+    space = load_search_space(DEFAULT_SPACE)
+    before = Study.read(folder, space).records()
+    running = [r.index for r in before if r.status == "running"]
+    assert sorted(running) == sorted(in_flight) and len(running) == 2, (before, "".join(output))
+
+    rerun = subprocess.run(command, cwd=REPO, env=command_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    records = Study.read(folder, space).records()
+    assert sum(r.status == "completed" for r in records) == 4
+    assert [r.index for r in records if r.status == "failed"] == running
+    assert all(r.reason == INTERRUPTED for r in records if r.status == "failed")
+    arms = [tuple(sorted(r.parameters.items())) for r in records]
+    assert len(set(arms)) == len(arms)
+    runs = trial_runs(tracking_uri, json.loads((folder / "state.json").read_text())["parent_run_id"])
+    for index in running:
+        run = runs[f"trial-{index:03d}"]
+        assert run.info.status == "FAILED" and run.data.tags["failure_reason"].startswith("interrupted")
+    assert sum(run.info.status == "FINISHED" for name, run in runs.items() if name.startswith("trial")) == 4
+
+
+@pytest.mark.slow
+def test_two_searches_at_once_log_every_run_and_artifact_to_one_tracking_server(ray_address, tmp_path):
+    """One search joins the module's Ray cluster, packing two trials per GPU; the other starts its own Ray.
+    Both send their workers' steps straight to the server."""
+    uri, server = start_mlflow_server(tmp_path / "server")
+    try:
+        experiment = toy_experiment(tmp_path)
+        commands = {
+            "joined": search_command(experiment, tmp_path, "joined", 3, "--parallel", "2", "--gpus-per-trial", "0.5",
+                                     "--ray-address", ray_address, "--tracking-uri", uri),
+            "own-ray": search_command(experiment, tmp_path, "own-ray", 3, "--parallel", "2", "--tracking-uri", uri),
+        }
+        processes = {name: subprocess.Popen(command, cwd=REPO, env=command_env(), stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True)
+                     for name, command in commands.items()}
+        outputs = {name: process.communicate(timeout=900)[0] for name, process in processes.items()}
+        for name, process in processes.items():
+            assert process.returncode == 0, outputs[name]
+
+        client = MlflowClient(uri)
+        gpus = {"joined": {"0", "1", "2"}, "own-ray": {None}}  # this machine has no GPU for Ray to find
+        for name in commands:
+            parent = json.loads((tmp_path / "search" / name / "state.json").read_text())["parent_run_id"]
+            assert client.get_run(parent).info.status == "FINISHED"
+            parent_artifacts = {a.path for a in client.list_artifacts(parent)}
+            assert {"ax", "search_space", "best.yaml", "metrics.json"} <= parent_artifacts, parent_artifacts
+            runs = trial_runs(uri, parent)
+            assert sorted(runs) == ["final-head", "trial-000", "trial-001", "trial-002"], outputs[name]
+            for run_name, run in runs.items():
+                run_id = run.info.run_id
+                assert run.info.status == "FINISHED", run_name
+                assert len(client.get_metric_history(run_id, "loss")) >= 1, run_name
+                assert [a.path for a in client.list_artifacts(run_id, "plots")] == [
+                    "plots/explanations.png", "plots/road_curve.png"], run_name
+                if run_name.startswith("trial"):
+                    assert {"road_morf_auc", "road_lerf_auc", "ad_100"} <= set(run.data.metrics), run_name
+                    assert run.data.tags.get("worker.cuda_visible_devices") in gpus[name], run_name
+            assert client.list_artifacts(runs["final-head"].info.run_id, "head")
+    finally:
+        stop_mlflow_server(server)
+
+
+@pytest.mark.parametrize(("nodes", "parallel", "gpus", "expected"), [
+    ([{"CPU": 2}], 2, None, SlotSize(0.0, 1, 1)),
+    ([{"CPU": 2}], 3, None, SlotSize(0.0, 2 / 3, 1)),
+    ([{"CPU": 16}, {"CPU": 8}], 4, 0, SlotSize(0.0, 6, 6)),
+    ([{"CPU": 16, "GPU": 8}], 8, None, SlotSize(1.0, 2.0, 2)),
+    ([{"CPU": 16, "GPU": 4}], 8, 0.5, SlotSize(0.5, 2.0, 2)),
+    ([{"CPU": 32, "GPU": 4}, {"CPU": 8, "GPU": 2}], 6, 2, SlotSize(2.0, 8.0, 8)),
+])
+def test_slot_size(nodes, parallel, gpus, expected):
+    assert slot_size(nodes, parallel, gpus) == expected
+
+
+def test_gpus_that_no_node_has_are_refused_instead_of_waiting_forever():
+    with pytest.raises(UserError, match=r"--gpus-per-trial 1: the Ray cluster has no GPUs \(2 CPU cores"):
+        slot_size([{"CPU": 2}], 2, 1)
+    with pytest.raises(UserError, match="no node of the Ray cluster has that many GPUs .* at most 2"):
+        slot_size([{"CPU": 8, "GPU": 2}, {"CPU": 8, "GPU": 1}], 2, 4)
+
+
+def test_a_pool_wanting_more_gpus_than_a_node_has_stops_before_starting_workers(ray_address):
+    with pytest.raises(UserError, match="--gpus-per-trial 4: no node of the Ray cluster has that many GPUs"):
+        RayPool(toy_base(Path("unused")), train_head, 2, 4, None, None)
+    assert ray.is_initialized()  # it joined the module's Ray, so it leaves it connected
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--parallel", "0"], "--parallel 0: give the number of trials to run at once, at least 1"),
+    (["--gpus-per-trial", "0.5"], "--gpus-per-trial 0.5 sizes Ray workers; add --parallel N"),
+    (["--parallel", "2", "--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5: give 0 .* or a whole number"),
+    (["--parallel", "2", "--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: nothing answers there"),
+    (["--parallel", "2", "--ray-address", "ray://127.0.0.1:1"], "--ray-address ray://127.0.0.1:1: nothing answers"),
+])
+def test_bad_parallel_options_stop_with_one_line(arguments, message):
+    with pytest.raises(UserError, match=message):
+        main(["--data", "demo", "--trials", "2", *arguments])
+
+
+def test_a_second_holder_of_a_search_folder_is_refused(tmp_path):
+    with search_lock(tmp_path / "search", "mine"):
+        with pytest.raises(UserError, match=f"search 'mine' is already running \\(pid {os.getpid()} on "):
+            with search_lock(tmp_path / "search", "mine"):
+                pass
+    with search_lock(tmp_path / "search", "mine"):  # released on exit
+        pass
