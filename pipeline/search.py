@@ -23,11 +23,12 @@ from pipeline import cli, config as configs
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
 from pipeline.evaluate import EvalSet, Evaluation, evaluate_head, prepare_eval_set, summary_line
+from pipeline.models.contributions import contribution_metrics, layer_contributions
 from pipeline.plots import explanation_grid, road_curve
 from pipeline.search_space import SearchSpace, load_search_space
 from pipeline.study import Study, TrialRecord
 from pipeline.tracking import RunLog, Tracker, registered_model_name
-from pipeline.train import TrainedHead, Workbench, save_head, train_head
+from pipeline.train import SUMMARY_FILE, TrainedHead, Workbench, save_head, train_head
 
 DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "ptame.yaml"
 BASE_CONFIG, SPACE, STATE = "base_config.yaml", "search_space.yaml", "state.json"
@@ -221,6 +222,9 @@ class Search:
         with run:
             trained = self.trainer(config, self.bench, on_step=run.log_step, progress=self.options.progress)
             save_head(trained, final)
+            contributions = layer_contributions(trained.explainer, config.evaluation.min_class_count)
+            run.log_metrics(contribution_metrics(contributions))
+            run.log_artifact(final / SUMMARY_FILE, "head")
             test_set = prepare_eval_set(self.bench.models.classifier, self.bench.splits.test,
                                         config.evaluation.batch_size)
             evaluation, maps = evaluate_head(trained.explainer, test_set, config.evaluation)
