@@ -19,8 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from pipeline import cli
-from pipeline.config import EvalConfig
+from pipeline.config import EvalConfig, ExperimentConfig
 from pipeline.data import build_splits, plain_images
+from pipeline.errors import UserError
 from pipeline.metrics.adic import AdIcResult, ad_ic
 from pipeline.metrics.road import RoadResult, road
 from pipeline.models.classifiers import Classifier
@@ -63,6 +64,27 @@ def prepare_eval_set(classifier: Classifier, dataset: Dataset, batch_size: int =
     if not images:
         raise ValueError("the evaluation split is empty")
     return EvalSet(torch.cat(images), torch.cat(targets), torch.cat(probabilities))
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--split val|test`` or ``--images PATH...``, and ``--limit N``: the images a command scores."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--split", choices=["val", "test"], help="the config's validation or test split")
+    source.add_argument("--images", nargs="+", help="image files or folders of images")
+    parser.add_argument("--limit", type=int, help="use only the first N images")
+
+
+def load_eval_set(classifier: Classifier, config: ExperimentConfig, args: argparse.Namespace) -> EvalSet:
+    """The images chosen with ``add_source_arguments``, classified once."""
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: give a positive number of images")
+    size = classifier.preprocessing.input_size
+    if args.images:
+        dataset = plain_images(args.images, size)
+    else:
+        splits = build_splits(config.data, size)
+        dataset = splits.val if args.split == "val" else splits.test
+    return prepare_eval_set(classifier, dataset, config.evaluation.batch_size, args.limit)
 
 
 def reference_maps(kind: MapKind, count: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -158,10 +180,7 @@ def summary_line(evaluation: Evaluation) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--head", required=True, type=Path, help="folder written by pipeline.train")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--split", choices=["val", "test"], help="the config's validation or test split")
-    source.add_argument("--images", nargs="+", help="image files or folders of images")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N images")
+    add_source_arguments(parser)
     parser.add_argument("--maps", choices=["head", "random", "center"], default="head")
     parser.add_argument("--out", type=Path, default=Path("evaluation.json"), help="metrics JSON (+ .png curve)")
     parser.add_argument("--min-count", type=int, help="training images a class needs to count as trained "
@@ -170,13 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = [] if args.min_count is None else [f"evaluation.min_class_count={args.min_count}"]
     explainer, config = load_explainer(args.head, args.device, overrides)
-    size = explainer.classifier.preprocessing.input_size
-    if args.images:
-        dataset = plain_images(args.images, size)
-    else:
-        splits = build_splits(config.data, size)
-        dataset = splits.val if args.split == "val" else splits.test
-    evalset = prepare_eval_set(explainer.classifier, dataset, config.evaluation.batch_size, args.limit)
+    evalset = load_eval_set(explainer.classifier, config, args)
     evaluation, _ = evaluate_head(explainer, evalset, config.evaluation, args.maps, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = evaluation.to_json() | {"maps": args.maps, "head": str(args.head),

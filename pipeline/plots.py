@@ -8,7 +8,7 @@ global figure manager and nothing leaks across hundreds of trials. Pixel sizes a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,4 +161,87 @@ def road_curve(
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right")
     figure.tight_layout()
+    return _save(figure, path)
+
+
+MAP_CELL_INCHES = 2.0  # one cell of a method or sanity grid: 200 x 200 px
+
+
+def _caption(axes: Any, text: str, colour: str = "black") -> None:
+    """Small text just below an image cell."""
+    axes.text(0.5, -0.03, _short(text), transform=axes.transAxes, ha="center", va="top", fontsize=8, color=colour)
+
+
+def method_grid(
+    images: Any,
+    columns: Mapping[str, Any],
+    row_titles: Sequence[str],
+    path: str | Path,
+    notes: Mapping[str, Sequence[str]] | None = None,
+) -> Path:
+    """The same images in rows: the photo, then one overlay per method (P-TAME's Fig. 4 layout).
+
+    images: [R, 3, H, W]; columns: method -> maps [R, H, W]; row_titles: a caption under each photo;
+    notes: method -> one caption per row ("" for none), drawn in red under that cell (e.g. "untrained
+    class"). Each cell is 2 in x 100 dpi = 200 px (plus 0.5 in for the captions of each row).
+    """
+    photos = _to_numpy(images)
+    rows, count = len(photos), len(columns) + 1
+    if rows == 0 or len(row_titles) != rows or any(len(maps) != rows for maps in columns.values()):
+        raise ValueError(f"need one title and one map per method for each of the {rows} images (>0)")
+    row_inches = MAP_CELL_INCHES + 0.5
+    figure = Figure(figsize=(count * MAP_CELL_INCHES, rows * row_inches + 0.3), dpi=DPI)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.5 / (rows * row_inches + 0.3),
+                           top=1 - 0.3 / (rows * row_inches + 0.3), wspace=0.04, hspace=0.25)
+    grid = figure.subplots(rows, count, squeeze=False)
+    for row in range(rows):
+        grid[row, 0].imshow(np.clip(photos[row].transpose(1, 2, 0), 0.0, 1.0))
+        _caption(grid[row, 0], row_titles[row])
+        for column, (method, maps) in enumerate(columns.items(), start=1):
+            grid[row, column].imshow(overlay(photos[row], _to_numpy(maps[row])))
+            note = (notes or {}).get(method, [""] * rows)[row]
+            if note:
+                _caption(grid[row, column], note, "tab:red")
+    for column, title in enumerate(["image", *columns]):
+        grid[0, column].set_title(_short(title), fontsize=10)
+    for axes in grid.flat:
+        axes.set_axis_off()
+    return _save(figure, path)
+
+
+def sanity_figure(
+    levels: Sequence[str],
+    ssim: Sequence[float],
+    ssim_std: Sequence[float],
+    images: Any,
+    maps: Sequence[Any],
+    path: str | Path,
+    title: str,
+) -> Path:
+    """Model-parameter randomisation test (P-TAME's Fig. 5): mean SSIM (+- std over images) per level of
+    cascading randomisation on top, and below the maps of a few images at every level.
+
+    levels: one label per level, the original first; maps: per level [R, H, W] for images [R, 3, H, W].
+    Each map cell is 2 in x 100 dpi = 200 px; the SSIM panel is 3 in high.
+    """
+    photos = _to_numpy(images)
+    rows, count = len(photos), len(levels)
+    if not len(ssim) == len(ssim_std) == len(maps) == count or any(len(m) != rows for m in maps):
+        raise ValueError(f"need an SSIM, a std and maps of all {rows} images for each of the {count} levels")
+    curve_inches = 3.0
+    figure = Figure(figsize=(max(count, 4) * MAP_CELL_INCHES, curve_inches + rows * MAP_CELL_INCHES + 0.9), dpi=DPI)
+    layout = figure.add_gridspec(rows + 1, count, height_ratios=[curve_inches, *[MAP_CELL_INCHES] * rows],
+                                 hspace=0.35, wspace=0.04, left=0.06, right=0.99, top=0.95, bottom=0.02)
+    curve = figure.add_subplot(layout[0, :])
+    positions = list(range(count))
+    curve.errorbar(positions, ssim, yerr=ssim_std, marker="o", capsize=3, color="tab:blue")
+    curve.set(ylim=(min(-0.05, min(ssim) - 0.05), 1.05), ylabel="SSIM to the original maps", title=title,
+              xlim=(-0.5, count - 0.5))
+    curve.set_xticks(positions, [_short(label) for label in levels], rotation=30, ha="right", fontsize=8)
+    curve.grid(alpha=0.3)
+    for row in range(rows):
+        for column in range(count):
+            axes = figure.add_subplot(layout[row + 1, column])
+            axes.imshow(overlay(photos[row], _to_numpy(maps[column][row])))
+            axes.set_axis_off()
     return _save(figure, path)

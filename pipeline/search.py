@@ -28,6 +28,7 @@ from pipeline.data import looks_like_imagenet
 from pipeline.errors import UserError
 from pipeline.evaluate import EvalSet, evaluate_head, evaluate_maps, prepare_eval_set, reference_maps, summary_line
 from pipeline.locking import search_lock
+from pipeline.models.contributions import contribution_metrics, layer_contributions
 from pipeline.search_space import SearchSpace, load_search_space
 from pipeline.study import INTERRUPTED, AwaitingData, Study, TrialRecord, objective_thresholds
 from pipeline.tracking import RunLog, Tracker, is_tracking_server, registered_model_name
@@ -302,6 +303,8 @@ class Search:
         with run:
             trained = self.trainer(config, self.bench, on_step=run.log_step, progress=self.options.progress)
             save_head(trained, final)
+            contributions = layer_contributions(trained.explainer, config.evaluation.min_class_count)
+            run.log_metrics(contribution_metrics(contributions))
             test_set = prepare_eval_set(self.bench.models.classifier, self.bench.splits.test,
                                         config.evaluation.batch_size)
             evaluation, maps = evaluate_head(trained.explainer, test_set, config.evaluation)

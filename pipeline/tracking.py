@@ -408,6 +408,19 @@ class Tracker:
             self.client, run_id, self.tracking_uri, self.experiment_id, system_metrics_interval_s
         )
 
+    def start_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None,
+                  parent_run_id: str | None = None) -> RunLog:
+        """A run of its own (e.g. a comparison); with `parent_run_id` nested under that run, in its experiment."""
+        run_tags = dict(tags or {})
+        experiment_id = self.experiment_id
+        if parent_run_id is not None:
+            experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+            run_tags[PARENT_RUN_TAG] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=run_tags)
+        log = RunLog(self.client, run.info.run_id)
+        log.log_params(params)
+        return log
+
     def end_search(self, status: str = "FINISHED") -> None:
         """End the search run with `status` (FINISHED, FAILED or KILLED)."""
         self.client.set_terminated(self._search().run_id, status)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +21,7 @@ from pipeline.data import Splits, build_splits
 from pipeline.errors import UserError
 from pipeline.models.auxiliary import FeatureExtractor, backbone_features, load_auxiliary
 from pipeline.models.classifiers import Classifier, load_classifier
+from pipeline.models.contributions import layer_contributions
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
 from pipeline.models.head import AttentionHead
@@ -122,15 +123,18 @@ def train_head(config: ExperimentConfig, bench: Workbench | None = None, on_step
 
 
 def save_head(trained: TrainedHead, directory: str | Path) -> Path:
-    """Write ``head.pt``, ``config.yaml``, ``training.json`` and ``class_counts.json`` into ``directory``."""
+    """Write ``head.pt``, ``config.yaml``, ``training.json`` (with the layer contributions) and
+    ``class_counts.json`` into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(trained.explainer.head.state_dict(), directory / HEAD_FILE)
     configs.dump(trained.config, directory / CONFIG_FILE)
     summary = trained.summary
+    contributions = layer_contributions(trained.explainer, trained.config.evaluation.min_class_count)
     (directory / SUMMARY_FILE).write_text(json.dumps(
         {"steps": summary.steps, "images": summary.images, "seconds": round(summary.seconds, 3),
-         "last": summary.last, "class_coverage": trained.coverage.summary()}, indent=2))
+         "last": summary.last, "class_coverage": trained.coverage.summary(),
+         "contributions": [asdict(entry) for entry in contributions]}, indent=2))
     (directory / COUNTS_FILE).write_text(json.dumps(trained.coverage.counts(), indent=1))
     return directory
 

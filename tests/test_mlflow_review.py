@@ -72,7 +72,8 @@ def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_
     final = finals[0]
     assert {"road_morf_auc", "road_lerf_auc", "ad_50"} <= final.data.metrics.keys()
     assert any(key.startswith("system/") for key in final.data.metrics)
-    assert {"plots/explanations.png", "head/head.pt"} <= artifact_paths(client, final.info.run_id)
+    assert {"plots/explanations.png", "head/head.pt", "head/training.json"} <= artifact_paths(client, final.info.run_id)
+    assert {"contribution.blocks.1", "channel_share.blocks.6"} <= final.data.metrics.keys()
     versions = client.search_model_versions("name='ptame-efficientnet_lite0-efficientnet_lite1'")
     assert len(versions) == 1 and versions[0].run_id == final.info.run_id
 

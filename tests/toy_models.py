@@ -53,3 +53,16 @@ def tiny_features() -> nn.Module:
 
 TOY_MODEL = {"backbone": "tests.toy_models:tiny_classifier", "auxiliary": "tests.toy_models:tiny_features",
              "auxiliary_layers": ["stage1", "stage2", "stage3"]}
+
+
+def tiny_vit() -> nn.Module:
+    """A two-layer torchvision ViT on 32x32 images (4x4 patches of 8 px, a class token, 10 classes); its head is
+    drawn at random (torchvision initialises it to zeros, which would make every gradient zero)."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(2)
+    network = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                                num_classes=10)
+    nn.init.normal_(network.heads.head.weight, std=0.5)
+    network.preprocessing = TOY_PREPROCESSING
+    return network

@@ -41,6 +41,39 @@ def kept_maps(maps: torch.Tensor, keep: float) -> torch.Tensor:
     return maps * ~removal_masks(maps, 1 - keep, "lerf")
 
 
+def target_probabilities(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    perturbed: Callable[[slice], torch.Tensor],
+    targets: torch.Tensor,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Softmax probability of ``targets[i]`` on perturbed images, built and classified batch by batch.
+
+    ``perturbed(chunk)`` returns the pixel-space images of the images in ``chunk`` (a slice), so
+    at most ``batch_size`` perturbed images exist at a time. Returns float64 [N] on the CPU.
+    """
+    probs = []
+    with torch.inference_mode():
+        for start in range(0, targets.shape[0], batch_size):
+            chunk = slice(start, start + batch_size)
+            logits = classify(perturbed(chunk))
+            probs.append(logits.softmax(dim=1).gather(1, targets[chunk, None].to(logits.device))[:, 0])
+    return torch.cat(probs).double().cpu()
+
+
+def masked_probabilities(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    keep: float,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Target probabilities on ``images`` multiplied in pixel space by ``kept_maps(maps, keep)``."""
+    return target_probabilities(
+        classify, lambda chunk: images[chunk] * kept_maps(maps[chunk], keep)[:, None], targets, batch_size)
+
+
 def ad_ic(
     classify: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
@@ -56,17 +89,10 @@ def ad_ic(
     the clean images.
     """
     keep = [float(k) for k in keep]
+    clean = clean_probs.double().cpu()
     drops, increases = [], []
-    with torch.inference_mode():
-        for fraction in keep:
-            probs = []
-            for part in range(0, images.shape[0], batch_size):
-                chunk = slice(part, part + batch_size)
-                masked = images[chunk] * kept_maps(maps[chunk], fraction)[:, None]
-                logits = classify(masked)
-                probs.append(logits.softmax(dim=1).gather(1, targets[chunk, None].to(logits.device))[:, 0])
-            masked_probs = torch.cat(probs).double().cpu()
-            clean = clean_probs.double().cpu()
-            drops.append(((clean - masked_probs).clamp_min(0) / clean).mean().item() * 100)
-            increases.append((masked_probs > clean).double().mean().item() * 100)
+    for fraction in keep:
+        masked = masked_probabilities(classify, images, maps, targets, fraction, batch_size)
+        drops.append(((clean - masked).clamp_min(0) / clean).mean().item() * 100)
+        increases.append((masked > clean).double().mean().item() * 100)
     return AdIcResult(keep, drops, increases)

@@ -50,6 +50,24 @@ class AttentionHead(nn.Module):
         self.target_counts += torch.bincount(targets, minlength=self.num_classes)
         self.subset_counts.index_add_(0, subset, torch.full_like(subset, targets.numel()))
 
+    @torch.no_grad()
+    def contributions(self, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Each branch's share of the fusion weights (P-TAME Table 2), float64 [branches], summing to 1.
+
+        Per class row: softmax over the input channels, summed within each branch; then the plain mean
+        over ``classes`` (all classes if None). Raw signed weights, no bias, no data: as the paper's code.
+        """
+        weight = self.fuse.weight[:, :, 0, 0].double()
+        if classes is not None:
+            weight = weight[classes]
+        per_class = weight.softmax(dim=1).split(self.channels, dim=1)
+        return torch.stack([block.sum(dim=1) for block in per_class], dim=1).mean(dim=0).cpu()
+
+    def channel_shares(self) -> torch.Tensor:
+        """Each branch's share of the fused channels: what ``contributions`` gives for uniform weights."""
+        counts = torch.tensor(self.channels, dtype=torch.float64)
+        return counts / counts.sum()
+
     def forward(self, features: Sequence[torch.Tensor], classes: torch.Tensor | None = None,
                 per_image: bool = False) -> torch.Tensor:
         """Maps ``[B, K, h, w]`` for ``classes`` (``[K]``, shared by the batch; all classes if None),
