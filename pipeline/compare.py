@@ -352,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     heads = load_heads(args.head, args.device)
     _, first, config = heads[0]
     classifier = first.classifier
-    rise = RiseSettings(masks=args.rise_masks)
+    rise = RiseSettings(masks=args.rise_masks, batch_size=config.evaluation.batch_size)
     methods = head_methods(heads) + baseline_methods(args.methods, classifier, args.target_layer,
                                                      config.evaluation.batch_size, rise)
     evalset = load_eval_set(classifier, config, args)

@@ -11,8 +11,9 @@ unrelated). Two protocols, named for what they test:
   backbone changes its maps only through the class it explains (the backbone's new prediction). This is
   what P-TAME's reference code did.
 - ``retrain`` trains a new head (same config and seed) against each randomised backbone and compares its
-  maps: the test that matters for a trained explainer. Its level 0 retrains on the intact backbone, which
-  shows the retraining noise floor.
+  maps: the test that matters for a trained explainer. Its level 0 retrains on the intact backbone; where
+  training is deterministic (the CPU) it reproduces the original maps exactly, so every later drop comes
+  from the randomised weights, not from retraining.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ PROTOCOLS: dict[str, str] = {
     "reevaluate": "the trained head is kept; the randomised backbone only changes which class is explained "
                   "(P-TAME's reference code)",
     "retrain": "a new head is trained against each randomised backbone (the test that matters for a trained "
-               "explainer); level 0 retrains on the intact backbone",
+               "explainer); level 0 retrains on the intact backbone with the same seed",
 }
 FIGURE_IMAGES = 3
 ORIGINAL = "none (original)"
