@@ -26,6 +26,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", module=OPTIMISER_MODULES)
     for name in ("ax", "mlflow", "botorch", "alembic", "urllib3", "timm", "matplotlib"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # BoTorch compiles a C++ kernel on its first multi-objective trial; importing torch's compiler helper on a
+    # machine with a CUDA toolkit but no GPU logs "No CUDA runtime is found".
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 

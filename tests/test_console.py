@@ -34,3 +34,14 @@ def test_a_demo_search_writes_no_warning_or_progress_noise_to_a_log(tmp_path):
     assert lines.index(centre_row) == lines.index(random_row) + 1
     assert any(line.startswith("objective thresholds from trivial maps") for line in lines)
     assert "registered model version 1" in lines[-1]
+
+
+def test_torchs_cuda_toolkit_notice_stays_off_the_console(tmp_path):
+    """BoTorch imports torch's C++ compiler helper, which warns when a CUDA toolkit is installed but no GPU runs."""
+    importer = "import torch.utils.cpp_extension"
+    env = os.environ | {"PYTHONPATH": str(REPO), "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    plain = subprocess.run([sys.executable, "-c", importer], env=env, capture_output=True, text=True)
+    assert "No CUDA runtime is found" in plain.stderr  # the notice exists, so the check below can fail
+    quiet = subprocess.run([sys.executable, "-c", f"from pipeline import cli; cli.quiet_libraries(); {importer}"],
+                           env=env, capture_output=True, text=True)
+    assert quiet.returncode == 0 and quiet.stderr == ""
