@@ -97,9 +97,9 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address is None:
-        # A local Ray enables token authentication by default and prints a warning saying so; asking for it
-        # explicitly keeps the same protection without the warning.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # A local Ray turns on token authentication by default and logs a warning that it did; the protection
+        # stays, the line goes.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         return True
     check_reachable(address)
