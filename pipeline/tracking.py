@@ -334,13 +334,16 @@ class Tracker:
             raise RuntimeError("start_search() first")
         return RunLog(self.client, self.search_run_id)
 
+    def _create_run(self, experiment_id: str, name: str, tags: Mapping[str, str],
+                    params: Mapping[str, Any]) -> RunLog:
+        run = self.client.create_run(experiment_id, run_name=name, tags=dict(tags))
+        log = RunLog(self.client, run.info.run_id)
+        log.log_params(params)
+        return log
+
     def _child_run(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
-        run = self.client.create_run(
-            self.experiment_id, run_name=name,
-            tags={PARENT_RUN_TAG: self._search().run_id, **tags},
-        )
-        RunLog(self.client, run.info.run_id).log_params(params)
-        return run.info.run_id
+        tags = {PARENT_RUN_TAG: self._search().run_id, **tags}
+        return self._create_run(self.experiment_id, name, tags, params).run_id
 
     def log_search_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Search-level metrics (best MoRF, best LeRF, ...) with step = completed trials."""
@@ -416,10 +419,7 @@ class Tracker:
         if parent_run_id is not None:
             experiment_id = self.client.get_run(parent_run_id).info.experiment_id
             run_tags[PARENT_RUN_TAG] = parent_run_id
-        run = self.client.create_run(experiment_id, run_name=name, tags=run_tags)
-        log = RunLog(self.client, run.info.run_id)
-        log.log_params(params)
-        return log
+        return self._create_run(experiment_id, name, run_tags, params)
 
     def end_search(self, status: str = "FINISHED") -> None:
         """End the search run with `status` (FINISHED, FAILED or KILLED)."""
