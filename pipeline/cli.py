@@ -53,13 +53,24 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set loss.lambda1=0.3 (repeatable)")
 
 
+def user_message(error: UserError) -> str:
+    """The error's message; one raised in a DataLoader worker arrives wrapped in the worker's traceback, whose
+    last line is the original ``pipeline.errors.UserError: <message>``."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{UserError.__module__}.{UserError.__name__}: "
+    return last.removeprefix(prefix)
+
+
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Call ``main`` and exit; a UserError prints ``error: <message>`` and exits with code 2."""
     quiet_libraries()
     try:
         code = main(argv)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -32,7 +32,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where images come from. ``demo`` needs nothing; ``imagenet``/``folder`` need ``root``."""
+    """Where images come from. ``demo`` needs nothing; ``imagenet``/``folder`` need ``root``.
+
+    ``decode`` chooses where training views of image files are decoded and augmented: ``cpu`` (PIL in the
+    loader workers), ``gpu`` (workers read bytes, the GPU decodes), ``auto`` (the GPU when training on CUDA).
+    """
 
     dataset: Literal["demo", "imagenet", "folder"] = "demo"
     root: str | None = None
@@ -43,6 +47,7 @@ class DataConfig:
     demo_eval_views: int = 48
     num_workers: int = 0
     seed: int = 0
+    decode: Literal["auto", "cpu", "gpu"] = "auto"
 
 
 @dataclass
@@ -62,7 +67,10 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """One-epoch AdamW + OneCycleLR training of the head."""
+    """One-epoch AdamW + OneCycleLR training of the head.
+
+    ``compile`` runs the frozen classifier under ``torch.compile`` (``auto``: on CUDA only).
+    """
 
     batch_size: int = 64
     epochs: int = 1
@@ -71,6 +79,7 @@ class TrainConfig:
     seed: int = 12345
     device: str = "auto"
     max_loss: float = 1e4
+    compile: bool | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -97,6 +106,8 @@ class ExperimentConfig:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(repr, typing.get_args(tp)))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -108,12 +119,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in options:
             return None
         errors = []
-        for option in (o for o in options if o is not type(None)):
+        choices = [o for o in options if o is not type(None)]
+        for option in choices:
             try:
                 return _coerce(value, option, key)
             except UserError as error:
                 errors.append(error)
-        raise errors[0]
+        if len(choices) == 1:
+            raise errors[0]
+        raise UserError(f"{key}: expected {' or '.join(map(_type_name, choices))}, got {value!r}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:

@@ -6,6 +6,7 @@ the classifier's input size ``S``; networks normalise their own inputs.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -37,10 +38,10 @@ def eval_transform(size: int) -> Callable:
                        v2.ToDtype(torch.float32, scale=True)])
 
 
-def read_image(path: Path) -> Image.Image:
-    """Open an image as RGB, or raise a UserError naming the file."""
+def read_image(path: Path, content: bytes | None = None) -> Image.Image:
+    """Open an image (the file, or its ``content`` already read) as RGB, or raise a UserError naming the file."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path if content is None else io.BytesIO(content)) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise UserError(f"cannot read image {str(path)!r} ({error}); remove or replace the file") from None
@@ -61,6 +62,18 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(read_image(self.paths[index])), self.labels[index]
+
+
+def files_of(dataset: Dataset) -> ImageFiles | None:
+    """The image files behind ``dataset`` (through any ``Subset``s, in their order), or None for in-memory data."""
+    if isinstance(dataset, ImageFiles):
+        return dataset
+    if isinstance(dataset, Subset):
+        inner = files_of(dataset.dataset)
+        if inner is not None:
+            picked = list(dataset.indices)
+            return ImageFiles([inner.paths[i] for i in picked], [inner.labels[i] for i in picked], inner.transform)
+    return None
 
 
 def image_folder(root: Path, transform: Callable) -> ImageFiles:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
 from pipeline import cli, config as configs
+from pipeline.batches import training_batches
 from pipeline.config import ExperimentConfig, ModelConfig
 from pipeline.data import Splits, build_splits
 from pipeline.errors import UserError
@@ -114,10 +114,9 @@ def train_head(config: ExperimentConfig, bench: Workbench | None = None, on_step
     dataset = bench.splits.train
     if len(dataset) == 0:
         raise UserError("the training split is empty; check data.root and data.train_limit")
-    batches = DataLoader(dataset, batch_size=config.train.batch_size, shuffle=True,
-                         num_workers=config.data.num_workers, drop_last=len(dataset) > config.train.batch_size,
-                         generator=torch.Generator().manual_seed(config.train.seed))
-    summary = train(explainer, batches, len(batches), config.loss, config.train, bench.models.device,
+    models = bench.models
+    batches = training_batches(dataset, config, models.classifier.preprocessing.input_size, models.device)
+    summary = train(explainer, batches, len(batches), config.loss, config.train, models.device,
                     on_step=on_step, progress=progress)
     return TrainedHead(explainer, summary, config)
 
@@ -133,6 +132,8 @@ def save_head(trained: TrainedHead, directory: str | Path) -> Path:
     contributions = layer_contributions(trained.explainer, trained.config.evaluation.min_class_count)
     (directory / SUMMARY_FILE).write_text(json.dumps(
         {"steps": summary.steps, "images": summary.images, "seconds": round(summary.seconds, 3),
+         "images_per_second": round(summary.images / summary.seconds, 1) if summary.seconds else None,
+         "compile_seconds": round(summary.compile_seconds, 3),
          "last": summary.last, "class_coverage": trained.coverage.summary(),
          "contributions": [asdict(entry) for entry in contributions]}, indent=2))
     (directory / COUNTS_FILE).write_text(json.dumps(trained.coverage.counts(), indent=1))

@@ -100,8 +100,10 @@ class TrialWorker:
 
         trained = self.trainer(config, self.bench, on_step=on_step or record, progress=self.progress)
         evaluation, maps = evaluate_head(trained.explainer, self.val_set, config.evaluation)
-        metrics = evaluation.metrics() | {"train_seconds": trained.summary.seconds,
-                                          "eval_seconds": evaluation.seconds}
+        summary = trained.summary
+        metrics = evaluation.metrics() | {"train_seconds": summary.seconds, "eval_seconds": evaluation.seconds,
+                                          "train_images_per_second": summary.images / summary.seconds,
+                                          "compile_seconds": summary.compile_seconds}
         with tempfile.TemporaryDirectory() as folder:
             paths = grid_and_curve(self.val_set, maps, evaluation, trained, Path(folder), f"trial {index}")
             plots = {path.name: path.read_bytes() for path in paths}

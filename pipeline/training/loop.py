@@ -13,6 +13,7 @@ import torch
 from pipeline.config import LossConfig, TrainConfig
 from pipeline.models.explainer import Explainer
 from pipeline.models.head import activate
+from pipeline.training.compiled import CompiledNetwork, compile_enabled
 from pipeline.training.loss import LossTerms, class_subset, ptame_loss
 from pipeline.training.masking import mask_images
 from pipeline.training.progress import Progress
@@ -29,16 +30,20 @@ class TrainingSummary:
     steps: int = 0
     images: int = 0
     seconds: float = 0.0
+    compile_seconds: float = 0.0  # first calls of the compiled classifier: compilation plus one pass each
     last: dict[str, float] = field(default_factory=dict)
 
 
 def training_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
-                  generator: torch.Generator | None = None) -> LossTerms:
+                  generator: torch.Generator | None = None,
+                  classify: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LossTerms:
     """Forward pass of one batch: clean prediction, maps of S, masked prediction, loss.
 
+    ``classify`` runs the classifier (default: ``explainer.classifier``; the loop passes its compiled form).
     The head counts the batch's explained classes and S (its class coverage)."""
+    classify = classify or explainer.classifier
     with torch.no_grad():
-        targets = explainer.classifier(images).argmax(1)
+        targets = classify(images).argmax(1)
         features = explainer.auxiliary(images)
     subset_size = loss.lambda_rand or images.shape[0]
     classes, position = class_subset(targets, subset_size, explainer.head.num_classes, generator)
@@ -46,7 +51,7 @@ def training_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
     subset_maps = activate(explainer.head(features, classes), training=True)
     own_maps = subset_maps[torch.arange(images.shape[0], device=images.device), position]
     masked = mask_images(images, own_maps, explainer.classifier.mean, explainer.masking)
-    masked_logits = explainer.classifier(masked)
+    masked_logits = classify(masked)
     return ptame_loss(masked_logits, targets, subset_maps, loss.lambda1, loss.lambda2,
                       loss.lambda_area, loss.area_epsilon)
 
@@ -59,10 +64,11 @@ def _check(terms: LossTerms, step: int, limit: float) -> None:
 
 def optimisation_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
                       optimizer: torch.optim.Optimizer, generator: torch.Generator | None,
-                      autocast: AbstractContextManager, max_loss: float, step: int) -> LossTerms:
+                      autocast: AbstractContextManager, max_loss: float, step: int,
+                      classify: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LossTerms:
     """Forward, divergence check, backward and optimiser step for one batch."""
     with autocast:
-        terms = training_step(explainer, images, loss, generator)
+        terms = training_step(explainer, images, loss, generator, classify)
     _check(terms, step, max_loss)
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
@@ -73,7 +79,9 @@ def optimisation_step(explainer: Explainer, images: torch.Tensor, loss: LossConf
 def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
           loss: LossConfig, settings: TrainConfig, device: torch.device,
           on_step: StepCallback | None = None, progress: bool = True) -> TrainingSummary:
-    """Train ``explainer.head`` for ``settings.epochs`` epochs; the frozen networks stay in eval mode."""
+    """Train ``explainer.head`` for ``settings.epochs`` epochs; the frozen networks stay in eval mode.
+
+    Batches of another size than the first one run the classifier eagerly when it is compiled."""
     head = explainer.head
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.max_lr, weight_decay=settings.weight_decay,
                                   amsgrad=True)
@@ -83,6 +91,7 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     memory_format = torch.channels_last if cuda else torch.contiguous_format
+    compiled: CompiledNetwork | None = None
     summary = TrainingSummary()
     started = time.perf_counter()
     head.train()
@@ -90,8 +99,10 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
         for _ in range(settings.epochs):
             for images, _labels in batches:
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                if summary.steps == 0 and compile_enabled(settings.compile, device):
+                    compiled = CompiledNetwork(explainer.classifier, images.shape[0])
                 terms = optimisation_step(explainer, images, loss, optimizer, generator, autocast, settings.max_loss,
-                                          summary.steps)
+                                          summary.steps, compiled)
                 schedule.step()
                 summary.steps += 1
                 summary.images += images.shape[0]
@@ -101,4 +112,5 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
                 bar.update(status=f"loss {summary.last['loss']:.4f}")
     head.eval()
     summary.seconds = time.perf_counter() - started
+    summary.compile_seconds = compiled.compile_seconds if compiled else 0.0
     return summary

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +26,15 @@ from pipeline.training.loss import ptame_loss
 from pipeline.training.masking import mask_images
 
 
-def bare_work(explainer, images: torch.Tensor) -> None:
-    with torch.no_grad():
-        targets = explainer.classifier(images).argmax(1)
-        explainer.auxiliary(images)
-    masked = images.clone().requires_grad_(True)
-    F.cross_entropy(explainer.classifier(masked), targets).backward()
+def bare_work(explainer, images: torch.Tensor, autocast: AbstractContextManager = nullcontext()) -> None:
+    """Clean forward, auxiliary forward, masked forward/backward: what any P-TAME step must do."""
+    with autocast:
+        with torch.no_grad():
+            targets = explainer.classifier(images).argmax(1)
+            explainer.auxiliary(images)
+        masked = images.clone().requires_grad_(True)
+        logits = explainer.classifier(masked)
+    F.cross_entropy(logits.float(), targets).backward()
 
 
 def naive_step(explainer, images: torch.Tensor, loss: LossConfig) -> None:
