@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +25,7 @@ from pipeline.models.contributions import layer_contributions
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
 from pipeline.models.head import AttentionHead
+from pipeline.training.clean_targets import CleanTargets
 from pipeline.training.loop import StepCallback, TrainingSummary, train
 
 HEAD_FILE, CONFIG_FILE, SUMMARY_FILE, COUNTS_FILE = "head.pt", "config.yaml", "training.json", "class_counts.json"
@@ -67,11 +68,13 @@ def load_models(model: ModelConfig, device: torch.device) -> Models:
 
 @dataclass
 class Workbench:
-    """Models and data loaded once and reused by every run that shares them (e.g. all search trials)."""
+    """Models and data loaded once and reused by every run that shares them (e.g. all search trials), with
+    the clean predictions of the training batches those runs share."""
 
     models: Models
     splits: Splits
     config: ExperimentConfig
+    clean_targets: CleanTargets = field(default_factory=CleanTargets)
 
     def serves(self, config: ExperimentConfig) -> bool:
         """True when ``config`` needs exactly these models and data."""
@@ -117,7 +120,7 @@ def train_head(config: ExperimentConfig, bench: Workbench | None = None, on_step
     models = bench.models
     batches = training_batches(dataset, config, models.classifier.preprocessing.input_size, models.device)
     summary = train(explainer, batches, len(batches), config.loss, config.train, models.device,
-                    on_step=on_step, progress=progress)
+                    on_step=on_step, progress=progress, clean_targets=bench.clean_targets)
     return TrainedHead(explainer, summary, config)
 
 
@@ -133,7 +136,7 @@ def save_head(trained: TrainedHead, directory: str | Path) -> Path:
     (directory / SUMMARY_FILE).write_text(json.dumps(
         {"steps": summary.steps, "images": summary.images, "seconds": round(summary.seconds, 3),
          "images_per_second": round(summary.images / summary.seconds, 1) if summary.seconds else None,
-         "compile_seconds": round(summary.compile_seconds, 3),
+         "compile_seconds": round(summary.compile_seconds, 3), "reused_predictions": summary.reused_predictions,
          "last": summary.last, "class_coverage": trained.coverage.summary(),
          "contributions": [asdict(entry) for entry in contributions]}, indent=2))
     (directory / COUNTS_FILE).write_text(json.dumps(trained.coverage.counts(), indent=1))

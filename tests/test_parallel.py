@@ -138,16 +138,18 @@ def search_command(experiment: Path, tmp_path: Path, name: str, trials: int, *op
             "--name", name, "--out", str(tmp_path / "search"), "--no-progress", *options]
 
 
-def toy_experiment(tmp_path: Path) -> Path:
+def toy_experiment(tmp_path: Path, images: int = 8) -> Path:
     experiment = tmp_path / "toy.yaml"
-    experiment.write_text(yaml.safe_dump(toy_base(write_images(tmp_path / "images"))))
+    base = toy_base(write_images(tmp_path / "images", images))
+    experiment.write_text(yaml.safe_dump(base))
     return experiment
 
 
 def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_second_search_is_refused(
         ray_address, tmp_path):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    command = search_command(toy_experiment(tmp_path), tmp_path, "killed", 4, "--parallel", "2",
+    # Trials of several seconds, so that the second worker is ready long before the first trial ends.
+    command = search_command(toy_experiment(tmp_path, images=1200), tmp_path, "killed", 4, "--parallel", "2",
                              "--ray-address", ray_address, "--tracking-uri", tracking_uri)
     first = subprocess.Popen(command, cwd=REPO, env=command_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)

@@ -6,6 +6,7 @@ import math
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterable
 
 import torch
@@ -13,6 +14,7 @@ import torch
 from pipeline.config import LossConfig, TrainConfig
 from pipeline.models.explainer import Explainer
 from pipeline.models.head import activate
+from pipeline.training.clean_targets import CleanTargets
 from pipeline.training.compiled import CompiledNetwork, compile_enabled
 from pipeline.training.loss import LossTerms, class_subset, ptame_loss
 from pipeline.training.masking import mask_images
@@ -31,19 +33,22 @@ class TrainingSummary:
     images: int = 0
     seconds: float = 0.0
     compile_seconds: float = 0.0  # first calls of the compiled classifier: compilation plus one pass each
+    reused_predictions: int = 0  # batches whose clean predictions an earlier run had made
     last: dict[str, float] = field(default_factory=dict)
 
 
 def training_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
                   generator: torch.Generator | None = None,
-                  classify: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LossTerms:
+                  classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  predict: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LossTerms:
     """Forward pass of one batch: clean prediction, maps of S, masked prediction, loss.
 
-    ``classify`` runs the classifier (default: ``explainer.classifier``; the loop passes its compiled form).
+    ``classify`` runs the classifier (default: ``explainer.classifier``; the loop passes its compiled form);
+    ``predict`` gives the clean prediction (default: the argmax of ``classify``; the loop passes kept ones).
     The head counts the batch's explained classes and S (its class coverage)."""
     classify = classify or explainer.classifier
     with torch.no_grad():
-        targets = classify(images).argmax(1)
+        targets = predict(images) if predict else classify(images).argmax(1)
         features = explainer.auxiliary(images)
     subset_size = loss.lambda_rand or images.shape[0]
     classes, position = class_subset(targets, subset_size, explainer.head.num_classes, generator)
@@ -65,10 +70,11 @@ def _check(terms: LossTerms, step: int, limit: float) -> None:
 def optimisation_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
                       optimizer: torch.optim.Optimizer, generator: torch.Generator | None,
                       autocast: AbstractContextManager, max_loss: float, step: int,
-                      classify: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LossTerms:
+                      classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                      predict: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LossTerms:
     """Forward, divergence check, backward and optimiser step for one batch."""
     with autocast:
-        terms = training_step(explainer, images, loss, generator, classify)
+        terms = training_step(explainer, images, loss, generator, classify, predict)
     _check(terms, step, max_loss)
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
@@ -78,10 +84,12 @@ def optimisation_step(explainer: Explainer, images: torch.Tensor, loss: LossConf
 
 def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
           loss: LossConfig, settings: TrainConfig, device: torch.device,
-          on_step: StepCallback | None = None, progress: bool = True) -> TrainingSummary:
+          on_step: StepCallback | None = None, progress: bool = True,
+          clean_targets: CleanTargets | None = None) -> TrainingSummary:
     """Train ``explainer.head`` for ``settings.epochs`` epochs; the frozen networks stay in eval mode.
 
-    Batches of another size than the first one run the classifier eagerly when it is compiled."""
+    Batches of another size than the first one run the classifier eagerly when it is compiled. With
+    ``clean_targets`` the clean predictions of batches an earlier run saw unchanged are reused."""
     head = explainer.head
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.max_lr, weight_decay=settings.weight_decay,
                                   amsgrad=True)
@@ -92,6 +100,9 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     memory_format = torch.channels_last if cuda else torch.contiguous_format
     compiled: CompiledNetwork | None = None
+    reused_before = clean_targets.reused if clean_targets else 0
+    if clean_targets is not None:
+        clean_targets.begin(explainer.classifier)
     summary = TrainingSummary()
     started = time.perf_counter()
     head.train()
@@ -101,8 +112,11 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 if summary.steps == 0 and compile_enabled(settings.compile, device):
                     compiled = CompiledNetwork(explainer.classifier, images.shape[0])
+                predict = None
+                if clean_targets is not None:
+                    predict = partial(clean_targets.predict, summary.steps, classify=compiled or explainer.classifier)
                 terms = optimisation_step(explainer, images, loss, optimizer, generator, autocast, settings.max_loss,
-                                          summary.steps, compiled)
+                                          summary.steps, compiled, predict)
                 schedule.step()
                 summary.steps += 1
                 summary.images += images.shape[0]
@@ -113,4 +127,5 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
     head.eval()
     summary.seconds = time.perf_counter() - started
     summary.compile_seconds = compiled.compile_seconds if compiled else 0.0
+    summary.reused_predictions = clean_targets.reused - reused_before if clean_targets else 0
     return summary
