@@ -96,7 +96,7 @@ def test_same_seed_same_views_other_seed_other_views():
     assert not torch.equal(first, other)
 
 
-def test_device_batches_cover_the_split_once_per_epoch_with_labels_and_repeat_per_seed(odd_folder):
+def test_device_batches_cover_the_split_once_per_epoch_with_labels_and_repeat_per_seed_with_any_workers(odd_folder):
     files = image_folder(odd_folder, train_transform(32))
     loaded = DeviceBatches(files, batch_size=4, size=32, device=CPU, seed=7)
     batches = list(loaded)
@@ -104,8 +104,8 @@ def test_device_batches_cover_the_split_once_per_epoch_with_labels_and_repeat_pe
     views = torch.cat([v for v, _ in batches])
     assert views.shape == (12, 3, 32, 32)
     assert sorted(torch.cat([labels for _, labels in batches]).tolist()) == sorted(files.labels)
-    repeated = torch.cat([v for v, _ in DeviceBatches(files, 4, 32, CPU, seed=7)])
-    assert torch.equal(views, repeated)
+    read_by_workers = torch.cat([v for v, _ in DeviceBatches(files, 4, 32, CPU, seed=7, num_workers=2)])
+    assert torch.equal(views, read_by_workers)
     assert not torch.equal(views, torch.cat([v for v, _ in DeviceBatches(files, 4, 32, CPU, seed=8)]))
 
 
