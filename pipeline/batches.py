@@ -216,10 +216,10 @@ def _offer(ready: queue.Queue, item: object, stop: threading.Event) -> bool:
     return False
 
 
-def decodes_on_device(config: ExperimentConfig, device: torch.device, dataset: Dataset) -> bool:
-    """Whether training views come from `DeviceBatches` under ``data.decode``; ``gpu`` where it cannot apply
-    is a UserError."""
-    decode, files = config.data.decode, files_of(dataset)
+def decodes_on_device(config: ExperimentConfig, device: torch.device, files: ImageFiles | None) -> bool:
+    """Whether training views come from `DeviceBatches` under ``data.decode``, for the split's image ``files``
+    (None: held in memory); ``gpu`` where it cannot apply is a UserError."""
+    decode = config.data.decode
     if decode == "gpu" and device.type != "cuda":
         raise UserError(f"data.decode = 'gpu' needs a CUDA device, but training runs on {device}; "
                         "use data.decode=auto (the GPU when there is one) or data.decode=cpu")
@@ -235,7 +235,8 @@ def training_batches(dataset: Dataset, config: ExperimentConfig, size: int,
     unless the split holds a single batch."""
     batch_size, workers, seed = config.train.batch_size, config.data.num_workers, config.train.seed
     drop_last = len(dataset) > batch_size
-    if decodes_on_device(config, device, dataset):
-        return DeviceBatches(files_of(dataset), batch_size, size, device, seed, workers, drop_last)
+    files = files_of(dataset)
+    if decodes_on_device(config, device, files):
+        return DeviceBatches(files, batch_size, size, device, seed, workers, drop_last)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=drop_last,
                       pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))

@@ -135,7 +135,7 @@ def save_head(trained: TrainedHead, directory: str | Path) -> Path:
     contributions = layer_contributions(trained.explainer, trained.config.evaluation.min_class_count)
     (directory / SUMMARY_FILE).write_text(json.dumps(
         {"steps": summary.steps, "images": summary.images, "seconds": round(summary.seconds, 3),
-         "images_per_second": round(summary.images / summary.seconds, 1) if summary.seconds else None,
+         "images_per_second": round(summary.images_per_second, 1),
          "compile_seconds": round(summary.compile_seconds, 3), "reused_predictions": summary.reused_predictions,
          "last": summary.last, "class_coverage": trained.coverage.summary(),
          "contributions": [asdict(entry) for entry in contributions]}, indent=2))

@@ -102,7 +102,7 @@ class TrialWorker:
         evaluation, maps = evaluate_head(trained.explainer, self.val_set, config.evaluation)
         summary = trained.summary
         metrics = evaluation.metrics() | {"train_seconds": summary.seconds, "eval_seconds": evaluation.seconds,
-                                          "train_images_per_second": summary.images / summary.seconds,
+                                          "train_images_per_second": summary.images_per_second,
                                           "compile_seconds": summary.compile_seconds}
         with tempfile.TemporaryDirectory() as folder:
             paths = grid_and_curve(self.val_set, maps, evaluation, trained, Path(folder), f"trial {index}")

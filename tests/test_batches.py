@@ -17,7 +17,7 @@ from pipeline import batches as batches_module, config as configs
 from pipeline.batches import (DeviceBatches, decode_batch, decodes_on_device, jpeg_frame, nvjpeg_can_decode,
                               train_views, training_batches)
 from pipeline.config import ModelConfig, TrainConfig
-from pipeline.data import DemoViews, ImageFiles, image_folder, train_transform
+from pipeline.data import DemoViews, ImageFiles, files_of, image_folder, train_transform
 from pipeline.errors import UserError
 from pipeline.train import build_explainer, load_models
 from pipeline.training import compiled as compiled_module
@@ -174,7 +174,7 @@ def test_a_folder_of_png_cmyk_and_grayscale_files_named_jpeg_trains_on_the_devic
 
 def test_decode_setting_chooses_the_path_and_rejects_gpu_where_it_cannot_apply(odd_folder):
     files = image_folder(odd_folder, train_transform(32))
-    demo = DemoViews(32, 4, seed=0)
+    demo = files_of(DemoViews(32, 4, seed=0))
     cuda = torch.device("cuda")
 
     def config(decode):

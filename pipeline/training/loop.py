@@ -36,6 +36,10 @@ class TrainingSummary:
     reused_predictions: int = 0  # batches whose clean predictions an earlier run had made
     last: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
 
 def training_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
                   generator: torch.Generator | None = None,

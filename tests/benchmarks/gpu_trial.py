@@ -27,6 +27,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +106,16 @@ def images_per_second(batches, device: torch.device) -> float:
     return count / (time.perf_counter() - started)
 
 
+def model_config(args) -> ModelConfig:
+    """The benchmarked backbone and auxiliary, with random weights unless ``--weights library``."""
+    weights = None if args.weights == "library" else "random"
+    return ModelConfig(backbone=args.backbone, backbone_weights=weights, auxiliary=args.auxiliary,
+                       auxiliary_weights=weights)
+
+
 def step_rates(args, device: torch.device) -> tuple[dict[str, float], float]:
     """Median images/s of the bare work and the steps (interleaved), and the compile seconds."""
-    weights = None if args.weights == "library" else "random"
-    model = ModelConfig(backbone=args.backbone, backbone_weights=weights, auxiliary=args.auxiliary,
-                        auxiliary_weights=weights)
+    model = model_config(args)
     models = load_models(model, device)
     explainer = build_explainer(models, model, seed=0)
     explainer.head.train()
@@ -142,12 +148,10 @@ def step_rates(args, device: torch.device) -> tuple[dict[str, float], float]:
 
 def end_to_end(args, root: Path, device: torch.device) -> tuple[float, float, float]:
     """``train_head`` on the folder with the default settings: images/s, images/s after compiling, compile s."""
-    weights = None if args.weights == "library" else "random"
-    config = configs.load(overrides=[
-        "data.dataset=folder", f"data.root={root}", f"data.num_workers={args.workers}",
-        f"model.backbone={args.backbone}", f"model.auxiliary={args.auxiliary}",
-        f"model.backbone_weights={weights or 'null'}", f"model.auxiliary_weights={weights or 'null'}",
-        f"train.batch_size={args.batch}", f"train.device={device}"])
+    config = configs.from_dict({
+        "model": asdict(model_config(args)),
+        "data": {"dataset": "folder", "root": str(root), "num_workers": args.workers},
+        "train": {"batch_size": args.batch, "device": str(device)}})
     trained = train_head(config, Workbench.load(config), progress=False)
     summary = trained.summary
     steady = summary.seconds - summary.compile_seconds
@@ -156,9 +160,7 @@ def end_to_end(args, root: Path, device: torch.device) -> tuple[float, float, fl
 
 def road_seconds(args, device: torch.device) -> tuple[float, int]:
     """Seconds of ROAD per 2,000 images (measured on ``--road-images``, scaled) with smooth random maps."""
-    weights = None if args.weights == "library" else "random"
-    models = load_models(ModelConfig(backbone=args.backbone, backbone_weights=weights, auxiliary=args.auxiliary,
-                                     auxiliary_weights=weights), device)
+    models = load_models(model_config(args), device)
     size = models.classifier.preprocessing.input_size
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(args.road_images, 3, size, size, generator=generator).to(device)
