@@ -15,7 +15,7 @@ import queue
 import threading
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -27,15 +27,24 @@ from pipeline.config import ExperimentConfig
 from pipeline.data import ImageFiles, files_of, read_image
 from pipeline.errors import UserError
 
-# Frame types nvJPEG decodes: baseline, extended sequential and progressive Huffman JPEGs.
+# Frame types nvJPEG decodes: baseline, extended sequential and progressive Huffman JPEGs, of 8-bit samples.
 _NVJPEG_FRAMES = {0xC0, 0xC1, 0xC2}
+_NVJPEG_PRECISION = 8
 _NVJPEG_COMPONENTS = {1, 3}  # grayscale and YCbCr; CMYK/YCCK (4) fail on the GPU
 _STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD9)}  # markers without a length field
 _BATCHES_AHEAD = 2
 
 
-def jpeg_frame(content: bytes | memoryview) -> tuple[int, int] | None:
-    """``(SOF marker, component count)`` of a JPEG, or None when ``content`` is not a JPEG with a frame header."""
+class JpegFrame(NamedTuple):
+    """What a JPEG's frame header (SOF segment) says about how it is coded."""
+
+    marker: int
+    precision: int  # bits per sample
+    components: int
+
+
+def jpeg_frame(content: bytes | memoryview) -> JpegFrame | None:
+    """The frame header of a JPEG, or None when ``content`` is not a JPEG with a frame header."""
     if bytes(content[:2]) != b"\xff\xd8":
         return None
     at = 2
@@ -48,7 +57,7 @@ def jpeg_frame(content: bytes | memoryview) -> tuple[int, int] | None:
         elif marker in _STANDALONE_MARKERS:
             at += 2
         elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return (marker, content[at + 9]) if at + 10 <= len(content) else None
+            return JpegFrame(marker, content[at + 4], content[at + 9]) if at + 10 <= len(content) else None
         elif marker == 0xDA:  # scan data before any frame header
             return None
         else:
@@ -59,17 +68,22 @@ def jpeg_frame(content: bytes | memoryview) -> tuple[int, int] | None:
 def nvjpeg_can_decode(content: torch.Tensor) -> bool:
     """True for file bytes nvJPEG decodes, judged by content (never by file name)."""
     frame = jpeg_frame(memoryview(content.numpy()))
-    return frame is not None and frame[0] in _NVJPEG_FRAMES and frame[1] in _NVJPEG_COMPONENTS
+    return (frame is not None and frame.marker in _NVJPEG_FRAMES and frame.precision == _NVJPEG_PRECISION
+            and frame.components in _NVJPEG_COMPONENTS)
 
 
 def decode_on_cpu(content: torch.Tensor, path: str) -> torch.Tensor:
     """uint8 RGB ``[3, H, W]``: torchvision for JPEG/PNG/GIF/WebP, PIL for other formats; a file that neither
-    reads (truncated, corrupt) is a UserError naming it."""
+    reads (truncated, corrupt) is a UserError naming it. Like PIL, an animation gives its first frame and
+    16-bit samples are scaled to 8 bits."""
     try:
-        return decode_image(content, mode=ImageReadMode.RGB)
+        image = decode_image(content, mode=ImageReadMode.RGB)
     except RuntimeError:
         image = read_image(Path(path), content.numpy().tobytes())
         return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    if image.dim() == 4:  # frames of an animated GIF or WebP
+        image = image[0]
+    return TF.to_dtype(image, torch.uint8, scale=True)
 
 
 def _decode_on_gpu(contents: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
@@ -91,8 +105,8 @@ def decode_batch(contents: Sequence[torch.Tensor], paths: Sequence[str], device:
     """Decode file bytes to uint8 RGB ``[3, H, W]`` tensors on ``device``: nvJPEG on CUDA for the JPEGs it
     supports, the CPU decoders for everything else."""
     images: list[torch.Tensor | None] = [None] * len(contents)
-    if device.type == "cuda":
-        on_gpu = [i for i, content in enumerate(contents) if nvjpeg_can_decode(content)]
+    on_gpu = [i for i, content in enumerate(contents) if nvjpeg_can_decode(content)] if device.type == "cuda" else []
+    if on_gpu:
         for i, image in zip(on_gpu, _decode_on_gpu([contents[i] for i in on_gpu], device)):
             images[i] = image
     return [image if image is not None else decode_on_cpu(content, path).to(device)
@@ -182,8 +196,8 @@ class DeviceBatches:
             producer.join()
 
     def _produce(self, ready: queue.Queue, stop: threading.Event) -> None:
-        side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         try:
+            side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
             with torch.cuda.stream(side) if side is not None else nullcontext():
                 for contents, labels, paths in self.loader:
                     if stop.is_set():

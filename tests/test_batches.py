@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +66,7 @@ def test_nvjpeg_eligibility_is_read_from_the_content_not_the_name(odd_folder):
             verdicts[(image.format, image.mode, "progressive" in image.info)] = nvjpeg_can_decode(as_tensor(content))
     assert verdicts == {("JPEG", "RGB", False): True, ("JPEG", "RGB", True): True, ("JPEG", "L", False): True,
                         ("JPEG", "CMYK", False): False, ("PNG", "RGB", False): False}
-    assert jpeg_frame(encoded(photo(0).convert("CMYK"), "JPEG")) == (0xC0, 4)
+    assert jpeg_frame(encoded(photo(0).convert("CMYK"), "JPEG")) == (0xC0, 8, 4)
     assert jpeg_frame(b"\xff\xd8\xff") is None and jpeg_frame(b"GIF89a") is None
 
 
@@ -117,6 +119,39 @@ def test_decoded_pixels_equal_pil_for_every_kind_of_file(odd_folder):
             expected = torch.from_numpy(np.array(reference.convert("RGB"))).permute(2, 0, 1)
         assert image.dtype == torch.uint8 and image.shape == expected.shape
         assert (image.int() - expected.int()).abs().float().mean() < 1.0, path.name
+
+
+def png_16_bit(pixels: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG of ``pixels`` (uint16 [H, W, 3]); PIL writes no such file."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_16_bit_pngs_and_animations_decode_to_8_bit_first_frames_like_pil(tmp_path):
+    deep = (np.random.default_rng(0).random((20, 30, 3)) * 65535).astype(np.uint16)
+    frames = [photo(seed, 20, 30) for seed in (1, 2)]
+    files = {"deep.png": png_16_bit(deep),
+             "moving.gif": encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        (image,) = decode_batch([as_tensor(content)], [str(tmp_path / name)], CPU)
+        with Image.open(tmp_path / name) as reference:
+            expected = torch.from_numpy(np.array(reference.convert("RGB"))).permute(2, 0, 1)
+        assert image.dtype == torch.uint8 and image.shape == expected.shape == (3, 20, 30), name
+        assert (image.int() - expected.int()).abs().max() <= 1, name
+
+
+def test_12_bit_jpegs_are_not_sent_to_nvjpeg():
+    content = bytearray(encoded(photo(0), "JPEG"))
+    frame_at = content.index(b"\xff\xc0")
+    assert jpeg_frame(bytes(content)) == (0xC0, 8, 3) and nvjpeg_can_decode(as_tensor(bytes(content)))
+    content[frame_at + 1], content[frame_at + 4] = 0xC1, 12  # extended sequential, 12-bit samples
+    assert jpeg_frame(bytes(content)) == (0xC1, 12, 3) and not nvjpeg_can_decode(as_tensor(bytes(content)))
 
 
 def test_a_batch_nvjpeg_refuses_is_retried_per_file_and_the_refused_file_goes_to_the_cpu(monkeypatch):
@@ -232,6 +267,42 @@ def test_a_failing_compile_warns_once_and_training_goes_on_eagerly(monkeypatch, 
     assert "train.compile=false" in warning
 
 
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, outputs):
+        return outputs.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("BackendCompilerFailed: backward graph")
+
+
+class BackwardFails(torch.nn.Module):
+    """Stands in for a compiled network whose backward graph fails to compile (at its first backward)."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images):
+        return _FailingBackward.apply(self.network(images))
+
+
+def test_a_failing_backward_compile_is_caught_with_the_forward_and_training_goes_on_eagerly(monkeypatch, capsys):
+    network = tiny_classifier().eval()
+    monkeypatch.setattr(compiled_module.torch, "compile", lambda module, dynamic: BackwardFails(module))
+    wrapped = CompiledNetwork(network, batch_size=2)
+    with torch.no_grad():
+        wrapped(torch.rand(2, 3, 32, 32))  # gradient-free pass: no backward graph to build
+    assert capsys.readouterr().err == "" and wrapped.compiled is not None
+    images = torch.rand(2, 3, 32, 32, requires_grad=True)
+    outputs = wrapped(images)
+    outputs.sum().backward()
+    assert images.grad is not None and wrapped.compiled is None
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "(RuntimeError: BackendCompilerFailed: backward graph)" in warning
+
+
 def test_compiled_and_eager_training_give_the_same_loss(toy_models):
     rng = torch.Generator().manual_seed(0)
     batches = [(torch.rand(4, 3, 32, 32, generator=rng), torch.zeros(4)) for _ in range(3)]
@@ -246,6 +317,14 @@ def test_compiled_and_eager_training_give_the_same_loss(toy_models):
     assert fast.compile_seconds > 0 and eager.compile_seconds == 0
     assert fast.last["loss"] == pytest.approx(eager.last["loss"], rel=1e-4)
     torch.testing.assert_close(fast_weights, eager_weights, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG)")
+def test_a_batch_with_no_file_for_nvjpeg_decodes_on_the_cpu_and_moves_to_cuda():
+    contents = [as_tensor(encoded(photo(0), "PNG")), as_tensor(encoded(photo(1).convert("CMYK"), "JPEG"))]
+    decoded = decode_batch(contents, ["a.png", "b.JPEG"], torch.device("cuda"))
+    assert [image.device.type for image in decoded] == ["cuda", "cuda"]
+    assert all(image.shape == (3, 45, 60) for image in decoded)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG)")

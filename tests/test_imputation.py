@@ -12,6 +12,7 @@ from skimage import data as skdata
 
 from pipeline.metrics import imputation
 from pipeline.metrics.imputation import FILL_VALUE, noisy_linear_impute
+from pipeline.metrics.road import removal_masks
 
 SIDE, DIAGONAL = 1 / 6, 1 / 12
 
@@ -182,3 +183,25 @@ def test_small_holes_anywhere_match_exact_solve() -> None:
     result = noisy_linear_impute(images, removed, noise=0.0)
     for image, mask, imputed in zip(images, removed, result):
         assert (imputed.double() - exact_impute(image, mask)).abs().max() <= 1e-3
+
+
+def test_chunks_take_a_share_of_free_cuda_memory_and_never_less_than_on_the_cpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (64 * 2**30, 80 * 2**30))
+    assert imputation._chunk_budget(cuda, torch.float32) == 64 * 2**30 // 4 // (16 * 4)
+    assert imputation._chunk_budget(cuda, torch.float64) == 64 * 2**30 // 4 // (16 * 8)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**20, 80 * 2**30))
+    assert imputation._chunk_budget(cuda, torch.float32) == imputation._CHUNK_VALUES
+    assert imputation._chunk_budget(torch.device("cpu"), torch.float32) == imputation._CHUNK_VALUES
+
+
+def test_all_of_roads_masks_in_one_chunk_match_exact_solve(
+        small_photos: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An accelerator's plan: holes of every size, padded to the largest crop, solved as one chunk."""
+    maps = torch.rand(2, 96, 96, generator=torch.Generator().manual_seed(6))
+    masks = torch.cat([removal_masks(maps, p / 100, order) for order in ("morf", "lerf") for p in (10, 50, 90)])
+    monkeypatch.setattr(imputation, "_CHUNK_VALUES", 2**40)
+    assert len(imputation._plan_chunks(masks, 3, imputation._CHUNK_VALUES, workers=1)) == 1
+    assert_matches_exact_solve(small_photos.repeat(6, 1, 1, 1), masks)
+

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.metrics import road as road_module
 from pipeline.metrics.road import RoadResult, removal_masks, road, road_auc
 
 SIZE = 16
@@ -109,3 +110,19 @@ def test_progress_is_reported_per_chunk() -> None:
     images, maps = torch.rand(10, 3, 8, 8), torch.rand(10, 8, 8)
     road(ConstantClassifier(), images, maps, torch.zeros(10, dtype=torch.long), percentages=(50,), progress=seen.append)
     assert seen[-1] == 10 and seen == sorted(seen)
+
+
+def test_scores_do_not_depend_on_how_many_images_are_imputed_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU imputes 8 images' masks together and an accelerator 64: the scores are the same."""
+    generator = torch.Generator().manual_seed(3)
+    images, maps = torch.rand(12, 3, SIZE, SIZE, generator=generator), torch.rand(12, SIZE, SIZE, generator=generator)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(3 * SIZE * SIZE, 4))
+    torch.nn.init.normal_(classifier[1].weight, generator=generator)
+    targets = classifier(images).argmax(dim=1)
+    results = []
+    for per_chunk in (3, 12):
+        monkeypatch.setattr(road_module, "_IMAGES_PER_CHUNK", per_chunk)
+        results.append(road(classifier, images, maps, targets, noise=0.0))
+    assert results[0] == results[1]
+    assert 0 < results[0].morf_auc < results[0].lerf_auc < 1, "the classifier is sensitive to the removed pixels"
+

@@ -2,6 +2,11 @@
 
 Bundled photos (skimage, sklearn) with random crops and flips, MoRF masks from smooth maps at the
 seven default ROAD percentages. Run: python tests/benchmarks/road_imputation.py [--batch 32]
+
+``--launches`` instead counts the torch ops the imputer dispatches per image system (each one a
+kernel launch on a GPU, where small ops cost their launch whatever their size) for ROAD's chunks
+as CUDA plans them (64 images in one piece) and as they were planned before (8 images, pieces of a
+fixed size). This needs no GPU.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from sklearn.datasets import load_sample_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script from anywhere
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from pipeline.metrics import imputation, road
 from pipeline.metrics.imputation import noisy_linear_impute
-from pipeline.metrics.road import removal_masks
+from pipeline.metrics.road import ORDERS, removal_masks
 
 PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)
 OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
@@ -108,6 +116,54 @@ def time_batched(images: torch.Tensor, masks: torch.Tensor, device: torch.device
     return result.cpu(), time.perf_counter() - start
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched inside the ``with`` block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_system(images: torch.Tensor, maps: torch.Tensor, chunk_values: int) -> float:
+    """Ops dispatched per image system when ROAD imputes all orders and percentages of ``images`` at once,
+    the imputer cutting them into pieces of at most ``chunk_values`` values (one thread)."""
+    masks = torch.stack([removal_masks(maps, p / 100, order) for order in ORDERS for p in PERCENTAGES])
+    repeated = images.expand(masks.shape[0], *images.shape).flatten(0, 1)
+    counter, solve_chunk = OpCounter(), imputation._solve_chunk
+
+    def counted(*args) -> None:  # dispatch modes are per thread, and chunks run on a pool thread
+        with counter:
+            solve_chunk(*args)
+
+    default, threads = imputation._CHUNK_VALUES, torch.get_num_threads()
+    imputation._CHUNK_VALUES, imputation._solve_chunk = chunk_values, counted
+    torch.set_num_threads(1)
+    try:
+        with counter:
+            noisy_linear_impute(repeated, masks.flatten(0, 1), noise=0.0)
+    finally:
+        imputation._CHUNK_VALUES, imputation._solve_chunk = default, solve_chunk
+        torch.set_num_threads(threads)
+    return counter.count / repeated.shape[0]
+
+
+def count_launches(size: int) -> None:
+    """Print ops per image system for ROAD's chunks as a GPU plans them with and without free-memory sizing."""
+    generator = torch.Generator().manual_seed(0)
+    many = road._ACCELERATOR_IMAGES_PER_CHUNK
+    images, maps = make_batch(many, size, generator), smooth_maps(many, size, generator)
+    few, fixed_budget = road._IMAGES_PER_CHUNK, imputation._CHUNK_VALUES * imputation._ACCELERATOR_CHUNK_FACTOR
+    fixed = ops_per_system(images[:few], maps[:few], fixed_budget)
+    sized = ops_per_system(images, maps, 2**40)
+    print(f"ops per image system: {few} images per ROAD chunk in pieces of {fixed_budget:,} values (an accelerator "
+          f"without free-memory sizing; CUDA before) {fixed:.1f}; {many} images in one piece (CUDA with free memory) "
+          f"{sized:.1f}; ratio {sized / fixed:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=32)
@@ -115,7 +171,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--skip-scipy", action="store_true", help="time only the batched imputer")
+    parser.add_argument("--launches", action="store_true", help="count ops per image system instead (no GPU needed)")
     args = parser.parse_args()
+    if args.launches:
+        count_launches(args.size)
+        return
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
