@@ -42,7 +42,7 @@ from pipeline.models.explainer import Explainer
 from pipeline.plots import method_grid
 from pipeline.search import STATE, SearchState
 from pipeline.tracking import RunLog, Tracker
-from pipeline.train import load_explainer
+from pipeline.train import add_device_argument, load_explainer
 
 METHODS = (*CAM_METHODS, "rise", "random", "center")
 Kind = Literal["head", "baseline", "reference"]
@@ -156,6 +156,8 @@ def run_method(method: Method, classifier: Classifier, evalset: EvalSet, setting
     with ForwardCounter(method.backbone) as backbone, ForwardCounter(method.auxiliary) as auxiliary:
         started = time.perf_counter()
         maps = method.make_maps(evalset)
+        if maps.is_cuda:  # the head's maps come without a host sync: wait for the queued kernels
+            torch.cuda.synchronize(maps.device)
         seconds = time.perf_counter() - started
     started = time.perf_counter()
     evaluation = evaluate_maps(classifier, evalset, maps, settings.evaluation)
@@ -339,7 +341,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="output folder")
     parser.add_argument("--tracking-uri", help="log the comparison to MLflow here")
     parser.add_argument("--search", help="nest the MLflow run under this search's parent run (runs/search/NAME)")
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     args.methods = parse_methods(args.methods)
     if args.rise_masks < 1:

@@ -28,7 +28,7 @@ from pipeline.models.classifiers import Classifier
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
 from pipeline.plots import road_curve
-from pipeline.train import load_explainer
+from pipeline.train import add_device_argument, load_explainer
 from pipeline.training.progress import Progress
 
 MapKind = Literal["head", "random", "center"]
@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("evaluation.json"), help="metrics JSON (+ .png curve)")
     parser.add_argument("--min-count", type=int, help="training images a class needs to count as trained "
                                                        "(default: the head's evaluation.min_class_count)")
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     overrides = [] if args.min_count is None else [f"evaluation.min_class_count={args.min_count}"]
     explainer, config = load_explainer(args.head, args.device, overrides)

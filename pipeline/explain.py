@@ -17,7 +17,7 @@ from pipeline import cli
 from pipeline.data import plain_images
 from pipeline.models.explainer import Explainer
 from pipeline.plots import save_overlay
-from pipeline.train import load_explainer
+from pipeline.train import add_device_argument, load_explainer
 
 UNTRAINED_MARK = "UNTRAINED"
 
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--class", dest="class_index", type=int, help="explain this class instead of the prediction")
     parser.add_argument("--min-count", type=int, help="training images a class needs to count as trained "
                                                        "(default: the head's evaluation.min_class_count)")
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for --model "
                                                "(default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     args = parser.parse_args(argv)

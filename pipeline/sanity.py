@@ -37,7 +37,7 @@ from pipeline.evaluate import EvalSet, add_source_arguments, load_eval_set
 from pipeline.models.explainer import Explainer
 from pipeline.models.randomisation import Block, blocks_for, randomisable
 from pipeline.plots import sanity_figure
-from pipeline.train import Models, Workbench, load_explainer, train_head
+from pipeline.train import Models, Workbench, add_device_argument, load_explainer, train_head
 
 Protocol = Literal["reevaluate", "retrain"]
 PROTOCOLS: dict[str, str] = {
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "(default: the backbone's preset)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random backbone weights")
     parser.add_argument("--out", type=Path, default=Path("sanity"), help="output folder")
-    parser.add_argument("--device", default="auto")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     explainer, config = load_explainer(args.head, args.device)
     blocks = blocks_for(config.model.backbone, explainer.classifier.network, args.blocks)

@@ -31,12 +31,24 @@ from pipeline.training.loop import StepCallback, TrainingSummary, train
 HEAD_FILE, CONFIG_FILE, SUMMARY_FILE, COUNTS_FILE = "head.pt", "config.yaml", "training.json", "class_counts.json"
 
 
-def resolve_device(name: str) -> torch.device:
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: a CUDA device when there is one, else the CPU)"
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where a command loading a trained head runs, whatever device trained it."""
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """The device ``name`` (``auto``: CUDA when there is one) given as ``setting``, named in errors."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device = {name!r} but no CUDA device is available; use train.device=cpu or auto")
-    return torch.device(name)
+        raise UserError(f"{setting} {name!r}: no CUDA device is available here; use cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{setting} {name!r} is not a device; use {DEVICE_HELP}") from None
 
 
 @dataclass
@@ -129,7 +141,9 @@ def save_head(trained: TrainedHead, directory: str | Path) -> Path:
     ``class_counts.json`` into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save(trained.explainer.head.state_dict(), directory / HEAD_FILE)
+    # On the CPU, so that the file loads on any machine, whatever device trained the head.
+    torch.save({name: value.cpu() for name, value in trained.explainer.head.state_dict().items()},
+               directory / HEAD_FILE)
     configs.dump(trained.config, directory / CONFIG_FILE)
     summary = trained.summary
     contributions = layer_contributions(trained.explainer, trained.config.evaluation.min_class_count)
@@ -145,13 +159,14 @@ def save_head(trained: TrainedHead, directory: str | Path) -> Path:
 
 def load_explainer(directory: str | Path, device: str = "auto",
                    overrides: Sequence[str] = ()) -> tuple[Explainer, ExperimentConfig]:
-    """Rebuild a trained explainer from a directory written by ``save_head`` (``overrides`` as ``--set``)."""
+    """Rebuild a trained explainer from a directory written by ``save_head`` (``overrides`` as ``--set``) on
+    ``device`` (``auto``: a CUDA device when there is one, whichever device trained the head)."""
     directory = Path(directory)
     for name in (HEAD_FILE, CONFIG_FILE):
         if not (directory / name).is_file():
             raise UserError(f"{directory} has no {name}; pass a folder written by `python -m pipeline.train`")
     config = configs.load(directory / CONFIG_FILE, overrides)
-    models = load_models(config.model, resolve_device(device if device != "auto" else config.train.device))
+    models = load_models(config.model, resolve_device(device, "--device"))
     explainer = build_explainer(models, config.model, config.train.seed)
     state = torch.load(directory / HEAD_FILE, map_location=models.device, weights_only=True)
     try:

@@ -185,12 +185,14 @@ def test_small_holes_anywhere_match_exact_solve() -> None:
         assert (imputed.double() - exact_impute(image, mask)).abs().max() <= 1e-3
 
 
-def test_chunks_take_a_share_of_free_cuda_memory_and_never_less_than_on_the_cpu(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    cuda = torch.device("cuda")
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (64 * 2**30, 80 * 2**30))
-    assert imputation._chunk_budget(cuda, torch.float32) == 64 * 2**30 // 4 // (16 * 4)
-    assert imputation._chunk_budget(cuda, torch.float64) == 64 * 2**30 // 4 // (16 * 8)
+def test_chunks_on_a_gpu_have_one_size_unless_free_memory_is_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda, full = torch.device("cuda"), imputation._ACCELERATOR_CHUNK_VALUES
+    for free_gib in (80, 20):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free_gib * 2**30, 80 * 2**30))
+        assert imputation._chunk_budget(cuda, torch.float32) == full
+    assert imputation._chunk_budget(cuda, torch.float64) == 20 * 2**30 // 2 // (16 * 8)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * 2**30, 80 * 2**30))
+    assert imputation._chunk_budget(cuda, torch.float32) == 2 * 2**30 // 2 // (16 * 4)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**20, 80 * 2**30))
     assert imputation._chunk_budget(cuda, torch.float32) == imputation._CHUNK_VALUES
     assert imputation._chunk_budget(torch.device("cpu"), torch.float32) == imputation._CHUNK_VALUES

@@ -13,7 +13,7 @@ import yaml
 from pipeline import cli, config as configs
 from pipeline.errors import UserError
 from pipeline.models.classifiers import load_classifier
-from pipeline.train import main as train_main
+from pipeline.train import load_explainer, main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,6 +65,23 @@ def test_train_writes_a_weights_only_head_and_a_config_that_reproduces_it(tmp_pa
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not any("classifier" in k or "auxiliary" in k for k in first)
+
+
+def test_a_head_trained_on_another_device_loads_on_the_best_one_here(tmp_path, image_folder, capsys):
+    code, _ = exit_with(["--experiment", str(toy_experiment(tmp_path, image_folder)), "--out", str(tmp_path / "a"),
+                         "--no-progress"], capsys)
+    assert code == 0
+    config = tmp_path / "a" / "config.yaml"
+    config.write_text(config.read_text().replace("device: auto", "device: cuda"))  # as if trained on a GPU host
+    assert configs.load(config).train.device == "cuda"
+    explainer, _ = load_explainer(tmp_path / "a")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert {p.device.type for p in explainer.head.parameters()} == {expected}
+    with pytest.raises(UserError, match=r"--device 'gpu' is not a device; use cpu, cuda, cuda:N or auto"):
+        load_explainer(tmp_path / "a", "gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"--device 'cuda': no CUDA device is available here; use cpu or auto"):
+            load_explainer(tmp_path / "a", "cuda")
 
 
 @pytest.mark.parametrize("override, expected", [
