@@ -76,6 +76,27 @@ def slot_size(nodes: Sequence[Mapping[str, float]], parallel: int, gpus_per_tria
     return SlotSize(0.0, cpus, max(1, math.floor(cpus)))
 
 
+def slots_at_once(nodes: Sequence[Mapping[str, float]], size: SlotSize) -> int:
+    """How many slots of ``size`` the nodes hold at the same time (each node fills whole slots)."""
+    def fitting(node: Mapping[str, float]) -> int:
+        by_cpu = math.floor(node.get("CPU", 0) / size.cpus + 1e-9) if size.cpus else math.inf
+        by_gpu = math.floor(node.get("GPU", 0) / size.gpus + 1e-9) if size.gpus else math.inf
+        return min(by_cpu, by_gpu)
+
+    return sum(fitting(node) for node in nodes)
+
+
+def crowding_note(nodes: Sequence[Mapping[str, float]], parallel: int, size: SlotSize) -> str | None:
+    """A line saying that fewer than ``parallel`` GPU slots fit at once, and how to pack more; None if all fit."""
+    fit = slots_at_once(nodes, size)
+    if not size.gpus or fit >= parallel:
+        return None
+    gpus = sum(node.get("GPU", 0) for node in nodes)
+    return (f"note: --parallel {parallel} with {size.gpus:g} GPU per trial: the cluster's {gpus:g} GPU(s) run "
+            f"{fit} trial(s) at a time, the other workers wait; --gpus-per-trial {gpus / parallel:g} shares the "
+            "GPUs between all of them (if the models fit in memory)")
+
+
 def check_reachable(address: str) -> None:
     """Fail fast on an address nobody answers at (Ray itself retries for minutes)."""
     if address == "auto":
@@ -176,6 +197,8 @@ class RayPool:
         self._running: dict[Any, _Slot] = {}
         print(f"Ray: {parallel} workers of {self.size} each, on {len(nodes)} node{'s' * (len(nodes) > 1)}; "
               "each loads the models and data once", flush=True)
+        if note := crowding_note(nodes, parallel, self.size):
+            print(note, flush=True)
 
     def _start(self, number: int) -> _Slot:
         actor = self._actor_class.remote(*self._arguments)

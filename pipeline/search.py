@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 import yaml
 
 from pipeline import cli, config as configs
@@ -181,6 +182,8 @@ class Search:
             return InProcessPool(TrialWorker(self.bench, self.val_set, self.trainer, self.options.progress))
         from pipeline.parallel import RayPool
 
+        if torch.cuda.is_available():  # hand the GPU memory cached by the reference maps' ROAD to the workers
+            torch.cuda.empty_cache()
         uri = self.tracker.tracking_uri
         return RayPool(self.options.base, self.trainer, self.options.parallel, self.options.gpus_per_trial,
                        self.options.ray_address, tracking_uri=uri if is_tracking_server(uri) else None)

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.errors import UserError
 from pipeline.locking import search_lock
-from pipeline.parallel import RayPool, SlotSize, slot_size
+from pipeline.parallel import RayPool, SlotSize, crowding_note, slot_size, slots_at_once
 from pipeline.search import DEFAULT_SPACE, Search, main
 from pipeline.search_space import load_search_space
 from pipeline.study import INTERRUPTED, AwaitingData, Study
@@ -251,6 +251,20 @@ def test_two_searches_at_once_log_every_run_and_artifact_to_one_tracking_server(
 ])
 def test_slot_size(nodes, parallel, gpus, expected):
     assert slot_size(nodes, parallel, gpus) == expected
+
+
+def test_more_gpu_workers_than_fit_at_once_are_noted_with_the_share_that_fits():
+    one_gpu = [{"CPU": 16, "GPU": 1}]
+    note = crowding_note(one_gpu, 2, slot_size(one_gpu, 2, None))
+    assert note == ("note: --parallel 2 with 1 GPU per trial: the cluster's 1 GPU(s) run 1 trial(s) at a time, the "
+                    "other workers wait; --gpus-per-trial 0.5 shares the GPUs between all of them (if the models "
+                    "fit in memory)")
+    assert crowding_note(one_gpu, 2, slot_size(one_gpu, 2, 0.5)) is None
+    two_nodes = [{"CPU": 32, "GPU": 4}, {"CPU": 8, "GPU": 2}]
+    assert slots_at_once(two_nodes, slot_size(two_nodes, 3, 2)) == 3
+    assert crowding_note(two_nodes, 3, slot_size(two_nodes, 3, 2)) is None
+    assert "run 3 trial(s) at a time" in crowding_note(two_nodes, 4, slot_size(two_nodes, 4, 2))
+    assert crowding_note([{"CPU": 2}], 3, slot_size([{"CPU": 2}], 3, None)) is None  # CPU slots share cores
 
 
 def test_gpus_that_no_node_has_are_refused_instead_of_waiting_forever():
