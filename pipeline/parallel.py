@@ -88,8 +88,10 @@ def slots_at_once(nodes: Sequence[Mapping[str, float]], size: SlotSize) -> int:
 
 def crowding_note(nodes: Sequence[Mapping[str, float]], parallel: int, size: SlotSize) -> str | None:
     """A line saying that fewer than ``parallel`` GPU slots fit at once, and how to pack more; None if all fit."""
+    if not size.gpus:
+        return None
     fit = slots_at_once(nodes, size)
-    if not size.gpus or fit >= parallel:
+    if fit >= parallel:
         return None
     gpus = sum(node.get("GPU", 0) for node in nodes)
     return (f"note: --parallel {parallel} with {size.gpus:g} GPU per trial: the cluster's {gpus:g} GPU(s) run "
