@@ -17,6 +17,10 @@ import yaml
 from pipeline.errors import UserError
 from pipeline.models.coverage import DEFAULT_MIN_COUNT
 
+# The authors' code's defaults for its variation term (configs/model/loss/classic.yaml).
+REFERENCE_BORDER_PENALTY = 0.3
+REFERENCE_VARIATION_POWER = 2.0
+
 
 @dataclass
 class ModelConfig:
@@ -52,17 +56,38 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """Paper eq. 4: ``λ1·CE + λ2·area + λ3·variation`` with ``λ3 = 1 − λ1 − λ2``."""
+    """Paper eq. 4: ``λ1·CE + λ2·area + λ3·variation`` with ``λ3 = 1 − λ1 − λ2``.
+
+    ``lambda3`` left empty is the paper's ``1 − λ1 − λ2``; a number is a free weight (the authors' published
+    runs do not always sum to 1). ``variation`` is the smoothness term's form: ``paper`` (eq. 3, a per-element
+    mean) or ``reference`` (the authors' code: a sum over maps and pixels of ``|difference|^variation_power``
+    plus ``border_penalty`` times the edge values, over ``variation_power × batch``). ``class_subset`` is S:
+    ``paper`` (the batch's distinct predictions topped up with random classes to ``lambda_rand``) or
+    ``reference`` (the batch's predictions, duplicates included, as the authors' code).
+    """
 
     lambda1: float = 0.5
     lambda2: float = 0.4
+    lambda3: float | None = None
     lambda_area: float = 1.0
     lambda_rand: int | None = None
     area_epsilon: float = 0.0005
+    variation: Literal["paper", "reference"] = "paper"
+    border_penalty: float = REFERENCE_BORDER_PENALTY
+    variation_power: float = REFERENCE_VARIATION_POWER
+    class_subset: Literal["paper", "reference"] = "paper"
 
     @property
-    def lambda3(self) -> float:
-        return 1.0 - self.lambda1 - self.lambda2
+    def variation_weight(self) -> float:
+        """λ3: the given ``lambda3``, else ``1 − λ1 − λ2``."""
+        return 1.0 - self.lambda1 - self.lambda2 if self.lambda3 is None else self.lambda3
+
+    def describe(self) -> str:
+        """The loss form in one line, e.g. ``variation=reference (border 0.3, power 2), S=paper``."""
+        form = f"variation={self.variation}"
+        if self.variation == "reference":
+            form += f" (border {self.border_penalty:g}, power {self.variation_power:g})"
+        return f"{form}, S={self.class_subset}"
 
 
 @dataclass
@@ -173,15 +198,21 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         value = getattr(loss, name)
         if not 0.0 <= value <= 1.0:
             raise UserError(f"loss.{name} = {value} is outside [0, 1]; choose a value in [0, 1]")
-    if loss.lambda1 + loss.lambda2 > 1.0 + 1e-6:  # tolerate optimiser round-off
+    if loss.lambda3 is None and loss.lambda1 + loss.lambda2 > 1.0 + 1e-6:  # tolerate optimiser round-off
         raise UserError(
             f"loss.lambda1 + loss.lambda2 = {loss.lambda1 + loss.lambda2:g} > 1, so "
-            "lambda3 = 1 - lambda1 - lambda2 would be negative; lower one of them"
+            "lambda3 = 1 - lambda1 - lambda2 would be negative; lower one of them (or give loss.lambda3)"
         )
+    if loss.lambda3 is not None and loss.lambda3 < 0:
+        raise UserError(f"loss.lambda3 = {loss.lambda3} must be >= 0 (or null for 1 - lambda1 - lambda2)")
+    _validate_variation(loss)
     if loss.lambda_area <= 0:
         raise UserError(f"loss.lambda_area = {loss.lambda_area} must be positive (paper: 0.5, 1 or 2)")
     if loss.lambda_rand is not None and loss.lambda_rand < 1:
         raise UserError(f"loss.lambda_rand = {loss.lambda_rand} must be >= 1 (or null for the batch size)")
+    if loss.lambda_rand is not None and loss.class_subset == "reference":
+        raise UserError(f"loss.lambda_rand = {loss.lambda_rand} has no effect with loss.class_subset = 'reference' "
+                        "(S is the batch's predictions); drop it or use loss.class_subset = 'paper'")
     for key, value in (("train.batch_size", config.train.batch_size), ("train.epochs", config.train.epochs),
                        ("evaluation.batch_size", config.evaluation.batch_size),
                        ("evaluation.min_class_count", config.evaluation.min_class_count)):
@@ -201,6 +232,20 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             "set it with --set data.root=/path/to/images or use data.dataset=demo"
         )
     return config
+
+
+def _validate_variation(loss: LossConfig) -> None:
+    """The border penalty and power belong to the reference form; the paper's eq. 3 has neither."""
+    if loss.variation_power <= 0:
+        raise UserError(f"loss.variation_power = {loss.variation_power} must be positive (the authors' code: 2)")
+    if loss.border_penalty < 0:
+        raise UserError(f"loss.border_penalty = {loss.border_penalty} must be >= 0 (the authors' code: 0.3)")
+    if loss.variation == "paper":
+        for key, value, default in (("border_penalty", loss.border_penalty, REFERENCE_BORDER_PENALTY),
+                                    ("variation_power", loss.variation_power, REFERENCE_VARIATION_POWER)):
+            if value != default:
+                raise UserError(f"loss.{key} = {value:g} only acts with loss.variation = 'reference' (the paper's "
+                                f"eq. 3 has no such term); set loss.variation=reference or drop loss.{key}")
 
 
 def from_dict(values: Mapping[str, Any]) -> ExperimentConfig:

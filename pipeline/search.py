@@ -81,6 +81,22 @@ def trial_config(base: dict[str, Any], space: SearchSpace, parameters: dict[str,
     return configs.from_dict(configs.apply_overrides(base, space.overrides(parameters)))
 
 
+def check_space_fits(base: dict[str, Any], space: SearchSpace) -> None:
+    """Fail before any training if a value the space can choose makes an invalid config with ``base``.
+
+    Each choice value is tried with the range parameters at their lower bounds, e.g. a border penalty
+    searched while the base config's loss form has no border term."""
+    lowest = {parameter.name: parameter.bounds[0] if parameter.type == "range" else parameter.values[0]
+              for parameter in space.parameters}
+    for parameter in space.parameters:
+        for value in parameter.values:
+            try:
+                trial_config(base, space, lowest | {parameter.name: value})
+            except UserError as error:
+                raise UserError(f"search space {space.name!r} sets {parameter.key} = {value!r}, which the "
+                                f"experiment config does not accept: {error}") from None
+
+
 @dataclass
 class SearchState:
     """What the search keeps besides Ax's snapshot: the MLflow parent run and the final head's status."""
@@ -139,11 +155,15 @@ class Search:
             maps = reference_maps(kind, len(self.val_set), size, evaluation.seed)
             scores[label] = evaluate_maps(classifier, self.val_set, maps, evaluation).road.metrics()
         self.state.set(**{REFERENCES: scores})
-        thresholds = objective_thresholds(scores, self.options.space.objective_signs)
         self.tracker.log_search_metrics({f"{kind}_maps_{name}": value for kind, label in REFERENCE_MAPS.items()
                                          for name, value in scores[label].items()}
-                                        | {f"threshold_{name}": value for name, value in thresholds.items()}, step=0)
+                                        | {f"threshold_{name}": value
+                                           for name, value in self._thresholds(scores).items()}, step=0)
         return scores
+
+    def _thresholds(self, references: dict[str, dict[str, float]]) -> dict[str, float]:
+        """The search space's fixed objective thresholds, else the worst trivial map's score per objective."""
+        return self.options.space.thresholds or objective_thresholds(references, self.options.space.objective_signs)
 
     def _parent_params(self) -> dict[str, Any]:
         base = self.base_config
@@ -169,8 +189,9 @@ class Search:
         self.state.set(parent_run_id=run_id)
         self.tracker.log_search_artifact(self.options.space_path, "search_space")
         self.references = self._reference_scores()
-        thresholds = objective_thresholds(self.references, self.options.space.objective_signs)
-        print("objective thresholds from trivial maps on the validation split: "
+        thresholds = self._thresholds(self.references)
+        source = "the search space" if self.options.space.thresholds else "trivial maps on the validation split"
+        print(f"objective thresholds from {source}: "
               + ", ".join(f"{name} {'>=' if sign > 0 else '<='} {thresholds[name]:.4f}"
                           for name, sign in self.options.space.objective_signs.items() if name in thresholds))
         cli.quiet_ax()
@@ -199,7 +220,7 @@ class Search:
             started = time.perf_counter()
             try:
                 config = trial_config(self.options.base, self.options.space, parameters)
-                run = self.tracker.start_trial(index, parameters | {"lambda3": config.loss.lambda3,
+                run = self.tracker.start_trial(index, parameters | {"lambda3": config.loss.variation_weight,
                                                                     "config": configs.to_dict(config)})
             except Exception as error:  # a failing trial must not end the search
                 self._settle(Finished(index, failure=failure_reason(error)), None, started)
@@ -300,7 +321,7 @@ class Search:
         config = trial_config(self.options.base, self.options.space, chosen.parameters)
         print(f"final head: trial {chosen.index} ({', '.join(f'{k}={v:.4g}' for k, v in chosen.parameters.items())})")
         final = self.options.directory / "final"
-        run = self.tracker.start_final({"trial": chosen.index, "lambda3": config.loss.lambda3}
+        run = self.tracker.start_final({"trial": chosen.index, "lambda3": config.loss.variation_weight}
                                        | chosen.parameters | {"config": configs.to_dict(config)},
                                        system_metrics_interval_s=10.0 if self.options.system_metrics else 0)
         with run:
@@ -439,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     base = base_experiment(args)
     space = load_search_space(args.space)
+    check_space_fits(base, space)
     name = args.name or search_name(configs.from_dict(base), space)
     options = SearchOptions(name=name, trials=args.trials, base=base, space=space, space_path=args.space,
                             seed=space.seed if args.seed is None else args.seed,

@@ -29,7 +29,7 @@ Direction = Literal["minimize", "maximize"]
 Method = Literal["fast", "quality", "random_search"]
 ValueType = Literal["float", "int", "str", "bool"]
 
-_TOP_KEYS = ("name", "seed", "parameters", "constraints", "objectives", "initialization_trials", "method")
+_TOP_KEYS = ("name", "seed", "parameters", "constraints", "objectives", "thresholds", "initialization_trials", "method")
 _RANGE_KEYS = ("key", "type", "bounds", "scale", "value_type")
 _CHOICE_KEYS = ("key", "type", "values", "ordered")
 _METHODS = typing.get_args(Method)
@@ -115,6 +115,7 @@ class SearchSpace:
     objectives: dict[str, Direction]
     initialization_trials: int = 5
     method: Method = "fast"
+    thresholds: dict[str, float] | None = None  # fixed objective thresholds; None: from trivial maps
 
     @property
     def parameter_names(self) -> list[str]:
@@ -397,6 +398,17 @@ def _objectives(reader: _Reader, raw: Any) -> dict[str, Direction]:
     return objectives
 
 
+def _thresholds(reader: _Reader, raw: Any, objectives: Mapping[str, Direction]) -> dict[str, float] | None:
+    """Fixed objective thresholds (Ax's reference point), one per objective, or None."""
+    if raw is None:
+        return None
+    values = {name: reader.number(value, f"thresholds.{name}") for name, value in reader.mapping(raw, "thresholds").items()}
+    if set(values) != set(objectives):
+        raise reader.fail("thresholds", f"give one threshold per objective ({', '.join(objectives)}), "
+                                        f"got {', '.join(values)}")
+    return values
+
+
 def load_search_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file (see ``search_spaces/ptame.yaml``)."""
     path = Path(path)
@@ -415,12 +427,14 @@ def load_search_space(path: str | Path) -> SearchSpace:
         _parse_constraint(reader, text, f"constraints[{index}]", by_name) for index, text in enumerate(raw_constraints)
     ]
     _check_feasible(reader, by_name, constraints)
+    objectives = _objectives(reader, raw.get("objectives"))
     return SearchSpace(
         name=name,
         seed=reader.integer(raw.get("seed", 0), "seed", minimum=0),
         parameters=parameters,
         constraints=tuple(constraints),
-        objectives=_objectives(reader, raw.get("objectives")),
+        objectives=objectives,
+        thresholds=_thresholds(reader, raw.get("thresholds"), objectives),
         initialization_trials=reader.integer(raw.get("initialization_trials", 5), "initialization_trials", minimum=1),
         method=reader.one_of(raw.get("method", "fast"), _METHODS, "method"),
     )

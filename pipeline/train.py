@@ -199,8 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = configs.load(args.experiment, args.overrides)
     out = args.out or Path("runs") / config.name
     print(f"training a P-TAME head: backbone {config.model.backbone}, auxiliary {config.model.auxiliary}, "
-          f"λ1={config.loss.lambda1:g} λ2={config.loss.lambda2:g} λ3={config.loss.lambda3:g} "
-          f"λ_area={config.loss.lambda_area:g}")
+          f"λ1={config.loss.lambda1:g} λ2={config.loss.lambda2:g} λ3={config.loss.variation_weight:g} "
+          f"λ_area={config.loss.lambda_area:g}, {config.loss.describe()}")
     trained = train_head(config, progress=not args.no_progress)
     save_head(trained, out)
     summary = trained.summary

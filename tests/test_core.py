@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pipeline.config import LossConfig, ModelConfig, TrainConfig
 from pipeline.models.auxiliary import LAYER_PRESETS, backbone_features, load_auxiliary, tokens_to_grid
 from pipeline.models.coverage import ClassCoverage
-from pipeline.models.head import AttentionHead, activate, minmax
+from pipeline.models.head import AttentionHead, activate, minmax, upsample
 from pipeline.training.loop import train, training_step
 from pipeline.training.loss import area_loss, class_subset, ptame_loss, variation_loss
 from pipeline.training.masking import mask_images
@@ -59,8 +59,7 @@ def test_selected_class_head_equals_upsample_concat_fuse(toy):
     head = AttentionHead(toy.channels, toy.num_classes).eval()
     features = toy.auxiliary(torch.rand(3, 3, 32, 32))
     size = features[0].shape[-2:]
-    upsampled = [F.interpolate(branch(f), size=size, mode="bilinear", align_corners=False)
-                 for branch, f in zip(head.branches, features)]
+    upsampled = [upsample(branch(f), size) for branch, f in zip(head.branches, features)]
     naive = head.fuse(torch.cat(upsampled, dim=1))
     classes = torch.tensor([4, 1, 9])
     assert torch.allclose(head(features), naive, atol=1e-5)
@@ -101,7 +100,7 @@ def test_loss_terms_match_hand_computed_values():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     targets = torch.tensor([0, 0])
     ce = -(torch.log_softmax(logits, 1)[0, 0] + torch.log_softmax(logits, 1)[1, 0]) / 2
-    terms = ptame_loss(logits, targets, maps, lambda1=0.2, lambda2=0.5, lambda_area=2.0, epsilon=0.0)
+    terms = ptame_loss(logits, targets, maps, LossConfig(lambda1=0.2, lambda2=0.5, lambda_area=2.0, area_epsilon=0.0))
     assert terms.cross_entropy.item() == pytest.approx(ce.item())
     expected = 0.2 * ce.item() + 0.5 * 0.375 + 0.3 * 0.375
     assert terms.total.item() == pytest.approx(expected)

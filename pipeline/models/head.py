@@ -2,7 +2,8 @@
 
 The fusion conv and bilinear upsampling are both linear, so the head fuses each branch at its own
 resolution for only the requested classes and upsamples those few maps, instead of upsampling every
-channel and computing all classes. The result equals the textbook order (upsample, concat, fuse).
+channel and computing all classes. The result equals the authors' order (upsample each branch by ×2
+steps, concat, fuse) to float round-off.
 """
 
 from __future__ import annotations
@@ -83,10 +84,27 @@ class AttentionHead(nn.Module):
                 fused = torch.einsum("bchw,bc->bhw", hidden, block).unsqueeze(1)
             else:
                 fused = F.conv2d(hidden, block[:, :, None, None])
-            if fused.shape[-2:] != size:
-                fused = F.interpolate(fused, size=size, mode="bilinear", align_corners=False)
+            fused = upsample(fused, size)
             maps = fused if maps is None else maps + fused
         return maps
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of ``maps`` [..., h, w] to ``size`` as the authors' head does it.
+
+    Where ``size`` is ``(h, w)`` times a power of two, repeated ×2 steps (``nn.Upsample(scale_factor=2)``
+    in the reference code; two ×2 steps are not one ×4 step), otherwise one interpolation.
+    """
+    size = (int(size[0]), int(size[1]))
+    height, width = maps.shape[-2:]
+    if (height, width) == size:
+        return maps
+    ratio = size[0] // height
+    if size == (height * ratio, width * ratio) and ratio & (ratio - 1) == 0:
+        while maps.shape[-2] < size[0]:
+            maps = F.interpolate(maps, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from pipeline.models.explainer import Explainer
 from pipeline.models.head import activate
 from pipeline.training.clean_targets import CleanTargets
 from pipeline.training.compiled import CompiledNetwork, compile_enabled
-from pipeline.training.loss import LossTerms, class_subset, ptame_loss
+from pipeline.training.loss import LossTerms, class_subset, ptame_loss, reference_class_subset
 from pipeline.training.masking import mask_images
 from pipeline.training.progress import Progress
 
@@ -54,15 +54,17 @@ def training_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
     with torch.no_grad():
         targets = predict(images) if predict else classify(images).argmax(1)
         features = explainer.auxiliary(images)
-    subset_size = loss.lambda_rand or images.shape[0]
-    classes, position = class_subset(targets, subset_size, explainer.head.num_classes, generator)
+    if loss.class_subset == "reference":
+        classes, position = reference_class_subset(targets)
+    else:
+        classes, position = class_subset(targets, loss.lambda_rand or images.shape[0], explainer.head.num_classes,
+                                         generator)
     explainer.head.record(targets, classes)
     subset_maps = activate(explainer.head(features, classes), training=True)
     own_maps = subset_maps[torch.arange(images.shape[0], device=images.device), position]
     masked = mask_images(images, own_maps, explainer.classifier.mean, explainer.masking)
     masked_logits = classify(masked)
-    return ptame_loss(masked_logits, targets, subset_maps, loss.lambda1, loss.lambda2,
-                      loss.lambda_area, loss.area_epsilon)
+    return ptame_loss(masked_logits, targets, subset_maps, loss)
 
 
 def _check(terms: LossTerms, step: int, limit: float) -> None:

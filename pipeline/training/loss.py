@@ -1,4 +1,4 @@
-"""The P-TAME loss (paper eq. 4) and the class subset S it is computed on."""
+"""The P-TAME loss (paper eq. 4, or the authors' code's form) and the class subset S it is computed on."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from pipeline.config import LossConfig
 
 
 @dataclass
@@ -40,6 +42,11 @@ def class_subset(targets: torch.Tensor, size: int, num_classes: int,
     return predicted, position
 
 
+def reference_class_subset(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """S as the authors' code takes it: the batch's predictions, duplicates included (K = B)."""
+    return targets, torch.arange(targets.numel(), device=targets.device)
+
+
 def area_loss(maps: torch.Tensor, power: float, epsilon: float = 0.0005) -> torch.Tensor:
     """``mean((E_S + ε)^λ_area)`` over every element of the maps."""
     return (maps + epsilon).pow(power).mean()
@@ -52,11 +59,31 @@ def variation_loss(maps: torch.Tensor) -> torch.Tensor:
     return (down + right) / maps.numel()
 
 
+def reference_variation_loss(maps: torch.Tensor, border_penalty: float, power: float) -> torch.Tensor:
+    """The authors' code: ``(Σ|Δy|^p + Σ|Δx|^p + b·Σ edges^p) / (p·B)`` over maps ``[B, K, h, w]``.
+
+    A sum over every map and pixel divided by ``p`` times the batch size, about ``K·h·w/2`` times eq. 3;
+    the border term sums the first and last rows and columns (corners twice), as that code does.
+    """
+    down = (maps[..., 1:, :] - maps[..., :-1, :]).abs().pow(power).sum()
+    right = (maps[..., :, 1:] - maps[..., :, :-1]).abs().pow(power).sum()
+    total = down + right
+    if border_penalty > 0:
+        edges = (maps[..., -1, :].pow(power) + maps[..., 0, :].pow(power)
+                 + maps[..., :, -1].pow(power) + maps[..., :, 0].pow(power))
+        total = total + border_penalty * edges.sum()
+    return total / (power * maps.shape[0])
+
+
 def ptame_loss(masked_logits: torch.Tensor, targets: torch.Tensor, subset_maps: torch.Tensor,
-               lambda1: float, lambda2: float, lambda_area: float, epsilon: float = 0.0005) -> LossTerms:
-    """``λ1·CE(masked, c*) + λ2·area(E_S) + λ3·variation(E_S)`` with ``λ3 = 1 − λ1 − λ2``."""
+               loss: LossConfig) -> LossTerms:
+    """``λ1·CE(masked, c*) + λ2·area(E_S) + λ3·variation(E_S)``, the variation term in ``loss.variation``'s form."""
+    maps = subset_maps.float()
     cross_entropy = F.cross_entropy(masked_logits.float(), targets)
-    area = area_loss(subset_maps.float(), lambda_area, epsilon)
-    variation = variation_loss(subset_maps.float())
-    total = lambda1 * cross_entropy + lambda2 * area + (1.0 - lambda1 - lambda2) * variation
+    area = area_loss(maps, loss.lambda_area, loss.area_epsilon)
+    if loss.variation == "reference":
+        variation = reference_variation_loss(maps, loss.border_penalty, loss.variation_power)
+    else:
+        variation = variation_loss(maps)
+    total = loss.lambda1 * cross_entropy + loss.lambda2 * area + loss.variation_weight * variation
     return LossTerms(total, cross_entropy, area, variation)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import LossConfig, ModelConfig
-from pipeline.models.head import AttentionHead
+from pipeline.models.head import AttentionHead, upsample
 from pipeline.train import build_explainer, load_models
 from pipeline.training.loop import training_step
 from pipeline.training.loss import ptame_loss
@@ -44,12 +44,11 @@ def naive_step(explainer, images: torch.Tensor, loss: LossConfig) -> None:
         targets = explainer.classifier(images).argmax(1)
         features = explainer.auxiliary(images)
     size = features[0].shape[-2:]
-    hidden = torch.cat([F.interpolate(b(f), size=size, mode="bilinear", align_corners=False)
-                        for b, f in zip(head.branches, features)], dim=1)
+    hidden = torch.cat([upsample(b(f), size) for b, f in zip(head.branches, features)], dim=1)
     maps = torch.sigmoid(head.fuse(hidden))
     own = maps[torch.arange(images.shape[0]), targets]
     masked_logits = explainer.classifier(mask_images(images, own, explainer.classifier.mean))
-    terms = ptame_loss(masked_logits, targets, maps[:, targets], loss.lambda1, loss.lambda2, loss.lambda_area)
+    terms = ptame_loss(masked_logits, targets, maps[:, targets], loss)
     terms.total.backward()
 
 
