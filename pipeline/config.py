@@ -40,6 +40,7 @@ class DataConfig:
 
     ``decode`` chooses where training views of image files are decoded and augmented: ``cpu`` (PIL in the
     loader workers), ``gpu`` (workers read bytes, the GPU decodes), ``auto`` (the GPU when training on CUDA).
+    ``index_lists`` picks ImageNet's 2000-image validation and test lists: this project's or the authors'.
     """
 
     dataset: Literal["demo", "imagenet", "folder"] = "demo"
@@ -52,6 +53,7 @@ class DataConfig:
     num_workers: int = 0
     seed: int = 0
     decode: Literal["auto", "cpu", "gpu"] = "auto"
+    index_lists: Literal["project", "reference"] = "project"
 
 
 @dataclass

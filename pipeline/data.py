@@ -150,9 +150,11 @@ class DemoViews(Dataset):
             return self.crop(photo), label
 
 
-def imagenet_index_list(split: str) -> list[int]:
-    """The repository's fixed, disjoint 2000-image lists over ImageNet's validation split."""
-    return [int(line) for line in (DATALISTS / f"imagenet_{split}.txt").read_text().split()]
+def imagenet_index_list(split: str, lists: str = "project") -> list[int]:
+    """Fixed, disjoint 2000-image lists over ImageNet's validation split: this project's (``imagenet_*.txt``)
+    or the authors' (``reference_*.txt``, their ``datalists/{val,test}_set.pt``)."""
+    prefix = "imagenet" if lists == "project" else "reference"
+    return [int(line) for line in (DATALISTS / f"{prefix}_{split}.txt").read_text().split()]
 
 
 def _limit(dataset: Dataset, limit: int | None) -> Dataset:
@@ -220,7 +222,8 @@ def build_splits(config: DataConfig, size: int) -> Splits:
             if len(evaluation) != IMAGENET_VAL_SIZE:
                 raise UserError(f"{val_root} holds {len(evaluation)} images, ImageNet's val split has 50000; "
                                 "use data.dataset=folder for other image sets")
-            val_indices, test_indices = imagenet_index_list("val"), imagenet_index_list("test")
+            val_indices = imagenet_index_list("val", config.index_lists)
+            test_indices = imagenet_index_list("test", config.index_lists)
         elif train_root.is_dir() and val_root.is_dir():
             train = image_folder(train_root, train_transform(size))
             evaluation = image_folder(val_root, eval_transform(size))

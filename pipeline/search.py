@@ -221,6 +221,7 @@ class Search:
             try:
                 config = trial_config(self.options.base, self.options.space, parameters)
                 run = self.tracker.start_trial(index, parameters | {"lambda3": config.loss.variation_weight,
+                                                                    "loss_form": config.loss.describe(),
                                                                     "config": configs.to_dict(config)})
             except Exception as error:  # a failing trial must not end the search
                 self._settle(Finished(index, failure=failure_reason(error)), None, started)
@@ -321,7 +322,8 @@ class Search:
         config = trial_config(self.options.base, self.options.space, chosen.parameters)
         print(f"final head: trial {chosen.index} ({', '.join(f'{k}={v:.4g}' for k, v in chosen.parameters.items())})")
         final = self.options.directory / "final"
-        run = self.tracker.start_final({"trial": chosen.index, "lambda3": config.loss.variation_weight}
+        run = self.tracker.start_final({"trial": chosen.index, "lambda3": config.loss.variation_weight,
+                                        "loss_form": config.loss.describe()}
                                        | chosen.parameters | {"config": configs.to_dict(config)},
                                        system_metrics_interval_s=10.0 if self.options.system_metrics else 0)
         with run:

@@ -11,6 +11,7 @@ from torch import nn
 
 from pipeline import config as configs
 from pipeline.config import LossConfig
+from pipeline.data import imagenet_index_list
 from pipeline.errors import UserError
 from pipeline.models.head import AttentionHead, upsample
 from pipeline.search import check_space_fits
@@ -143,7 +144,14 @@ def test_every_published_run_loads_with_the_authors_loss_and_protocol(path):
     assert config.loss.variation == "reference" and config.loss.class_subset == "reference"
     assert config.evaluation.imputer == "telea" and config.evaluation.percentages == [10, 30, 50, 70]
     assert config.train.batch_size == 32 and config.train.epochs == 1 and config.train.seed == 12345
-    assert config.loss.lambda3 is not None
+    assert config.loss.lambda3 is not None and config.data.index_lists == "reference"
+
+
+def test_the_authors_evaluation_lists_are_disjoint_2000_image_samples_of_imagenet_val():
+    val, test = imagenet_index_list("val", "reference"), imagenet_index_list("test", "reference")
+    assert len(set(val)) == len(set(test)) == 2000 and not set(val) & set(test)
+    assert val[:4] == [16635, 986, 47774, 42776] and 0 <= min(val + test) and max(val + test) < 50_000
+    assert val != imagenet_index_list("val")
 
 
 def test_the_authors_sweep_loads_and_fits_the_reference_loss_form():
