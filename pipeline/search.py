@@ -85,7 +85,13 @@ def check_space_fits(base: dict[str, Any], space: SearchSpace) -> None:
     """Fail before any training if a value the space can choose makes an invalid config with ``base``.
 
     Each choice value is tried with the range parameters at their lower bounds, e.g. a border penalty
-    searched while the base config's loss form has no border term."""
+    searched while the base config's loss form has no border term. A space that searches λ1 or λ2 derives
+    λ3 = 1 − λ1 − λ2, so a base config that fixes ``loss.lambda3`` is refused too."""
+    searched = {parameter.key for parameter in space.parameters}
+    fixed = (base.get("loss") or {}).get("lambda3")
+    if fixed is not None and searched & {"loss.lambda1", "loss.lambda2"}:
+        raise UserError(f"search space {space.name!r} searches loss.lambda1/lambda2 (lambda3 = 1 - lambda1 - lambda2) "
+                        f"but the experiment config fixes loss.lambda3 = {fixed}; add --set loss.lambda3=null")
     lowest = {parameter.name: parameter.bounds[0] if parameter.type == "range" else parameter.values[0]
               for parameter in space.parameters}
     for parameter in space.parameters:

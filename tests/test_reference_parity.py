@@ -161,7 +161,10 @@ def test_the_authors_sweep_loads_and_fits_the_reference_loss_form():
                            "border_penalty": 0.3, "lambda_area": 0.5})
     assert not space.contains({"max_lr": 1e-4, "weight_decay": 1e-3, "lambda1": 0.1, "lambda2": 0.7,
                                "border_penalty": 0.3, "lambda_area": 0.5})
-    check_space_fits(configs.read_yaml(PAPER_RUNS[0]), space)
+    paper_run = configs.read_yaml(PAPER_RUNS[0])
+    with pytest.raises(UserError, match="fixes loss.lambda3 = 0.0; add --set loss.lambda3=null"):
+        check_space_fits(paper_run, space)
+    check_space_fits(configs.apply_overrides(paper_run, ["loss.lambda3=null"]), space)
     with pytest.raises(UserError, match="sets loss.border_penalty = 0.0, which the experiment config does not"):
         check_space_fits(configs.read_yaml(ROOT / "experiments" / "demo.yaml"), space)
 
