@@ -32,7 +32,7 @@ def seconds_per_image(impute: Callable, images: torch.Tensor, masks: torch.Tenso
         chunk = slice(start, start + _IMAGES_PER_CHUNK)
         chunk_masks = masks[:, :, chunk]
         repeated = images[chunk].expand(*chunk_masks.shape[:2], *images[chunk].shape)
-        impute(repeated.flatten(0, 1), chunk_masks.flatten(0, 2))
+        impute(repeated.flatten(0, 2), chunk_masks.flatten(0, 2))
     return (time.perf_counter() - started) / masks[..., 0, 0].numel()
 
 
