@@ -3,11 +3,14 @@
     python -m pipeline.compare --head DIR [--head DIR2 ...] (--split val|test | --images PATH...)
         [--methods gradcam,gradcam++,scorecam,ablationcam,rise,random,center] [--limit N] [--out DIR]
         [--target-layer NAME] [--rise-masks N] [--tracking-uri URI] [--search NAME]
+        [--imputer noisy_linear|telea] [--percentages P...]
 
 One row per head and per method: AD/IC at 100/50/15 % kept, ROAD MoRF/LeRF AUC, AG, Insertion and Deletion
 AUC, the map resolution R, forward passes per explanation (counted with hooks), seconds per image and, for
 heads, the coverage (share of images whose explained class the head was trained on). Every row is scored by
-the same functions, on the same images, for the same classes (the backbone's clean predictions).
+the same functions, on the same images, for the same classes (the backbone's clean predictions), and ROAD under
+one protocol: the first head's ``evaluation`` config, or ``--imputer``/``--percentages``; the output says which,
+and says so when the heads' configs name different protocols.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from pipeline.baselines.cam import CAM_METHODS, CamMethod
 from pipeline.baselines.rise import RiseSettings, rise_saliency
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
-from pipeline.evaluate import EvalSet, add_source_arguments, evaluate_maps, head_maps, load_eval_set, reference_maps
+from pipeline.evaluate import (EvalSet, add_road_arguments, add_source_arguments, evaluate_maps, head_maps,
+                               load_eval_set, reference_maps, road_overrides, road_protocol_of)
 from pipeline.metrics.faithfulness import ROWS_PER_STEP, faithfulness
 from pipeline.models.classifiers import Classifier
 from pipeline.models.contributions import LayerContribution, layer_contributions
@@ -222,6 +226,20 @@ def conventions(evalset: EvalSet, rise: RiseSettings, layers: dict[str, str]) ->
     ]
 
 
+def protocol_notes(heads: Sequence[tuple[Path, Explainer, ExperimentConfig]]) -> list[str]:
+    """The ROAD protocol every row is scored under (the first head's), and the heads whose configs name another."""
+    scored = road_protocol_of(heads[0][2].evaluation)
+    others = [f"{directory} ({protocol})" for directory, _, config in heads[1:]
+              if (protocol := road_protocol_of(config.evaluation)) != scored]
+    notes = [f"ROAD protocol of every row: {scored}."]
+    if others:
+        notes.append(f"The heads' configs name different ROAD protocols: {', '.join(others)} differ from the first "
+                     f"head's, {heads[0][0]} ({scored}); every row here is scored under the first head's, so "
+                     "the rows are comparable but some heads' own protocols are not used (choose one with "
+                     "--imputer/--percentages).")
+    return notes
+
+
 def write_outputs(rows: Sequence[Row], contributions: dict[str, list[LayerContribution]], notes: list[str],
                   header: dict[str, Any], out: Path) -> list[Path]:
     """comparison.md, comparison.csv and comparison.json in ``out``."""
@@ -270,11 +288,12 @@ def parse_methods(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def load_heads(directories: Sequence[Path], device: str) -> list[tuple[Path, Explainer, ExperimentConfig]]:
-    """Every head, checked to explain the same backbone (same name and weights)."""
+def load_heads(directories: Sequence[Path], device: str, overrides: Sequence[str] = ()
+               ) -> list[tuple[Path, Explainer, ExperimentConfig]]:
+    """Every head (``overrides`` as ``--set``), checked to explain the same backbone (same name and weights)."""
     if len(set(map(Path.resolve, directories))) < len(directories):
         raise UserError("the same --head folder is given twice; give each head once")
-    heads = [(directory, *load_explainer(directory, device)) for directory in directories]
+    heads = [(directory, *load_explainer(directory, device, overrides)) for directory in directories]
     first_dir, _, first = heads[0]
     for directory, _, config in heads[1:]:
         mine, theirs = (first.model.backbone, first.model.backbone_weights), (config.model.backbone,
@@ -341,6 +360,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="output folder")
     parser.add_argument("--tracking-uri", help="log the comparison to MLflow here")
     parser.add_argument("--search", help="nest the MLflow run under this search's parent run (runs/search/NAME)")
+    add_road_arguments(parser)
     add_device_argument(parser)
     args = parser.parse_args(argv)
     args.methods = parse_methods(args.methods)
@@ -351,8 +371,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    heads = load_heads(args.head, args.device)
+    heads = load_heads(args.head, args.device, road_overrides(args))
     _, first, config = heads[0]
+    road_notes = protocol_notes(heads)
+    print("\n".join(road_notes), flush=True)
     classifier = first.classifier
     rise = RiseSettings(masks=args.rise_masks, batch_size=config.evaluation.batch_size)
     methods = head_methods(heads) + baseline_methods(args.methods, classifier, args.target_layer,
@@ -361,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     layers = {m.name: m.target_layer for m in methods if m.target_layer is not None}
     header = {"backbone": config.model.backbone, "source": args.split or "images", "images": len(evalset),
               "heads": [str(directory) for directory, _, _ in heads], "methods": args.methods,
-              "target_layers": layers, "rise": asdict(rise)}
+              "target_layers": layers, "rise": asdict(rise), "road_protocol": road_protocol_of(config.evaluation)}
     run = start_tracking(args, header)
     with run if run is not None else contextlib.nullcontext():  # a failure marks the MLflow run FAILED
         rows, maps = [], {}
@@ -373,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"scored in {row.details['scoring_seconds']:.1f} s", flush=True)
         contributions = {m.name: layer_contributions(m.explainer, m.config.evaluation.min_class_count)
                          for m in methods if m.explainer is not None}
-        notes = conventions(evalset, rise, layers)
+        notes = conventions(evalset, rise, layers) + road_notes
         header["seconds"] = round(time.perf_counter() - started, 1)
         files = write_outputs(rows, contributions, notes, header, args.out)
         files.append(write_figure(evalset, classifier, maps, rows, methods, args.out / "maps.png"))

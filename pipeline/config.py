@@ -111,9 +111,13 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """ROAD and AD/IC settings, and how many training images make a class's map count as trained."""
+    """ROAD and AD/IC settings, and how many training images make a class's map count as trained.
+
+    ``imputer`` fills ROAD's removed pixels: "noisy_linear" (the ROAD paper's, with Gaussian ``noise``)
+    or "telea" (OpenCV inpainting, the P-TAME paper's Table 1; ``noise`` does not apply)."""
 
     percentages: list[int] = field(default_factory=lambda: [10, 20, 30, 40, 50, 70, 90])
+    imputer: Literal["noisy_linear", "telea"] = "noisy_linear"
     noise: float = 0.01
     batch_size: int = 32
     seed: int = 0

@@ -1,9 +1,12 @@
 """Faithfulness of a trained head: ROAD MoRF/LeRF and AD/IC on a split or on your own images.
 
     python -m pipeline.evaluate --head DIR (--split val|test | --images PATH...) [--limit N]
-                                [--maps head|random|center] [--out FILE.json]
+                                [--maps head|random|center] [--imputer noisy_linear|telea]
+                                [--percentages P...] [--out FILE.json]
 
 ``--maps random|center`` scores trivial reference maps instead of the head, so a score has a yardstick.
+ROAD follows the head's ``evaluation`` config (imputer, percentages) unless ``--imputer``/``--percentages``
+override it; the summary line and the JSON name the protocol used.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pipeline.config import EvalConfig, ExperimentConfig
 from pipeline.data import build_splits, plain_images
 from pipeline.errors import UserError
 from pipeline.metrics.adic import AdIcResult, ad_ic
-from pipeline.metrics.road import RoadResult, road
+from pipeline.metrics.road import IMPUTERS, RoadResult, road, road_protocol
 from pipeline.models.classifiers import Classifier
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
@@ -87,6 +90,29 @@ def load_eval_set(classifier: Classifier, config: ExperimentConfig, args: argpar
     return prepare_eval_set(classifier, dataset, config.evaluation.batch_size, args.limit)
 
 
+def add_road_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--imputer`` and ``--percentages``: the ROAD protocol, overriding the head's ``evaluation`` config."""
+    parser.add_argument("--imputer", choices=IMPUTERS,
+                        help="ROAD imputer: noisy_linear (ROAD paper) or telea (OpenCV inpainting, P-TAME paper's "
+                             "Table 1); default: the head's evaluation.imputer")
+    parser.add_argument("--percentages", type=int, nargs="+", metavar="P",
+                        help="ROAD removal percentages, e.g. 10 30 50 70 (P-TAME paper); "
+                             "default: the head's evaluation.percentages")
+
+
+def road_protocol_of(settings: EvalConfig) -> str:
+    """The ROAD protocol ``settings`` score with, as ``road_protocol`` words it."""
+    return road_protocol(settings.imputer, settings.percentages, settings.noise)
+
+
+def road_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set``-style overrides for the ROAD arguments that were given."""
+    overrides = [] if args.imputer is None else [f"evaluation.imputer={args.imputer}"]
+    if args.percentages is not None:
+        overrides.append(f"evaluation.percentages=[{', '.join(map(str, args.percentages))}]")
+    return overrides
+
+
 def reference_maps(kind: MapKind, count: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     """Trivial maps: independent uniform noise per pixel, or a centred Gaussian blob."""
     if kind == "random":
@@ -141,7 +167,7 @@ def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: torch.Tensor, 
     generator = torch.Generator(device=evalset.images.device).manual_seed(settings.seed)
     with Progress(len(evalset), "ROAD", "images", enabled=progress) as bar:
         road_result = road(classifier, evalset.images, maps, evalset.targets, settings.percentages,
-                           settings.noise, settings.batch_size, generator,
+                           settings.imputer, settings.noise, settings.batch_size, generator,
                            progress=lambda done: bar.update(done - bar.done))
     adic_result = ad_ic(classifier, evalset.images, maps, evalset.targets, evalset.probabilities,
                         batch_size=settings.batch_size)
@@ -165,7 +191,8 @@ def evaluate_head(explainer: Explainer, evalset: EvalSet, settings: EvalConfig, 
 
 def summary_line(evaluation: Evaluation) -> str:
     metrics = evaluation.metrics()
-    line = (f"MoRF AUC {metrics['road_morf_auc']:.4f} (lower is better), LeRF AUC {metrics['road_lerf_auc']:.4f} "
+    line = (f"ROAD ({evaluation.road.protocol}): MoRF AUC {metrics['road_morf_auc']:.4f} (lower is better), "
+            f"LeRF AUC {metrics['road_lerf_auc']:.4f} "
             f"(higher is better), AD@100 {metrics['ad_100']:.1f}, IC@100 {metrics['ic_100']:.1f} "
             f"on {evaluation.images} images in {evaluation.seconds:.1f} s")
     if evaluation.trained is not None:
@@ -185,19 +212,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("evaluation.json"), help="metrics JSON (+ .png curve)")
     parser.add_argument("--min-count", type=int, help="training images a class needs to count as trained "
                                                        "(default: the head's evaluation.min_class_count)")
+    add_road_arguments(parser)
     add_device_argument(parser)
     args = parser.parse_args(argv)
-    overrides = [] if args.min_count is None else [f"evaluation.min_class_count={args.min_count}"]
+    overrides = road_overrides(args)
+    if args.min_count is not None:
+        overrides.append(f"evaluation.min_class_count={args.min_count}")
     explainer, config = load_explainer(args.head, args.device, overrides)
     evalset = load_eval_set(explainer.classifier, config, args)
     evaluation, _ = evaluate_head(explainer, evalset, config.evaluation, args.maps, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = evaluation.to_json() | {"maps": args.maps, "head": str(args.head),
-                                     "split": args.split or "images"}
+                                     "split": args.split or "images", "evaluation": asdict(config.evaluation)}
     args.out.write_text(json.dumps(report, indent=2))
     curve = road_curve(evaluation.road.percentages, evaluation.road.morf, evaluation.road.lerf,
                        evaluation.road.morf_auc, evaluation.road.lerf_auc, args.out.with_suffix(".png"),
-                       title=f"ROAD, {args.maps} maps, {config.model.backbone}")
+                       title=f"ROAD, {args.maps} maps, {config.model.backbone}\n{evaluation.road.protocol}")
     print(summary_line(evaluation))
     print(f"wrote {args.out} and {curve}")
     return 0

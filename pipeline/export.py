@@ -13,6 +13,7 @@ from typing import Sequence
 
 from pipeline import cli, config as configs
 from pipeline.errors import UserError
+from pipeline.evaluate import road_protocol_of
 from pipeline.search import BASE_CONFIG, REFERENCES, SPACE, STATE, SearchState, trial_config
 from pipeline.search_space import load_search_space
 from pipeline.study import Study
@@ -31,8 +32,8 @@ def export(directory: Path, out: Path | None = None, trial: int | None = None) -
     configs.dump(config, out)
     state = SearchState.load(directory / STATE)
     print(study.table(state.values.get(REFERENCES)))
-    print(f"trial {chosen.index}: " + ", ".join(f"{k}={v:.4g}" for k, v in chosen.metrics.items()
-                                               if k.startswith("road_") and k.endswith("auc")))
+    aucs = ", ".join(f"{k}={v:.4g}" for k, v in chosen.metrics.items() if k.startswith("road_") and k.endswith("auc"))
+    print(f"trial {chosen.index} (ROAD: {road_protocol_of(config.evaluation)}): {aucs}")
     head = directory / "final" / "head.pt"
     if state.values.get("final_trial") == chosen.index and head.is_file():
         shutil.copyfile(head, out.with_name("head.pt"))

@@ -27,7 +27,8 @@ from pipeline import cli, config as configs
 from pipeline.config import ExperimentConfig
 from pipeline.data import looks_like_imagenet
 from pipeline.errors import UserError
-from pipeline.evaluate import EvalSet, evaluate_head, evaluate_maps, prepare_eval_set, reference_maps, summary_line
+from pipeline.evaluate import (EvalSet, evaluate_head, evaluate_maps, prepare_eval_set, reference_maps,
+                               road_protocol_of, summary_line)
 from pipeline.locking import search_lock
 from pipeline.models.contributions import contribution_metrics, layer_contributions
 from pipeline.search_space import SearchSpace, load_search_space
@@ -190,13 +191,14 @@ class Search:
         run_id = self.tracker.start_search(
             self.options.name, self._parent_params(),
             tags={"search": self.options.name, "backbone": self.base_config.model.backbone,
-                  "auxiliary": self.base_config.model.auxiliary},
+                  "auxiliary": self.base_config.model.auxiliary, "road_protocol": road_protocol_of(evaluation)},
             run_id=self.state.values.get("parent_run_id"))
         self.state.set(parent_run_id=run_id)
         self.tracker.log_search_artifact(self.options.space_path, "search_space")
         self.references = self._reference_scores()
         thresholds = self._thresholds(self.references)
         source = "the search space" if self.options.space.thresholds else "trivial maps on the validation split"
+        print(f"ROAD protocol of every trial: {road_protocol_of(evaluation)}")
         print(f"objective thresholds from {source}: "
               + ", ".join(f"{name} {'>=' if sign > 0 else '<='} {thresholds[name]:.4f}"
                           for name, sign in self.options.space.objective_signs.items() if name in thresholds))

@@ -41,7 +41,7 @@ def grid_and_curve(evalset: EvalSet, maps: torch.Tensor, evaluation: Evaluation,
     grid = explanation_grid(evalset.images[:count].cpu(), maps[:count].cpu(), titles, directory / "explanations.png")
     road = evaluation.road
     curve = road_curve(road.percentages, road.morf, road.lerf, road.morf_auc, road.lerf_auc,
-                       directory / "road_curve.png", title=title)
+                       directory / "road_curve.png", title=f"{title}\n{road.protocol}")
     return [grid, curve]
 
 

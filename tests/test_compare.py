@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline import cli
-from pipeline.compare import main as compare_main
+from pipeline import cli, config as configs
+from pipeline.compare import main as compare_main, protocol_notes
 from pipeline.evaluate import evaluate_head, prepare_eval_set
 from pipeline.data import build_splits
 from pipeline.tracking import Tracker
@@ -132,3 +133,15 @@ def test_heads_of_different_backbones_or_no_head_are_one_line_errors(heads, tmp_
     assert code == 2 and "explain different backbones" in err and "other.pt" in err and len(err.splitlines()) == 1
     code, _, err = run(["--head", str(tmp_path), "--split", "val"], capsys)
     assert code == 2 and "has no head.pt" in err and len(err.splitlines()) == 1
+
+
+def test_heads_of_different_road_protocols_are_scored_under_the_first_heads_and_the_notes_say_so() -> None:
+    paper = ["evaluation.imputer=telea", "evaluation.percentages=[10, 30, 50, 70]"]
+    first, same, default = configs.load(overrides=paper), configs.load(overrides=paper), configs.load()
+    assert protocol_notes([(Path("a"), None, first), (Path("b"), None, same)]) == [
+        "ROAD protocol of every row: telea imputation, 10/30/50/70 % removed."]
+    scored, mixed = protocol_notes([(Path("a"), None, first), (Path("c"), None, default)])
+    assert scored == "ROAD protocol of every row: telea imputation, 10/30/50/70 % removed."
+    assert mixed.startswith("The heads' configs name different ROAD protocols: "
+                            "c (noisy_linear (noise 0.01) imputation, 10/20/30/40/50/70/90 % removed) differ")
+    assert "--imputer/--percentages" in mixed

@@ -38,6 +38,18 @@ def test_evaluate_writes_metrics_json_and_a_road_curve(trained_head, tmp_path, m
     assert "MoRF AUC" in capsys.readouterr().out
 
 
+def test_evaluate_takes_the_road_protocol_and_names_it(trained_head, tmp_path, capsys):
+    out = tmp_path / "telea.json"
+    with pytest.raises(SystemExit) as stop:
+        cli.run(evaluate_main, ["--head", str(trained_head), "--split", "val", "--imputer", "telea",
+                                "--percentages", "10", "30", "50", "70", "--out", str(out)])
+    assert stop.value.code == 0
+    report = json.loads(out.read_text())
+    assert report["road"]["protocol"] == "telea imputation, 10/30/50/70 % removed"
+    assert report["evaluation"]["imputer"] == "telea" and report["road"]["percentages"] == [10, 30, 50, 70]
+    assert "ROAD (telea imputation, 10/30/50/70 % removed): MoRF AUC" in capsys.readouterr().out
+
+
 def test_evaluate_and_explain_take_plain_image_files(trained_head, image_folder, tmp_path):  # noqa: F811
     files = sorted(image_folder.rglob("*.png"))[:3]
     with pytest.raises(SystemExit) as stop:

@@ -6,7 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline import config as configs
+from pipeline.errors import UserError
 from pipeline.metrics import road as road_module
+from pipeline.metrics.inpainting import telea_impute
 from pipeline.metrics.road import RoadResult, removal_masks, road, road_auc
 
 SIZE = 16
@@ -41,6 +44,15 @@ def test_auc_is_the_trapezoid_with_endpoints() -> None:
     expected = 0.05 + 0.15 * 0.9 + 0.2 * 0.6 + 0.2 * 0.4 + 0.25 * 0.2
     assert road_auc([10, 30, 50, 70], scores) == pytest.approx(expected)
     assert road_auc([50], [1.0]) == pytest.approx(1.0 * 0.5 + 0.5 * 0.5)
+
+
+def test_auc_over_the_papers_percentages_is_the_closed_form() -> None:
+    """P-TAME's Table 1: x = [0, .1, .3, .5, .7, 1], y = [1, s10, s30, s50, s70, 0]."""
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(20):
+        s10, s30, s50, s70 = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+        closed_form = 0.05 + 0.15 * s10 + 0.2 * s30 + 0.2 * s50 + 0.25 * s70
+        assert road_auc([10, 30, 50, 70], [s10, s30, s50, s70]) == pytest.approx(closed_form, abs=1e-12)
 
 
 class RegionClassifier(nn.Module):
@@ -94,7 +106,7 @@ def test_constant_classifier_is_always_right() -> None:
 
 
 def test_result_metrics_keys() -> None:
-    result = RoadResult([10, 20], [0.5, 0.25], [0.75, 0.5], 0.1, 0.2)
+    result = RoadResult([10, 20], [0.5, 0.25], [0.75, 0.5], 0.1, 0.2, "telea imputation, 10/20 % removed")
     assert result.metrics() == {
         "road_morf_auc": 0.1,
         "road_lerf_auc": 0.2,
@@ -126,3 +138,38 @@ def test_scores_do_not_depend_on_how_many_images_are_imputed_together(monkeypatc
     assert results[0] == results[1]
     assert 0 < results[0].morf_auc < results[0].lerf_auc < 1, "the classifier is sensitive to the removed pixels"
 
+
+
+def tiny_cnn(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 5)).eval()
+
+
+def test_telea_road_runs_end_to_end_and_names_its_protocol() -> None:
+    generator = torch.Generator().manual_seed(5)
+    images, maps = torch.rand(6, 3, SIZE, SIZE, generator=generator), torch.rand(6, SIZE, SIZE, generator=generator)
+    classifier = tiny_cnn(0)
+    with torch.no_grad():
+        targets = classifier(images).argmax(dim=1)
+    result = road(classifier, images, maps, targets, percentages=(10, 30, 50, 70), imputer="telea")
+    assert result.percentages == [10, 30, 50, 70]
+    assert all(0 <= score <= 1 for score in result.morf + result.lerf)
+    assert result.lerf_auc == pytest.approx(road_auc(result.percentages, result.lerf))
+    assert result.protocol == "telea imputation, 10/30/50/70 % removed"
+    by_callable = road(classifier, images, maps, targets, percentages=(10, 30, 50, 70), imputer=telea_impute)
+    assert by_callable.morf == result.morf
+    noisy = road(classifier, images, maps, targets, percentages=(10, 50))
+    assert noisy.protocol == "noisy_linear (noise 0.01) imputation, 10/50 % removed"
+
+
+def test_unknown_imputer_is_an_error() -> None:
+    images, maps = torch.rand(1, 3, 8, 8), torch.rand(1, 8, 8)
+    with pytest.raises(ValueError, match="noisy_linear, telea"):
+        road(ConstantClassifier(), images, maps, torch.zeros(1, dtype=torch.long), imputer="zeros")
+
+
+def test_unknown_imputer_in_a_config_is_a_one_line_error() -> None:
+    assert configs.load(overrides=["evaluation.imputer=telea"]).evaluation.imputer == "telea"
+    with pytest.raises(UserError) as error:
+        configs.load(overrides=["evaluation.imputer=inpaint"])
+    assert str(error.value) == "evaluation.imputer: 'inpaint' is not one of 'noisy_linear', 'telea'"

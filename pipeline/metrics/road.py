@@ -1,7 +1,8 @@
 """ROAD (RemOve And Debias, Rong et al. 2022) without retraining: MoRF and LeRF accuracy curves.
 
-Pixels are removed in saliency order, imputed with noisy linear imputation, and the classifier's
-accuracy against its own clean prediction is measured per removed percentage. The AUC is the
+Pixels are removed in saliency order, imputed (noisy linear imputation as in the ROAD paper, or
+OpenCV's Telea inpainting as in the P-TAME paper's Table 1), and the classifier's accuracy against
+its own clean prediction is measured per removed percentage. The AUC is the
 trapezoid over [0, p1, ..., pk, 1] with the endpoints 1 (nothing removed) and 0 (all removed).
 """
 
@@ -9,10 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from pipeline.metrics.imputation import noisy_linear_impute
+from pipeline.metrics.inpainting import telea_impute
+
+# (images [B, C, H, W], removed [B, H, W] bool) -> imputed images
+Imputer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+IMPUTERS = ("noisy_linear", "telea")
 
 ORDERS = ("morf", "lerf")
 DEFAULT_PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)
@@ -39,6 +46,13 @@ def removal_masks(maps: torch.Tensor, fraction: float, order: str) -> torch.Tens
     return removed.view_as(maps)
 
 
+def road_masks(maps: torch.Tensor, percentages: Sequence[int]) -> torch.Tensor:
+    """Bool [orders, percentages, B, H, W]: ``removal_masks`` of ``maps`` for every order and percentage."""
+    return torch.stack(
+        [torch.stack([removal_masks(maps, p / 100, order) for p in percentages]) for order in ORDERS]
+    )
+
+
 def road_auc(percentages: Sequence[int], scores: Sequence[float]) -> float:
     """Trapezoid AUC over x = [0, p1/100, ..., pk/100, 1] and y = [1, s1, ..., sk, 0]."""
     xs = [0.0, *(p / 100 for p in percentages), 1.0]
@@ -46,15 +60,35 @@ def road_auc(percentages: Sequence[int], scores: Sequence[float]) -> float:
     return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]))
 
 
+def road_protocol(imputer: str | Imputer, percentages: Sequence[int], noise: float) -> str:
+    """What a ROAD score was measured with, e.g. "telea imputation, 10/30/50/70 % removed"."""
+    name = imputer if isinstance(imputer, str) else getattr(imputer, "__name__", type(imputer).__name__)
+    if name == "noisy_linear":
+        name += f" (noise {noise:g})"
+    return f"{name} imputation, {'/'.join(str(int(p)) for p in percentages)} % removed"
+
+
+def resolve_imputer(imputer: str | Imputer, noise: float, generator: torch.Generator | None) -> Imputer:
+    """An imputer by name ("noisy_linear" uses ``noise`` and ``generator``), or the callable itself."""
+    if callable(imputer):
+        return imputer
+    if imputer == "noisy_linear":
+        return partial(noisy_linear_impute, noise=noise, generator=generator)
+    if imputer == "telea":
+        return telea_impute
+    raise ValueError(f"imputer must be one of {', '.join(IMPUTERS)} or a callable, got {imputer!r}")
+
+
 @dataclass
 class RoadResult:
-    """Accuracy per removed percentage for both orders, and their AUCs."""
+    """Accuracy per removed percentage for both orders, their AUCs, and the protocol (``road_protocol``)."""
 
     percentages: list[int]
     morf: list[float]
     lerf: list[float]
     morf_auc: float
     lerf_auc: float
+    protocol: str
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names: road_morf_auc, road_lerf_auc, road_morf_10, road_lerf_10, ..."""
@@ -71,6 +105,7 @@ def road(
     maps: torch.Tensor,
     targets: torch.Tensor,
     percentages: Sequence[int] = DEFAULT_PERCENTAGES,
+    imputer: str | Imputer = "noisy_linear",
     noise: float = 0.01,
     batch_size: int = 32,
     generator: torch.Generator | None = None,
@@ -79,26 +114,21 @@ def road(
     """MoRF/LeRF accuracy of ``classify`` (pixel-space images -> logits) on imputed ``images``.
 
     ``maps`` [N, H, W] are saliency maps at image resolution, ``targets`` [N] the classifier's
-    predictions on the clean images. ``progress``, if given, is called with the number of images
-    finished after every chunk.
+    predictions on the clean images. ``imputer`` is one of IMPUTERS or a callable like
+    ``telea_impute``; ``noise`` and ``generator`` apply to "noisy_linear" only. ``progress``, if
+    given, is called with the number of images finished after every chunk.
     """
     percentages = [int(p) for p in percentages]
+    impute = resolve_imputer(imputer, noise, generator)
     hits = torch.zeros(len(ORDERS), len(percentages), dtype=torch.long)
     per_chunk = _IMAGES_PER_CHUNK if images.device.type == "cpu" else _ACCELERATOR_IMAGES_PER_CHUNK
     with torch.inference_mode():
         for start in range(0, images.shape[0], per_chunk):
             chunk = slice(start, start + per_chunk)
             chunk_images, chunk_maps, chunk_targets = images[chunk], maps[chunk], targets[chunk]
-            masks = torch.stack(
-                [
-                    torch.stack([removal_masks(chunk_maps, p / 100, order) for p in percentages])
-                    for order in ORDERS
-                ]
-            )  # [orders, percentages, n, H, W]
+            masks = road_masks(chunk_maps, percentages)
             repeated = chunk_images.expand(len(ORDERS) * len(percentages), *chunk_images.shape)
-            imputed = noisy_linear_impute(
-                repeated.flatten(0, 1), masks.flatten(0, 2), noise=noise, generator=generator
-            )
+            imputed = impute(repeated.flatten(0, 1), masks.flatten(0, 2))
             predictions = torch.cat([classify(part).argmax(dim=1) for part in imputed.split(batch_size)])
             correct = predictions.view(*masks.shape[:3]) == chunk_targets.to(predictions.device)
             hits += correct.sum(dim=2).cpu()
@@ -106,4 +136,5 @@ def road(
                 progress(min(start + per_chunk, images.shape[0]))
     accuracy = (hits.double() / images.shape[0]).tolist()
     morf, lerf = accuracy
-    return RoadResult(percentages, morf, lerf, road_auc(percentages, morf), road_auc(percentages, lerf))
+    return RoadResult(percentages, morf, lerf, road_auc(percentages, morf), road_auc(percentages, lerf),
+                      road_protocol(imputer, percentages, noise))

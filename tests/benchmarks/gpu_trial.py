@@ -171,8 +171,8 @@ def road_seconds(args, device: torch.device) -> tuple[float, int]:
         targets = torch.cat([models.classifier(batch).argmax(1) for batch in images.split(settings.batch_size)])
     synchronize(device)
     started = time.perf_counter()
-    road(models.classifier, images, maps, targets, settings.percentages, settings.noise, settings.batch_size,
-         torch.Generator(device=device).manual_seed(0))
+    road(models.classifier, images, maps, targets, settings.percentages, settings.imputer, settings.noise,
+         settings.batch_size, torch.Generator(device=device).manual_seed(0))
     synchronize(device)
     return (time.perf_counter() - started) * ROAD_PER / args.road_images, args.road_images
 
