@@ -85,7 +85,7 @@ def trial_config(base: dict[str, Any], space: SearchSpace, parameters: dict[str,
 def check_space_fits(base: dict[str, Any], space: SearchSpace) -> None:
     """Fail before any training if a value the space can choose makes an invalid config with ``base``.
 
-    Each choice value is tried with the range parameters at their lower bounds, e.g. a border penalty
+    Each choice value and each range's lower bound is tried alone on the base config, e.g. a border penalty
     searched while the base config's loss form has no border term. A space that searches λ1 or λ2 derives
     λ3 = 1 − λ1 − λ2, so a base config that fixes ``loss.lambda3`` is refused too."""
     searched = {parameter.key for parameter in space.parameters}
@@ -93,12 +93,10 @@ def check_space_fits(base: dict[str, Any], space: SearchSpace) -> None:
     if fixed is not None and searched & {"loss.lambda1", "loss.lambda2"}:
         raise UserError(f"search space {space.name!r} searches loss.lambda1/lambda2 (lambda3 = 1 - lambda1 - lambda2) "
                         f"but the experiment config fixes loss.lambda3 = {fixed}; add --set loss.lambda3=null")
-    lowest = {parameter.name: parameter.bounds[0] if parameter.type == "range" else parameter.values[0]
-              for parameter in space.parameters}
     for parameter in space.parameters:
-        for value in parameter.values:
+        for value in parameter.values or parameter.bounds[:1]:
             try:
-                trial_config(base, space, lowest | {parameter.name: value})
+                configs.from_dict(configs.apply_overrides(base, [f"{parameter.key}={value!r}"]))
             except UserError as error:
                 raise UserError(f"search space {space.name!r} sets {parameter.key} = {value!r}, which the "
                                 f"experiment config does not accept: {error}") from None
