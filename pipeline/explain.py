@@ -1,8 +1,9 @@
 """Explanation maps for your own images: ``python -m pipeline.explain (--head DIR | --model URI) IMAGE... --out DIR``.
 
 Writes one PNG overlay per image for the predicted class, or for ``--class N``. ``--model`` takes a registered
-explainer (``models:/ptame-<backbone>-<auxiliary>/<version>``). A map whose class the head was not trained on is
-marked as untrained in its title and on the console: it is the head's initial row, not an explanation.
+explainer (``models:/ptame-<backbone>-<auxiliary>/<version>``, or ``@<alias>`` for a search's choice). A map whose
+class the head was not trained on is marked as untrained in its title and on the console: it is the head's initial
+row, not an explanation.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ UNTRAINED_MARK = "UNTRAINED"
 
 
 def registered_explainer(uri: str, tracking_uri: str | None) -> tuple[Explainer, int]:
-    """The explainer and its ``min_class_count`` from a registered model URI (``models:/NAME/VERSION``)."""
+    """The explainer and its ``min_class_count`` from a registered model URI (``models:/NAME/VERSION`` or ``@ALIAS``)."""
     from pipeline.serving import load_registered
     from pipeline.tracking import resolve_tracking_uri
 
@@ -35,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.explain", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--head", type=Path, help="folder written by pipeline.train")
-    source.add_argument("--model", metavar="URI", help="a registered explainer, e.g. models:/NAME/VERSION")
+    source.add_argument("--model", metavar="URI",
+                        help="a registered explainer, e.g. models:/NAME/VERSION or models:/NAME@ALIAS (a search's choice)")
     parser.add_argument("images", nargs="+", help="image files or folders of images")
     parser.add_argument("--out", type=Path, default=Path("explanations"), help="output folder")
     parser.add_argument("--class", dest="class_index", type=int, help="explain this class instead of the prediction")

@@ -30,6 +30,7 @@ from pipeline.errors import UserError
 from pipeline.evaluate import (EvalSet, evaluate_head, evaluate_maps, prepare_eval_set, reference_maps,
                                road_protocol_of, summary_line)
 from pipeline.locking import search_lock
+from pipeline.review import FinalHead, review_link, search_description, version_description, version_tags
 from pipeline.models.contributions import contribution_metrics, layer_contributions
 from pipeline.search_space import SearchSpace, load_search_space
 from pipeline.study import INTERRUPTED, AwaitingData, Study, TrialRecord, objective_thresholds
@@ -192,6 +193,7 @@ class Search:
                   "auxiliary": self.base_config.model.auxiliary, "road_protocol": road_protocol_of(evaluation)},
             run_id=self.state.values.get("parent_run_id"))
         self.state.set(parent_run_id=run_id)
+        print(review_link(self.tracker.tracking_uri, self.tracker.experiment_id), flush=True)
         self.tracker.log_search_artifact(self.options.space_path, "search_space")
         self.references = self._reference_scores()
         thresholds = self._thresholds(self.references)
@@ -202,6 +204,13 @@ class Search:
                           for name, sign in self.options.space.objective_signs.items() if name in thresholds))
         cli.quiet_ax()
         self.study = Study.open(self.options.directory, self.options.space, self.options.seed, thresholds)
+        self._describe()
+
+    def _describe(self, final: FinalHead | None = None) -> None:
+        """Refresh the search run's description: setup, trials so far, Pareto set, and the final head if any."""
+        self.tracker.describe_search(search_description(
+            self.options.name, self.base_config, self.options.space, self.options.trials, self.study.records(),
+            self.study.pareto(), final))
 
     def _trial_pool(self) -> TrialPool:
         """This process for one trial at a time, else Ray workers (Ray is imported only then)."""
@@ -254,6 +263,7 @@ class Search:
         record = self.study.records()[done.index]
         self._report(record, time.perf_counter() - started)
         self._log_best()
+        self._describe()
         self._failures_in_row = 0 if record.status == "completed" else self._failures_in_row + 1
         if self._failures_in_row >= self.options.max_failures_in_row:
             raise UserError(f"{self._failures_in_row} trials failed in a row (last: {record.reason}); fix the "
@@ -347,14 +357,19 @@ class Search:
             report = {"trial": chosen.index, "parameters": chosen.parameters,
                       "validation": chosen.metrics, "test": evaluation.to_json()}
             (self.options.directory / METRICS).write_text(json.dumps(report, indent=2))
-            version = run.log_explainer(final, config, trained.explainer.classifier.preprocessing.input_size,
-                                        registered_model_name(config.model.backbone, config.model.auxiliary))
+            name = registered_model_name(config.model.backbone, config.model.auxiliary)
+            version = run.log_explainer(final, config, trained.explainer.classifier.preprocessing.input_size, name)
+            head = FinalHead(self.options.name, chosen, config, evaluation.metrics(), evaluation.images,
+                             trained.coverage.summary(), name, version)
+            run.describe_version(name, version, version_description(head), version_tags(head), head.alias)
         self.tracker.log_search_artifact(best)
         self.tracker.log_search_artifact(self.options.directory / METRICS)
         self.state.set(final_trial=chosen.index, model_version=version)
+        self._describe(head)
         print(f"test split: {summary_line(evaluation)}")
         print(f"exported {best} (reproduce: python -m pipeline.train --config {best}), "
-              f"head {final / 'head.pt'}, registered model version {version}")
+              f"head {final / 'head.pt'}, registered as models:/{name}/{version} and {head.uri}")
+        print(review_link(self.tracker.tracking_uri, self.tracker.experiment_id))
         return report
 
     def run(self) -> dict[str, Any]:

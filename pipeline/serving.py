@@ -104,7 +104,8 @@ def load_registered(uri: str, tracking_uri: str) -> ExplainerModel:
     except MlflowException as error:
         reason = str(error).strip().splitlines()[0]
         raise UserError(f"cannot load {uri!r} from the registry at {tracking_uri}: {reason}. Give an existing "
-                        "models:/NAME/VERSION (the MLflow UI lists them under Models) or the right --tracking-uri") from None
+                        "models:/NAME/VERSION or models:/NAME@ALIAS (the MLflow UI lists them under Models) or the right "
+                        "--tracking-uri") from None
     python_model = model.unwrap_python_model()
     if not isinstance(python_model, ExplainerModel):
         raise UserError(f"{uri!r} is not a P-TAME explainer registered by pipeline.search")

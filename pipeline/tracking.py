@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from mlflow.utils.validation import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
@@ -267,6 +268,15 @@ class FinalRunLog(RunLog):
                 self.log_artifact(head_directory / name, "head")
         return str(info.registered_model_version)
 
+    def describe_version(self, name: str, version: str, description: str, tags: Mapping[str, str],
+                         alias: str) -> None:
+        """Give registered version `version` of `name` its description and tags, and point `alias` at it
+        (moved from the version it named before), so that "models:/NAME@ALIAS" loads it."""
+        self.client.update_model_version(name, version, description=description)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value)
+        self.client.set_registered_model_alias(name, alias, version)
+
 
 class Tracker:
     """An MLflow experiment and the search run in it; hands out trial and final-head runs."""
@@ -351,6 +361,10 @@ class Tracker:
 
     def log_search_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._search().log_artifact(path, artifact_path)
+
+    def describe_search(self, markdown: str) -> None:
+        """Set the search run's description (the note the MLflow UI shows on the run's page)."""
+        self._search().set_tags({MLFLOW_RUN_NOTE: markdown})
 
     def log_ax_analyses(
         self, client: Any, directory: str | Path, include_plotlyjs: bool | str = "cdn"

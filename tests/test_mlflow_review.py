@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow.pyfunc
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -31,7 +32,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     return found
 
 
-def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_path):
+def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_path, capsys, monkeypatch):
     base = configs.apply_overrides(configs.read_yaml(REPO / "experiments" / "demo.yaml"), SMALL_DEMO)
     options = SearchOptions(name="review", trials=3, base=base, space=load_search_space(DEFAULT_SPACE),
                             space_path=DEFAULT_SPACE, seed=1, directory=tmp_path / "review",
@@ -46,6 +47,11 @@ def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
+    link = f"MLflow: {server}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+    assert capsys.readouterr().out.count(link + "\n") == 2  # when the search starts and when it ends
+    description = parent.data.tags["mlflow.note.content"]
+    assert "`lambda1` → `loss.lambda1`" in description and "percentages: [20, 50, 80]" in description
+    assert "**Trials**: 3 of 3 completed" in description and "**Pareto set**" in description
     assert parent.data.params["backbone"] == "efficientnet_lite0"
     assert {"best_morf_auc", "best_lerf_auc", "best_lerf_minus_morf"} <= parent.data.metrics.keys()
     random_morf, centre_lerf = (parent.data.metrics[k] for k in ("random_maps_road_morf_auc", "center_maps_road_lerf_auc"))
@@ -74,8 +80,19 @@ def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_
     assert any(key.startswith("system/") for key in final.data.metrics)
     assert {"plots/explanations.png", "head/head.pt", "head/training.json"} <= artifact_paths(client, final.info.run_id)
     assert {"contribution.blocks.1", "channel_share.blocks.6"} <= final.data.metrics.keys()
-    versions = client.search_model_versions("name='ptame-efficientnet_lite0-efficientnet_lite1'")
+    name = "ptame-efficientnet_lite0-efficientnet_lite1"
+    versions = client.search_model_versions(f"name='{name}'")
     assert len(versions) == 1 and versions[0].run_id == final.info.run_id
+    version = client.get_model_version_by_alias(name, "review")
+    assert version.version == versions[0].version and version.aliases == ["review"]
+    chosen = search.state.values["final_trial"]
+    assert version.tags["search"] == "review" and version.tags["trial"] == str(chosen)
+    assert version.tags["lambda1"] == f"{float(final.data.params['lambda1']):.4g}"
+    assert {"lambda2", "lambda3", "lambda_area", "loss_form", "road_protocol"} <= version.tags.keys()
+    assert "**efficientnet_lite0**" in version.description and "MoRF AUC" in version.description
+    assert f"**Chosen**: trial {chosen} " in description and f"`models:/{name}@review` (version 1)" in description
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    assert mlflow.pyfunc.load_model(f"models:/{name}@review").metadata.run_id == final.info.run_id
 
     grid = Image.open(tmp_path / "review" / "trials" / "000" / "explanations.png")
     curve = Image.open(tmp_path / "review" / "trials" / "000" / "road_curve.png")

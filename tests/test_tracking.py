@@ -86,6 +86,7 @@ def test_trials_are_nested_with_params_steps_metrics_and_artifacts(
             run.log_artifact(artifact, "plots")
         run_ids.append(run.run_id)
     tracker.log_search_metrics({"best_lerf_minus_morf": 0.5}, step=3)
+    tracker.describe_search("**search** of 3 trials")
     tracker.end_search()
 
     for index, run_id in enumerate(run_ids):
@@ -99,7 +100,7 @@ def test_trials_are_nested_with_params_steps_metrics_and_artifacts(
         assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/road.txt"]
     search = client.get_run(tracker.search_run_id)
     assert search.info.status == "FINISHED" and search.data.params["trials"] == "3"
-    assert search.data.tags["kind"] == "test"
+    assert search.data.tags["kind"] == "test" and search.data.tags["mlflow.note.content"] == "**search** of 3 trials"
 
 
 def test_failed_trial_is_marked_failed_with_reason(tracker: Tracker) -> None:
@@ -170,6 +171,7 @@ def test_final_explainer_is_logged_and_registered(
     with tracker.start_final({"loss": {"lambda1": 0.6}}, system_metrics_interval_s=0.5) as final:
         final.log_step(0, {"loss": 0.5})
         version = final.log_explainer(head, config, 32, name)
+        final.describe_version(name, version, "a toy explainer", {"search": "toy"}, "toy-search")
         time.sleep(1.5)
     assert "MLFLOW_TRACKING_URI" not in os.environ  # log_explainer restored the env
 
@@ -185,7 +187,9 @@ def test_final_explainer_is_logged_and_registered(
     assert model.source_run_id == final.run_id and model.status == "READY"
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)
-    loaded = mlflow.pyfunc.load_model(f"models:/{name}/1")  # logged as code: no pickle opt-in needed
+    described = client.get_model_version_by_alias(name, "toy-search")
+    assert (described.version, described.description, described.tags) == ("1", "a toy explainer", {"search": "toy"})
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}@toy-search")  # logged as code: no pickle opt-in needed
     images = (torch.rand(3, 40, 50, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()
     result = loaded.predict(images)
     assert result["saliency"].shape == (3, 32, 32) and result["classes"].shape == result["coverage"].shape == (3,)
