@@ -37,7 +37,8 @@ from pipeline.baselines.rise import RiseSettings, rise_saliency
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
 from pipeline.evaluate import (EvalSet, add_road_arguments, add_source_arguments, evaluate_maps, head_maps,
-                               load_eval_set, reference_maps, road_overrides, road_protocol_of)
+                               load_eval_set, reference_maps, road_overrides)
+from pipeline.metrics.road import road_protocol_of
 from pipeline.metrics.faithfulness import ROWS_PER_STEP, faithfulness
 from pipeline.models.classifiers import Classifier
 from pipeline.models.contributions import LayerContribution, layer_contributions

@@ -100,11 +100,6 @@ def add_road_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the head's evaluation.percentages")
 
 
-def road_protocol_of(settings: EvalConfig) -> str:
-    """The ROAD protocol ``settings`` score with, as ``road_protocol`` words it."""
-    return road_protocol(settings.imputer, settings.percentages, settings.noise)
-
-
 def road_overrides(args: argparse.Namespace) -> list[str]:
     """``--set``-style overrides for the ROAD arguments that were given."""
     overrides = [] if args.imputer is None else [f"evaluation.imputer={args.imputer}"]

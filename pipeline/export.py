@@ -13,7 +13,7 @@ from typing import Sequence
 
 from pipeline import cli, config as configs
 from pipeline.errors import UserError
-from pipeline.evaluate import road_protocol_of
+from pipeline.metrics.road import road_protocol_of
 from pipeline.search import BASE_CONFIG, REFERENCES, SPACE, STATE, SearchState, trial_config
 from pipeline.search_space import load_search_space
 from pipeline.study import Study

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import config as configs
-from pipeline.config import DataConfig, EvalConfig, ExperimentConfig, LossConfig
+from pipeline.config import DataConfig, ExperimentConfig
+from pipeline.metrics.road import road_protocol_of
 from pipeline.search_space import Parameter, SearchSpace
 from pipeline.study import TrialRecord
 from pipeline.tracking import is_tracking_server
 
 TRAINING_VIEW = "workflowType=machine_learning"
 UI_HOST, UI_PORT = "127.0.0.1", 5000  # where `mlflow ui` listens by default
-DEFAULT_IMPUTER, DEFAULT_LOSS_FORM = "noisy_linear", "paper"  # for configs without evaluation.imputer / loss.variation
 ALIAS_PREFIX = "search-"  # only for search names MLflow reserves as aliases ("latest", "v3")
 SCORES = (("road_morf_auc", "MoRF AUC {:.4f} (lower is better)"),  # metric, how `scores_line` shows it
           ("road_lerf_auc", "LeRF AUC {:.4f} (higher is better)"), ("ad_100", "AD@100 {:.1f}"),
@@ -59,18 +59,6 @@ def search_alias(search: str) -> str:
     if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
         alias = ALIAS_PREFIX + alias
     return alias
-
-
-def road_protocol(evaluation: EvalConfig) -> str:
-    """``noisy_linear imputation, noise 0.01, MoRF and LeRF at 10/20/50%``."""
-    imputer = getattr(evaluation, "imputer", DEFAULT_IMPUTER)
-    percentages = "/".join(f"{p:g}" for p in evaluation.percentages)
-    return f"{imputer} imputation, noise {evaluation.noise:g}, MoRF and LeRF at {percentages}%"
-
-
-def loss_form(loss: LossConfig) -> str:
-    """Which variation term the loss uses (``loss.variation`` when the config has it)."""
-    return getattr(loss, "variation", DEFAULT_LOSS_FORM)
 
 
 def scores_line(metrics: Mapping[str, float]) -> str:
@@ -139,8 +127,8 @@ def version_tags(head: FinalHead) -> dict[str, str]:
     loss = config.loss
     return {"search": head.search, "trial": str(head.trial.index), "backbone": config.model.backbone,
             "auxiliary": config.model.auxiliary, "lambda1": f"{loss.lambda1:.4g}", "lambda2": f"{loss.lambda2:.4g}",
-            "lambda3": f"{loss.lambda3:.4g}", "lambda_area": f"{loss.lambda_area:.4g}", "loss_form": loss_form(loss),
-            "road_protocol": road_protocol(config.evaluation)}
+            "lambda3": f"{loss.variation_weight:.4g}", "lambda_area": f"{loss.lambda_area:.4g}", "loss_form": loss.describe(),
+            "road_protocol": road_protocol_of(config.evaluation)}
 
 
 def version_description(head: FinalHead) -> str:
@@ -152,11 +140,11 @@ def version_description(head: FinalHead) -> str:
     return "\n\n".join([
         f"P-TAME explainer of **{config.model.backbone}** (auxiliary network **{config.model.auxiliary}**, "
         f"masking {config.model.masking}), chosen by search `{head.search}` (trial {head.trial.index}).",
-        f"**Training**: loss λ1·CE + λ2·area + λ3·variation (variation form: {loss_form(loss)}) with "
-        f"λ1 = {loss.lambda1:.4g}, λ2 = {loss.lambda2:.4g}, λ3 = {loss.lambda3:.4g}, λ_area = {loss.lambda_area:.4g}; "
+        f"**Training**: loss λ1·CE + λ2·area + λ3·variation ({loss.describe()}) with "
+        f"λ1 = {loss.lambda1:.4g}, λ2 = {loss.lambda2:.4g}, λ3 = {loss.variation_weight:.4g}, λ_area = {loss.lambda_area:.4g}; "
         f"on {_data(config.data)}; {train.epochs} epoch(s), batch size {train.batch_size}, max lr {train.max_lr:g}, "
         f"seed {train.seed}.",
-        f"**Test split** ({head.test_images} images; ROAD: {road_protocol(config.evaluation)}): {scores_line(head.test)}.",
+        f"**Test split** ({head.test_images} images; ROAD: {road_protocol_of(config.evaluation)}): {scores_line(head.test)}.",
         f"**Class coverage**: {coverage['classes_trained']} of {coverage['num_classes']} classes were explained at "
         f"least {coverage['min_count']} times in training{on_test}. Maps of the other classes are untrained, "
         "not explanations (`coverage` is False for them).",
@@ -180,9 +168,9 @@ def search_description(name: str, base: ExperimentConfig, space: SearchSpace, tr
         "\n".join([*map(_parameter, space.parameters), *(f"- constraint: {c.text}" for c in space.constraints),
                    "- objectives on the validation split: "
                    + ", ".join(f"{name} ({direction})" for name, direction in space.objectives.items())]),
-        f"**ROAD protocol** (`evaluation`): {_section(sections['evaluation'])}",
-        f"**Loss** (`loss`, besides the searched weights; λ3 = 1 − λ1 − λ2): "
-        f"{_section(sections['loss'], skip=sorted(searched)) or 'defaults'}",
+        f"**ROAD protocol**: {road_protocol_of(base.evaluation)} (`evaluation`: {_section(sections['evaluation'])})",
+        f"**Loss**: {base.loss.describe()} (`loss`, besides the searched weights; λ3 = 1 − λ1 − λ2: "
+        f"{_section(sections['loss'], skip=sorted(searched)) or 'defaults'})",
     ]
     completed = sum(record.status == "completed" for record in records)
     failed = sum(record.status == "failed" for record in records)

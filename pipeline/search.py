@@ -27,8 +27,8 @@ from pipeline import cli, config as configs
 from pipeline.config import ExperimentConfig
 from pipeline.data import looks_like_imagenet
 from pipeline.errors import UserError
-from pipeline.evaluate import (EvalSet, evaluate_head, evaluate_maps, prepare_eval_set, reference_maps,
-                               road_protocol_of, summary_line)
+from pipeline.evaluate import EvalSet, evaluate_head, evaluate_maps, prepare_eval_set, reference_maps, summary_line
+from pipeline.metrics.road import road_protocol_of
 from pipeline.locking import search_lock
 from pipeline.review import FinalHead, review_link, search_description, version_description, version_tags
 from pipeline.models.contributions import contribution_metrics, layer_contributions

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
 
 from pipeline import config as configs
-from pipeline.config import EvalConfig
-from pipeline.review import (FinalHead, experiment_url, review_link, road_protocol, search_alias,
+from pipeline.review import (FinalHead, experiment_url, review_link, search_alias,
                              search_description, version_description, version_tags)
 from pipeline.search import DEFAULT_SPACE
 from pipeline.search_space import load_search_space
@@ -56,28 +54,18 @@ def test_search_alias_is_an_alias_mlflow_accepts(search: str, alias: str) -> Non
     _validate_model_alias_name_reserved(alias)
 
 
-def test_road_protocol_names_the_imputer_when_the_config_has_one() -> None:
-    assert road_protocol(CONFIG.evaluation) == "noisy_linear imputation, noise 0.01, MoRF and LeRF at 20/50/80%"
-
-    @dataclass
-    class WithImputer(EvalConfig):
-        imputer: str = "telea"
-
-    assert road_protocol(WithImputer()).startswith("telea imputation, noise 0.01, MoRF and LeRF at 10/20/30/")
-
-
 def test_version_tags_and_description_say_what_the_version_is() -> None:
     head = final_head()
     assert head.alias == "review-demo" and head.uri == "models:/ptame-efficientnet_lite0-efficientnet_lite1@review-demo"
     tags = version_tags(head)
     assert tags == {"search": "review-demo", "trial": "2", "backbone": "efficientnet_lite0",
                     "auxiliary": "efficientnet_lite1", "lambda1": "0.09", "lambda2": "0.91", "lambda3": "0",
-                    "lambda_area": "2", "loss_form": "paper",
-                    "road_protocol": "noisy_linear imputation, noise 0.01, MoRF and LeRF at 20/50/80%"}
+                    "lambda_area": "2", "loss_form": "variation=paper, S=paper",
+                    "road_protocol": "noisy_linear (noise 0.01) imputation, 20/50/80 % removed"}
     description = version_description(head)
     for text in ("**efficientnet_lite0**", "**efficientnet_lite1**", "search `review-demo` (trial 2)",
-                 "λ1 = 0.09, λ2 = 0.91, λ3 = 0, λ_area = 2", "variation form: paper", "the demo photos (384 training",
-                 "1 epoch(s)", "9 images; ROAD: noisy_linear imputation", "MoRF AUC 0.2912", "LeRF AUC 0.6571",
+                 "λ1 = 0.09, λ2 = 0.91, λ3 = 0, λ_area = 2", "(variation=paper, S=paper)", "the demo photos (384 training",
+                 "1 epoch(s)", "9 images; ROAD: noisy_linear (noise 0.01) imputation", "MoRF AUC 0.2912", "LeRF AUC 0.6571",
                  "12 of 1000 classes", "0.75 of the test images", f'load_model("{head.uri}")'):
         assert text in description, text
 
@@ -87,7 +75,8 @@ def test_search_description_grows_from_the_setup_to_the_chosen_head() -> None:
     start = search_description("review-demo", CONFIG, space, 20, [], [])
     for text in ("**P-TAME search `review-demo`**", "`lambda1` → `loss.lambda1`: range [0, 1]",
                  "`lambda_area` → `loss.lambda_area`: choice 0.5, 1, 2", "constraint: lambda1 + lambda2 <= 1",
-                 "road_morf_auc (minimize)", "percentages: [20, 50, 80]; noise: 0.01", "area_epsilon: 0.0005",
+                 "road_morf_auc (minimize)", "**ROAD protocol**: noisy_linear (noise 0.01) imputation, 20/50/80 % removed",
+                 "**Loss**: variation=paper, S=paper", "area_epsilon: 0.0005",
                  "**Trials**: 0 of 20 completed."):
         assert text in start, text
     assert "lambda1: 0.09" not in start and "Pareto" not in start and "Chosen" not in start

@@ -14,6 +14,7 @@ from functools import partial
 
 import torch
 
+from pipeline.config import EvalConfig
 from pipeline.metrics.imputation import noisy_linear_impute
 from pipeline.metrics.inpainting import telea_impute
 
@@ -66,6 +67,11 @@ def road_protocol(imputer: str | Imputer, percentages: Sequence[int], noise: flo
     if name == "noisy_linear":
         name += f" (noise {noise:g})"
     return f"{name} imputation, {'/'.join(str(int(p)) for p in percentages)} % removed"
+
+
+def road_protocol_of(settings: EvalConfig) -> str:
+    """The ROAD protocol an experiment config's ``evaluation`` section scores with, as ``road_protocol`` words it."""
+    return road_protocol(settings.imputer, settings.percentages, settings.noise)
 
 
 def resolve_imputer(imputer: str | Imputer, noise: float, generator: torch.Generator | None) -> Imputer:
