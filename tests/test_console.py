@@ -33,7 +33,8 @@ def test_a_demo_search_writes_no_warning_or_progress_noise_to_a_log(tmp_path):
     assert "objective threshold" in random_row + centre_row
     assert lines.index(centre_row) == lines.index(random_row) + 1
     assert any(line.startswith("objective thresholds from trivial maps") for line in lines)
-    assert "registered model version 1" in lines[-1]
+    assert "registered as models:/ptame-efficientnet_lite0-efficientnet_lite1/1 and models:/" in lines[-2]
+    assert lines[-1].startswith("MLflow: start the UI with") and lines[-1].endswith("?workflowType=machine_learning")
 
 
 def test_torchs_cuda_toolkit_notice_stays_off_the_console(tmp_path):
