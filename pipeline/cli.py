@@ -48,7 +48,8 @@ def quiet_ax() -> None:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--experiment FILE`` / ``--config FILE`` and repeatable ``--set key=value``."""
     parser.add_argument("--experiment", "--config", dest="experiment", metavar="FILE",
-                        help="experiment YAML (e.g. experiments/demo.yaml, or a resolved config.yaml)")
+                        help="experiment YAML: a file (e.g. a resolved config.yaml) or a packaged experiment "
+                             "(experiments/demo.yaml or demo, vgg16, paper/tab1_vgg16, ...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set loss.lambda1=0.3 (repeatable)")
 

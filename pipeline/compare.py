@@ -46,7 +46,7 @@ from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
 from pipeline.plots import method_grid
 from pipeline.search import STATE, SearchState
-from pipeline.tracking import RunLog, Tracker
+from pipeline.tracking import RunLog, Tracker, check_tracking_server
 from pipeline.train import add_device_argument, load_explainer
 
 METHODS = (*CAM_METHODS, "rise", "random", "center")
@@ -367,6 +367,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.methods = parse_methods(args.methods)
     if args.rise_masks < 1:
         parser.error(f"--rise-masks {args.rise_masks}: give a positive number of masks")
+    if args.tracking_uri or args.search:
+        check_tracking_server(args.tracking_uri)
     return args
 
 

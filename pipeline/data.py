@@ -24,6 +24,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 DATALISTS = Path(__file__).parent / "datalists"
 IMAGENET_VAL_SIZE = 50_000
 EVAL_SPLIT_CAP = 2000  # validation and test images drawn from a folder, each (the paper's lists hold 2000)
+DATA_ROOTS = {"imagenet": "your ImageNet folder (with train/ and val/)", "folder": "your image folder"}
 
 
 def train_transform(size: int) -> Callable:
@@ -212,7 +213,7 @@ def build_splits(config: DataConfig, size: int) -> Splits:
     else:
         root = Path(config.root).expanduser()
         if not root.is_dir():
-            raise UserError(f"data.root {str(root)!r} does not exist; point it at your {config.dataset} folder")
+            raise UserError(f"data.root {str(root)!r} does not exist; point it at {DATA_ROOTS[config.dataset]}")
         train_root, val_root = root / "train", root / "val"
         if config.dataset == "imagenet":
             if not (train_root.is_dir() and val_root.is_dir()):

@@ -26,8 +26,9 @@ UNTRAINED_MARK = "UNTRAINED"
 def registered_explainer(uri: str, tracking_uri: str | None) -> tuple[Explainer, int]:
     """The explainer and its ``min_class_count`` from a registered model URI (``models:/NAME/VERSION`` or ``@ALIAS``)."""
     from pipeline.serving import load_registered
-    from pipeline.tracking import resolve_tracking_uri
+    from pipeline.tracking import check_tracking_server, resolve_tracking_uri
 
+    check_tracking_server(tracking_uri)
     model = load_registered(uri, resolve_tracking_uri(tracking_uri))
     return model.explainer, model.config.evaluation.min_class_count
 

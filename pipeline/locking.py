@@ -1,5 +1,5 @@
-"""One process per search folder: an exclusive ``flock`` that the kernel drops when its holder dies,
-even by SIGKILL, so a crash never leaves a search locked."""
+"""Exclusive ``flock``s, which the kernel drops when their holder dies, even by SIGKILL, so a crash never
+leaves anything locked: one process per search folder, and one at a time creating a new MLflow store."""
 
 from __future__ import annotations
 
@@ -31,4 +31,12 @@ def search_lock(directory: Path, name: str) -> Iterator[None]:
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
         handle.flush()
+        yield
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold the lock file ``path`` for the block, waiting for any other holder first."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         yield

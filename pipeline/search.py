@@ -30,17 +30,17 @@ from pipeline.errors import UserError
 from pipeline.evaluate import EvalSet, evaluate_head, evaluate_maps, prepare_eval_set, reference_maps, summary_line
 from pipeline.metrics.road import road_protocol_of
 from pipeline.locking import search_lock
+from pipeline.resources import EXPERIMENTS, PACKAGE, SEARCH_SPACES, experiment_file, search_space_file
 from pipeline.review import FinalHead, review_link, search_description, version_description, version_tags
 from pipeline.models.contributions import contribution_metrics, layer_contributions
 from pipeline.search_space import SearchSpace, load_search_space
 from pipeline.study import INTERRUPTED, AwaitingData, Study, TrialRecord, objective_thresholds
-from pipeline.tracking import RunLog, Tracker, is_tracking_server, registered_model_name
+from pipeline.tracking import RunLog, Tracker, check_tracking_server, is_tracking_server, registered_model_name
 from pipeline.train import TrainedHead, Workbench, save_head, train_head
 from pipeline.trials import (Finished, InProcessPool, TrialPool, TrialResult, TrialWorker, failure_reason,
                              grid_and_curve)
 
-DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "ptame.yaml"
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"  # the paper setups, experiments/<backbone>.yaml
+DEFAULT_SPACE = SEARCH_SPACES / "ptame.yaml"
 IMAGENET_ENV, DEFAULT_IMAGENET = "IMAGENET_ROOT", Path("data/ImageNet")
 BASE_CONFIG, SPACE, STATE = "base_config.yaml", "search_space.yaml", "state.json"
 BEST, METRICS = "best.yaml", "metrics.json"
@@ -76,6 +76,13 @@ def search_name(base: ExperimentConfig, space: SearchSpace) -> str:
     """A stable default name, so rerunning the same command resumes the same search."""
     raw = f"{base.name}-{base.model.backbone}-{base.model.auxiliary}-{space.name}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw)
+
+
+def check_search_name(name: str) -> None:
+    """A search name is a folder name under ``--out``, never a path: no separator, not empty, ``.`` or ``..``."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise UserError(f"--name {name!r} is not a search name: give a plain name without '/' or '\\' "
+                        "(the search lives in --out/NAME; choose the folder with --out)")
 
 
 def trial_config(base: dict[str, Any], space: SearchSpace, parameters: dict[str, Any]) -> ExperimentConfig:
@@ -408,14 +415,14 @@ def base_experiment(args: argparse.Namespace) -> dict[str, Any]:
 
     Without --experiment, a backbone with a paper setup (``experiments/<backbone>.yaml``) starts from it when
     ImageNet is found; with no data at all, the search runs on the offline demo photos and says so."""
-    values = configs.read_yaml(args.experiment) if args.experiment else {}
+    values = configs.read_yaml(experiment_file(args.experiment)) if args.experiment else {}
     shortcuts = []
     paper = EXPERIMENTS / f"{args.backbone}.yaml"
     imagenet = find_imagenet(args.data) if args.data != "demo" else None
     if args.experiment is None and args.backbone and paper.is_file() and imagenet is not None:
         values = configs.read_yaml(paper)
         shortcuts.append(f"data.root={imagenet}")
-        print(f"using the paper's setup for {args.backbone} ({paper.relative_to(EXPERIMENTS.parent)}) "
+        print(f"using the paper's setup for {args.backbone} ({paper.relative_to(PACKAGE)}) "
               f"on ImageNet at {imagenet}")
     elif args.data and args.data != "demo":
         root = Path(args.data).expanduser()
@@ -444,8 +451,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", help="'demo' or a folder (ImageNet layout or an ImageFolder)")
     parser.add_argument("--trials", type=int, default=20, help="completed trials to reach (default 20)")
     cli.add_config_arguments(parser)
-    parser.add_argument("--space", type=Path, default=DEFAULT_SPACE, help="search space YAML")
-    parser.add_argument("--name", help="search name (default: derived from the setup; same name = resume)")
+    parser.add_argument("--space", type=Path, default=DEFAULT_SPACE,
+                        help="search space YAML, or a packaged one: ptame (default), reference")
+    parser.add_argument("--name", help="search name, a folder under --out (default: derived from the setup; "
+                                       "same name = resume)")
     parser.add_argument("--seed", type=int, help="search seed (default: the space's seed)")
     parser.add_argument("--out", type=Path, default=Path("runs/search"), help="folder for all searches")
     parser.add_argument("--select", type=int, metavar="TRIAL", help="train the final head with this trial")
@@ -472,6 +481,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if gpus is not None and (gpus < 0 or (gpus > 1 and not gpus.is_integer())):
         raise UserError(f"--gpus-per-trial {gpus:g}: give 0 (CPU cores only), a fraction below 1 (0.5 packs two "
                         "trials on one GPU) or a whole number of GPUs")
+    if args.name is not None:
+        check_search_name(args.name)
+    check_tracking_server(args.tracking_uri)
     if args.ray_address is not None:
         from pipeline.parallel import check_reachable  # imports Ray
 
@@ -482,10 +494,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     base = base_experiment(args)
-    space = load_search_space(args.space)
+    space_path = search_space_file(args.space)
+    space = load_search_space(space_path)
     check_space_fits(base, space)
     name = args.name or search_name(configs.from_dict(base), space)
-    options = SearchOptions(name=name, trials=args.trials, base=base, space=space, space_path=args.space,
+    options = SearchOptions(name=name, trials=args.trials, base=base, space=space, space_path=space_path,
                             seed=space.seed if args.seed is None else args.seed,
                             directory=args.out / name, tracking_uri=args.tracking_uri,
                             select=args.select, progress=not args.no_progress, parallel=args.parallel,

@@ -15,7 +15,7 @@ import re
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, redirect_stderr
+from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stderr
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,16 +27,21 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+from mlflow.utils.rest_utils import http_request
 from mlflow.utils.validation import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
     MAX_TAG_VAL_LENGTH,
 )
+from sqlalchemy.engine import make_url
 
 from pipeline import serving
 from pipeline.config import ExperimentConfig
+from pipeline.errors import UserError
+from pipeline.locking import exclusive_lock
 from pipeline.train import CONFIG_FILE, COUNTS_FILE, HEAD_FILE, SUMMARY_FILE
 
 _log = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "failure_reason"
 FLUSH_INTERVAL_S = 30.0  # step metrics also go out this often, so the UI shows live curves
 ELLIPSIS = "..."
+HEALTH_TIMEOUT_S = 5.0  # a tracking server that does not answer /health in this time is reported unreachable
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -57,6 +63,47 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 def is_tracking_server(uri: str) -> bool:
     """An http(s) tracking server, which any process (e.g. a Ray worker) may write to."""
     return uri.startswith(("http://", "https://"))
+
+
+def check_tracking_server(uri: str | None) -> None:
+    """Fail in one line within seconds when the tracking URI (`resolve_tracking_uri`) names an http(s) server
+    that does not answer MLflow's ``/health``; MLflow itself would retry for minutes without a word."""
+    resolved = resolve_tracking_uri(uri)
+    if not is_tracking_server(resolved):
+        return
+    fix = "start the server, or give the right --tracking-uri (or $MLFLOW_TRACKING_URI)"
+    try:
+        response = http_request(get_default_host_creds(resolved), "/health", "GET", max_retries=0,
+                                timeout=HEALTH_TIMEOUT_S, raise_on_status=False)
+    except MlflowException as error:
+        raise UserError(f"cannot reach the MLflow tracking server at {resolved} ({_connection_problem(error)}); "
+                        f"{fix}") from None
+    if response.status_code >= 500:
+        raise UserError(f"the MLflow tracking server at {resolved} answers HTTP {response.status_code} to /health; "
+                        f"{fix}")
+
+
+def _connection_problem(error: MlflowException) -> str:
+    """Why the connection failed ("Connection refused", "no answer within 5 s"), from MLflow's wrapped error."""
+    text = str(error)
+    if "timeout" in text.lower():
+        return f"no answer within {HEALTH_TIMEOUT_S:g} s"
+    found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    return found.group(1) if found else text.splitlines()[0]
+
+
+def _store_creation_lock(uri: str) -> AbstractContextManager[None]:
+    """For a local SQLite store, an exclusive lock on ``<database>.lock`` beside it: the first use of a new
+    database creates MLflow's tables, and two processes doing that at once (two searches started together in
+    a new folder) fail with "table ... already exists"."""
+    database = make_url(uri).database if uri.startswith("sqlite:") else None
+    if not database or database == ":memory:":
+        return nullcontext()
+    path = Path(database)
+    if not path.parent.is_dir():
+        raise UserError(f"the folder of the MLflow database {path} does not exist; create it or give another "
+                        "--tracking-uri")
+    return exclusive_lock(path.with_name(f"{path.name}.lock"))
 
 
 def registered_model_name(backbone: str, auxiliary: str) -> str:
@@ -283,8 +330,9 @@ class Tracker:
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "ptame") -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        self.client = MlflowClient(self.tracking_uri)
-        self.experiment_id = self._experiment_id(experiment)
+        with _store_creation_lock(self.tracking_uri):  # the first call creates the store
+            self.client = MlflowClient(self.tracking_uri)
+            self.experiment_id = self._experiment_id(experiment)
         self.search_run_id: str | None = None
 
     def _experiment_id(self, name: str) -> str:

@@ -25,6 +25,7 @@ from pipeline.models.contributions import layer_contributions
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
 from pipeline.models.head import AttentionHead
+from pipeline.resources import experiment_file
 from pipeline.training.clean_targets import CleanTargets
 from pipeline.training.loop import StepCallback, TrainingSummary, train
 
@@ -196,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: runs/<name>)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    config = configs.load(args.experiment, args.overrides)
+    config = configs.load(experiment_file(args.experiment) if args.experiment else None, args.overrides)
     out = args.out or Path("runs") / config.name
     print(f"training a P-TAME head: backbone {config.model.backbone}, auxiliary {config.model.auxiliary}, "
           f"λ1={config.loss.lambda1:g} λ2={config.loss.lambda2:g} λ3={config.loss.variation_weight:g} "

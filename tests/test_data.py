@@ -59,6 +59,14 @@ def search_args(*argv: str) -> argparse.Namespace:
     return parse_args(["--trials", "1", *argv])
 
 
+@pytest.mark.parametrize("dataset, wanted", [("imagenet", "your ImageNet folder (with train/ and val/)"),
+                                             ("folder", "your image folder")])
+def test_a_missing_data_root_names_what_to_point_it_at(tmp_path, dataset, wanted):
+    with pytest.raises(UserError) as error:
+        build_splits(DataConfig(dataset=dataset, root=str(tmp_path / "missing")), 32)
+    assert str(error.value) == f"data.root {str(tmp_path / 'missing')!r} does not exist; point it at {wanted}"
+
+
 def test_a_backbone_with_a_paper_setup_uses_it_when_imagenet_is_found(tmp_path, monkeypatch, capsys):
     imagenet = fake_imagenet(tmp_path / "imagenet")
     monkeypatch.setenv("IMAGENET_ROOT", str(imagenet))

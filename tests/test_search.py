@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ import yaml
 
 from pipeline import config as configs
 from pipeline.export import export
-from pipeline.search import DEFAULT_SPACE, Search, SearchOptions
+from pipeline.errors import UserError
+from pipeline.search import DEFAULT_SPACE, Search, SearchOptions, parse_args
 from pipeline.search_space import load_search_space
 from pipeline.study import Study
 from pipeline.train import train_head
@@ -134,3 +136,29 @@ def test_sigkill_then_rerun_resumes_without_losing_or_duplicating_trials(tmp_pat
     arms = [tuple(sorted(r.parameters.items())) for r in records]
     assert len(set(arms)) == len(arms)
     assert (tmp_path / "search" / "killed" / "best.yaml").is_file()
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "/tmp/x", "..", ".", "", "a\\b"])
+def test_a_search_name_that_is_a_path_is_refused(name):
+    with pytest.raises(UserError, match="is not a search name"):
+        parse_args(["--name", name])
+
+
+def test_a_plain_search_name_is_accepted():
+    assert parse_args(["--name", "r50.v2-lr_search"]).name == "r50.v2-lr_search"
+
+
+def test_an_unreachable_tracking_server_stops_the_search_in_one_line_before_any_work(tmp_path):
+    command = [sys.executable, "-m", "pipeline.search", "--tracking-uri", "http://127.0.0.1:9", "--trials", "1",
+               "--experiment", "experiments/demo.yaml", "--out", str(tmp_path / "runs")]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(REPO)}, capture_output=True,
+                            text=True, timeout=300)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: cannot reach the MLflow tracking server at http://127.0.0.1:9 (Connection refused)")
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # no search folder, no mlflow.db
+    # MLflow alone retries for minutes; nearly all of this is importing torch, MLflow and Ax (about 8 s on a
+    # busy 2-core machine), the check itself takes milliseconds (tests/test_tracking.py times it).
+    assert elapsed < 30, f"{elapsed:.1f} s"

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import mlflow
@@ -15,10 +19,23 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline import config as configs, tracking
+from pipeline.errors import UserError
 from pipeline.tracking import Tracker
 from pipeline.train import save_head, train_head
 from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
 from tests.toy_models import TOY_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+# Imports first, says "ready", then creates the Tracker as soon as the file argv[2] exists.
+CREATE_STORE = """
+import sys, time
+from pathlib import Path
+from pipeline.tracking import Tracker
+print("ready", flush=True)
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.01)
+print(Tracker(sys.argv[1], experiment="race").experiment_id)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +84,68 @@ def test_flatten_params() -> None:
     assert flat["loss.lambda1"] == "0.5" and flat["loss.area.exp"] == "2"
     assert flat["layers"] == "['layer1', 'layer2']" and flat["empty"] == "{}"
     assert len(flat["long"]) == 6000 and flat["long"].endswith("...")
+
+
+def test_two_processes_creating_a_new_sqlite_store_at_once_both_succeed(tmp_path: Path) -> None:
+    """Two searches started together in a new folder: MLflow's table creation is serialised by a lock."""
+    go = tmp_path / "go"
+    command = [sys.executable, "-c", CREATE_STORE, f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}", str(go)]
+    (tmp_path / "new").mkdir()
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    processes = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+    for process in processes:
+        assert process.stdout.readline() == "ready\n", process.communicate()[1]
+    go.touch()
+    results = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], [err[-2000:] for _, err in results]
+    assert results[0][0] == results[1][0]  # one experiment, created once
+    assert (tmp_path / "new" / "mlflow.db.lock").is_file()
+
+
+def test_a_missing_database_folder_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="folder of the MLflow database .*missing.* does not exist"):
+        Tracker(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+
+
+def test_a_refusing_tracking_server_is_reported_at_once() -> None:
+    started = time.perf_counter()
+    with pytest.raises(UserError) as error:
+        tracking.check_tracking_server("http://127.0.0.1:9")
+    assert time.perf_counter() - started < tracking.HEALTH_TIMEOUT_S
+    message = str(error.value)
+    assert "http://127.0.0.1:9 (Connection refused)" in message and "--tracking-uri" in message
+    assert "\n" not in message
+
+
+def test_compare_and_explain_check_the_tracking_server_before_any_work() -> None:
+    from pipeline.compare import parse_args as compare_args
+    from pipeline.explain import registered_explainer
+
+    with pytest.raises(UserError, match="cannot reach the MLflow tracking server"):
+        compare_args(["--head", "missing", "--split", "val", "--tracking-uri", "http://127.0.0.1:9"])
+    with pytest.raises(UserError, match="cannot reach the MLflow tracking server"):
+        registered_explainer("models:/ptame-x/1", "http://127.0.0.1:9")
+
+
+def test_a_failing_tracking_server_is_reported_and_a_healthy_one_passes(server_uri: str) -> None:
+    class Failing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    failing = HTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(UserError, match="answers HTTP 503 to /health"):
+            tracking.check_tracking_server(f"http://127.0.0.1:{failing.server_port}")
+    finally:
+        failing.shutdown()
+    tracking.check_tracking_server(server_uri)
+    tracking.check_tracking_server("sqlite:///never-created.db")  # local stores are not probed
 
 
 def test_trials_are_nested_with_params_steps_metrics_and_artifacts(
