@@ -382,6 +382,8 @@ def format_table(
 def _format_cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, float) and 1e-9 < abs(value) < 1e-3:
+        return f"{value:.3g}"  # a learning rate or weight decay, not 0.0000
     if isinstance(value, float):
         return f"{round(value, 4) + 0.0:.4f}"  # + 0.0 turns a rounded -0.0 into 0.0
     return str(value)

@@ -225,3 +225,10 @@ def test_reference_maps_set_the_thresholds_and_sit_under_the_trial_table(tmp_pat
     assert lines[-2].split()[:4] == ["-", "random", "maps", "-"] and "threshold for MoRF" in lines[-2]
     assert "centred blob" in lines[-1] and "threshold for LeRF" in lines[-1] and "0.6100" in lines[-1]
     assert set(lines[-3]) == {"-", " "}  # a rule between the trials and the references
+
+
+def test_small_values_such_as_a_learning_rate_are_not_shown_as_zero():
+    from pipeline.study import _format_cell
+
+    assert [_format_cell(value) for value in (1e-5, 4.467e-06, 5.5e-17, 0.29834, -0.0)] == [
+        "1e-05", "4.47e-06", "0.0000", "0.2983", "0.0000"]
