@@ -90,6 +90,12 @@ def trial_config(base: dict[str, Any], space: SearchSpace, parameters: dict[str,
     return configs.from_dict(configs.apply_overrides(base, space.overrides(parameters)))
 
 
+def run_params(config: ExperimentConfig) -> dict[str, Any]:
+    """What a trial's or the final head's run logs besides the searched parameters: λ3, the loss form, the config."""
+    return {"lambda3": config.loss.variation_weight, "loss_form": config.loss.describe(),
+            "config": configs.to_dict(config)}
+
+
 def check_space_fits(base: dict[str, Any], space: SearchSpace) -> None:
     """Fail before any training if a value the space can choose makes an invalid config with ``base``.
 
@@ -242,9 +248,7 @@ class Search:
             started = time.perf_counter()
             try:
                 config = trial_config(self.options.base, self.options.space, parameters)
-                run = self.tracker.start_trial(index, parameters | {"lambda3": config.loss.variation_weight,
-                                                                    "loss_form": config.loss.describe(),
-                                                                    "config": configs.to_dict(config)})
+                run = self.tracker.start_trial(index, parameters | run_params(config))
             except Exception as error:  # a failing trial must not end the search
                 self._settle(Finished(index, failure=failure_reason(error)), None, started)
                 continue
@@ -345,9 +349,7 @@ class Search:
         config = trial_config(self.options.base, self.options.space, chosen.parameters)
         print(f"final head: trial {chosen.index} ({', '.join(f'{k}={v:.4g}' for k, v in chosen.parameters.items())})")
         final = self.options.directory / "final"
-        run = self.tracker.start_final({"trial": chosen.index, "lambda3": config.loss.variation_weight,
-                                        "loss_form": config.loss.describe()}
-                                       | chosen.parameters | {"config": configs.to_dict(config)},
+        run = self.tracker.start_final({"trial": chosen.index} | chosen.parameters | run_params(config),
                                        system_metrics_interval_s=10.0 if self.options.system_metrics else 0)
         with run:
             trained = self.trainer(config, self.bench, on_step=run.log_step, progress=self.options.progress)
