@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-import warnings
 from typing import Callable, Sequence
 
+from pipeline import quiet
+from pipeline.config import ExperimentConfig
+from pipeline.data.sources import build_splits, plain_images
 from pipeline.errors import UserError
-
-
-# Libraries whose warnings (and torch warnings raised from their code) a user of a search cannot act on:
-# the optimiser's numerical and API notices.
-OPTIMISER_MODULES = r"(ax|botorch|gpytorch|linear_operator|pyro)(\.|$)"
-
-
-def quiet_libraries() -> None:
-    """Silence library chatter a user cannot act on: deprecation notices, the optimiser's warnings,
-    INFO logs and MLflow's artifact progress bars."""
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
-    warnings.filterwarnings("ignore", module=OPTIMISER_MODULES)
-    for name in ("ax", "mlflow", "botorch", "alembic", "urllib3", "timm", "matplotlib"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # BoTorch compiles a C++ kernel on its first multi-objective trial; importing torch's compiler helper on a
-    # machine with a CUDA toolkit but no GPU logs "No CUDA runtime is found".
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-def quiet_ax() -> None:
-    """Import Ax without its import-time INFO chatter; its console handler shows errors only."""
-    logging.disable(logging.INFO)
-    try:
-        import ax  # noqa: F401  (attaches Ax's handler)
-        import ax.storage.sqa_store.with_db_settings_base  # noqa: F401  (logs at import)
-    finally:
-        logging.disable(logging.NOTSET)
-
-    for handler in logging.getLogger("ax").handlers:  # its modelling notices, e.g. "outcome is constant"
-        handler.setLevel(logging.ERROR)
+from pipeline.evaluation.scoring import EvalSet, prepare_eval_set
+from pipeline.metrics.road import IMPUTERS
+from pipeline.models.classifiers import Classifier
+from pipeline.models.coverage import ClassCoverage
+from pipeline.models.device import DEVICE_HELP
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +39,7 @@ def user_message(error: UserError) -> str:
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Call ``main`` and exit; a UserError prints ``error: <message>`` and exits with code 2."""
-    quiet_libraries()
+    quiet.quiet_libraries()
     try:
         code = main(argv)
     except UserError as error:
@@ -77,3 +49,54 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where a command loading a trained head runs, whatever device trained it."""
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def coverage_line(coverage: ClassCoverage) -> str:
+    """One console line on how many classes have trained maps."""
+    counts = coverage.summary()
+    return (f"class coverage: {counts['classes_trained']} of {counts['num_classes']} classes were explained at least "
+            f"{counts['min_count']} times in training; maps of the other classes are untrained, not explanations")
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--split val|test`` or ``--images PATH...``, and ``--limit N``: the images a command scores."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--split", choices=["val", "test"], help="the config's validation or test split")
+    source.add_argument("--images", nargs="+", help="image files or folders of images")
+    parser.add_argument("--limit", type=int, help="use only the first N images")
+
+
+def load_eval_set(classifier: Classifier, config: ExperimentConfig, args: argparse.Namespace) -> EvalSet:
+    """The images chosen with ``add_source_arguments``, classified once."""
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: give a positive number of images")
+    size = classifier.preprocessing.input_size
+    if args.images:
+        dataset = plain_images(args.images, size)
+    else:
+        splits = build_splits(config.data, size)
+        dataset = splits.val if args.split == "val" else splits.test
+    return prepare_eval_set(classifier, dataset, config.evaluation.batch_size, args.limit)
+
+
+def add_road_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--imputer`` and ``--percentages``: the ROAD protocol, overriding the head's ``evaluation`` config."""
+    parser.add_argument("--imputer", choices=IMPUTERS,
+                        help="ROAD imputer: noisy_linear (ROAD paper) or telea (OpenCV inpainting, P-TAME paper's "
+                             "Table 1); default: the head's evaluation.imputer")
+    parser.add_argument("--percentages", type=int, nargs="+", metavar="P",
+                        help="ROAD removal percentages, e.g. 10 30 50 70 (P-TAME paper); "
+                             "default: the head's evaluation.percentages")
+
+
+def road_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set``-style overrides for the ROAD arguments that were given."""
+    overrides = [] if args.imputer is None else [f"evaluation.imputer={args.imputer}"]
+    if args.percentages is not None:
+        overrides.append(f"evaluation.percentages=[{', '.join(map(str, args.percentages))}]")
+    return overrides

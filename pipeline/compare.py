@@ -17,268 +17,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import json
-import math
 import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import torch
 from mlflow.exceptions import MlflowException
-from torch import nn
 
 from pipeline import cli
-from pipeline.baselines.cam import CAM_METHODS, CamMethod
-from pipeline.baselines.rise import RiseSettings, rise_saliency
-from pipeline.config import ExperimentConfig
+from pipeline.baselines.rise import RiseSettings
+from pipeline.cli import add_device_argument, add_road_arguments, add_source_arguments, load_eval_set, road_overrides
 from pipeline.errors import UserError
-from pipeline.evaluate import (EvalSet, add_road_arguments, add_source_arguments, evaluate_maps, head_maps,
-                               load_eval_set, reference_maps, road_overrides)
+from pipeline.evaluation.comparison import METHODS, Row, baseline_methods, head_methods, load_heads, run_method
+from pipeline.hpo.folder import STATE, SearchState
 from pipeline.metrics.road import road_protocol_of
-from pipeline.metrics.faithfulness import ROWS_PER_STEP, faithfulness
-from pipeline.models.classifiers import Classifier
 from pipeline.models.contributions import LayerContribution, layer_contributions
-from pipeline.models.coverage import ClassCoverage
-from pipeline.models.explainer import Explainer
-from pipeline.plots import method_grid
-from pipeline.search import STATE, SearchState
-from pipeline.tracking import RunLog, Tracker, check_tracking_server
-from pipeline.train import add_device_argument, load_explainer
+from pipeline.reports.comparison_report import _passes, conventions, protocol_notes, write_figure, write_outputs
+from pipeline.tracking.runs import RunLog, Tracker
+from pipeline.tracking.stores import check_tracking_server
 
-METHODS = (*CAM_METHODS, "rise", "random", "center")
-Kind = Literal["head", "baseline", "reference"]
-FIGURE_IMAGES = 4
 SEARCHES = Path("runs/search")
-# (header, key, digits); a None value prints as "n/a"
-COLUMNS = [("AD@100 ↓", "ad_100", 2), ("IC@100 ↑", "ic_100", 1), ("AD@50 ↓", "ad_50", 2), ("IC@50 ↑", "ic_50", 1),
-           ("AD@15 ↓", "ad_15", 2), ("IC@15 ↑", "ic_15", 1), ("MoRF ↓", "road_morf_auc", 3),
-           ("LeRF ↑", "road_lerf_auc", 3), ("AG ↑", "ag", 2), ("Ins ↑", "insertion_auc", 3),
-           ("Del ↓", "deletion_auc", 3), ("R", "resolution", 0), ("fwd passes", "forward_passes", 0),
-           ("s / image", "seconds_per_image", 3), ("coverage", "coverage", 2)]
-
-
-@dataclass
-class Method:
-    """One row's way to make maps for an eval set, and the networks whose forward passes it pays for."""
-
-    name: str
-    kind: Kind
-    resolution: int
-    make_maps: Callable[[EvalSet], torch.Tensor]
-    backbone: nn.Module | None  # counted as forward passes per explanation
-    auxiliary: nn.Module | None = None  # heads: the auxiliary network's passes, counted separately
-    explainer: Explainer | None = None
-    config: ExperimentConfig | None = None
-    target_layer: str | None = None  # CAMs: the backbone module they read
-
-
-class ForwardCounter:
-    """Counts the images that go through a module's forward (a forward hook); a context manager."""
-
-    def __init__(self, module: nn.Module | None):
-        self.images = 0
-        self._handle = module.register_forward_hook(self._count) if module is not None else None
-
-    def _count(self, module: nn.Module, inputs: tuple, output: Any) -> None:
-        self.images += inputs[0].shape[0]
-
-    def __enter__(self) -> "ForwardCounter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-
-
-@dataclass
-class Row:
-    method: str
-    kind: Kind
-    metrics: dict[str, float]
-    resolution: int
-    forward_passes: float
-    auxiliary_passes: float | None
-    seconds_per_image: float
-    coverage: float | None  # heads only: baselines explain any class
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def value(self, key: str) -> float | None:
-        return self.metrics[key] if key in self.metrics else getattr(self, key)
-
-
-def head_resolution(explainer: Explainer) -> int:
-    """Cells of the head's map before upsampling: the largest auxiliary feature map."""
-    size = explainer.classifier.preprocessing.input_size
-    with torch.no_grad():
-        features = explainer.auxiliary(torch.zeros(1, 3, size, size, device=explainer.classifier.mean.device))
-    return max(f.shape[-2] * f.shape[-1] for f in features)
-
-
-def head_methods(heads: Sequence[tuple[Path, Explainer, ExperimentConfig]]) -> list[Method]:
-    """One row per head: "P-TAME (folder)", or "T-TAME (folder)" for a head on the backbone's own layers."""
-    names = [directory.name for directory, _, _ in heads]
-    if len(set(names)) < len(names):
-        names = [str(directory) for directory, _, _ in heads]
-    methods = []
-    for name, (_, explainer, config) in zip(names, heads):
-        kind = "T-TAME" if config.model.auxiliary == "backbone" else "P-TAME"
-        methods.append(Method(f"{kind} ({name})", "head", head_resolution(explainer),
-                              lambda evalset, e=explainer, c=config: head_maps(e, evalset, c.evaluation.batch_size),
-                              explainer.classifier, explainer.auxiliary, explainer, config))
-    return methods
-
-
-def baseline_methods(names: Sequence[str], classifier: Classifier, target_layer: str | None, batch_size: int,
-                     rise: RiseSettings) -> list[Method]:
-    """The requested baselines; CAM target layers are resolved (and checked) here, before any work."""
-    methods = []
-    for name in names:
-        if name in CAM_METHODS:
-            cam = CamMethod(name, classifier, target_layer, batch_size)
-            methods.append(Method(name, "baseline", cam.resolution,
-                                  lambda evalset, cam=cam: cam(evalset.images, evalset.targets), classifier,
-                                  target_layer=cam.layer_name))
-        elif name == "rise":
-            methods.append(Method(name, "baseline", rise.cells ** 2,
-                                  lambda evalset: rise_saliency(classifier, evalset.images, evalset.targets, rise),
-                                  classifier))
-        else:
-            methods.append(Method(name, "reference", classifier.preprocessing.input_size ** 2,
-                                  lambda evalset, kind=name: reference_maps(kind, len(evalset),
-                                                                            tuple(evalset.images.shape[-2:])),
-                                  None))
-    return methods
-
-
-def run_method(method: Method, classifier: Classifier, evalset: EvalSet, settings: ExperimentConfig
-               ) -> tuple[Row, torch.Tensor]:
-    """Make the maps (timed, forward passes counted), then score them like every other row."""
-    count = len(evalset)
-    with ForwardCounter(method.backbone) as backbone, ForwardCounter(method.auxiliary) as auxiliary:
-        started = time.perf_counter()
-        maps = method.make_maps(evalset)
-        if maps.is_cuda:  # the head's maps come without a host sync: wait for the queued kernels
-            torch.cuda.synchronize(maps.device)
-        seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    evaluation = evaluate_maps(classifier, evalset, maps, settings.evaluation)
-    measures = faithfulness(classifier, evalset.images, maps, evalset.targets, evalset.probabilities,
-                            batch_size=settings.evaluation.batch_size)
-    scoring = time.perf_counter() - started
-    coverage = None
-    if method.explainer is not None:
-        coverage = ClassCoverage.of(method.explainer.head, method.config.evaluation.min_class_count
-                                    ).fraction(evalset.targets)
-    row = Row(method.name, method.kind, evaluation.metrics() | measures.metrics(), method.resolution,
-              backbone.images / count, auxiliary.images / count if method.auxiliary is not None else None,
-              seconds / count, coverage,
-              {"road": asdict(evaluation.road), "adic": asdict(evaluation.adic),
-               "insertion": asdict(measures.insertion), "deletion": asdict(measures.deletion),
-               "scoring_seconds": round(scoring, 3)})
-    return row, maps.cpu()
-
-
-def _cell(value: float | None, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}" if digits else f"{value:g}"
-
-
-def _passes(row: Row) -> str:
-    backbone = _cell(row.forward_passes, 0)
-    return backbone if row.auxiliary_passes is None else f"{backbone} + {_cell(row.auxiliary_passes, 0)} aux"
-
-
-def markdown_table(rows: Sequence[Row]) -> str:
-    lines = ["| method | " + " | ".join(header for header, _, _ in COLUMNS) + " |",
-             "|---|" + "---:|" * len(COLUMNS)]
-    for row in rows:
-        cells = [_passes(row) if key == "forward_passes" else _cell(row.value(key), digits)
-                 for _, key, digits in COLUMNS]
-        lines.append(f"| {row.method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def contributions_table(contributions: Sequence[LayerContribution]) -> str:
-    lines = ["| layer | channels | channel share | contribution (all classes) | contribution (trained classes) |",
-             "|---|---:|---:|---:|---:|"]
-    lines += [f"| {c.layer} | {c.channels} | {c.channel_share:.2%} | {c.contribution:.2%} | "
-              f"{'n/a' if c.contribution_trained is None else f'{c.contribution_trained:.2%}'} |"
-              for c in contributions]
-    return "\n".join(lines)
-
-
-def conventions(evalset: EvalSet, rise: RiseSettings, layers: dict[str, str]) -> list[str]:
-    width = evalset.images.shape[-1]
-    cam_layers = ", ".join(f"{name}: {layer}" for name, layer in layers.items()) or "none"
-    return [
-        "Scores are softmax probabilities (ROAD: accuracy) of the class the backbone predicts on the clean image; "
-        "every map masks pixel space (removed pixels go black; ROAD imputes them).",
-        "AD/IC/AG in %, ROAD/Insertion/Deletion as AUC. Insertion starts from the image blurred (Gaussian 11, "
-        f"sigma 5), Deletion replaces pixels by black; {ROWS_PER_STEP * width} px per step.",
-        f"R = map cells before upsampling. Forward passes are counted per explanation. CAM target layers: "
-        f"{cam_layers}; RISE: N = {rise.masks}, s = {rise.cells}, p1 = {rise.keep}, seed {rise.seed}.",
-        "Coverage = share of images whose explained class the head was trained on (maps of untrained classes are "
-        "the head's random initial rows); n/a for baselines, which explain any class.",
-    ]
-
-
-def protocol_notes(heads: Sequence[tuple[Path, Explainer, ExperimentConfig]]) -> list[str]:
-    """The ROAD protocol every row is scored under (the first head's), and the heads whose configs name another."""
-    scored = road_protocol_of(heads[0][2].evaluation)
-    others = [f"{directory} ({protocol})" for directory, _, config in heads[1:]
-              if (protocol := road_protocol_of(config.evaluation)) != scored]
-    notes = [f"ROAD protocol of every row: {scored}."]
-    if others:
-        notes.append(f"The heads' configs name different ROAD protocols: {', '.join(others)} differ from the first "
-                     f"head's, {heads[0][0]} ({scored}); every row here is scored under the first head's, so "
-                     "the rows are comparable but some heads' own protocols are not used (choose one with "
-                     "--imputer/--percentages).")
-    return notes
-
-
-def write_outputs(rows: Sequence[Row], contributions: dict[str, list[LayerContribution]], notes: list[str],
-                  header: dict[str, Any], out: Path) -> list[Path]:
-    """comparison.md, comparison.csv and comparison.json in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = [f"# Comparison: {header['backbone']}, {header['source']} ({header['images']} images)", "",
-                markdown_table(rows), "", *[f"- {note}" for note in notes]]
-    for name, entries in contributions.items():
-        markdown += ["", f"## Layer contributions of {name} (P-TAME Table 2)", "", contributions_table(entries)]
-    paths = [out / "comparison.md", out / "comparison.csv", out / "comparison.json"]
-    paths[0].write_text("\n".join(markdown) + "\n")
-    keys = sorted({key for row in rows for key in row.metrics})
-    with paths[1].open("w", newline="") as file:
-        writer = csv.writer(file)
-        fixed = ["resolution", "forward_passes", "auxiliary_passes", "seconds_per_image", "coverage"]
-        writer.writerow(["method", "kind", *keys, *fixed])
-        for row in rows:
-            writer.writerow([row.method, row.kind, *(row.metrics.get(k) for k in keys),
-                             *("" if getattr(row, k) is None else getattr(row, k) for k in fixed)])
-    paths[2].write_text(json.dumps(header | {"conventions": notes, "rows": [asdict(row) for row in rows],
-                                             "contributions": {name: [asdict(c) for c in entries]
-                                                               for name, entries in contributions.items()}},
-                                   indent=2))
-    return paths
-
-
-def write_figure(evalset: EvalSet, classifier: Classifier, maps: dict[str, torch.Tensor], rows: Sequence[Row],
-                 methods: Sequence[Method], path: Path) -> Path:
-    """The first images in rows, one column per method; heads' cells of untrained classes say so."""
-    shown = slice(0, min(FIGURE_IMAGES, len(evalset)))
-    targets = evalset.targets[shown].cpu()
-    titles = [f"{classifier.category(int(t))} ({float(p):.2f})"
-              for t, p in zip(targets, evalset.probabilities[shown])]
-    notes = {method.name: ["" if trained else "untrained class" for trained in
-                           ClassCoverage.of(method.explainer.head, method.config.evaluation.min_class_count
-                                            ).covered(targets).tolist()]
-             for method in methods if method.explainer is not None}
-    return method_grid(evalset.images[shown].cpu(), {row.method: maps[row.method][shown] for row in rows},
-                       titles, path, notes)
 
 
 def parse_methods(text: str) -> list[str]:
@@ -287,23 +47,6 @@ def parse_methods(text: str) -> list[str]:
     if unknown:
         raise UserError(f"unknown method {unknown[0]!r} in --methods; choose from {','.join(METHODS)}")
     return list(dict.fromkeys(names))
-
-
-def load_heads(directories: Sequence[Path], device: str, overrides: Sequence[str] = ()
-               ) -> list[tuple[Path, Explainer, ExperimentConfig]]:
-    """Every head (``overrides`` as ``--set``), checked to explain the same backbone (same name and weights)."""
-    if len(set(map(Path.resolve, directories))) < len(directories):
-        raise UserError("the same --head folder is given twice; give each head once")
-    heads = [(directory, *load_explainer(directory, device, overrides)) for directory in directories]
-    first_dir, _, first = heads[0]
-    for directory, _, config in heads[1:]:
-        mine, theirs = (first.model.backbone, first.model.backbone_weights), (config.model.backbone,
-                                                                              config.model.backbone_weights)
-        if mine != theirs:
-            raise UserError(f"the heads explain different backbones: {first_dir} explains {mine[0]} "
-                            f"(weights {mine[1] or 'library'}), {directory} explains {theirs[0]} "
-                            f"(weights {theirs[1] or 'library'}); compare heads of one backbone at a time")
-    return heads
 
 
 def search_parent_run(name: str) -> str:

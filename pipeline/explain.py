@@ -15,18 +15,19 @@ from typing import Sequence
 import torch
 
 from pipeline import cli
-from pipeline.data import plain_images
+from pipeline.cli import add_device_argument
+from pipeline.data.sources import plain_images
 from pipeline.models.explainer import Explainer
-from pipeline.plots import save_overlay
-from pipeline.train import add_device_argument, load_explainer
+from pipeline.reports.plots import save_overlay
+from pipeline.training.saved_head import load_explainer
 
 UNTRAINED_MARK = "UNTRAINED"
 
 
 def registered_explainer(uri: str, tracking_uri: str | None) -> tuple[Explainer, int]:
     """The explainer and its ``min_class_count`` from a registered model URI (``models:/NAME/VERSION`` or ``@ALIAS``)."""
-    from pipeline.serving import load_registered
-    from pipeline.tracking import check_tracking_server, resolve_tracking_uri
+    from pipeline.tracking.serving import load_registered
+    from pipeline.tracking.stores import check_tracking_server, resolve_tracking_uri
 
     check_tracking_server(tracking_uri)
     model = load_registered(uri, resolve_tracking_uri(tracking_uri))

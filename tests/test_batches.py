@@ -15,13 +15,21 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from pipeline import batches as batches_module, config as configs
-from pipeline.batches import (DeviceBatches, decode_batch, decodes_on_device, jpeg_frame, nvjpeg_can_decode,
-                              train_views, training_batches)
+from pipeline import config as configs
 from pipeline.config import ModelConfig, TrainConfig
-from pipeline.data import DemoViews, ImageFiles, files_of, image_folder, train_transform
+from pipeline.data import batches as batches_module
+from pipeline.data.batches import (
+    DeviceBatches,
+    decode_batch,
+    decodes_on_device,
+    jpeg_frame,
+    nvjpeg_can_decode,
+    train_views,
+    training_batches,
+)
+from pipeline.data.sources import DemoViews, files_of, image_folder, train_transform
 from pipeline.errors import UserError
-from pipeline.train import build_explainer, load_models
+from pipeline.models.loading import build_explainer, load_models
 from pipeline.training import compiled as compiled_module
 from pipeline.training.compiled import CompiledNetwork
 from pipeline.training.loop import train

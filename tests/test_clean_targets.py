@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from pipeline import config as configs
-from pipeline.train import Workbench, train_head
 from pipeline.training.clean_targets import CleanTargets
+from pipeline.training.head_training import Workbench, train_head
 from tests.toy_models import TOY_MODEL, tiny_classifier
 
 

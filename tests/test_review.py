@@ -8,11 +8,11 @@ import pytest
 from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
 
 from pipeline import config as configs
-from pipeline.review import (FinalHead, experiment_url, review_link, search_alias,
-                             search_description, version_description, version_tags)
+from pipeline.hpo.descriptions import FinalHead, search_alias, search_description, version_description, version_tags
+from pipeline.hpo.space import load_search_space
+from pipeline.hpo.study import TrialRecord
 from pipeline.search import DEFAULT_SPACE
-from pipeline.search_space import load_search_space
-from pipeline.study import TrialRecord
+from pipeline.tracking.links import experiment_url, review_link
 
 CONFIG = configs.from_dict({"name": "demo", "model": {"backbone": "efficientnet_lite0", "auxiliary": "efficientnet_lite1"},
                             "loss": {"lambda1": 0.09, "lambda2": 0.91, "lambda_area": 2.0},

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import EvalConfig
-from pipeline.data import DemoViews
-from pipeline.evaluate import evaluate_maps, prepare_eval_set, reference_maps
+from pipeline.data.sources import DemoViews
+from pipeline.evaluation.scoring import evaluate_maps, prepare_eval_set, reference_maps
 from pipeline.models.classifiers import load_classifier
 
 VIEWS, PATCH, STRIDE = 18, 56, 28

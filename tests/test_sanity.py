@@ -9,13 +9,15 @@ import torch
 from PIL import Image
 
 from pipeline import cli
+from pipeline.data.sources import build_splits
 from pipeline.errors import UserError
-from pipeline.evaluate import prepare_eval_set
-from pipeline.data import build_splits
+from pipeline.evaluation.mprt import run_mprt
+from pipeline.evaluation.scoring import prepare_eval_set
 from pipeline.models.classifiers import build_network
 from pipeline.models.randomisation import BLOCK_PRESETS, Block, blocks_for, randomisable
-from pipeline.sanity import main as sanity_main, run_mprt
-from pipeline.train import load_explainer, main as train_main
+from pipeline.sanity import main as sanity_main
+from pipeline.train import main as train_main
+from pipeline.training.saved_head import load_explainer
 from tests.test_search import write_images
 from tests.test_train_cli import toy_experiment
 from tests.toy_models import TinyClassifier

@@ -15,13 +15,14 @@ import torch
 import yaml
 
 from pipeline import config as configs
-from pipeline.export import export
 from pipeline.errors import UserError
-from pipeline.search import DEFAULT_SPACE, Search, SearchOptions, parse_args
-from pipeline.search_space import load_search_space
-from pipeline.study import Study
-from pipeline.train import train_head
+from pipeline.hpo.exporting import export
+from pipeline.hpo.search import Search, SearchOptions
+from pipeline.hpo.space import load_search_space
+from pipeline.hpo.study import Study
+from pipeline.search import DEFAULT_SPACE, parse_args
 from pipeline.training import loop
+from pipeline.training.head_training import train_head
 from pipeline.training.loss import LossTerms
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.search_space import load_search_space
+from pipeline.hpo.space import load_search_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_generation_strategy_is_sobol_then_a_cheaper_mbm() -> None:
     from ax.adapter.registry import Cont_X_trans, Generators, Y_trans
 
-    from pipeline.search_space import BOTORCH_GEN_OPTIONS
+    from pipeline.hpo.space import BOTORCH_GEN_OPTIONS
 
     space = load_search_space(ROOT / "search_spaces" / "ptame.yaml")
     strategy = space.generation_strategy(seed=3)

@@ -10,9 +10,17 @@ import pytest
 
 from pipeline.config import load as load_config
 from pipeline.errors import UserError
-from pipeline.search_space import SearchSpace, load_search_space
-from pipeline.study import (INTERRUPTED, SNAPSHOT_NAME, Study, TrialRecord, format_table, objective_thresholds,
-                            pareto_front, trade_off)
+from pipeline.hpo.space import SearchSpace, load_search_space
+from pipeline.hpo.study import (
+    INTERRUPTED,
+    SNAPSHOT_NAME,
+    Study,
+    TrialRecord,
+    objective_thresholds,
+    pareto_front,
+    trade_off,
+)
+from pipeline.hpo.trial_table import format_table, study_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNS = {"road_morf_auc": -1.0, "road_lerf_auc": 1.0}
@@ -221,14 +229,14 @@ def test_reference_maps_set_the_thresholds_and_sit_under_the_trial_table(tmp_pat
     assert Study.open(tmp_path, space, seed=0, thresholds=thresholds).thresholds == thresholds
     with pytest.raises(UserError, match="objective thresholds"):
         Study.open(tmp_path, space, seed=0, thresholds={"road_morf_auc": 0.5, "road_lerf_auc": 0.61})
-    lines = study.table(references).splitlines()
+    lines = study_table(study, references).splitlines()
     assert lines[-2].split()[:4] == ["-", "random", "maps", "-"] and "threshold for MoRF" in lines[-2]
     assert "centred blob" in lines[-1] and "threshold for LeRF" in lines[-1] and "0.6100" in lines[-1]
     assert set(lines[-3]) == {"-", " "}  # a rule between the trials and the references
 
 
 def test_small_values_such_as_a_learning_rate_are_not_shown_as_zero():
-    from pipeline.study import _format_cell
+    from pipeline.hpo.trial_table import _format_cell
 
     assert [_format_cell(value) for value in (1e-5, 4.467e-06, 5.5e-17, 0.29834, -0.0)] == [
         "1e-05", "4.47e-06", "0.0000", "0.2983", "0.0000"]

@@ -18,10 +18,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline import config as configs, tracking
+from pipeline import config as configs
 from pipeline.errors import UserError
-from pipeline.tracking import Tracker
-from pipeline.train import save_head, train_head
+from pipeline.hpo.analyses import log_ax_analyses
+from pipeline.tracking import registry, runs, stores
+from pipeline.tracking.registry import start_final
+from pipeline.tracking.runs import Tracker
+from pipeline.training.head_training import train_head
+from pipeline.training.saved_head import save_head
 from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
 from tests.toy_models import TOY_MODEL
 
@@ -30,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 CREATE_STORE = """
 import sys, time
 from pathlib import Path
-from pipeline.tracking import Tracker
+from pipeline.tracking.runs import Tracker
 print("ready", flush=True)
 while not Path(sys.argv[2]).exists():
     time.sleep(0.01)
@@ -56,11 +60,11 @@ def tracker(server_uri: str) -> Tracker:
 def test_resolve_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    default = tracking.resolve_tracking_uri(None)
+    default = stores.resolve_tracking_uri(None)
     assert default.startswith("sqlite:///") and default.endswith(f"{tmp_path.name}/mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-env:5000")
-    assert tracking.resolve_tracking_uri(None) == "http://from-env:5000"
-    assert tracking.resolve_tracking_uri("http://explicit:5000") == "http://explicit:5000"
+    assert stores.resolve_tracking_uri(None) == "http://from-env:5000"
+    assert stores.resolve_tracking_uri("http://explicit:5000") == "http://explicit:5000"
 
 
 @pytest.mark.parametrize(
@@ -73,11 +77,11 @@ def test_resolve_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_pa
     ],
 )
 def test_registered_model_name(backbone: str, auxiliary: str, expected: str) -> None:
-    assert tracking.registered_model_name(backbone, auxiliary) == expected
+    assert registry.registered_model_name(backbone, auxiliary) == expected
 
 
 def test_flatten_params() -> None:
-    flat = tracking.flatten_params(
+    flat = runs.flatten_params(
         {"loss": {"lambda1": 0.5, "area": {"exp": 2}}, "layers": ["layer1", "layer2"], "empty": {},
          "long": "x" * 7000}
     )
@@ -111,8 +115,8 @@ def test_a_missing_database_folder_is_one_line(tmp_path: Path) -> None:
 def test_a_refusing_tracking_server_is_reported_at_once() -> None:
     started = time.perf_counter()
     with pytest.raises(UserError) as error:
-        tracking.check_tracking_server("http://127.0.0.1:9")
-    assert time.perf_counter() - started < tracking.HEALTH_TIMEOUT_S
+        stores.check_tracking_server("http://127.0.0.1:9")
+    assert time.perf_counter() - started < stores.HEALTH_TIMEOUT_S
     message = str(error.value)
     assert "http://127.0.0.1:9 (Connection refused)" in message and "--tracking-uri" in message
     assert "\n" not in message
@@ -141,11 +145,11 @@ def test_a_failing_tracking_server_is_reported_and_a_healthy_one_passes(server_u
     threading.Thread(target=failing.serve_forever, daemon=True).start()
     try:
         with pytest.raises(UserError, match="answers HTTP 503 to /health"):
-            tracking.check_tracking_server(f"http://127.0.0.1:{failing.server_port}")
+            stores.check_tracking_server(f"http://127.0.0.1:{failing.server_port}")
     finally:
         failing.shutdown()
-    tracking.check_tracking_server(server_uri)
-    tracking.check_tracking_server("sqlite:///never-created.db")  # local stores are not probed
+    stores.check_tracking_server(server_uri)
+    stores.check_tracking_server("sqlite:///never-created.db")  # local stores are not probed
 
 
 def test_trials_are_nested_with_params_steps_metrics_and_artifacts(
@@ -242,12 +246,12 @@ def test_final_explainer_is_logged_and_registered(
     tracker: Tracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    name = tracking.registered_model_name("tests.toy_models:tiny_classifier", f"toy-{uuid.uuid4().hex[:6]}")
+    name = registry.registered_model_name("tests.toy_models:tiny_classifier", f"toy-{uuid.uuid4().hex[:6]}")
     config = configs.from_dict({"model": TOY_MODEL, "data": {"demo_train_views": 8}, "train": {"batch_size": 4},
                                 "evaluation": {"min_class_count": 1}})
     head = save_head(train_head(config, progress=False), tmp_path / "head")
 
-    with tracker.start_final({"loss": {"lambda1": 0.6}}, system_metrics_interval_s=0.5) as final:
+    with start_final(tracker, {"loss": {"lambda1": 0.6}}, system_metrics_interval_s=0.5) as final:
         final.log_step(0, {"loss": 0.5})
         version = final.log_explainer(head, config, 32, name)
         final.describe_version(name, version, "a toy explainer", {"search": "toy"}, "toy-search")
@@ -295,8 +299,8 @@ def test_ax_analyses_are_exported_and_logged(
         client.complete_trial(index, {"road_morf": 0.3 * params["lambda1"] + 0.1,
                                       "road_lerf": 0.8 - 0.2 * params["lambda2"]})
 
-    with caplog.at_level(logging.INFO, logger="pipeline.tracking"):
-        written = tracker.log_ax_analyses(client, tmp_path / "ax")
+    with caplog.at_level(logging.INFO, logger="pipeline.hpo.analyses"):
+        written = log_ax_analyses(tracker, client, tmp_path / "ax")
     names = sorted(path.name for path in written)
     assert names == ["observed_effects_road_morf_vs_road_lerf.html",
                      "parallel_coordinates_for_road_lerf.html",

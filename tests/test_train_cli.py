@@ -10,10 +10,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline import cli, config as configs
+from pipeline import cli
+from pipeline import config as configs
 from pipeline.errors import UserError
 from pipeline.models.classifiers import load_classifier
-from pipeline.train import load_explainer, main as train_main
+from pipeline.train import main as train_main
+from pipeline.training.saved_head import load_explainer
 
 REPO = Path(__file__).resolve().parents[1]
 

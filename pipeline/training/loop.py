@@ -14,11 +14,11 @@ import torch
 from pipeline.config import LossConfig, TrainConfig
 from pipeline.models.explainer import Explainer
 from pipeline.models.head import activate
+from pipeline.progress import Progress
 from pipeline.training.clean_targets import CleanTargets
 from pipeline.training.compiled import CompiledNetwork, compile_enabled
 from pipeline.training.loss import LossTerms, class_subset, ptame_loss, reference_class_subset
 from pipeline.training.masking import mask_images
-from pipeline.training.progress import Progress
 
 StepCallback = Callable[[int, dict[str, float]], None]
 

@@ -6,7 +6,7 @@ Writes an ImageNet-shaped folder of 500x375 JPEGs (among them one PNG behind a `
 and one grayscale JPEG), then measures:
 
 - the data path alone: PIL + the train transform in loader workers, against workers that read bytes and
-  the GPU decoding and augmenting them (`pipeline.batches.DeviceBatches`);
+  the GPU decoding and augmenting them (`pipeline.data.batches.DeviceBatches`);
 - the step on a batch already on the device: the bare unavoidable work (clean forward, auxiliary
   forward, masked forward/backward), the P-TAME step eager and with the classifier compiled (interleaved);
 - ``train_head`` end to end on the folder with the defaults (``data.decode``/``train.compile`` auto);
@@ -39,12 +39,13 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script from anywhere
 
 from pipeline import config as configs  # noqa: E402
-from pipeline.batches import DeviceBatches  # noqa: E402
 from pipeline.config import EvalConfig, LossConfig, ModelConfig  # noqa: E402
-from pipeline.data import image_folder, train_transform  # noqa: E402
+from pipeline.data.batches import DeviceBatches
+from pipeline.data.sources import image_folder, train_transform
 from pipeline.metrics.road import road  # noqa: E402
-from pipeline.train import Workbench, build_explainer, load_models, train_head  # noqa: E402
+from pipeline.models.loading import build_explainer, load_models
 from pipeline.training.compiled import CompiledNetwork  # noqa: E402
+from pipeline.training.head_training import Workbench, train_head
 from pipeline.training.loop import optimisation_step  # noqa: E402
 from tests.benchmarks.train_step import bare_work  # noqa: E402
 

@@ -24,14 +24,18 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from pipeline import config as configs, parallel  # noqa: E402
-from pipeline.parallel import RayPool  # noqa: E402
-from pipeline.search import DEFAULT_SPACE, Search, SearchOptions  # noqa: E402
-from pipeline.search_space import load_search_space  # noqa: E402
-from pipeline.study import Study  # noqa: E402
-from pipeline.tracking import RunLog, Tracker  # noqa: E402
-from pipeline.trials import InProcessPool  # noqa: E402
 from search_overhead import spent, timed  # noqa: E402  (this folder; spent: label -> seconds in all calls)
+
+from pipeline import config as configs  # noqa: E402
+from pipeline.hpo import ray_pool as parallel
+from pipeline.hpo.pools import InProcessPool
+from pipeline.hpo.ray_pool import RayPool
+from pipeline.hpo.search import Search, SearchOptions
+from pipeline.hpo.space import load_search_space
+from pipeline.hpo.study import Study
+from pipeline.hpo.trial_table import study_table
+from pipeline.search import DEFAULT_SPACE
+from pipeline.tracking.runs import RunLog, Tracker
 
 REPO = Path(__file__).resolve().parents[2]
 moments: dict[str, dict[int, float]] = defaultdict(dict)  # "submitted"/"collected" -> trial -> perf_counter
@@ -87,7 +91,7 @@ def run_trials(base: dict, trials: int, parallel_trials: int, folder: Path) -> d
     search.run_trials()
     wall = time.perf_counter() - started
     completed = [r.index for r in search.study.records() if r.status == "completed"]
-    assert len(completed) == trials, search.study.table()
+    assert len(completed) == trials, study_table(search.study)
     round_trips = [moments["collected"][i] - moments["submitted"][i] for i in completed]
     dispatch = [trip - work[i] for trip, i in zip(round_trips, completed)]
     first_submit = min(moments["submitted"].values())

@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script from anywhere
 
 from pipeline import config as configs  # noqa: E402
-from pipeline.train import Workbench, train_head  # noqa: E402
 from pipeline.training.clean_targets import CleanTargets  # noqa: E402
+from pipeline.training.head_training import Workbench, train_head
 
 DEMO = Path(__file__).resolve().parents[2] / "experiments" / "demo.yaml"
 

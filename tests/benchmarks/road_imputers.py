@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script from anywhere
 
-from pipeline.evaluate import head_maps, prepare_eval_set
-from pipeline.data import build_splits
-from pipeline.metrics.road import _IMAGES_PER_CHUNK, road_masks, resolve_imputer
-from pipeline.train import load_explainer
+from pipeline.data.sources import build_splits
+from pipeline.evaluation.scoring import head_maps, prepare_eval_set
+from pipeline.metrics.road import _IMAGES_PER_CHUNK, resolve_imputer, road_masks
+from pipeline.training.saved_head import load_explainer
 
 
 def seconds_per_image(impute: Callable, images: torch.Tensor, masks: torch.Tensor) -> float:

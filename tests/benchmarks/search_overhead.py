@@ -17,11 +17,14 @@ from collections import defaultdict
 from functools import wraps
 from pathlib import Path
 
-from pipeline import config as configs, search, trials
-from pipeline.search import DEFAULT_SPACE, Search, SearchOptions
-from pipeline.search_space import load_search_space
-from pipeline.study import Study
-from pipeline.tracking import RunLog, Tracker
+from pipeline import config as configs
+from pipeline.hpo import search
+from pipeline.hpo import trial_worker as trials
+from pipeline.hpo.search import Search, SearchOptions
+from pipeline.hpo.space import load_search_space
+from pipeline.hpo.study import Study
+from pipeline.search import DEFAULT_SPACE
+from pipeline.tracking.runs import RunLog, Tracker
 from pipeline.training import loop
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from pipeline.config import LossConfig, ModelConfig
 from pipeline.models.head import AttentionHead, upsample
-from pipeline.train import build_explainer, load_models
+from pipeline.models.loading import build_explainer, load_models
 from pipeline.training.loop import training_step
 from pipeline.training.loss import ptame_loss
 from pipeline.training.masking import mask_images

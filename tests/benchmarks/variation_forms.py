@@ -16,10 +16,10 @@ import argparse
 import torch
 
 from pipeline import config as configs
-from pipeline.evaluate import EvalSet, evaluate_head, prepare_eval_set
+from pipeline.evaluation.scoring import EvalSet, evaluate_head, prepare_eval_set
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.head import minmax
-from pipeline.train import TrainedHead, Workbench, train_head
+from pipeline.training.head_training import TrainedHead, Workbench, train_head
 
 WEIGHTS = ((0.09, 0.91, 0.0), (0.045, 0.455, 0.5), (0.009, 0.091, 0.9))
 FORMS = ("paper", "reference")

@@ -24,14 +24,14 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
 from pipeline.config import ExperimentConfig
-from pipeline.data import eval_transform
+from pipeline.data.sources import eval_transform
 from pipeline.errors import UserError
 from pipeline.models.classifiers import LITE_SIZES
 from pipeline.models.explainer import Explainer
-from pipeline.train import CONFIG_FILE, HEAD_FILE, load_explainer
+from pipeline.training.saved_head import CONFIG_FILE, HEAD_FILE, load_explainer
 
 ENTRY_POINT = Path(__file__).with_name("registered_model.py")
-PACKAGE = Path(__file__).parent
+PACKAGE = Path(__file__).resolve().parents[1]  # the whole `pipeline` package travels as code
 WEIGHTS_KEYS = ("backbone_weights", "auxiliary_weights")  # config keys under `model` that may name files
 
 

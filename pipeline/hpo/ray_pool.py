@@ -2,7 +2,7 @@
 
 The search process starts a local Ray instance, or joins a running cluster (``--ray-address``). Each
 slot's worker loads the frozen models, the data and the validation set once and then runs one trial
-at a time (`pipeline.trials.TrialWorker`). A slot is one GPU (``--gpus-per-trial``: a fraction packs
+at a time (`pipeline.hpo.trial_worker.TrialWorker`). A slot is one GPU (``--gpus-per-trial``: a fraction packs
 several trials on one GPU) or, on a cluster without GPUs, an equal share of the CPU cores. Ray never
 retries anything: a worker that dies fails its trial and is replaced; the search decides what next.
 """
@@ -22,13 +22,15 @@ import ray
 from ray.exceptions import AuthenticationError, RayError, RayTaskError
 
 import pipeline
-from pipeline import cli, config as configs
+from pipeline import config as configs
+from pipeline import quiet
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
-from pipeline.trials import Finished, Trainer, TrialResult, TrialWorker, failure_reason
+from pipeline.hpo.pools import Finished
+from pipeline.hpo.trial_worker import Trainer, TrialResult, TrialWorker, failure_reason
 
 if TYPE_CHECKING:
-    from pipeline.tracking import RunLog
+    from pipeline.tracking.runs import RunLog
 
 DEFAULT_PORTS = {"ray": 10001, "gcs": 6379}
 CONNECT_TIMEOUT_S = 5.0
@@ -143,7 +145,7 @@ class TrialActor:
     def __init__(self, base: dict[str, Any], trainer: Trainer, threads: int, tracking_uri: str | None) -> None:
         import torch
 
-        cli.quiet_libraries()
+        quiet.quiet_libraries()
         if not ray.get_runtime_context().get_accelerator_ids().get("GPU"):
             os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU slot keeps off the GPUs its process inherited
         torch.set_num_threads(threads)
@@ -160,7 +162,7 @@ class TrialActor:
             return self.worker.run(index, config)
         from mlflow.tracking import MlflowClient
 
-        from pipeline.tracking import RunLog
+        from pipeline.tracking.runs import RunLog
 
         run = RunLog(MlflowClient(self.tracking_uri), run_id)
         try:

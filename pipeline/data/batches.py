@@ -24,7 +24,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from pipeline.config import ExperimentConfig
-from pipeline.data import ImageFiles, files_of, read_image
+from pipeline.data.sources import ImageFiles, files_of, read_image
 from pipeline.errors import UserError
 
 # Frame types nvJPEG decodes: baseline, extended sequential and progressive Huffman JPEGs, of 8-bit samples.

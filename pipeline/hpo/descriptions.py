@@ -8,48 +8,20 @@ page (``#/experiments/<id>``) opens the runs table of its "Model training" view 
 from __future__ import annotations
 
 import re
-import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pipeline import config as configs
 from pipeline.config import DataConfig, ExperimentConfig
+from pipeline.hpo.space import Parameter, SearchSpace
+from pipeline.hpo.study import TrialRecord
 from pipeline.metrics.road import road_protocol_of
-from pipeline.search_space import Parameter, SearchSpace
-from pipeline.study import TrialRecord
-from pipeline.tracking import is_tracking_server
 
-TRAINING_VIEW = "workflowType=machine_learning"
-UI_HOST, UI_PORT = "127.0.0.1", 5000  # where `mlflow ui` listens by default
 ALIAS_PREFIX = "search-"  # only for search names MLflow reserves as aliases ("latest", "v3")
 SCORES = (("road_morf_auc", "MoRF AUC {:.4f} (lower is better)"),  # metric, how `scores_line` shows it
           ("road_lerf_auc", "LeRF AUC {:.4f} (higher is better)"), ("ad_100", "AD@100 {:.1f}"),
           ("ic_100", "IC@100 {:.1f}"), ("class_coverage", "class coverage {:.2f}"))
-
-
-def experiment_url(server: str, experiment_id: str) -> str:
-    """The experiment's page on a tracking server, in MLflow's "Model training" view (the runs table)."""
-    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?{TRAINING_VIEW}"
-
-
-def ui_command(store_uri: str) -> str:
-    """The command that serves MLflow's UI on a local store (a relative sqlite path made absolute)."""
-    prefix = "sqlite:///"
-    if store_uri.startswith(prefix) and not store_uri.startswith(prefix + "/"):
-        store_uri = prefix + str(Path(store_uri[len(prefix):]).resolve())
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    return f"{mlflow} ui --backend-store-uri {store_uri} --host {UI_HOST} --port {UI_PORT}"
-
-
-def review_link(tracking_uri: str, experiment_id: str) -> str:
-    """One console line: the experiment's link, after the command that starts the UI for a local store."""
-    if is_tracking_server(tracking_uri):
-        return f"MLflow: {experiment_url(tracking_uri, experiment_id)}"
-    return (f"MLflow: start the UI with `{ui_command(tracking_uri)}`, then open "
-            f"{experiment_url(f'http://{UI_HOST}:{UI_PORT}', experiment_id)}")
 
 
 def search_alias(search: str) -> str:

@@ -7,6 +7,7 @@ the classifier's input size ``S``; networks normalise their own inputs.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -235,3 +236,16 @@ def build_splits(config: DataConfig, size: int) -> Splits:
             train = Subset(ImageFiles(evaluation.paths, evaluation.labels, train_transform(size)), train_indices)
         val, test = Subset(evaluation, val_indices), Subset(evaluation, test_indices)
     return Splits(_limit(train, config.train_limit), _limit(val, config.val_limit), _limit(test, config.test_limit))
+
+
+IMAGENET_ENV, DEFAULT_IMAGENET = "IMAGENET_ROOT", Path("data/ImageNet")
+
+
+def find_imagenet(data: str | None) -> Path | None:
+    """An ImageNet folder: ``--data`` if given, else ``$IMAGENET_ROOT``, else ``data/ImageNet``."""
+    candidates = [data] if data else [os.environ.get(IMAGENET_ENV), DEFAULT_IMAGENET]
+    for candidate in filter(None, candidates):
+        root = Path(candidate).expanduser()
+        if root.is_dir() and looks_like_imagenet(root):
+            return root
+    return None

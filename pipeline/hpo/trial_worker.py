@@ -1,7 +1,7 @@
 """One search trial's work: train a head, score it on the validation split, draw its plots.
 
 The same `TrialWorker` runs in the search process (``--parallel 1``, `InProcessPool`) and inside each
-Ray worker (`pipeline.parallel`). It never talks to Ax; its only MLflow contact is the optional
+Ray worker (`pipeline.hpo.ray_pool`). It never talks to Ax; its only MLflow contact is the optional
 ``on_step`` callback. What a trial produced comes back as a plain, picklable `TrialResult`, and the
 search process records it (Ax, MLflow, the trial folder).
 """
@@ -14,35 +14,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
-
-import torch
+from typing import Callable
 
 from pipeline.config import ExperimentConfig
-from pipeline.evaluate import EvalSet, Evaluation, evaluate_head, prepare_eval_set
-from pipeline.plots import explanation_grid, road_curve
-from pipeline.train import TrainedHead, Workbench, train_head
+from pipeline.evaluation.scoring import EvalSet, evaluate_head, prepare_eval_set
+from pipeline.reports.figures import grid_and_curve
+from pipeline.training.head_training import TrainedHead, Workbench, train_head
 from pipeline.training.loop import StepCallback
 
-if TYPE_CHECKING:
-    from pipeline.tracking import RunLog
-
-GRID_IMAGES = 8
 Trainer = Callable[..., TrainedHead]
-
-
-def grid_and_curve(evalset: EvalSet, maps: torch.Tensor, evaluation: Evaluation, trained: TrainedHead,
-                   directory: Path, title: str) -> list[Path]:
-    """Explanation grid of the first validation images and the ROAD curve, as PNGs."""
-    classifier = trained.explainer.classifier
-    count = min(GRID_IMAGES, len(evalset))
-    titles = [f"{classifier.category(int(t))} ({float(p):.2f})"
-              for t, p in zip(evalset.targets[:count], evalset.probabilities[:count])]
-    grid = explanation_grid(evalset.images[:count].cpu(), maps[:count].cpu(), titles, directory / "explanations.png")
-    road = evaluation.road
-    curve = road_curve(road.percentages, road.morf, road.lerf, road.morf_auc, road.lerf_auc,
-                       directory / "road_curve.png", title=f"{title}\n{road.protocol}")
-    return [grid, curve]
 
 
 def failure_reason(error: BaseException) -> str:
@@ -110,51 +90,3 @@ class TrialWorker:
         return TrialResult(metrics, plots, steps, time.perf_counter() - started)
 
 
-@dataclass
-class Finished:
-    """A trial that came back from a pool: its result, or why it failed."""
-
-    index: int
-    result: TrialResult | None = None
-    failure: str | None = None
-
-
-class TrialPool(Protocol):
-    """Where the search's trials run: `InProcessPool` here, or `pipeline.parallel.RayPool`."""
-
-    def free_slots(self) -> int:
-        """How many more trials can start now."""
-
-    def submit(self, index: int, config: ExperimentConfig, run: RunLog) -> dict[str, str]:
-        """Start trial ``index`` (its MLflow run is ``run``); returns where it runs (host, pid, device, ...)."""
-
-    def wait(self) -> list[Finished]:
-        """Block until at least one trial has finished (or a slot got ready) and return the finished ones."""
-
-    def close(self) -> None:
-        """Stop the workers."""
-
-
-class InProcessPool:
-    """One trial at a time in the search process, its steps logged live to the trial's run."""
-
-    def __init__(self, worker: TrialWorker) -> None:
-        self.worker = worker
-        self._job: tuple[int, ExperimentConfig, RunLog] | None = None
-
-    def free_slots(self) -> int:
-        return 0 if self._job else 1
-
-    def submit(self, index: int, config: ExperimentConfig, run: RunLog) -> dict[str, str]:
-        self._job = (index, config, run)
-        return self.worker.where
-
-    def wait(self) -> list[Finished]:
-        (index, config, run), self._job = self._job, None
-        try:
-            return [Finished(index, result=self.worker.run(index, config, on_step=run.log_step))]
-        except Exception as error:  # a failing trial must not end the search
-            return [Finished(index, failure=failure_reason(error))]
-
-    def close(self) -> None:
-        self._job = None

@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from pipeline.serving import ExplainerModel
+from pipeline.tracking.serving import ExplainerModel
 
 set_model(ExplainerModel())

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from pipeline.errors import UserError
-from pipeline.search_space import SearchSpace
+from pipeline.hpo import ax_seam
+from pipeline.hpo.space import SearchSpace
 
 if TYPE_CHECKING:
     from ax.api import Client
-    from ax.core.experiment import Experiment
 
 SNAPSHOT_NAME = "ax_experiment.json"
 # Torch threads while Ax fits the GP and optimises the acquisition function. Its tensors are tiny (tens of
@@ -30,7 +30,6 @@ GENERATION_THREADS = 1
 INTERRUPTED = "interrupted: the process stopped while this trial was running"
 _EXTRA_METRICS = "extra_metrics"  # run-metadata key for metrics that Ax does not model
 _GENERATOR_NAMES = {"Sobol": "Sobol", "MBM": "BoTorch"}
-_COLUMN_LABELS = {"road_morf_auc": "MoRF", "road_lerf_auc": "LeRF"}
 
 
 class AwaitingData(Exception):
@@ -113,7 +112,7 @@ class Study:
             study._save()
             return study
         study = cls._load(path, space, thresholds)
-        study._client._random_seed = seed  # not part of the snapshot; Client has no public setter
+        ax_seam.set_random_seed(study._client, seed)
         running = [record.index for record in study.records() if record.status == "running"]
         for index in running:
             study._client.mark_trial_failed(index, failed_reason=INTERRUPTED)
@@ -186,7 +185,7 @@ class Study:
         extras = {
             name: value for name, value in values.items() if name not in self.space.objectives and math.isfinite(value)
         }
-        _experiment(self._client).trials[index].update_run_metadata({_EXTRA_METRICS: extras})
+        ax_seam.experiment(self._client).trials[index].update_run_metadata({_EXTRA_METRICS: extras})
         self._client.complete_trial(index, raw_data={name: values[name] for name in self.space.objective_names})
         self._save()
         return True
@@ -198,7 +197,7 @@ class Study:
 
     def records(self) -> list[TrialRecord]:
         """Every trial in index order, with its observed metrics."""
-        experiment = _experiment(self._client)
+        experiment = ax_seam.experiment(self._client)
         data = experiment.lookup_data().df
         metrics: dict[int, dict[str, float]] = {}
         for row in data.itertuples(index=False):
@@ -244,15 +243,10 @@ class Study:
             raise UserError(f"--select {trial}: that trial is {record.status}{why}; pick a completed one: {completed}")
         return record
 
-    def table(self, references: Mapping[str, Mapping[str, float]] | None = None) -> str:
-        """`format_table` of all trials, Pareto trials starred, reference maps (and the thresholds) below."""
-        front = {record.index for record in self.pareto()}
-        return format_table(self.records(), front, self.space.objective_names, references, self.thresholds)
-
     @property
     def thresholds(self) -> dict[str, float]:
         """The objective thresholds (Ax's reference point) the search was configured with."""
-        config = _experiment(self._client).optimization_config
+        config = ax_seam.experiment(self._client).optimization_config
         return {threshold.metric_names[0]: threshold.bound for threshold in getattr(config, "objective_thresholds", [])}
 
     def _save(self) -> None:
@@ -289,13 +283,8 @@ def _torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _experiment(client: Client) -> Experiment:
-    """The client's experiment (Ax 1.3 exposes it only as a private property)."""
-    return client._experiment
-
-
 def _generator_name(generator_run: Any) -> str:
-    node = getattr(generator_run, "_generation_node_name", None)
+    node = ax_seam.generation_node_name(generator_run)
     return _GENERATOR_NAMES.get(node, node or "manual")
 
 
@@ -307,7 +296,7 @@ def _check_same_space(client: Client, space: SearchSpace, path: Path,
 
     expected = Client()
     space.configure(expected, thresholds=thresholds)
-    saved, wanted = _experiment(client), _experiment(expected)
+    saved, wanted = ax_seam.experiment(client), ax_seam.experiment(expected)
     differences = []
     for name in dict.fromkeys([*saved.search_space.parameters, *wanted.search_space.parameters]):
         before, after = saved.search_space.parameters.get(name), wanted.search_space.parameters.get(name)
@@ -340,50 +329,3 @@ def objective_thresholds(references: Mapping[str, Mapping[str, float]], signs: M
             for name, sign in signs.items() if all(name in scores for scores in references.values())}
 
 
-def format_table(
-    records: Sequence[TrialRecord],
-    pareto_indices: set[int] | Sequence[int],
-    objectives: Sequence[str] = ("road_morf_auc", "road_lerf_auc"),
-    references: Mapping[str, Mapping[str, float]] | None = None,
-    thresholds: Mapping[str, float] | None = None,
-) -> str:
-    """A fixed-width console table of all trials; ``*`` marks the Pareto set.
-
-    ``references`` (label -> metrics, e.g. of random maps) are rows under the trials; a reference whose value
-    is an objective threshold (``thresholds``) says so in its status."""
-    parameter_names = list(dict.fromkeys(name for record in records for name in record.parameters))
-    with_lambda3 = any(record.lambda3 is not None for record in records)
-    header = ["", "trial", "generator", *parameter_names]
-    header += ["lambda3"] * with_lambda3 + [_COLUMN_LABELS.get(name, name) for name in objectives] + ["status"]
-    rows = [header]
-    for record in records:
-        status = record.status + (f": {record.reason}" if record.reason else "")
-        row = ["*" if record.index in pareto_indices else "", str(record.index), record.generator]
-        row += [_format_cell(record.parameters.get(name)) for name in parameter_names]
-        row += [_format_cell(record.lambda3)] * with_lambda3
-        row += [_format_cell(record.metrics.get(name)) for name in objectives] + [status]
-        rows.append(row)
-    separator = len(rows)
-    for label, scores in (references or {}).items():
-        sets = [_COLUMN_LABELS.get(name, name) for name in objectives
-                if thresholds and name in thresholds and scores.get(name) == thresholds[name]]
-        status = "reference" + (f", objective threshold for {' and '.join(sets)}" if sets else "")
-        row = ["", "-", label, *["-"] * (len(parameter_names) + with_lambda3)]
-        rows.append(row + [_format_cell(scores.get(name)) for name in objectives] + [status])
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    rule = "  ".join("-" * width for width in widths)
-    if len(rows) > separator:
-        lines.insert(separator, rule)
-    lines.insert(1, rule)
-    return "\n".join(lines)
-
-
-def _format_cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and 1e-9 < abs(value) < 1e-3:
-        return f"{value:.3g}"  # a learning rate or weight decay, not 0.0000
-    if isinstance(value, float):
-        return f"{round(value, 4) + 0.0:.4f}"  # + 0.0 turns a rounded -0.0 into 0.0
-    return str(value)

@@ -1,0 +1,168 @@
+"""The rows of a comparison: trained heads and baselines (Grad-CAM family, RISE, trivial maps) make maps for the
+same images and classes, timed and with their forward passes counted, and are scored by the same code."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from pipeline.baselines.cam import CAM_METHODS, CamMethod
+from pipeline.baselines.rise import RiseSettings, rise_saliency
+from pipeline.config import ExperimentConfig
+from pipeline.errors import UserError
+from pipeline.evaluation.scoring import EvalSet, evaluate_maps, head_maps, reference_maps
+from pipeline.metrics.faithfulness import faithfulness
+from pipeline.models.classifiers import Classifier
+from pipeline.models.coverage import ClassCoverage
+from pipeline.models.explainer import Explainer
+from pipeline.training.saved_head import load_explainer
+
+
+@dataclass
+class Method:
+    """One row's way to make maps for an eval set, and the networks whose forward passes it pays for."""
+
+    name: str
+    kind: Kind
+    resolution: int
+    make_maps: Callable[[EvalSet], torch.Tensor]
+    backbone: nn.Module | None  # counted as forward passes per explanation
+    auxiliary: nn.Module | None = None  # heads: the auxiliary network's passes, counted separately
+    explainer: Explainer | None = None
+    config: ExperimentConfig | None = None
+    target_layer: str | None = None  # CAMs: the backbone module they read
+
+
+class ForwardCounter:
+    """Counts the images that go through a module's forward (a forward hook); a context manager."""
+
+    def __init__(self, module: nn.Module | None):
+        self.images = 0
+        self._handle = module.register_forward_hook(self._count) if module is not None else None
+
+    def _count(self, module: nn.Module, inputs: tuple, output: Any) -> None:
+        self.images += inputs[0].shape[0]
+
+    def __enter__(self) -> "ForwardCounter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+
+
+@dataclass
+class Row:
+    method: str
+    kind: Kind
+    metrics: dict[str, float]
+    resolution: int
+    forward_passes: float
+    auxiliary_passes: float | None
+    seconds_per_image: float
+    coverage: float | None  # heads only: baselines explain any class
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, key: str) -> float | None:
+        return self.metrics[key] if key in self.metrics else getattr(self, key)
+
+
+def head_resolution(explainer: Explainer) -> int:
+    """Cells of the head's map before upsampling: the largest auxiliary feature map."""
+    size = explainer.classifier.preprocessing.input_size
+    with torch.no_grad():
+        features = explainer.auxiliary(torch.zeros(1, 3, size, size, device=explainer.classifier.mean.device))
+    return max(f.shape[-2] * f.shape[-1] for f in features)
+
+
+def head_methods(heads: Sequence[tuple[Path, Explainer, ExperimentConfig]]) -> list[Method]:
+    """One row per head: "P-TAME (folder)", or "T-TAME (folder)" for a head on the backbone's own layers."""
+    names = [directory.name for directory, _, _ in heads]
+    if len(set(names)) < len(names):
+        names = [str(directory) for directory, _, _ in heads]
+    methods = []
+    for name, (_, explainer, config) in zip(names, heads):
+        kind = "T-TAME" if config.model.auxiliary == "backbone" else "P-TAME"
+        methods.append(Method(f"{kind} ({name})", "head", head_resolution(explainer),
+                              lambda evalset, e=explainer, c=config: head_maps(e, evalset, c.evaluation.batch_size),
+                              explainer.classifier, explainer.auxiliary, explainer, config))
+    return methods
+
+
+def baseline_methods(names: Sequence[str], classifier: Classifier, target_layer: str | None, batch_size: int,
+                     rise: RiseSettings) -> list[Method]:
+    """The requested baselines; CAM target layers are resolved (and checked) here, before any work."""
+    methods = []
+    for name in names:
+        if name in CAM_METHODS:
+            cam = CamMethod(name, classifier, target_layer, batch_size)
+            methods.append(Method(name, "baseline", cam.resolution,
+                                  lambda evalset, cam=cam: cam(evalset.images, evalset.targets), classifier,
+                                  target_layer=cam.layer_name))
+        elif name == "rise":
+            methods.append(Method(name, "baseline", rise.cells ** 2,
+                                  lambda evalset: rise_saliency(classifier, evalset.images, evalset.targets, rise),
+                                  classifier))
+        else:
+            methods.append(Method(name, "reference", classifier.preprocessing.input_size ** 2,
+                                  lambda evalset, kind=name: reference_maps(kind, len(evalset),
+                                                                            tuple(evalset.images.shape[-2:])),
+                                  None))
+    return methods
+
+
+def run_method(method: Method, classifier: Classifier, evalset: EvalSet, settings: ExperimentConfig
+               ) -> tuple[Row, torch.Tensor]:
+    """Make the maps (timed, forward passes counted), then score them like every other row."""
+    count = len(evalset)
+    with ForwardCounter(method.backbone) as backbone, ForwardCounter(method.auxiliary) as auxiliary:
+        started = time.perf_counter()
+        maps = method.make_maps(evalset)
+        if maps.is_cuda:  # the head's maps come without a host sync: wait for the queued kernels
+            torch.cuda.synchronize(maps.device)
+        seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    evaluation = evaluate_maps(classifier, evalset, maps, settings.evaluation)
+    measures = faithfulness(classifier, evalset.images, maps, evalset.targets, evalset.probabilities,
+                            batch_size=settings.evaluation.batch_size)
+    scoring = time.perf_counter() - started
+    coverage = None
+    if method.explainer is not None:
+        coverage = ClassCoverage.of(method.explainer.head, method.config.evaluation.min_class_count
+                                    ).fraction(evalset.targets)
+    row = Row(method.name, method.kind, evaluation.metrics() | measures.metrics(), method.resolution,
+              backbone.images / count, auxiliary.images / count if method.auxiliary is not None else None,
+              seconds / count, coverage,
+              {"road": asdict(evaluation.road), "adic": asdict(evaluation.adic),
+               "insertion": asdict(measures.insertion), "deletion": asdict(measures.deletion),
+               "scoring_seconds": round(scoring, 3)})
+    return row, maps.cpu()
+
+
+def load_heads(directories: Sequence[Path], device: str, overrides: Sequence[str] = ()
+               ) -> list[tuple[Path, Explainer, ExperimentConfig]]:
+    """Every head (``overrides`` as ``--set``), checked to explain the same backbone (same name and weights)."""
+    if len(set(map(Path.resolve, directories))) < len(directories):
+        raise UserError("the same --head folder is given twice; give each head once")
+    heads = [(directory, *load_explainer(directory, device, overrides)) for directory in directories]
+    first_dir, _, first = heads[0]
+    for directory, _, config in heads[1:]:
+        mine, theirs = (first.model.backbone, first.model.backbone_weights), (config.model.backbone,
+                                                                              config.model.backbone_weights)
+        if mine != theirs:
+            raise UserError(f"the heads explain different backbones: {first_dir} explains {mine[0]} "
+                            f"(weights {mine[1] or 'library'}), {directory} explains {theirs[0]} "
+                            f"(weights {theirs[1] or 'library'}); compare heads of one backbone at a time")
+    return heads
+
+
+METHODS = (*CAM_METHODS, "rise", "random", "center")
+
+
+Kind = Literal["head", "baseline", "reference"]

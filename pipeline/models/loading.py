@@ -1,0 +1,47 @@
+"""The frozen networks of a model config on their device, and a freshly initialised head around them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.models.auxiliary import FeatureExtractor, backbone_features, load_auxiliary
+from pipeline.models.classifiers import Classifier, load_classifier
+from pipeline.models.explainer import Explainer
+from pipeline.models.head import AttentionHead
+
+
+@dataclass
+class Models:
+    """The frozen networks of one model config, on their device."""
+
+    classifier: Classifier
+    auxiliary: FeatureExtractor
+    num_classes: int
+    channels: list[int]
+    device: torch.device
+
+
+def load_models(model: ModelConfig, device: torch.device) -> Models:
+    """Load the classifier and the auxiliary feature extractor, frozen, on ``device``."""
+    classifier = load_classifier(model.backbone, model.backbone_weights)
+    if model.auxiliary == "backbone":
+        auxiliary = backbone_features(classifier, model.auxiliary_layers)
+    else:
+        auxiliary = load_auxiliary(model.auxiliary, model.auxiliary_layers, model.auxiliary_weights)
+    layout = torch.channels_last
+    classifier.to(device, memory_format=layout)
+    auxiliary.to(device, memory_format=layout)
+    size = classifier.preprocessing.input_size
+    with torch.no_grad():
+        num_classes = classifier(torch.zeros(1, 3, size, size, device=device)).shape[1]
+    return Models(classifier, auxiliary, num_classes, auxiliary.channels(size), device)
+
+
+def build_explainer(models: Models, model: ModelConfig, seed: int) -> Explainer:
+    """A freshly initialised head (seeded) around the frozen networks."""
+    torch.manual_seed(seed)
+    head = AttentionHead(models.channels, models.num_classes).to(models.device, memory_format=torch.channels_last)
+    return Explainer(models.classifier, models.auxiliary, head, model.masking)

@@ -1,0 +1,74 @@
+"""Where runs go: the tracking URI (explicit, ``$MLFLOW_TRACKING_URI`` or MLflow's default), a quick health check of a
+tracking server, and a lock around the first use of a new local SQLite store."""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request
+from sqlalchemy.engine import make_url
+
+from pipeline.errors import UserError
+from pipeline.locking import exclusive_lock
+
+HEALTH_TIMEOUT_S = 5.0  # a tracking server that does not answer /health in this time is reported unreachable
+
+
+def check_tracking_server(uri: str | None) -> None:
+    """Fail in one line within seconds when the tracking URI (`resolve_tracking_uri`) names an http(s) server
+    that does not answer MLflow's ``/health``; MLflow itself would retry for minutes without a word."""
+    resolved = resolve_tracking_uri(uri)
+    if not is_tracking_server(resolved):
+        return
+    fix = "start the server, or give the right --tracking-uri (or $MLFLOW_TRACKING_URI)"
+    try:
+        response = http_request(get_default_host_creds(resolved), "/health", "GET", max_retries=0,
+                                timeout=HEALTH_TIMEOUT_S, raise_on_status=False)
+    except MlflowException as error:
+        raise UserError(f"cannot reach the MLflow tracking server at {resolved} ({_connection_problem(error)}); "
+                        f"{fix}") from None
+    if response.status_code >= 500:
+        raise UserError(f"the MLflow tracking server at {resolved} answers HTTP {response.status_code} to /health; "
+                        f"{fix}")
+
+
+def _connection_problem(error: MlflowException) -> str:
+    """Why the connection failed ("Connection refused", "no answer within 5 s"), from MLflow's wrapped error."""
+    text = str(error)
+    if "timeout" in text.lower():
+        return f"no answer within {HEALTH_TIMEOUT_S:g} s"
+    found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    return found.group(1) if found else text.splitlines()[0]
+
+
+def store_creation_lock(uri: str) -> AbstractContextManager[None]:
+    """For a local SQLite store, an exclusive lock on ``<database>.lock`` beside it: the first use of a new
+    database creates MLflow's tables, and two processes doing that at once (two searches started together in
+    a new folder) fail with "table ... already exists"."""
+    database = make_url(uri).database if uri.startswith("sqlite:") else None
+    if not database or database == ":memory:":
+        return nullcontext()
+    path = Path(database)
+    if not path.parent.is_dir():
+        raise UserError(f"the folder of the MLflow database {path} does not exist; create it or give another "
+                        "--tracking-uri")
+    return exclusive_lock(path.with_name(f"{path.name}.lock"))
+
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """Explicit `uri` > $MLFLOW_TRACKING_URI > MLflow's default (sqlite:///mlflow.db in the cwd)."""
+    return uri or os.environ.get(TRACKING_URI_ENV) or mlflow.get_tracking_uri()
+
+
+def is_tracking_server(uri: str) -> bool:
+    """An http(s) tracking server, which any process (e.g. a Ray worker) may write to."""
+    return uri.startswith(("http://", "https://"))
