@@ -31,14 +31,12 @@ from pipeline.baselines.rise import RiseSettings
 from pipeline.cli import add_device_argument, add_road_arguments, add_source_arguments, load_eval_set, road_overrides
 from pipeline.errors import UserError
 from pipeline.evaluation.comparison import METHODS, Row, baseline_methods, head_methods, load_heads, run_method
-from pipeline.hpo.folder import STATE, SearchState
+from pipeline.hpo.folder import PARENT_RUN, SearchFolder
 from pipeline.metrics.road import road_protocol_of
 from pipeline.models.contributions import LayerContribution, layer_contributions
 from pipeline.reports.comparison_report import _passes, conventions, protocol_notes, write_figure, write_outputs
 from pipeline.tracking.runs import RunLog, Tracker
 from pipeline.tracking.stores import check_tracking_server
-
-SEARCHES = Path("runs/search")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -51,12 +49,11 @@ def parse_methods(text: str) -> list[str]:
 
 def search_parent_run(name: str) -> str:
     """The MLflow parent run of search ``name`` (a search folder, or a name under runs/search)."""
-    for state in (Path(name) / STATE, SEARCHES / name / STATE):
-        run_id = SearchState.load(state).values.get("parent_run_id") if state.is_file() else None
-        if run_id:
-            return run_id
-    raise UserError(f"no search {name!r}: neither {Path(name) / STATE} nor {SEARCHES / name / STATE} names a parent "
-                    "run; give --search the --name of a search run from this folder, or the search's folder")
+    folder = SearchFolder.find(name)
+    run_id = folder.state.get(PARENT_RUN)
+    if not run_id:
+        raise UserError(f"search {name!r} ({folder.directory}) has no MLflow run yet; run it first")
+    return run_id
 
 
 def start_tracking(args: argparse.Namespace, params: dict[str, Any]) -> RunLog | None:

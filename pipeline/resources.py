@@ -11,6 +11,7 @@ from pipeline.errors import UserError
 PACKAGE = Path(__file__).resolve().parent
 EXPERIMENTS = PACKAGE / "experiments"  # the demo and the paper's setups, experiments/<backbone>.yaml
 SEARCH_SPACES = PACKAGE / "search_spaces"
+DEFAULT_SEARCH_SPACE = SEARCH_SPACES / "ptame.yaml"  # the paper's space
 
 
 def packaged_names(folder: Path) -> list[str]:

@@ -21,10 +21,8 @@ from pipeline.hpo.folder import check_search_name, search_name
 from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.trial_configs import check_space_fits
-from pipeline.resources import EXPERIMENTS, PACKAGE, SEARCH_SPACES, experiment_file, search_space_file
+from pipeline.resources import DEFAULT_SEARCH_SPACE, EXPERIMENTS, PACKAGE, experiment_file, search_space_file
 from pipeline.tracking.stores import check_tracking_server
-
-DEFAULT_SPACE = SEARCH_SPACES / "ptame.yaml"
 
 
 def base_experiment(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,7 +66,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", help="'demo' or a folder (ImageNet layout or an ImageFolder)")
     parser.add_argument("--trials", type=int, default=20, help="completed trials to reach (default 20)")
     cli.add_config_arguments(parser)
-    parser.add_argument("--space", type=Path, default=DEFAULT_SPACE,
+    parser.add_argument("--space", type=Path, default=DEFAULT_SEARCH_SPACE,
                         help="search space YAML, or a packaged one: ptame (default), reference")
     parser.add_argument("--name", help="search name, a folder under --out (default: derived from the setup; "
                                        "same name = resume)")

@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline import config as configs
 from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
-from pipeline.search import DEFAULT_SPACE
+from pipeline.resources import DEFAULT_SEARCH_SPACE
 from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,8 +35,8 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
 
 def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_path, capsys, monkeypatch):
     base = configs.apply_overrides(configs.read_yaml(REPO / "experiments" / "demo.yaml"), SMALL_DEMO)
-    options = SearchOptions(name="review", trials=3, base=base, space=load_search_space(DEFAULT_SPACE),
-                            space_path=DEFAULT_SPACE, seed=1, directory=tmp_path / "review",
+    options = SearchOptions(name="review", trials=3, base=base, space=load_search_space(DEFAULT_SEARCH_SPACE),
+                            space_path=DEFAULT_SEARCH_SPACE, seed=1, directory=tmp_path / "review",
                             tracking_uri=server, progress=False)
     search = Search(options)
     search.run()

@@ -30,7 +30,8 @@ from pipeline.hpo.search import Search
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import INTERRUPTED, AwaitingData, Study
 from pipeline.locking import search_lock
-from pipeline.search import DEFAULT_SPACE, main
+from pipeline.resources import DEFAULT_SEARCH_SPACE
+from pipeline.search import main
 from pipeline.training.head_training import train_head
 from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
 from tests.test_search import options, toy_base, write_images
@@ -91,7 +92,7 @@ def test_three_workers_wait_for_ax_run_distinct_trials_on_own_gpus_and_survive_a
     markers = tmp_path / "markers"
     markers.mkdir()
     space_path = tmp_path / "space.yaml"  # a Sobol budget of 2: the third worker must wait for a result
-    space_path.write_text(DEFAULT_SPACE.read_text().replace("initialization_trials: 5", "initialization_trials: 2"))
+    space_path.write_text(DEFAULT_SEARCH_SPACE.read_text().replace("initialization_trials: 5", "initialization_trials: 2"))
     settings = replace(options(tmp_path, trials=4), parallel=3, space=load_search_space(space_path),
                        space_path=space_path)
     next_trial = Study.next_trial
@@ -177,7 +178,7 @@ def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_seco
     assert second.returncode == 2 and "search 'killed' is already running (pid" in refused[1], refused
 
     folder = tmp_path / "search" / "killed"
-    space = load_search_space(DEFAULT_SPACE)
+    space = load_search_space(DEFAULT_SEARCH_SPACE)
     before = Study.read(folder, space).records()
     running = [r.index for r in before if r.status == "running"]
     assert sorted(running) == sorted(in_flight) and len(running) == 2, (before, "".join(output))

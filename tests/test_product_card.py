@@ -13,7 +13,7 @@ import torch
 from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.models.classifiers import build_network
-from pipeline.search import DEFAULT_SPACE
+from pipeline.resources import DEFAULT_SEARCH_SPACE
 from tests.test_search import write_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +46,8 @@ def test_vgg16_search_runs_two_trials_with_a_weights_file(tmp_path):
                       "auxiliary": "resnet18", "auxiliary_weights": str(tmp_path / "resnet18.pth")},
             "data": {"dataset": "folder", "root": str(images)},
             "train": {"batch_size": 2}, "evaluation": {"percentages": [30, 70], "batch_size": 8}}
-    options = SearchOptions(name="vgg16", trials=2, base=base, space=load_search_space(DEFAULT_SPACE),
-                            space_path=DEFAULT_SPACE, seed=0, directory=tmp_path / "runs" / "vgg16",
+    options = SearchOptions(name="vgg16", trials=2, base=base, space=load_search_space(DEFAULT_SEARCH_SPACE),
+                            space_path=DEFAULT_SEARCH_SPACE, seed=0, directory=tmp_path / "runs" / "vgg16",
                             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", progress=False,
                             system_metrics=False)
     search = Search(options)

@@ -78,7 +78,7 @@ def test_an_installed_wheel_runs_from_an_empty_directory(tmp_path):
     resolved = run("-c", "import pipeline.search as s; from pipeline import config as c, resources as r; "
                          "from pipeline.hpo.space import load_search_space as load\n"
                          "print(s.__file__)\n"
-                         "print(load(r.search_space_file(s.DEFAULT_SPACE)).name)\n"
+                         "print(load(r.search_space_file(r.DEFAULT_SEARCH_SPACE)).name)\n"
                          "print(load(r.search_space_file('search_spaces/reference.yaml')).name)\n"
                          "print(c.load(r.experiment_file('experiments/demo.yaml')).model.backbone)\n"
                          "print(c.load(r.experiment_file('experiments/paper/tab1_vgg16.yaml')).model.backbone)\n")

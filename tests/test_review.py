@@ -11,7 +11,7 @@ from pipeline import config as configs
 from pipeline.hpo.descriptions import FinalHead, search_alias, search_description, version_description, version_tags
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import TrialRecord
-from pipeline.search import DEFAULT_SPACE
+from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.tracking.links import experiment_url, review_link
 
 CONFIG = configs.from_dict({"name": "demo", "model": {"backbone": "efficientnet_lite0", "auxiliary": "efficientnet_lite1"},
@@ -71,7 +71,7 @@ def test_version_tags_and_description_say_what_the_version_is() -> None:
 
 
 def test_search_description_grows_from_the_setup_to_the_chosen_head() -> None:
-    space = load_search_space(DEFAULT_SPACE)
+    space = load_search_space(DEFAULT_SEARCH_SPACE)
     start = search_description("review-demo", CONFIG, space, 20, [], [])
     for text in ("**P-TAME search `review-demo`**", "`lambda1` → `loss.lambda1`: range [0, 1]",
                  "`lambda_area` → `loss.lambda_area`: choice 0.5, 1, 2", "constraint: lambda1 + lambda2 <= 1",

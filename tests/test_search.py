@@ -20,7 +20,8 @@ from pipeline.hpo.exporting import export
 from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import Study
-from pipeline.search import DEFAULT_SPACE, parse_args
+from pipeline.resources import DEFAULT_SEARCH_SPACE
+from pipeline.search import parse_args
 from pipeline.training import loop
 from pipeline.training.head_training import train_head
 from pipeline.training.loss import LossTerms
@@ -52,9 +53,9 @@ def toy_base(images: Path) -> dict:
 
 
 def options(tmp_path: Path, trials: int) -> SearchOptions:
-    space = load_search_space(DEFAULT_SPACE)
+    space = load_search_space(DEFAULT_SEARCH_SPACE)
     return SearchOptions(name="toy", trials=trials, base=toy_base(write_images(tmp_path / "images")), space=space,
-                         space_path=DEFAULT_SPACE, seed=3, directory=tmp_path / "search" / "toy",
+                         space_path=DEFAULT_SEARCH_SPACE, seed=3, directory=tmp_path / "search" / "toy",
                          tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", progress=False, system_metrics=False)
 
 
@@ -121,13 +122,13 @@ def test_sigkill_then_rerun_resumes_without_losing_or_duplicating_trials(tmp_pat
     exported = export(snapshot.parent, tmp_path / "interrupted.yaml")
     assert configs.load(exported).model.backbone == base["model"]["backbone"]
     assert snapshot.read_bytes() == saved, "exporting must not change the search"
-    before = Study.read(snapshot.parent, load_search_space(DEFAULT_SPACE)).records()
+    before = Study.read(snapshot.parent, load_search_space(DEFAULT_SEARCH_SPACE)).records()
     done_before = [r.index for r in before if r.status == "completed"]
     assert len(done_before) >= 2 and all(r.status in ("running", "completed") for r in before)
 
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    records = Study.read(snapshot.parent, load_search_space(DEFAULT_SPACE)).records()
+    records = Study.read(snapshot.parent, load_search_space(DEFAULT_SEARCH_SPACE)).records()
     assert [r.index for r in records] == list(range(len(records)))
     assert sum(r.status == "completed" for r in records) == 4
     assert all(r.status in ("completed", "failed") for r in records)

@@ -1,25 +1,33 @@
-"""A search's folder under ``--out``: the base config and search space it started with, its state, trials and
-final head."""
+"""A search's folder, ``--out/NAME``: everything a search keeps on disk, and the one place that knows the layout.
+
+    base_config.yaml     the experiment it was started with (a rerun must pass the same)
+    search_space.yaml    a copy of its search space
+    ax_experiment.json   Ax's snapshot (`pipeline.hpo.study`)
+    state.json           the rest: the MLflow parent run, the reference maps' scores, the final head's trial
+    trials/NNN/          each trial's plots
+    final/               the final head (``head.pt``, ``config.yaml``, ...), best.yaml, metrics.json
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+import shutil
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from pipeline import config as configs
+from pipeline.atomic import write_text_atomically
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
-from pipeline.hpo.space import SearchSpace
+from pipeline.hpo.space import SearchSpace, load_search_space
 
-BASE_CONFIG, SPACE, STATE = "base_config.yaml", "search_space.yaml", "state.json"
-
-
-BEST, METRICS = "best.yaml", "metrics.json"
-
-
-REFERENCES = "reference_maps"  # state key: ROAD of trivial maps on the validation split
+DEFAULT_ROOT = Path("runs/search")  # --out of every command that names a search
+BASE_CONFIG, SPACE, STATE, BEST, METRICS = "base_config.yaml", "search_space.yaml", "state.json", "best.yaml", "metrics.json"
+# state.json keys
+PARENT_RUN, REFERENCES, FINAL_TRIAL, MODEL_VERSION = "parent_run_id", "reference_maps", "final_trial", "model_version"
 
 
 def search_name(base: ExperimentConfig, space: SearchSpace) -> str:
@@ -35,19 +43,72 @@ def check_search_name(name: str) -> None:
                         "(the search lives in --out/NAME; choose the folder with --out)")
 
 
-@dataclass
-class SearchState:
-    """What the search keeps besides Ax's snapshot: the MLflow parent run and the final head's status."""
+class SearchFolder:
+    """One search's folder; `state` is read once and rewritten atomically on every `update_state`."""
 
-    path: Path
-    values: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._state: dict[str, Any] | None = None
 
     @classmethod
-    def load(cls, path: Path) -> "SearchState":
-        return cls(path, json.loads(path.read_text()) if path.is_file() else {})
+    def find(cls, search: str | Path, root: Path = DEFAULT_ROOT) -> SearchFolder:
+        """The folder of an existing search: ``search`` as a folder, else as a name under ``root``."""
+        for directory in (Path(search), root / search):
+            if (directory / BASE_CONFIG).is_file():
+                return cls(directory)
+        raise UserError(f"no search {str(search)!r}: neither {search} nor {root / search} holds one; give the --name "
+                        "of a search run from this folder (and --root if it used another --out), or its folder")
 
-    def set(self, **values: Any) -> None:
-        self.values.update(values)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.values, indent=2))
-        temporary.replace(self.path)
+    def start(self, name: str, base: dict[str, Any], space_path: Path) -> None:
+        """Create the folder for a new search, or check that a resumed one was started with the same config."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        base_path = self.directory / BASE_CONFIG
+        if base_path.is_file() and configs.read_yaml(base_path) != base:
+            raise UserError(f"search {name!r} was started with another experiment config ({base_path}); rerun "
+                            "with the same options or choose a new --name")
+        base_path.write_text(yaml.safe_dump(base, sort_keys=False))
+        shutil.copyfile(space_path, self.directory / SPACE)
+
+    def base(self) -> dict[str, Any]:
+        """The experiment dict the search was started with."""
+        return configs.read_yaml(self.directory / BASE_CONFIG)
+
+    def space(self) -> SearchSpace:
+        return load_search_space(self.directory / SPACE)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        if self._state is None:
+            path = self.directory / STATE
+            self._state = json.loads(path.read_text()) if path.is_file() else {}
+        return self._state
+
+    def update_state(self, **values: Any) -> None:
+        self.state.update(values)
+        write_text_atomically(self.directory / STATE, json.dumps(self.state, indent=2))
+
+    def trial(self, index: int) -> Path:
+        """The folder of trial ``index`` (created)."""
+        folder = self.directory / "trials" / f"{index:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @property
+    def final(self) -> Path:
+        """The final head's folder."""
+        return self.directory / "final"
+
+    @property
+    def best(self) -> Path:
+        """The chosen trial's complete experiment YAML."""
+        return self.directory / BEST
+
+    @property
+    def metrics(self) -> Path:
+        """The chosen trial's validation and test scores, JSON."""
+        return self.directory / METRICS
+
+    @property
+    def analyses(self) -> Path:
+        """Ax's HTML analyses."""
+        return self.directory / "ax"

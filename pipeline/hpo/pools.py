@@ -3,15 +3,21 @@ pool is `pipeline.hpo.ray_pool`."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from pipeline.config import ExperimentConfig
 from pipeline.hpo.trial_worker import TrialResult, TrialWorker, failure_reason
 
-if TYPE_CHECKING:
-    from pipeline.tracking.runs import RunLog
 
+class StepLog(Protocol):
+    """Where a running trial's training steps go: its MLflow run (`pipeline.tracking.runs.RunLog`)."""
+
+    run_id: str
+
+    def log_step(self, step: int, metrics: Mapping[str, float], timestamp_ms: int | None = None) -> None:
+        """Record one step's metrics."""
 
 
 @dataclass
@@ -29,8 +35,9 @@ class TrialPool(Protocol):
     def free_slots(self) -> int:
         """How many more trials can start now."""
 
-    def submit(self, index: int, config: ExperimentConfig, run: RunLog) -> dict[str, str]:
-        """Start trial ``index`` (its MLflow run is ``run``); returns where it runs (host, pid, device, ...)."""
+    def submit(self, index: int, config: ExperimentConfig, steps: StepLog | None) -> dict[str, str]:
+        """Start trial ``index``, its steps logged to ``steps`` where the pool can (else they come back in its
+        result); returns where it runs (host, pid, device, ...)."""
 
     def wait(self) -> list[Finished]:
         """Block until at least one trial has finished (or a slot got ready) and return the finished ones."""
@@ -40,23 +47,23 @@ class TrialPool(Protocol):
 
 
 class InProcessPool:
-    """One trial at a time in the search process, its steps logged live to the trial's run."""
+    """One trial at a time in the search process, its steps logged live."""
 
     def __init__(self, worker: TrialWorker) -> None:
         self.worker = worker
-        self._job: tuple[int, ExperimentConfig, RunLog] | None = None
+        self._job: tuple[int, ExperimentConfig, StepLog | None] | None = None
 
     def free_slots(self) -> int:
         return 0 if self._job else 1
 
-    def submit(self, index: int, config: ExperimentConfig, run: RunLog) -> dict[str, str]:
-        self._job = (index, config, run)
+    def submit(self, index: int, config: ExperimentConfig, steps: StepLog | None) -> dict[str, str]:
+        self._job = (index, config, steps)
         return self.worker.where
 
     def wait(self) -> list[Finished]:
-        (index, config, run), self._job = self._job, None
+        (index, config, steps), self._job = self._job, None
         try:
-            return [Finished(index, result=self.worker.run(index, config, on_step=run.log_step))]
+            return [Finished(index, result=self.worker.run(index, config, on_step=steps and steps.log_step))]
         except Exception as error:  # a failing trial must not end the search
             return [Finished(index, failure=failure_reason(error))]
 

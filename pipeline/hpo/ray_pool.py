@@ -16,7 +16,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import ray
 from ray.exceptions import AuthenticationError, RayError, RayTaskError
@@ -26,11 +26,8 @@ from pipeline import config as configs
 from pipeline import quiet
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
-from pipeline.hpo.pools import Finished
+from pipeline.hpo.pools import Finished, StepLog
 from pipeline.hpo.trial_worker import Trainer, TrialResult, TrialWorker, failure_reason
-
-if TYPE_CHECKING:
-    from pipeline.tracking.runs import RunLog
 
 DEFAULT_PORTS = {"ray": 10001, "gcs": 6379}
 CONNECT_TIMEOUT_S = 5.0
@@ -211,9 +208,9 @@ class RayPool:
     def free_slots(self) -> int:
         return sum(slot.where is not None and slot.trial is None for slot in self.slots)
 
-    def submit(self, index: int, config: ExperimentConfig, run: RunLog) -> dict[str, str]:
+    def submit(self, index: int, config: ExperimentConfig, steps: StepLog | None) -> dict[str, str]:
         slot = next(slot for slot in self.slots if slot.where is not None and slot.trial is None)
-        reference = slot.actor.run.remote(index, config, run.run_id if self.direct_logging else None)
+        reference = slot.actor.run.remote(index, config, steps.run_id if self.direct_logging and steps else None)
         slot.trial = index
         self._running[reference] = slot
         return {"slot": str(slot.number), **slot.where}

@@ -8,13 +8,12 @@ killed search resumes where it stopped. Nothing here knows about training, torch
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
+from pipeline.atomic import replace_atomically
 from pipeline.errors import UserError
 from pipeline.hpo import ax_seam
 from pipeline.hpo.space import SearchSpace
@@ -250,24 +249,10 @@ class Study:
         return {threshold.metric_names[0]: threshold.bound for threshold in getattr(config, "objective_thresholds", [])}
 
     def _save(self) -> None:
-        """Write the snapshot to a temp file in the same directory, fsync, and rename over the old one."""
+        """Rewrite the snapshot atomically (`replace_atomically`)."""
         if self.read_only:
             raise RuntimeError("this study was opened with Study.read and cannot change")
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            self._client.save_to_json_file(temporary)
-            with open(temporary, "rb") as file:
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        replace_atomically(self.path, lambda temporary: self._client.save_to_json_file(str(temporary)))
 
 
 @contextmanager

@@ -34,7 +34,7 @@ from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import Study
 from pipeline.hpo.trial_table import study_table
-from pipeline.search import DEFAULT_SPACE
+from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.tracking.runs import RunLog, Tracker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def run_trials(base: dict, trials: int, parallel_trials: int, folder: Path) -> d
     moments.clear()
     work.clear()
     options = SearchOptions(name=f"parallel-{parallel_trials}", trials=trials, base=base,
-                            space=load_search_space(DEFAULT_SPACE), space_path=DEFAULT_SPACE, seed=12345,
+                            space=load_search_space(DEFAULT_SEARCH_SPACE), space_path=DEFAULT_SEARCH_SPACE, seed=12345,
                             directory=folder / "search", tracking_uri=f"sqlite:///{folder}/mlflow.db",
                             progress=False, parallel=parallel_trials)
     search = Search(options)

@@ -23,7 +23,7 @@ from pipeline.hpo import trial_worker as trials
 from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import Study
-from pipeline.search import DEFAULT_SPACE
+from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.tracking.runs import RunLog, Tracker
 from pipeline.training import loop
 
@@ -65,7 +65,7 @@ def main() -> None:
     base = configs.apply_overrides(configs.read_yaml(REPO / "experiments" / "demo.yaml"), args.overrides)
     with tempfile.TemporaryDirectory() as folder:
         options = SearchOptions(name="overhead", trials=args.trials, base=base,
-                                space=load_search_space(DEFAULT_SPACE), space_path=DEFAULT_SPACE, seed=12345,
+                                space=load_search_space(DEFAULT_SEARCH_SPACE), space_path=DEFAULT_SEARCH_SPACE, seed=12345,
                                 directory=Path(folder) / "search", tracking_uri=f"sqlite:///{folder}/mlflow.db",
                                 progress=False)
         started = time.perf_counter()
