@@ -1,0 +1,69 @@
+"""Config validation: one-line errors naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import config as configs
+from pipeline.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_line_error(overrides: list[str]) -> str:
+    with pytest.raises(UserError) as error:
+        configs.load(None, overrides)
+    message = str(error.value)
+    assert "\n" not in message and "validation error" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.max_lr=fast", "train.max_lr: expected float, got 'fast'"),
+    ("train.max_lr='1e-4'", "train.max_lr: expected float, got '1e-4'"),  # a quoted number is a string
+    ("train.batch_size=2.5", "train.batch_size: expected int, got 2.5"),
+    ("train.epochs=yes", "train.epochs: expected int, got True"),
+    ("evaluation.percentages=[10, x]", "evaluation.percentages[1]: expected int, got 'x'"),
+    ("loss=0.5", "loss: expected a mapping, got 0.5"),
+])
+def test_a_wrong_type_is_one_line_naming_the_key(override, expected):
+    assert one_line_error([override]) == expected
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("loss.lamda1=0.3", "unknown key 'loss.lamda1'; valid keys here: area_epsilon, border_penalty, class_subset, "
+                        "lambda1, lambda2, lambda3, lambda_area, lambda_rand, variation, variation_power"),
+    ("trian.epochs=2", "unknown key 'trian'; valid keys here: data, evaluation, loss, model, name, train"),
+])
+def test_an_unknown_key_is_one_line_naming_it_and_the_known_ones(override, expected):
+    assert one_line_error([override]) == expected
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("loss.lambda1=1.5", "loss.lambda1 = 1.5 is outside [0, 1]; choose a value in [0, 1]"),
+    ("loss.lambda2=-0.25", "loss.lambda2 = -0.25 is outside [0, 1]; choose a value in [0, 1]"),
+    ("loss.lambda_area=0", "loss.lambda_area = 0 must be positive (paper: 0.5, 1 or 2)"),
+    ("loss.lambda_rand=0", "loss.lambda_rand = 0 must be >= 1 (or null for the batch size)"),
+    ("train.batch_size=0", "train.batch_size = 0 must be >= 1"),
+    ("evaluation.percentages=[10, 100]", "evaluation.percentages[1] = 100 must be < 100 (removal percentages "
+                                         "strictly between 0 and 100, e.g. [10, 20, 30, 40, 50, 70, 90])"),
+])
+def test_an_out_of_range_value_is_one_line_naming_the_key(override, expected):
+    assert one_line_error([override]) == expected
+
+
+def test_exponent_floats_without_a_dot_are_numbers():
+    """YAML 1.1 reads ``1e-5`` as a string; ``repr`` writes small floats that way (trial overrides do)."""
+    assert configs.load(None, ["train.max_lr=1e-5", f"train.weight_decay={3.2e-06!r}"]).train.max_lr == 1e-5
+    assert configs.parse_override("name=1e5") == (["name"], 100000.0)
+    assert configs.parse_override("train.device=cuda:0") == (["train", "device"], "cuda:0")
+
+
+def test_config_imports_nothing_above_it():
+    code = "import sys, pipeline.config; print(sorted(m for m in sys.modules if m.startswith('pipeline.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert loaded.stdout.strip() == "['pipeline.config', 'pipeline.errors']"
