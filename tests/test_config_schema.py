@@ -1,15 +1,17 @@
-"""Config validation: one-line errors naming the key."""
+"""Config and search-space validation: one-line errors naming the key."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from pipeline import config as configs
 from pipeline.errors import UserError
+from pipeline.search_space import load_search_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +69,31 @@ def test_config_imports_nothing_above_it():
     code = "import sys, pipeline.config; print(sorted(m for m in sys.modules if m.startswith('pipeline.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert loaded.stdout.strip() == "['pipeline.config', 'pipeline.errors']"
+
+
+def test_a_bad_constraint_is_one_line_naming_the_key(tmp_path):
+    space = (ROOT / "search_spaces" / "ptame.yaml").read_text()
+    path = tmp_path / "space.yaml"
+    path.write_text(space.replace('constraints: ["lambda1 + lambda2 <= 1"]',
+                                  'constraints: ["lambda1 + lambda2 <= 1", "lambda1 + lamda2 <= 1"]'))
+    with pytest.raises(UserError) as error:
+        load_search_space(path)
+    assert str(error.value) == (f"search space {path}: constraints[1]: 'lambda1 + lamda2 <= 1' names 'lamda2', "
+                                "which is not a parameter of this space")
+    path.write_text(space.replace('"lambda1 + lambda2 <= 1"', "{lambda1: 1}"))
+    with pytest.raises(UserError) as error:
+        load_search_space(path)
+    assert str(error.value) == f"search space {path}: constraints[0]: expected str, got {{'lambda1': 1}}"
+
+
+def test_a_bad_parameter_spec_is_one_line_naming_the_key(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent("""
+        parameters:
+          lambda1: {key: loss.lambda1, type: range, bounds: [0.0, 1.0], values: [0.5]}
+        objectives: {road_morf_auc: minimize}
+    """))
+    with pytest.raises(UserError) as error:
+        load_search_space(path)
+    assert str(error.value) == (f"search space {path}: unknown key 'parameters.lambda1.values'; "
+                                "valid keys here: bounds, key, scale, type, value_type")
