@@ -1,19 +1,24 @@
-"""Config and search-space validation: one-line errors naming the key."""
+"""Config and search-space validation: one-line errors naming the key, and the packaged JSON Schema."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from pipeline import config as configs
 from pipeline.errors import UserError
+from pipeline.resources import EXPERIMENTS
+from pipeline.schema import SCHEMA_FILE, main as schema_main
 from pipeline.search_space import load_search_space
 
 ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT_FILES = sorted(EXPERIMENTS.rglob("*.yaml"))
 
 
 def one_line_error(overrides: list[str]) -> str:
@@ -97,3 +102,45 @@ def test_a_bad_parameter_spec_is_one_line_naming_the_key(tmp_path):
         load_search_space(path)
     assert str(error.value) == (f"search space {path}: unknown key 'parameters.lambda1.values'; "
                                 "valid keys here: bounds, key, scale, type, value_type")
+
+
+def test_the_packaged_schema_is_what_the_command_writes(tmp_path, capsys):
+    out = tmp_path / "schema.json"
+    schema_main(["--out", str(out)])
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    assert out.read_text() == SCHEMA_FILE.read_text(), "stale; run: python -m pipeline.schema --out " + str(SCHEMA_FILE)
+    schema_main([])
+    assert capsys.readouterr().out == SCHEMA_FILE.read_text()
+
+
+@pytest.fixture(scope="module")
+def validator():
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda path: path.relative_to(EXPERIMENTS).as_posix())
+def test_the_schema_accepts_every_packaged_experiment_and_editors_find_it(validator, path):
+    validator.validate(configs.read_yaml(path))
+    configs.load(path)
+    hint = path.read_text().splitlines()[0]
+    prefix = "# yaml-language-server: $schema="
+    assert hint.startswith(prefix)
+    for folder in (path.parent, ROOT / "experiments" / path.parent.relative_to(EXPERIMENTS)):  # also via the link
+        assert (folder / hint.removeprefix(prefix)).resolve() == SCHEMA_FILE.resolve()
+
+
+@pytest.mark.parametrize("change, where", [
+    ({"loss": {"lamda1": 0.3}}, "'lamda1' was unexpected"),
+    ({"train": {"max_lr": "1e-4"}}, "'1e-4' is not of type 'number'"),
+    ({"evaluation": {"percentages": [10, "50"]}}, "'50' is not of type 'integer'"),
+    ({"loss": {"lambda1": 1.5}}, "1.5 is greater than the maximum of 1"),
+    ({"data": {"decode": "gpux"}}, "'gpux' is not one of ['auto', 'cpu', 'gpu']"),
+])
+def test_the_schema_rejects_unknown_keys_and_wrong_types(validator, change, where):
+    values = configs.read_yaml(EXPERIMENTS / "demo.yaml")
+    for section, entries in change.items():
+        values[section] = {**values.get(section, {}), **entries}
+    errors = [error.message for error in validator.iter_errors(values)]
+    assert any(where in message for message in errors), errors
