@@ -1,28 +1,41 @@
 """Typed experiment configs: YAML load, `--set key=value` overrides, validation, YAML dump.
 
-Every error names the offending key (``loss.lambda1``) and says how to fix it.
+The configs are pydantic dataclasses (``dataclasses.asdict`` and ``replace`` work on them): pydantic checks
+every key, type, choice and bound, and `user_error` turns its report into one line that names the offending
+key (``loss.lambda1``) and says how to fix it. Rules that tie keys together raise `UserError` themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import yaml
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 
 from pipeline.errors import UserError
-from pipeline.models.coverage import DEFAULT_MIN_COUNT
 
 # The authors' code's defaults for its variation term (configs/model/loss/classic.yaml).
 REFERENCE_BORDER_PENALTY = 0.3
 REFERENCE_VARIATION_POWER = 2.0
+# A class counts as trained once it was the explained class of at least this many training images
+# (``evaluation.min_class_count``; `pipeline.models.coverage` uses it as its default).
+DEFAULT_MIN_COUNT = 10
+
+# YAML's own types only: an int is a fine float, but "3" is no number and 1 is no bool.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+STRICT = ConfigDict(extra="forbid")
 
 
-@dataclass
+@dataclass(config=STRICT)
 class ModelConfig:
     """The classifier being explained and the frozen auxiliary CNN that feeds the head."""
 
@@ -34,7 +47,7 @@ class ModelConfig:
     masking: Literal["pixel", "normalized"] = "pixel"
 
 
-@dataclass
+@dataclass(config=STRICT)
 class DataConfig:
     """Where images come from. ``demo`` needs nothing; ``imagenet``/``folder`` need ``root``.
 
@@ -45,18 +58,25 @@ class DataConfig:
 
     dataset: Literal["demo", "imagenet", "folder"] = "demo"
     root: str | None = None
-    train_limit: int | None = None
-    val_limit: int | None = None
-    test_limit: int | None = None
-    demo_train_views: int = 384
-    demo_eval_views: int = 48
-    num_workers: int = 0
-    seed: int = 0
+    train_limit: Int | None = None
+    val_limit: Int | None = None
+    test_limit: Int | None = None
+    demo_train_views: Int = 384
+    demo_eval_views: Int = 48
+    num_workers: Int = 0
+    seed: Int = 0
     decode: Literal["auto", "cpu", "gpu"] = "auto"
     index_lists: Literal["project", "reference"] = "project"
 
+    @model_validator(mode="after")
+    def _root_given(self) -> DataConfig:
+        if self.dataset != "demo" and not self.root:
+            raise UserError(f"data.root is required for data.dataset = {self.dataset!r}; "
+                            "set it with --set data.root=/path/to/images or use data.dataset=demo")
+        return self
 
-@dataclass
+
+@dataclass(config=STRICT)
 class LossConfig:
     """Paper eq. 4: ``λ1·CE + λ2·area + λ3·variation`` with ``λ3 = 1 − λ1 − λ2``.
 
@@ -68,15 +88,15 @@ class LossConfig:
     ``reference`` (the batch's predictions, duplicates included, as the authors' code).
     """
 
-    lambda1: float = 0.5
-    lambda2: float = 0.4
-    lambda3: float | None = None
-    lambda_area: float = 1.0
-    lambda_rand: int | None = None
-    area_epsilon: float = 0.0005
+    lambda1: Float = Field(0.5, ge=0, le=1)
+    lambda2: Float = Field(0.4, ge=0, le=1)
+    lambda3: Float | None = Field(None, ge=0, description="or null for 1 - lambda1 - lambda2")
+    lambda_area: Float = Field(1.0, gt=0, description="paper: 0.5, 1 or 2")
+    lambda_rand: Int | None = Field(None, ge=1, description="or null for the batch size")
+    area_epsilon: Float = 0.0005
     variation: Literal["paper", "reference"] = "paper"
-    border_penalty: float = REFERENCE_BORDER_PENALTY
-    variation_power: float = REFERENCE_VARIATION_POWER
+    border_penalty: Float = Field(REFERENCE_BORDER_PENALTY, ge=0, description="the authors' code: 0.3")
+    variation_power: Float = Field(REFERENCE_VARIATION_POWER, gt=0, description="the authors' code: 2")
     class_subset: Literal["paper", "reference"] = "paper"
 
     @property
@@ -91,40 +111,59 @@ class LossConfig:
             form += f" (border {self.border_penalty:g}, power {self.variation_power:g})"
         return f"{form}, S={self.class_subset}"
 
+    @model_validator(mode="after")
+    def _consistent(self) -> LossConfig:
+        if self.lambda3 is None and self.lambda1 + self.lambda2 > 1.0 + 1e-6:  # tolerate optimiser round-off
+            raise UserError(
+                f"loss.lambda1 + loss.lambda2 = {self.lambda1 + self.lambda2:g} > 1, so "
+                "lambda3 = 1 - lambda1 - lambda2 would be negative; lower one of them (or give loss.lambda3)"
+            )
+        if self.lambda_rand is not None and self.class_subset == "reference":
+            raise UserError(f"loss.lambda_rand = {self.lambda_rand} has no effect with loss.class_subset = "
+                            "'reference' (S is the batch's predictions); drop it or use loss.class_subset = 'paper'")
+        # The border penalty and power belong to the reference form; the paper's eq. 3 has neither.
+        for key, default in (("border_penalty", REFERENCE_BORDER_PENALTY), ("variation_power", REFERENCE_VARIATION_POWER)):
+            if self.variation == "paper" and getattr(self, key) != default:
+                raise UserError(f"loss.{key} = {getattr(self, key):g} only acts with loss.variation = 'reference' (the "
+                                f"paper's eq. 3 has no such term); set loss.variation=reference or drop loss.{key}")
+        return self
 
-@dataclass
+
+@dataclass(config=STRICT)
 class TrainConfig:
     """One-epoch AdamW + OneCycleLR training of the head.
 
     ``compile`` runs the frozen classifier under ``torch.compile`` (``auto``: on CUDA only).
     """
 
-    batch_size: int = 64
-    epochs: int = 1
-    max_lr: float = 1e-4
-    weight_decay: float = 0.01
-    seed: int = 12345
+    batch_size: Int = Field(64, ge=1)
+    epochs: Int = Field(1, ge=1)
+    max_lr: Float = Field(1e-4, gt=0)
+    weight_decay: Float = 0.01
+    seed: Int = 12345
     device: str = "auto"
-    max_loss: float = 1e4
-    compile: bool | Literal["auto"] = "auto"
+    max_loss: Float = 1e4
+    compile: Bool | Literal["auto"] = "auto"
 
 
-@dataclass
+@dataclass(config=STRICT)
 class EvalConfig:
     """ROAD and AD/IC settings, and how many training images make a class's map count as trained.
 
     ``imputer`` fills ROAD's removed pixels: "noisy_linear" (the ROAD paper's, with Gaussian ``noise``)
     or "telea" (OpenCV inpainting, the P-TAME paper's Table 1; ``noise`` does not apply)."""
 
-    percentages: list[int] = field(default_factory=lambda: [10, 20, 30, 40, 50, 70, 90])
+    percentages: list[Annotated[Int, Field(gt=0, lt=100)]] = Field(
+        default_factory=lambda: [10, 20, 30, 40, 50, 70, 90], min_length=1,
+        description="removal percentages strictly between 0 and 100, e.g. [10, 20, 30, 40, 50, 70, 90]")
     imputer: Literal["noisy_linear", "telea"] = "noisy_linear"
-    noise: float = 0.01
-    batch_size: int = 32
-    seed: int = 0
-    min_class_count: int = DEFAULT_MIN_COUNT
+    noise: Float = 0.01
+    batch_size: Int = Field(32, ge=1)
+    seed: Int = 0
+    min_class_count: Int = Field(DEFAULT_MIN_COUNT, ge=1)
 
 
-@dataclass
+@dataclass(config=STRICT)
 class ExperimentConfig:
     """A complete, reproducible description of one head training run."""
 
@@ -136,129 +175,121 @@ class ExperimentConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
 
+def _fields(tp: Any) -> dict[str, Any]:
+    """A pydantic dataclass's fields (name -> FieldInfo); {} for any other type."""
+    return getattr(tp, "__pydantic_fields__", None) or {}
+
+
+def _bare(tp: Any) -> Any:
+    """``X`` for ``Annotated[X, ...]`` and for ``X | None``."""
+    while typing.get_origin(tp) is Annotated or (type(None) in typing.get_args(tp) and len(typing.get_args(tp)) == 2):
+        tp = next(arg for arg in typing.get_args(tp) if arg is not type(None))
+    return tp
+
+
 def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return " or ".join(map(repr, typing.get_args(tp)))
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        choices = [o for o in options if o is not type(None)]
-        for option in choices:
-            try:
-                return _coerce(value, option, key)
-            except UserError as error:
-                errors.append(error)
-        if len(choices) == 1:
-            raise errors[0]
-        raise UserError(f"{key}: expected {' or '.join(map(_type_name, choices))}, got {value!r}")
+    tp = _bare(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise UserError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
-        return value
-    if origin is list:
-        (item_type,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise UserError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise UserError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, key + ".")
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return " or ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(map(_type_name, args)))
+    if origin in (list, tuple):
+        return "a list"
+    return "a mapping" if origin is dict or _fields(tp) else getattr(tp, "__name__", str(tp))
 
 
-def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in values:
-        if key not in known:
-            raise UserError(
-                f"unknown key '{prefix}{key}'; valid keys here: {', '.join(sorted(known))}"
-            )
-    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
-    return cls(**kwargs)
+def _locate(root: type, loc: tuple[Any, ...]) -> tuple[str, Any, Any]:
+    """Follow pydantic's error location through the types: (dotted key, its bare type, its FieldInfo or None).
+
+    Stops at the first step that names no field, list item or mapping entry: an unknown key, or the
+    branch label pydantic adds inside a union such as ``bool | Literal["auto"]``.
+    """
+    key, tp, info = "", _bare(root), None
+    for position, item in enumerate(loc):
+        fields, origin, args = _fields(tp), typing.get_origin(tp), typing.get_args(tp)
+        if item in fields:
+            key, info, tp = f"{key}.{item}".lstrip("."), fields[item], fields[item].annotation
+        elif origin is dict and loc[position + 1:] == ("[key]",):  # the mapping's key itself is bad
+            return key, _bare(args[0]), info
+        elif origin is dict or (isinstance(item, int) and origin in (list, tuple)):
+            key, tp = (f"{key}.{item}", args[1]) if origin is dict else (f"{key}[{item}]", args[0])
+        elif member := next((m for m in args if any(item in typing.get_args(f.annotation)
+                                                    for f in _fields(m).values())), None):
+            tp = member  # a tagged union's member, labelled by its Literal tag
+        else:
+            break
+        tp = _bare(tp)
+    return key, tp, info
 
 
-def validate(config: ExperimentConfig) -> ExperimentConfig:
-    """Reject values that would make training meaningless or crash later."""
-    loss = config.loss
-    for name in ("lambda1", "lambda2"):
-        value = getattr(loss, name)
-        if not 0.0 <= value <= 1.0:
-            raise UserError(f"loss.{name} = {value} is outside [0, 1]; choose a value in [0, 1]")
-    if loss.lambda3 is None and loss.lambda1 + loss.lambda2 > 1.0 + 1e-6:  # tolerate optimiser round-off
-        raise UserError(
-            f"loss.lambda1 + loss.lambda2 = {loss.lambda1 + loss.lambda2:g} > 1, so "
-            "lambda3 = 1 - lambda1 - lambda2 would be negative; lower one of them (or give loss.lambda3)"
-        )
-    if loss.lambda3 is not None and loss.lambda3 < 0:
-        raise UserError(f"loss.lambda3 = {loss.lambda3} must be >= 0 (or null for 1 - lambda1 - lambda2)")
-    _validate_variation(loss)
-    if loss.lambda_area <= 0:
-        raise UserError(f"loss.lambda_area = {loss.lambda_area} must be positive (paper: 0.5, 1 or 2)")
-    if loss.lambda_rand is not None and loss.lambda_rand < 1:
-        raise UserError(f"loss.lambda_rand = {loss.lambda_rand} must be >= 1 (or null for the batch size)")
-    if loss.lambda_rand is not None and loss.class_subset == "reference":
-        raise UserError(f"loss.lambda_rand = {loss.lambda_rand} has no effect with loss.class_subset = 'reference' "
-                        "(S is the batch's predictions); drop it or use loss.class_subset = 'paper'")
-    for key, value in (("train.batch_size", config.train.batch_size), ("train.epochs", config.train.epochs),
-                       ("evaluation.batch_size", config.evaluation.batch_size),
-                       ("evaluation.min_class_count", config.evaluation.min_class_count)):
-        if value < 1:
-            raise UserError(f"{key} = {value} must be >= 1")
-    if config.train.max_lr <= 0:
-        raise UserError(f"train.max_lr = {config.train.max_lr} must be positive")
-    bad = [p for p in config.evaluation.percentages if not 0 < p < 100]
-    if bad or not config.evaluation.percentages:
-        raise UserError(
-            f"evaluation.percentages = {config.evaluation.percentages}: give removal percentages strictly "
-            "between 0 and 100, e.g. [10, 20, 30, 40, 50, 70, 90]"
-        )
-    if config.data.dataset != "demo" and not config.data.root:
-        raise UserError(
-            f"data.root is required for data.dataset = {config.data.dataset!r}; "
-            "set it with --set data.root=/path/to/images or use data.dataset=demo"
-        )
-    return config
+_RELATIONS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
 
 
-def _validate_variation(loss: LossConfig) -> None:
-    """The border penalty and power belong to the reference form; the paper's eq. 3 has neither."""
-    if loss.variation_power <= 0:
-        raise UserError(f"loss.variation_power = {loss.variation_power} must be positive (the authors' code: 2)")
-    if loss.border_penalty < 0:
-        raise UserError(f"loss.border_penalty = {loss.border_penalty} must be >= 0 (the authors' code: 0.3)")
-    if loss.variation == "paper":
-        for key, value, default in (("border_penalty", loss.border_penalty, REFERENCE_BORDER_PENALTY),
-                                    ("variation_power", loss.variation_power, REFERENCE_VARIATION_POWER)):
-            if value != default:
-                raise UserError(f"loss.{key} = {value:g} only acts with loss.variation = 'reference' (the paper's "
-                                f"eq. 3 has no such term); set loss.variation=reference or drop loss.{key}")
+def user_error(error: ValidationError, root: type, prefix: str = "") -> UserError:
+    """Pydantic's first complaint about values for ``root`` as one line that names the dotted key, e.g.
+    ``loss.lambda1 = 1.5 is outside [0, 1]; ...``. A field's ``description`` is the hint after a bound."""
+    first = error.errors()[0]
+    kind, value, context = first["type"], first["input"], first.get("ctx", {})
+    key, tp, info = _locate(root, first["loc"])
+    note = f" ({info.description})" if info is not None and info.description else ""
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        unknown = f"{key}.{first['loc'][-1]}".lstrip(".")
+        message = f"unknown key '{unknown}'; valid keys here: {', '.join(sorted(_fields(tp)))}"
+    elif kind in _RELATIONS:
+        low, high = (next((getattr(m, name) for m in getattr(info, "metadata", ()) if hasattr(m, name)), None)
+                     for name in ("ge", "le"))
+        if low is not None and high is not None:
+            message = f"{key} = {value} is outside [{low:g}, {high:g}]; choose a value in [{low:g}, {high:g}]"
+        elif context == {"gt": 0}:
+            message = f"{key} = {value} must be positive{note}"
+        else:
+            message = f"{key} = {value} must be {_RELATIONS[kind]} {next(iter(context.values())):g}{note}"
+    elif kind == "value_error":
+        message = f"{key}: {context['error']}"
+    elif kind == "finite_number":
+        message = f"{key}: expected a finite number, got {value!r}"
+    elif kind == "missing":
+        message = f"{key}: missing; this key is required"
+    elif kind in ("too_short", "string_too_short"):
+        wanted = "a non-empty value" if context["min_length"] == 1 else f"at least {context['min_length']} items"
+        message = f"{key}: expected {wanted}, got {value!r}{note}"
+    elif kind.startswith("union_tag"):  # a tagged union's tag (``type: range``) is missing or unknown
+        label = context["discriminator"].strip("'")
+        tags = [tag for member in typing.get_args(tp) for tag in typing.get_args(_fields(member)[label].annotation)]
+        message = f"{key}.{label}: {context.get('tag')!r} is not one of {', '.join(map(repr, tags))}"
+    elif typing.get_origin(tp) is Literal:
+        message = f"{key}: {value!r} is not one of {', '.join(map(repr, typing.get_args(tp)))}"
+    else:
+        message = f"{key}: expected {_type_name(tp)}, got {value!r}"
+    return UserError(prefix + message)
+
+
+_EXPERIMENT = TypeAdapter(ExperimentConfig)
 
 
 def from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
     """Build and validate a config from plain nested dicts."""
     if not isinstance(values, Mapping):
         raise UserError(f"a config must be a YAML mapping at the top level, got {type(values).__name__}")
-    return validate(_build(ExperimentConfig, values))
+    try:
+        return _EXPERIMENT.validate_python(dict(values))
+    except ValidationError as error:
+        raise user_error(error, ExperimentConfig) from None
+
+
+def validate(config: ExperimentConfig) -> ExperimentConfig:
+    """Check a config built in code (e.g. with `dataclasses.replace`) as a loaded one is checked."""
+    return from_dict(to_dict(config))
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's YAML 1.1, plus YAML 1.2's floats without a dot (``1e-4``, as ``repr`` writes small floats),
+    which YAML 1.1 reads as strings."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -267,7 +298,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist; pass an existing YAML file")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -283,7 +314,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set loss.lambda1=0.3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value

@@ -1,7 +1,8 @@
 """Declarative search spaces: a YAML file -> a validated `SearchSpace` -> an Ax `Client` setup.
 
 Each parameter names the experiment-config key it sets (``loss.lambda1``), so a new search is a new
-YAML file, not new code. Every error names the file and the offending key and says how to fix it.
+YAML file, not new code. Pydantic models check the file;
+every error is one line that names the file and the offending key and says how to fix it.
 Ax is imported only by `SearchSpace.configure`, so loading and validating a space stays cheap.
 """
 
@@ -10,14 +11,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import keyword
-import math
 import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Mapping
 
-from pipeline.config import ExperimentConfig, read_yaml
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic import dataclasses as pydantic_dataclasses
+
+from pipeline.config import STRICT, Bool, ExperimentConfig, Float, Int, read_yaml, user_error
 from pipeline.errors import UserError
 
 if TYPE_CHECKING:
@@ -28,12 +31,8 @@ if TYPE_CHECKING:
 Direction = Literal["minimize", "maximize"]
 Method = Literal["fast", "quality", "random_search"]
 ValueType = Literal["float", "int", "str", "bool"]
+Fail = Callable[[str, str], UserError]  # (key, message) -> the error that names the file and the key
 
-_TOP_KEYS = ("name", "seed", "parameters", "constraints", "objectives", "thresholds", "initialization_trials", "method")
-_RANGE_KEYS = ("key", "type", "bounds", "scale", "value_type")
-_CHOICE_KEYS = ("key", "type", "values", "ordered")
-_METHODS = typing.get_args(Method)
-_DIRECTIONS = typing.get_args(Direction)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAME_IN_TEXT = re.compile(r"(?<![\w.])[A-Za-z_]\w*")  # skips the 'e' of 1e-3
 _RELATION = re.compile(r"(<=|>=)")
@@ -204,143 +203,124 @@ def _format_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-class _Reader:
-    """Validation helpers that prefix every error with the file and the offending key."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, key: str, message: str) -> UserError:
-        return UserError(f"search space {self.path}: {key}: {message}")
-
-    def check_keys(self, values: Mapping[str, Any], allowed: tuple[str, ...], prefix: str = "") -> None:
-        for key in values:
-            if key not in allowed:
-                raise self.fail(f"{prefix}{key}", f"unknown key; valid keys here: {', '.join(allowed)}")
-
-    def mapping(self, value: Any, key: str) -> Mapping[str, Any]:
-        if not isinstance(value, Mapping) or not value:
-            raise self.fail(key, f"expected a non-empty mapping, got {value!r}")
-        return value
-
-    def integer(self, value: Any, key: str, minimum: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"expected an integer, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise self.fail(key, f"{value} must be >= {minimum}")
-        return value
-
-    def number(self, value: Any, key: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(key, f"expected a finite number, got {value!r}")
-        return float(value)
-
-    def one_of(self, value: Any, allowed: tuple[str, ...], key: str) -> Any:
-        if value not in allowed:
-            raise self.fail(key, f"{value!r} is not one of {', '.join(map(repr, allowed))}")
-        return value
-
-    def name(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value) or keyword.iskeyword(value):
-            raise self.fail(key, f"{value!r} is not a valid name; use letters, digits and '_' (e.g. lambda1)")
-        return value
-
-
-def _config_key(reader: _Reader, value: Any, key: str) -> str:
-    """Check that ``value`` is a dotted path to a value field of `ExperimentConfig`."""
-    if not isinstance(value, str) or not value:
-        raise reader.fail(key, f"expected an experiment-config key such as 'loss.lambda1', got {value!r}")
-    section: Any = ExperimentConfig
-    for depth, part in enumerate(value.split(".")):
-        if not dataclasses.is_dataclass(section):
-            raise reader.fail(key, f"{value!r}: '{'.'.join(value.split('.')[:depth])}' is a value, not a section")
-        fields = typing.get_type_hints(section)
-        if part not in fields:
-            raise reader.fail(key, f"{value!r}: no config key '{part}' here; valid keys: {', '.join(fields)}")
-        section = fields[part]
-    if dataclasses.is_dataclass(section):
-        raise reader.fail(key, f"{value!r} is a config section; name one of its keys, e.g. '{value}.<key>'")
+def _name(value: str) -> str:
+    if not _IDENTIFIER.fullmatch(value) or keyword.iskeyword(value):
+        raise ValueError(f"{value!r} is not a valid name; use letters, digits and '_' (e.g. lambda1)")
     return value
 
 
-def _range_parameter(reader: _Reader, name: str, spec: Mapping[str, Any], key: str, prefix: str) -> Parameter:
-    bounds = spec.get("bounds")
-    if not isinstance(bounds, list) or len(bounds) != 2:
-        raise reader.fail(prefix + "bounds", f"expected [lower, upper], got {bounds!r}")
-    lower, upper = (reader.number(bound, prefix + "bounds") for bound in bounds)
-    if not lower < upper:
-        raise reader.fail(prefix + "bounds", f"{bounds} is empty or inverted; the lower bound must be below the upper")
-    log_scale = reader.one_of(spec.get("scale", "linear"), ("linear", "log"), prefix + "scale") == "log"
-    if log_scale and lower <= 0:
-        raise reader.fail(prefix + "bounds", f"{bounds}: scale: log needs a positive lower bound, e.g. [1e-5, 1e-3]")
-    value_type = reader.one_of(spec.get("value_type", "float"), ("float", "int"), prefix + "value_type")
-    if value_type == "int" and not (lower.is_integer() and upper.is_integer()):
-        raise reader.fail(prefix + "bounds", f"{bounds}: value_type: int needs integer bounds")
-    if value_type == "int":
-        lower, upper = int(lower), int(upper)
-    return Parameter(name, key, "range", value_type, bounds=(lower, upper), log_scale=log_scale)
+def _config_key(value: str) -> str:
+    """Check that ``value`` is a dotted path to a value field of `ExperimentConfig`."""
+    section: Any = ExperimentConfig
+    for depth, part in enumerate(value.split(".")):
+        if not dataclasses.is_dataclass(section):
+            raise ValueError(f"{value!r}: '{'.'.join(value.split('.')[:depth])}' is a value, not a section")
+        fields = typing.get_type_hints(section)
+        if part not in fields:
+            raise ValueError(f"{value!r}: no config key '{part}' here; valid keys: {', '.join(fields)}")
+        section = fields[part]
+    if dataclasses.is_dataclass(section):
+        raise ValueError(f"{value!r} is a config section; name one of its keys, e.g. '{value}.<key>'")
+    return value
 
 
-def _choice_parameter(reader: _Reader, name: str, spec: Mapping[str, Any], key: str, prefix: str) -> Parameter:
-    values = spec.get("values")
-    if not isinstance(values, list) or not values:
-        raise reader.fail(prefix + "values", f"expected a non-empty list of choices, got {values!r}")
-    if len(set(values)) != len(values):
-        raise reader.fail(prefix + "values", f"{values} contains duplicates")
+Name = Annotated[str, AfterValidator(_name)]
+ConfigKey = Annotated[str, AfterValidator(_config_key)]
+Finite = Annotated[Float, Field(allow_inf_nan=False)]
+
+
+@pydantic_dataclasses.dataclass(config=STRICT, kw_only=True)
+class _RangeSpec:
+    type: Literal["range"]
+    key: ConfigKey
+    scale: Literal["linear", "log"] = "linear"
+    value_type: Literal["float", "int"] = "float"
+    bounds: list[Finite]  # after scale and value_type, which its check reads
+
+    @field_validator("bounds")
+    @classmethod
+    def _check_bounds(cls, bounds: list[float], info: ValidationInfo) -> list[float]:
+        if len(bounds) != 2:
+            raise ValueError(f"expected [lower, upper], got {bounds}")
+        if not bounds[0] < bounds[1]:
+            raise ValueError(f"{bounds} is empty or inverted; the lower bound must be below the upper")
+        if info.data.get("scale") == "log" and bounds[0] <= 0:
+            raise ValueError(f"{bounds}: scale: log needs a positive lower bound, e.g. [1e-5, 1e-3]")
+        if info.data.get("value_type") == "int" and not all(bound.is_integer() for bound in bounds):
+            raise ValueError(f"{bounds}: value_type: int needs integer bounds")
+        return bounds
+
+    def parameter(self, name: str) -> Parameter:
+        bounds = tuple(map(int if self.value_type == "int" else float, self.bounds))
+        return Parameter(name, self.key, "range", self.value_type, bounds=bounds, log_scale=self.scale == "log")
+
+
+@pydantic_dataclasses.dataclass(config=STRICT, kw_only=True)
+class _ChoiceSpec:
+    type: Literal["choice"]
+    key: ConfigKey
+    values: list[Bool | Int | Float | str]
+    ordered: Bool | None = None  # None: ordered when the values are numbers
+
+    @field_validator("values")
+    @classmethod
+    def _check_values(cls, values: list[Any]) -> list[Any]:
+        if not values:
+            raise ValueError(f"expected a non-empty list of choices, got {values!r}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"{values} contains duplicates")
+        if _value_type(values) is None:
+            raise ValueError(f"{values} mixes types; use all numbers, all strings or all booleans")
+        return values
+
+    def parameter(self, name: str) -> Parameter:
+        value_type = _value_type(self.values)
+        values = tuple(map(float, self.values)) if value_type == "float" else tuple(self.values)
+        ordered = value_type in ("int", "float") if self.ordered is None else self.ordered
+        return Parameter(name, self.key, "choice", value_type, values=values, ordered=ordered)
+
+
+def _value_type(values: list[Any]) -> ValueType | None:
+    """The one Ax parameter type of all ``values`` (ints and floats together are floats), or None."""
     kinds = {type(value) for value in values}
-    if kinds <= {bool}:
-        value_type = "bool"
-    elif kinds <= {int}:
-        value_type = "int"
-    elif kinds <= {int, float}:
-        value_type, values = "float", [float(value) for value in values]
-    elif kinds <= {str}:
-        value_type = "str"
-    else:
-        raise reader.fail(prefix + "values", f"{values} mixes types; use all numbers, all strings or all booleans")
-    ordered = spec.get("ordered", value_type in ("int", "float"))
-    if not isinstance(ordered, bool):
-        raise reader.fail(prefix + "ordered", f"expected true or false, got {ordered!r}")
-    return Parameter(name, key, "choice", value_type, values=tuple(values), ordered=ordered)
+    typed = (("bool", {bool}), ("int", {int}), ("float", {int, float}), ("str", {str}))
+    return next((name for name, allowed in typed if kinds <= allowed), None)
 
 
-def _parameters(reader: _Reader, raw: Any) -> tuple[Parameter, ...]:
-    parameters = []
-    for name, spec in reader.mapping(raw, "parameters").items():
-        reader.name(name, "parameters")
-        prefix = f"parameters.{name}."
-        spec = reader.mapping(spec, f"parameters.{name}")
-        kind = reader.one_of(spec.get("type"), ("range", "choice"), prefix + "type")
-        reader.check_keys(spec, _RANGE_KEYS if kind == "range" else _CHOICE_KEYS, prefix)
-        key = _config_key(reader, spec.get("key"), prefix + "key")
-        build = _range_parameter if kind == "range" else _choice_parameter
-        parameters.append(build(reader, name, spec, key, prefix))
-    keys = [parameter.key for parameter in parameters]
-    for key in keys:
-        if keys.count(key) > 1:
-            raise reader.fail("parameters", f"several parameters set the config key {key!r}; give each its own key")
-    return tuple(parameters)
+@pydantic_dataclasses.dataclass(config=STRICT, kw_only=True)
+class _SpaceFile:
+    """A search-space YAML file as written; `load_search_space` checks what ties its parts together."""
+
+    name: str | None = Field(None, min_length=1)  # None: the file's stem
+    seed: Int = Field(0, ge=0)
+    parameters: dict[Name, Annotated[_RangeSpec | _ChoiceSpec, Field(discriminator="type")]] = Field(min_length=1)
+    constraints: list[str] | None = None
+    objectives: dict[Name, Direction] = Field(min_length=1)
+    thresholds: dict[Name, Finite] | None = None
+    initialization_trials: Int = Field(5, ge=1)
+    method: Method = "fast"
 
 
-def _parse_constraint(reader: _Reader, text: Any, key: str, parameters: dict[str, Parameter]) -> LinearConstraint:
+_SPACE_FILE = TypeAdapter(_SpaceFile)
+
+
+def _parse_constraint(fail: Fail, text: str, key: str, parameters: dict[str, Parameter]) -> LinearConstraint:
     """Parse ``"lambda1 + lambda2 <= 1"`` (or ``>=``) into weights and a bound."""
     from tokenize import TokenError
 
     import sympy
     from sympy.parsing.sympy_parser import parse_expr
 
-    if not isinstance(text, str):
-        raise reader.fail(key, f"expected a string such as 'lambda1 + lambda2 <= 1', got {text!r}")
     sides = _RELATION.split(text)
     if len(sides) != 3:
-        raise reader.fail(key, f"{text!r} must contain exactly one '<=' or '>=', e.g. 'lambda1 + lambda2 <= 1'")
+        raise fail(key, f"{text!r} must contain exactly one '<=' or '>=', e.g. 'lambda1 + lambda2 <= 1'")
     names = set(_NAME_IN_TEXT.findall(text))
     for name in sorted(names):
         if name not in parameters:
-            raise reader.fail(key, f"{text!r} names {name!r}, which is not a parameter of this space")
+            raise fail(key, f"{text!r} names {name!r}, which is not a parameter of this space")
         parameter = parameters[name]
         if parameter.type != "range" or parameter.log_scale:
-            raise reader.fail(key, f"{text!r}: constraints may only use linear-scale range parameters, not {name!r}")
+            raise fail(key, f"{text!r}: constraints may only use linear-scale range parameters, not {name!r}")
     symbols = {name: sympy.Symbol(name) for name in names}
     try:
         lhs, relation, rhs = sides
@@ -349,14 +329,12 @@ def _parse_constraint(reader: _Reader, text: Any, key: str, parameters: dict[str
             expression = -expression
         polynomial = sympy.Poly(sympy.expand(expression), *symbols.values()) if symbols else None
     except (SyntaxError, TypeError, ValueError, TokenError, sympy.SympifyError, sympy.PolynomialError) as error:
-        raise reader.fail(key, f"{text!r} is not a linear constraint ({error})") from None
+        raise fail(key, f"{text!r} is not a linear constraint ({error})") from None
     if polynomial is None or polynomial.total_degree() != 1:
-        raise reader.fail(key, f"{text!r} is not linear in the parameters; write e.g. 'lambda1 + 2*lambda2 <= 1'")
+        raise fail(key, f"{text!r} is not linear in the parameters; write e.g. 'lambda1 + 2*lambda2 <= 1'")
     weights = {name: float(polynomial.coeff_monomial(symbol)) for name, symbol in symbols.items()}
     return LinearConstraint(text.strip(), weights, -float(polynomial.coeff_monomial(1)))
-
-
-def _check_feasible(reader: _Reader, parameters: dict[str, Parameter], constraints: list[LinearConstraint]) -> None:
+def _check_feasible(fail: Fail, parameters: dict[str, Parameter], constraints: list[LinearConstraint]) -> None:
     """Reject constraints that leave no interior point in the bounds (Sobol could never sample one).
 
     Solves for the largest ball (Chebyshev centre) inside {x in bounds, w.x <= b}; radius 0 = empty.
@@ -383,58 +361,35 @@ def _check_feasible(reader: _Reader, parameters: dict[str, Parameter], constrain
     result = linprog(maximise_radius, A_ub=np.array(rows), b_ub=np.array(limits), bounds=bounds)
     if result.status == 2 or (result.status == 0 and -result.fun <= 1e-9):
         box = ", ".join(f"{name} in {list(parameters[name].bounds)}" for name in names)
-        raise reader.fail(
+        raise fail(
             "constraints",
             f"{[constraint.text for constraint in constraints]} cannot be satisfied with {box}: the search "
             "space is empty (or a single boundary point); loosen the constraints or widen the bounds",
         )
 
 
-def _objectives(reader: _Reader, raw: Any) -> dict[str, Direction]:
-    objectives = {}
-    for name, direction in reader.mapping(raw, "objectives").items():
-        reader.name(name, "objectives")
-        objectives[name] = reader.one_of(direction, _DIRECTIONS, f"objectives.{name}")
-    return objectives
-
-
-def _thresholds(reader: _Reader, raw: Any, objectives: Mapping[str, Direction]) -> dict[str, float] | None:
-    """Fixed objective thresholds (Ax's reference point), one per objective, or None."""
-    if raw is None:
-        return None
-    values = {name: reader.number(value, f"thresholds.{name}") for name, value in reader.mapping(raw, "thresholds").items()}
-    if set(values) != set(objectives):
-        raise reader.fail("thresholds", f"give one threshold per objective ({', '.join(objectives)}), "
-                                        f"got {', '.join(values)}")
-    return values
-
-
 def load_search_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file (see ``search_spaces/ptame.yaml``)."""
     path = Path(path)
-    reader = _Reader(path)
-    raw = read_yaml(path)
-    reader.check_keys(raw, _TOP_KEYS)
-    name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not name.strip():
-        raise reader.fail("name", f"expected a non-empty string, got {name!r}")
-    parameters = _parameters(reader, raw.get("parameters"))
-    by_name = {parameter.name: parameter for parameter in parameters}
-    raw_constraints = raw.get("constraints") or []
-    if not isinstance(raw_constraints, list):
-        raise reader.fail("constraints", f"expected a list of strings, got {raw_constraints!r}")
-    constraints = [
-        _parse_constraint(reader, text, f"constraints[{index}]", by_name) for index, text in enumerate(raw_constraints)
-    ]
-    _check_feasible(reader, by_name, constraints)
-    objectives = _objectives(reader, raw.get("objectives"))
-    return SearchSpace(
-        name=name,
-        seed=reader.integer(raw.get("seed", 0), "seed", minimum=0),
-        parameters=parameters,
-        constraints=tuple(constraints),
-        objectives=objectives,
-        thresholds=_thresholds(reader, raw.get("thresholds"), objectives),
-        initialization_trials=reader.integer(raw.get("initialization_trials", 5), "initialization_trials", minimum=1),
-        method=reader.one_of(raw.get("method", "fast"), _METHODS, "method"),
-    )
+
+    def fail(key: str, message: str) -> UserError:
+        return UserError(f"search space {path}: {key}: {message}")
+
+    try:
+        spec = _SPACE_FILE.validate_python(read_yaml(path))
+    except ValidationError as error:
+        raise user_error(error, _SpaceFile, f"search space {path}: ") from None
+    parameters = {name: parameter.parameter(name) for name, parameter in spec.parameters.items()}
+    keys = [parameter.key for parameter in parameters.values()]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise fail("parameters", f"several parameters set the config key {key!r}; give each its own key")
+    constraints = [_parse_constraint(fail, text, f"constraints[{index}]", parameters)
+                   for index, text in enumerate(spec.constraints or [])]
+    _check_feasible(fail, parameters, constraints)
+    if spec.thresholds is not None and set(spec.thresholds) != set(spec.objectives):
+        raise fail("thresholds", f"give one threshold per objective ({', '.join(spec.objectives)}), "
+                                 f"got {', '.join(spec.thresholds)}")
+    return SearchSpace(name=spec.name or path.stem, seed=spec.seed, parameters=tuple(parameters.values()),
+                       constraints=tuple(constraints), objectives=spec.objectives, thresholds=spec.thresholds,
+                       initialization_trials=spec.initialization_trials, method=spec.method)

@@ -12,12 +12,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pipeline.config import DEFAULT_MIN_COUNT  # the default of evaluation.min_class_count
+
 if TYPE_CHECKING:
     from pipeline.models.head import AttentionHead
-
-# A class counts as trained once it was the explained class of at least this many training images
-# (config key ``evaluation.min_class_count``).
-DEFAULT_MIN_COUNT = 10
 
 
 @dataclass(frozen=True)
