@@ -13,9 +13,10 @@ import pytest
 
 from pipeline import config as configs
 from pipeline.errors import UserError
-from pipeline.resources import EXPERIMENTS
-from pipeline.schema import SCHEMA_FILE, main as schema_main
 from pipeline.hpo.space import load_search_space
+from pipeline.resources import EXPERIMENTS
+from pipeline.schema import SCHEMA_FILE
+from pipeline.schema import main as schema_main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_FILES = sorted(EXPERIMENTS.rglob("*.yaml"))

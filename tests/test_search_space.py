@@ -115,10 +115,10 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_generation_strategy_is_sobol_then_a_cheaper_mbm() -> None:
     from ax.adapter.registry import Cont_X_trans, Generators, Y_trans
 
-    from pipeline.hpo.space import BOTORCH_GEN_OPTIONS
+    from pipeline.hpo.ax_seam import BOTORCH_GEN_OPTIONS, generation_strategy
 
     space = load_search_space(ROOT / "search_spaces" / "ptame.yaml")
-    strategy = space.generation_strategy(seed=3)
+    strategy = generation_strategy(space.method, space.initialization_trials, seed=3)
     sobol, mbm = strategy._nodes
     assert (sobol.name, mbm.name) == ("Sobol", "MBM")
     (sobol_spec,) = sobol.generator_specs

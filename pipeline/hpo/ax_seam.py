@@ -8,12 +8,15 @@ search. ``pyproject.toml`` caps ``ax-platform`` below the next release line that
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ax.adapter.transforms.base import Transform
     from ax.api import Client
     from ax.core.experiment import Experiment
+    from ax.generation_strategy.generation_strategy import GenerationStrategy
 
 
 def quiet_ax() -> None:
@@ -46,3 +49,88 @@ def generation_node_name(generator_run: Any) -> str | None:
     """The generation-strategy node ("Sobol", "MBM") that produced a trial's point, for the trial table; Ax keeps
     it only as ``GeneratorRun._generation_node_name``. None for a manual trial."""
     return getattr(generator_run, "_generation_node_name", None)
+
+
+# Acquisition-function optimisation of the BoTorch (MBM) node; see `generation_strategy`.
+# Ax's defaults run, per combination of choice values (3 for λ_area), 20 SLSQP restarts picked from 1024
+# starting points that a hit-and-run sampler draws inside the linear constraints after a 10,000-step
+# burn-in: ~18 CPU-s per trial single-threaded. With `botorch_transforms` there is one optimisation, and
+# these settings make it ~1.9 CPU-s (tests/benchmarks/generation.py; maxiter is SLSQP's, default 200).
+BOTORCH_GEN_OPTIONS: dict[str, Any] = {
+    "optimizer_kwargs": {"num_restarts": 5, "raw_samples": 128, "options": {"n_burnin": 500, "maxiter": 100}},
+}
+
+
+def botorch_transforms() -> list[type[Transform]]:
+    """Ax's continuous-relaxation transforms for the MBM node, in place of its default ``MBM_X_trans``.
+
+    Ordered choices become integer ranges over their indices (λ_area 0.5/1/2 -> 0/1/2) and integers become
+    floats rounded to the nearest integer, so the acquisition function is optimised once over a continuous
+    box (plus the linear constraints) instead of once per combination of choice values. BoTorch rounds every
+    candidate (through Ax's transforms) before it scores the restarts, so the returned point has a listed
+    choice value; the constraints may only use range parameters, so rounding cannot break them.
+    Unordered choices are one-hot encoded and relaxed the same way.
+    """
+    from ax.adapter.registry import Cont_X_trans, Y_trans
+
+    return [*Cont_X_trans, *Y_trans]
+
+
+def generation_strategy(method: str, initialization_trials: int, seed: int) -> GenerationStrategy:
+    """Ax's own Sobol -> MBM strategy for ``method``, with a cheaper BoTorch step (`BOTORCH_GEN_OPTIONS`).
+
+    The strategy (nodes "Sobol" then "MBM", transition after ``initialization_trials``) is the one
+    ``Client.configure_generation_strategy`` builds; only the MBM node's generator spec changes:
+    ``transforms`` = `botorch_transforms()` and ``model_gen_options`` = `BOTORCH_GEN_OPTIONS`. Both are
+    plain data, so the strategy round-trips through the client's JSON snapshot.
+    """
+    from ax.adapter.registry import Generators
+    from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
+    from ax.api.utils.structs import GenerationStrategyDispatchStruct
+
+    strategy = choose_generation_strategy(
+        GenerationStrategyDispatchStruct(
+            method=method,
+            initialization_budget=initialization_trials,
+            initialize_with_center=False,
+            initialization_random_seed=seed,
+        )
+    )
+    for node in strategy._nodes:  # no public way to reach a node's generator specs
+        for spec in node.generator_specs:
+            if spec.generator_enum == Generators.BOTORCH_MODULAR:
+                spec.generator_kwargs["transforms"] = botorch_transforms()
+                spec.generator_gen_kwargs["model_gen_options"] = copy.deepcopy(BOTORCH_GEN_OPTIONS)
+    return strategy
+
+
+def analysis_figures(client: Client) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
+    """Ax's plotly analyses of a search, as ``(title, figure)``, and ``(title, reason)`` for those that could not be
+    computed: parallel coordinates and sensitivity per objective, the two objectives' observed scatter with the
+    Pareto frontier, and the utility (hypervolume) progression. Ax documents these classes as not part of its
+    API; the README's review section depends on them."""
+    from ax.analysis.plotly import (
+        ParallelCoordinatesPlot,
+        PlotlyAnalysisCard,
+        ScatterPlot,
+        SensitivityAnalysisPlot,
+        UtilityProgressionAnalysis,
+    )
+
+    objectives = list(experiment(client).optimization_config.objective.metric_names)
+    analyses = [ParallelCoordinatesPlot(name) for name in objectives]
+    analyses += [SensitivityAnalysisPlot(name) for name in objectives]
+    if len(objectives) == 2:
+        analyses.append(ScatterPlot(*objectives, use_model_predictions=False, show_pareto_frontier=True))
+    analyses.append(UtilityProgressionAnalysis())
+    figures, skipped = [], []
+    for group in client.compute_analyses(analyses, display=False):
+        for card in group.flatten():
+            if not isinstance(card, PlotlyAnalysisCard):
+                skipped.append((card.title, (card.subtitle or str(card.blob)).strip().splitlines()[0]))
+                continue
+            figure = card.get_figure()
+            if not figure.layout.title.text:
+                figure.update_layout(title=card.title)
+            figures.append((card.title, figure))
+    return figures, skipped

@@ -8,7 +8,6 @@ Ax is imported only by `SearchSpace.configure`, so loading and validating a spac
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import keyword
 import re
@@ -22,11 +21,10 @@ from pydantic import dataclasses as pydantic_dataclasses
 
 from pipeline.config import STRICT, Bool, ExperimentConfig, Float, Int, read_yaml, user_error
 from pipeline.errors import UserError
+from pipeline.hpo import ax_seam
 
 if TYPE_CHECKING:
-    from ax.adapter.transforms.base import Transform
     from ax.api import ChoiceParameterConfig, Client, RangeParameterConfig
-    from ax.generation_strategy.generation_strategy import GenerationStrategy
 
 Direction = Literal["minimize", "maximize"]
 Method = Literal["fast", "quality", "random_search"]
@@ -36,30 +34,6 @@ Fail = Callable[[str, str], UserError]  # (key, message) -> the error that names
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NAME_IN_TEXT = re.compile(r"(?<![\w.])[A-Za-z_]\w*")  # skips the 'e' of 1e-3
 _RELATION = re.compile(r"(<=|>=)")
-
-# Acquisition-function optimisation of the BoTorch (MBM) node; see `SearchSpace.generation_strategy`.
-# Ax's defaults run, per combination of choice values (3 for λ_area), 20 SLSQP restarts picked from 1024
-# starting points that a hit-and-run sampler draws inside the linear constraints after a 10,000-step
-# burn-in: ~18 CPU-s per trial single-threaded. With `botorch_transforms` there is one optimisation, and
-# these settings make it ~1.9 CPU-s (tests/benchmarks/generation.py; maxiter is SLSQP's, default 200).
-BOTORCH_GEN_OPTIONS: dict[str, Any] = {
-    "optimizer_kwargs": {"num_restarts": 5, "raw_samples": 128, "options": {"n_burnin": 500, "maxiter": 100}},
-}
-
-
-def botorch_transforms() -> list[type[Transform]]:
-    """Ax's continuous-relaxation transforms for the MBM node, in place of its default ``MBM_X_trans``.
-
-    Ordered choices become integer ranges over their indices (λ_area 0.5/1/2 -> 0/1/2) and integers become
-    floats rounded to the nearest integer, so the acquisition function is optimised once over a continuous
-    box (plus the linear constraints) instead of once per combination of choice values. BoTorch rounds every
-    candidate (through Ax's transforms) before it scores the restarts, so the returned point has a listed
-    choice value; the constraints may only use range parameters, so rounding cannot break them.
-    Unordered choices are one-hot encoded and relaxed the same way.
-    """
-    from ax.adapter.registry import Cont_X_trans, Y_trans
-
-    return [*Cont_X_trans, *Y_trans]
 
 
 @dataclass(frozen=True)
@@ -165,34 +139,9 @@ class SearchSpace:
         bounds = [f"{name} {'>=' if self.objectives[name] == 'maximize' else '<='} {value!r}"
                   for name, value in (thresholds or {}).items()]
         client.configure_optimization(objective=self.objective_string, outcome_constraints=bounds or None)
-        client.set_generation_strategy(self.generation_strategy(self.seed if seed is None else seed))
+        client.set_generation_strategy(ax_seam.generation_strategy(self.method, self.initialization_trials,
+                                                                   self.seed if seed is None else seed))
 
-    def generation_strategy(self, seed: int) -> GenerationStrategy:
-        """Ax's own Sobol -> MBM strategy for ``method``, with a cheaper BoTorch step (`BOTORCH_GEN_OPTIONS`).
-
-        The strategy (nodes "Sobol" then "MBM", transition after `initialization_trials`) is the one
-        ``Client.configure_generation_strategy`` builds; only the MBM node's generator spec changes:
-        ``transforms`` = `botorch_transforms()` and ``model_gen_options`` = `BOTORCH_GEN_OPTIONS`. Both are
-        plain data, so the strategy round-trips through the client's JSON snapshot.
-        """
-        from ax.adapter.registry import Generators
-        from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
-        from ax.api.utils.structs import GenerationStrategyDispatchStruct
-
-        strategy = choose_generation_strategy(
-            GenerationStrategyDispatchStruct(
-                method=self.method,
-                initialization_budget=self.initialization_trials,
-                initialize_with_center=False,
-                initialization_random_seed=seed,
-            )
-        )
-        for node in strategy._nodes:
-            for spec in node.generator_specs:
-                if spec.generator_enum == Generators.BOTORCH_MODULAR:
-                    spec.generator_kwargs["transforms"] = botorch_transforms()
-                    spec.generator_gen_kwargs["model_gen_options"] = copy.deepcopy(BOTORCH_GEN_OPTIONS)
-        return strategy
 
     def overrides(self, parameters: Mapping[str, Any]) -> list[str]:
         """A trial's parameters as experiment-config overrides: ``["loss.lambda1=0.3", ...]``."""

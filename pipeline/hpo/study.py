@@ -20,6 +20,7 @@ from pipeline.hpo.space import SearchSpace
 
 if TYPE_CHECKING:
     from ax.api import Client
+    from ax.core.experiment import Experiment
 
 SNAPSHOT_NAME = "ax_experiment.json"
 # Torch threads while Ax fits the GP and optimises the acquisition function. Its tensors are tiny (tens of
@@ -196,51 +197,19 @@ class Study:
 
     def records(self) -> list[TrialRecord]:
         """Every trial in index order, with its observed metrics."""
-        experiment = ax_seam.experiment(self._client)
-        data = experiment.lookup_data().df
-        metrics: dict[int, dict[str, float]] = {}
-        for row in data.itertuples(index=False):
-            metrics.setdefault(int(row.trial_index), {})[str(row.metric_name)] = float(row.mean)
-        return [
-            TrialRecord(
-                index=trial.index,
-                status=trial.status.name.lower(),
-                parameters=dict(trial.arm.parameters),
-                metrics={**trial.run_metadata.get(_EXTRA_METRICS, {}), **metrics.get(trial.index, {})},
-                reason=trial.status_reason,
-                generator=_generator_name(trial.generator_run),
-            )
-            for _, trial in sorted(experiment.trials.items())
-        ]
+        return trial_records(ax_seam.experiment(self._client))
 
     @property
     def completed_count(self) -> int:
         return sum(record.status == "completed" for record in self.records())
-
-    @property
-    def failed_count(self) -> int:
-        return sum(record.status == "failed" for record in self.records())
 
     def pareto(self) -> list[TrialRecord]:
         """The observed non-dominated completed trials under the space's objective directions."""
         return pareto_front(self.records(), self.space.objective_signs)
 
     def select(self, trial: int | None = None) -> TrialRecord:
-        """The Pareto trial with the best `trade_off` (LeRF − MoRF), or the completed trial named."""
-        records = self.records()
-        if trial is None:
-            front = pareto_front(records, self.space.objective_signs)
-            if not front:
-                raise UserError("no trial has completed yet, so there is no configuration to select; run more trials")
-            return max(front, key=lambda record: trade_off(record, self.space.objective_signs))
-        completed = [record.index for record in records if record.status == "completed"]
-        if not 0 <= trial < len(records):
-            raise UserError(f"--select {trial}: no such trial; completed trials are {completed}")
-        record = records[trial]
-        if record.status != "completed":
-            why = f" ({record.reason})" if record.reason else ""
-            raise UserError(f"--select {trial}: that trial is {record.status}{why}; pick a completed one: {completed}")
-        return record
+        """The Pareto trial with the best `trade_off` (LeRF − MoRF), or the completed trial named (`choose_trial`)."""
+        return choose_trial(self.records(), self.space.objective_signs, trial)
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -253,6 +222,34 @@ class Study:
         if self.read_only:
             raise RuntimeError("this study was opened with Study.read and cannot change")
         replace_atomically(self.path, lambda temporary: self._client.save_to_json_file(str(temporary)))
+
+
+def trial_records(experiment: Experiment) -> list[TrialRecord]:
+    """Every trial of an Ax experiment in index order, with its observed metrics and the extras kept beside them."""
+    metrics: dict[int, dict[str, float]] = {}
+    for row in experiment.lookup_data().df.itertuples(index=False):
+        metrics.setdefault(int(row.trial_index), {})[str(row.metric_name)] = float(row.mean)
+    return [TrialRecord(index=trial.index, status=trial.status.name.lower(), parameters=dict(trial.arm.parameters),
+                        metrics={**trial.run_metadata.get(_EXTRA_METRICS, {}), **metrics.get(trial.index, {})},
+                        reason=trial.status_reason, generator=_generator_name(trial.generator_run))
+            for _, trial in sorted(experiment.trials.items())]
+
+
+def choose_trial(records: Sequence[TrialRecord], signs: Mapping[str, float], trial: int | None = None) -> TrialRecord:
+    """The Pareto trial with the best `trade_off`, or completed trial ``trial`` (``--select``)."""
+    if trial is None:
+        front = pareto_front(records, signs)
+        if not front:
+            raise UserError("no trial has completed yet, so there is no configuration to select; run more trials")
+        return max(front, key=lambda record: trade_off(record, signs))
+    completed = [record.index for record in records if record.status == "completed"]
+    if not 0 <= trial < len(records):
+        raise UserError(f"--select {trial}: no such trial; completed trials are {completed}")
+    record = records[trial]
+    if record.status != "completed":
+        why = f" ({record.reason})" if record.reason else ""
+        raise UserError(f"--select {trial}: that trial is {record.status}{why}; pick a completed one: {completed}")
+    return record
 
 
 @contextmanager

@@ -16,11 +16,11 @@ from typing import Any
 import mlflow
 import mlflow.pyfunc
 from mlflow.models import Model
-from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import ExperimentConfig
 from pipeline.tracking import serving
+from pipeline.tracking.mlflow_seam import SystemMetrics
 from pipeline.tracking.runs import RunLog, Tracker
 from pipeline.tracking.stores import TRACKING_URI_ENV
 from pipeline.training.saved_head import CONFIG_FILE, COUNTS_FILE, HEAD_FILE, SUMMARY_FILE
@@ -51,20 +51,13 @@ class FinalRunLog(RunLog):
         super().__init__(client, run_id)
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
-        self._monitor: SystemMetricsMonitor | None = None
-        if system_metrics_interval_s > 0:
-            self._monitor = SystemMetricsMonitor(
-                run_id, sampling_interval=system_metrics_interval_s, tracking_uri=tracking_uri
-            )
-            self._monitor.start()
+        self._system_metrics = (SystemMetrics(run_id, system_metrics_interval_s, tracking_uri)
+                                if system_metrics_interval_s > 0 else None)
 
     def _end(self, status: str, reason: str | None = None) -> None:
-        if self._monitor is not None:
-            # Publish what was sampled so far: MLflow drops it on finish(), so a run shorter than
-            # the sampling interval would otherwise end without any system metric.
-            self._monitor.publish_metrics(self._monitor.aggregate_metrics())
-            self._monitor.finish()
-            self._monitor = None
+        if self._system_metrics is not None:
+            self._system_metrics.stop()
+            self._system_metrics = None
         super()._end(status, reason)
 
     def log_explainer(self, head_directory: str | Path, config: ExperimentConfig, input_size: int,

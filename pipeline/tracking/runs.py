@@ -20,14 +20,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
-from mlflow.utils.validation import (
-    MAX_METRICS_PER_BATCH,
-    MAX_PARAM_VAL_LENGTH,
-    MAX_PARAMS_TAGS_PER_BATCH,
-    MAX_TAG_VAL_LENGTH,
-)
 
+from pipeline.tracking.mlflow_seam import DESCRIPTION_TAG, LIMITS
 from pipeline.tracking.stores import is_tracking_server, resolve_tracking_uri, store_creation_lock
 
 _log = logging.getLogger(__name__)
@@ -51,7 +45,7 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
         if isinstance(value, Mapping) and value:
             flat.update(flatten_params(value, f"{name}."))
         else:
-            flat[name] = _truncate(str(value), MAX_PARAM_VAL_LENGTH)
+            flat[name] = _truncate(str(value), LIMITS["param_length"])
     return flat
 
 
@@ -97,13 +91,13 @@ class RunLog:
         self._pending.extend(
             Metric(key, float(value), timestamp, step) for key, value in metrics.items()
         )
-        if (len(self._pending) >= MAX_METRICS_PER_BATCH
+        if (len(self._pending) >= LIMITS["metrics_per_batch"]
                 or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S):
             self.flush()
 
     def flush(self) -> None:
         """Send buffered step metrics, at most 1000 per request."""
-        for chunk in _chunks(self._pending, MAX_METRICS_PER_BATCH):
+        for chunk in _chunks(self._pending, LIMITS["metrics_per_batch"]):
             self.client.log_batch(self.run_id, metrics=chunk)
         self._pending = []
         self._last_flush = time.monotonic()
@@ -112,19 +106,19 @@ class RunLog:
         """Log metrics now (e.g. ROAD AUCs; or one ROAD curve point with step = % removed)."""
         timestamp = _now_ms()
         entries = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
-        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
+        for chunk in _chunks(entries, LIMITS["metrics_per_batch"]):
             self.client.log_batch(self.run_id, metrics=chunk)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params, flattened to dotted keys (see `flatten_params`)."""
         entries = [Param(key, value) for key, value in flatten_params(params).items()]
-        for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
+        for chunk in _chunks(entries, LIMITS["params_tags_per_batch"]):
             self.client.log_batch(self.run_id, params=chunk)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set tags (e.g. which worker ran a trial), cut to MLflow's length limit."""
-        entries = [RunTag(key, _truncate(str(value), MAX_TAG_VAL_LENGTH)) for key, value in tags.items()]
-        for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
+        entries = [RunTag(key, _truncate(str(value), LIMITS["tag_length"])) for key, value in tags.items()]
+        for chunk in _chunks(entries, LIMITS["params_tags_per_batch"]):
             self.client.log_batch(self.run_id, tags=chunk)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -147,7 +141,7 @@ class RunLog:
             self.flush()
         finally:
             if reason is not None:
-                self.client.set_tag(self.run_id, FAILURE_TAG, _truncate(reason, MAX_TAG_VAL_LENGTH))
+                self.client.set_tag(self.run_id, FAILURE_TAG, _truncate(reason, LIMITS["tag_length"]))
             with _no_run_url_printing():
                 self.client.set_terminated(self.run_id, status)
 
@@ -198,7 +192,7 @@ class Tracker:
         """Create the search's parent run, or with `run_id` reopen it (resume): its trial runs
         still RUNNING were cut off by a crash and are marked FAILED; params already on the run
         keep their first value. Returns the run id."""
-        run_tags = {key: _truncate(str(value), MAX_TAG_VAL_LENGTH)
+        run_tags = {key: _truncate(str(value), LIMITS["tag_length"])
                     for key, value in (tags or {}).items()}
         if run_id is None:
             run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=name)
@@ -253,7 +247,7 @@ class Tracker:
 
     def describe_search(self, markdown: str) -> None:
         """Set the search run's description (the note the MLflow UI shows on the run's page)."""
-        self._search().set_tags({MLFLOW_RUN_NOTE: markdown})
+        self._search().set_tags({DESCRIPTION_TAG: markdown})
 
 
     def start_trial(self, index: int, params: Mapping[str, Any]) -> RunLog:

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.utils.credentials import get_default_host_creds
-from mlflow.utils.rest_utils import http_request
 from sqlalchemy.engine import make_url
 
 from pipeline.errors import UserError
 from pipeline.locking import exclusive_lock
+from pipeline.tracking.mlflow_seam import health_status
 
 HEALTH_TIMEOUT_S = 5.0  # a tracking server that does not answer /health in this time is reported unreachable
 
@@ -28,13 +27,12 @@ def check_tracking_server(uri: str | None) -> None:
         return
     fix = "start the server, or give the right --tracking-uri (or $MLFLOW_TRACKING_URI)"
     try:
-        response = http_request(get_default_host_creds(resolved), "/health", "GET", max_retries=0,
-                                timeout=HEALTH_TIMEOUT_S, raise_on_status=False)
+        status = health_status(resolved, HEALTH_TIMEOUT_S)
     except MlflowException as error:
         raise UserError(f"cannot reach the MLflow tracking server at {resolved} ({_connection_problem(error)}); "
                         f"{fix}") from None
-    if response.status_code >= 500:
-        raise UserError(f"the MLflow tracking server at {resolved} answers HTTP {response.status_code} to /health; "
+    if status >= 500:
+        raise UserError(f"the MLflow tracking server at {resolved} answers HTTP {status} to /health; "
                         f"{fix}")
 
 
