@@ -1,0 +1,159 @@
+"""The trial loop on a fake study and a fake pool: no Ax, no MLflow, no training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.hpo.loop import TrialListener, TrialLoop
+from pipeline.hpo.pools import Finished
+from pipeline.hpo.study import INTERRUPTED, AwaitingData, TrialRecord
+from pipeline.hpo.trial_worker import TrialResult
+
+
+class FakeStudy:
+    """Hands out points 0, 1, 2, ...; `awaiting` indices raise AwaitingData once while trials run."""
+
+    def __init__(self, awaiting: set[int] = frozenset()) -> None:
+        self.trials: dict[int, dict[str, Any]] = {}
+        self.awaiting = set(awaiting)
+
+    def next_trial(self) -> tuple[int, dict[str, Any]]:
+        index = len(self.trials)
+        running = any(trial["status"] == "running" for trial in self.trials.values())
+        if index in self.awaiting and running:
+            self.awaiting.discard(index)
+            raise AwaitingData("wait")
+        self.trials[index] = {"status": "running", "metrics": {}, "reason": None, "parameters": {"x": index / 10}}
+        return index, dict(self.trials[index]["parameters"])
+
+    def complete(self, index: int, metrics: dict[str, float]) -> bool:
+        self.trials[index].update(status="completed", metrics=dict(metrics))
+        return True
+
+    def fail(self, index: int, reason: str) -> None:
+        self.trials[index].update(status="failed", reason=reason)
+
+    def records(self) -> list[TrialRecord]:
+        return [TrialRecord(index, t["status"], t["parameters"], t["metrics"], t["reason"], "fake")
+                for index, t in sorted(self.trials.items())]
+
+    @property
+    def completed_count(self) -> int:
+        return sum(t["status"] == "completed" for t in self.trials.values())
+
+
+@dataclass
+class FakePool:
+    """``slots`` trials at once; each `wait` finishes the oldest running trial, failing those in ``failing``."""
+
+    slots: int = 1
+    failing: set[int] = field(default_factory=set)
+    interrupt_at_wait: int | None = None
+    running: list[int] = field(default_factory=list)
+    submitted: list[tuple[int, Any]] = field(default_factory=list)
+    waits: int = 0
+    closed: bool = False
+
+    def free_slots(self) -> int:
+        return self.slots - len(self.running)
+
+    def submit(self, index: int, config: Any, steps: Any) -> dict[str, str]:
+        self.running.append(index)
+        self.submitted.append((index, steps))
+        return {"host": "fake", "slot": str(len(self.running) - 1)}
+
+    def wait(self) -> list[Finished]:
+        self.waits += 1
+        if self.waits == self.interrupt_at_wait:
+            raise KeyboardInterrupt
+        index = self.running.pop(0)
+        if index in self.failing:
+            return [Finished(index, failure=f"TrainingDiverged: trial {index}")]
+        return [Finished(index, result=TrialResult({"road_morf_auc": 0.3, "road_lerf_auc": 0.6}, {}))]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Events(TrialListener):
+    """Writes down every call, and gives a step log named after the trial."""
+
+    def __init__(self, failing_start: set[int] = frozenset()) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.failing_start = failing_start
+
+    def started(self, index: int, parameters: dict[str, Any], config: Any) -> str:
+        self.calls.append(("started", index))
+        if index in self.failing_start:
+            raise RuntimeError("no MLflow run")
+        return f"steps-{index}"
+
+    def placed(self, index: int, where: dict[str, str]) -> None:
+        self.calls.append(("placed", index))
+
+    def result(self, index: int, result: TrialResult) -> None:
+        self.calls.append(("result", index))
+
+    def settled(self, record: TrialRecord, seconds: float) -> None:
+        self.calls.append((f"settled:{record.status}", record.index))
+
+    def interrupted(self, index: int) -> None:
+        self.calls.append(("interrupted", index))
+
+
+def loop(study: FakeStudy, pool: FakePool, listeners: list[TrialListener], target: int) -> TrialLoop:
+    return TrialLoop(study, pool, lambda parameters: {"config": parameters}, listeners, target, max_failures_in_row=3)
+
+
+def test_failed_trials_are_replaced_and_every_step_is_told_in_order() -> None:
+    study, pool, events = FakeStudy(), FakePool(failing={1}), Events()
+    loop(study, pool, [events], target=3).run()
+    assert [record.status for record in study.records()] == ["completed", "failed", "completed", "completed"]
+    assert study.records()[1].reason == "TrainingDiverged: trial 1"
+    assert events.calls[:7] == [("started", 0), ("placed", 0), ("result", 0), ("settled:completed", 0),
+                                ("started", 1), ("placed", 1), ("settled:failed", 1)]
+    assert pool.submitted[0] == (0, "steps-0") and pool.closed  # the listener's step log went to the pool
+
+
+def test_a_listener_that_cannot_start_a_trial_fails_it_and_the_search_goes_on() -> None:
+    study, pool, events = FakeStudy(), FakePool(), Events(failing_start={0})
+    loop(study, pool, [events], target=2).run()
+    assert [record.status for record in study.records()] == ["failed", "completed", "completed"]
+    assert study.records()[0].reason == "RuntimeError: no MLflow run"
+    assert ("placed", 0) not in events.calls and [index for index, _ in pool.submitted] == [1, 2]
+
+
+def test_three_failures_in_a_row_stop_the_search_in_one_line() -> None:
+    study, pool = FakeStudy(), FakePool(failing={1, 2, 3})
+    with pytest.raises(UserError) as error:
+        loop(study, pool, [Events()], target=5).run()
+    assert str(error.value).splitlines() == [
+        "3 trials failed in a row (last: TrainingDiverged: trial 3); fix the cause and rerun the same command to resume"]
+    assert study.completed_count == 1 and pool.closed
+
+
+def test_parallel_slots_fill_up_and_never_overshoot_the_target() -> None:
+    study, pool = FakeStudy(), FakePool(slots=2)
+    loop(study, pool, [Events()], target=3).run()
+    assert study.completed_count == 3 and len(study.trials) == 3  # the last slot stays empty: 2 done + 1 running = 3
+    assert pool.waits == 3
+
+
+def test_awaiting_data_waits_for_a_running_trial_instead_of_failing() -> None:
+    study, pool = FakeStudy(awaiting={1}), FakePool(slots=2)
+    loop(study, pool, [Events()], target=3).run()
+    assert [record.status for record in study.records()] == ["completed"] * 3
+
+
+def test_an_interrupt_marks_the_trials_in_flight_interrupted_and_tells_the_listeners() -> None:
+    study, pool, events = FakeStudy(), FakePool(slots=2, interrupt_at_wait=2), Events()
+    with pytest.raises(KeyboardInterrupt):
+        loop(study, pool, [events], target=5).run()
+    records = study.records()
+    assert [r.status for r in records] == ["completed", "failed", "failed"]
+    assert {r.reason for r in records[1:]} == {INTERRUPTED}
+    assert ("interrupted", 1) in events.calls and ("interrupted", 2) in events.calls and pool.closed
