@@ -1,20 +1,19 @@
-"""Shared command-line plumbing: user errors become one line on stderr and exit code 2."""
+"""Shared command-line plumbing: the common arguments, and user errors as one line on stderr with exit code 2.
+Light to import (no torch, Ax or MLflow), so a command checks its arguments before it loads anything heavy."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+import typing
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from pipeline import quiet
-from pipeline.config import ExperimentConfig
-from pipeline.data.sources import build_splits, plain_images
+from pipeline.config import DEVICE_HELP, Imputer
 from pipeline.errors import UserError
-from pipeline.evaluation.scoring import EvalSet, prepare_eval_set
-from pipeline.metrics.road import IMPUTERS
-from pipeline.models.classifiers import Classifier
-from pipeline.models.coverage import ClassCoverage
-from pipeline.models.device import DEVICE_HELP
+
+if TYPE_CHECKING:
+    from pipeline.models.coverage import ClassCoverage
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,22 +70,9 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="use only the first N images")
 
 
-def load_eval_set(classifier: Classifier, config: ExperimentConfig, args: argparse.Namespace) -> EvalSet:
-    """The images chosen with ``add_source_arguments``, classified once."""
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit {args.limit}: give a positive number of images")
-    size = classifier.preprocessing.input_size
-    if args.images:
-        dataset = plain_images(args.images, size)
-    else:
-        splits = build_splits(config.data, size)
-        dataset = splits.val if args.split == "val" else splits.test
-    return prepare_eval_set(classifier, dataset, config.evaluation.batch_size, args.limit)
-
-
 def add_road_arguments(parser: argparse.ArgumentParser) -> None:
     """``--imputer`` and ``--percentages``: the ROAD protocol, overriding the head's ``evaluation`` config."""
-    parser.add_argument("--imputer", choices=IMPUTERS,
+    parser.add_argument("--imputer", choices=typing.get_args(Imputer),
                         help="ROAD imputer: noisy_linear (ROAD paper) or telea (OpenCV inpainting, P-TAME paper's "
                              "Table 1); default: the head's evaluation.imputer")
     parser.add_argument("--percentages", type=int, nargs="+", metavar="P",

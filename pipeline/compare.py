@@ -28,9 +28,10 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import cli
 from pipeline.baselines.rise import RiseSettings
-from pipeline.cli import add_device_argument, add_road_arguments, add_source_arguments, load_eval_set, road_overrides
+from pipeline.cli import add_device_argument, add_road_arguments, add_source_arguments, road_overrides
 from pipeline.errors import UserError
 from pipeline.evaluation.comparison import METHODS, Row, baseline_methods, head_methods, load_heads, run_method
+from pipeline.evaluation.scoring import load_eval_set
 from pipeline.hpo.folder import PARENT_RUN, SearchFolder
 from pipeline.metrics.road import road_protocol_of
 from pipeline.models.contributions import LayerContribution, layer_contributions
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rise = RiseSettings(masks=args.rise_masks, batch_size=config.evaluation.batch_size)
     methods = head_methods(heads) + baseline_methods(args.methods, classifier, args.target_layer,
                                                      config.evaluation.batch_size, rise)
-    evalset = load_eval_set(classifier, config, args)
+    evalset = load_eval_set(classifier, config, args.split, args.images, args.limit)
     layers = {m.name: m.target_layer for m in methods if m.target_layer is not None}
     header = {"backbone": config.model.backbone, "source": args.split or "images", "images": len(evalset),
               "heads": [str(directory) for directory, _, _ in heads], "methods": args.methods,

@@ -34,6 +34,9 @@ Float = Annotated[float, Strict()]
 Bool = Annotated[bool, Strict()]
 STRICT = ConfigDict(extra="forbid")
 
+Imputer = Literal["noisy_linear", "telea"]  # ROAD's (`pipeline.metrics.road`)
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: a CUDA device when there is one, else the CPU)"
+
 
 @dataclass(config=STRICT)
 class ModelConfig:
@@ -156,7 +159,7 @@ class EvalConfig:
     percentages: list[Annotated[Int, Field(gt=0, lt=100)]] = Field(
         default_factory=lambda: [10, 20, 30, 40, 50, 70, 90], min_length=1,
         description="removal percentages strictly between 0 and 100, e.g. [10, 20, 30, 40, 50, 70, 90]")
-    imputer: Literal["noisy_linear", "telea"] = "noisy_linear"
+    imputer: Imputer = "noisy_linear"
     noise: Float = 0.01
     batch_size: Int = Field(32, ge=1)
     seed: Int = 0

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline import cli
-from pipeline.cli import add_device_argument, add_road_arguments, add_source_arguments, load_eval_set, road_overrides
-from pipeline.evaluation.scoring import evaluate_head, summary_line
+from pipeline.cli import add_device_argument, add_road_arguments, add_source_arguments, road_overrides
+from pipeline.evaluation.scoring import evaluate_head, load_eval_set, summary_line
 from pipeline.reports.plots import road_curve
 from pipeline.training.saved_head import load_explainer
 
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.min_count is not None:
         overrides.append(f"evaluation.min_class_count={args.min_count}")
     explainer, config = load_explainer(args.head, args.device, overrides)
-    evalset = load_eval_set(explainer.classifier, config, args)
+    evalset = load_eval_set(explainer.classifier, config, args.split, args.images, args.limit)
     evaluation, _ = evaluate_head(explainer, evalset, config.evaluation, args.maps, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = evaluation.to_json() | {"maps": args.maps, "head": str(args.head),

@@ -26,8 +26,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.cli import add_device_argument, add_source_arguments, load_eval_set
+from pipeline.cli import add_device_argument, add_source_arguments
 from pipeline.evaluation.mprt import PROTOCOLS, Level, run_mprt
+from pipeline.evaluation.scoring import load_eval_set
 from pipeline.models.randomisation import blocks_for
 from pipeline.reports.plots import sanity_figure
 from pipeline.training.saved_head import load_explainer
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     explainer, config = load_explainer(args.head, args.device)
     blocks = blocks_for(config.model.backbone, explainer.classifier.network, args.blocks)
-    evalset = load_eval_set(explainer.classifier, config, args)
+    evalset = load_eval_set(explainer.classifier, config, args.split, args.images, args.limit)
     print(f"MPRT, protocol {args.protocol}: {PROTOCOLS[args.protocol]}")
     print(f"cascading bottom-up randomisation of {config.model.backbone} over {len(blocks)} blocks: "
           + "; ".join(f"{b.label} = {'+'.join(b.modules)}" for b in blocks))

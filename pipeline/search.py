@@ -15,10 +15,9 @@ from typing import Any, Sequence
 
 from pipeline import cli
 from pipeline import config as configs
-from pipeline.data.sources import find_imagenet
+from pipeline.data.imagenet_root import find_imagenet
 from pipeline.errors import UserError
 from pipeline.hpo.folder import check_search_name, search_name
-from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.trial_configs import check_space_fits
 from pipeline.resources import DEFAULT_SEARCH_SPACE, EXPERIMENTS, PACKAGE, experiment_file, search_space_file
@@ -108,6 +107,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # Loaded once the arguments and the tracking server have passed, so those fail within seconds (torch, Ax).
+    from pipeline.hpo.search import Search, SearchOptions
+
     base = base_experiment(args)
     space_path = search_space_file(args.space)
     space = load_search_space(space_path)

@@ -7,7 +7,6 @@ the classifier's input size ``S``; networks normalise their own inputs.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -185,12 +184,6 @@ def _split_three_ways(count: int, seed: int) -> tuple[list[int], list[int], list
     return order[2 * held_out:], order[:held_out], order[held_out: 2 * held_out]
 
 
-def looks_like_imagenet(root: Path) -> bool:
-    """ImageNet in torchvision's layout: ``train/`` and ``val/`` with one folder per class (1000)."""
-    val = root / "val"
-    return (root / "train").is_dir() and val.is_dir() and sum(p.is_dir() for p in val.iterdir()) == 1000
-
-
 @dataclass
 class Splits:
     train: Dataset
@@ -238,14 +231,3 @@ def build_splits(config: DataConfig, size: int) -> Splits:
     return Splits(_limit(train, config.train_limit), _limit(val, config.val_limit), _limit(test, config.test_limit))
 
 
-IMAGENET_ENV, DEFAULT_IMAGENET = "IMAGENET_ROOT", Path("data/ImageNet")
-
-
-def find_imagenet(data: str | None) -> Path | None:
-    """An ImageNet folder: ``--data`` if given, else ``$IMAGENET_ROOT``, else ``data/ImageNet``."""
-    candidates = [data] if data else [os.environ.get(IMAGENET_ENV), DEFAULT_IMAGENET]
-    for candidate in filter(None, candidates):
-        root = Path(candidate).expanduser()
-        if root.is_dir() and looks_like_imagenet(root):
-            return root
-    return None

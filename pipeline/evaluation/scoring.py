@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from pipeline.config import EvalConfig
+from pipeline.config import EvalConfig, ExperimentConfig
+from pipeline.data.sources import build_splits, plain_images
+from pipeline.errors import UserError
 from pipeline.metrics.adic import AdIcResult, ad_ic
 from pipeline.metrics.road import RoadResult, road
 from pipeline.models.classifiers import Classifier
@@ -142,3 +144,18 @@ def summary_line(evaluation: Evaluation) -> str:
             line += (f" ({untrained} image(s) explained by a class the head was not trained on: "
                      "their maps are untrained, see per_image in the JSON)")
     return line
+
+
+def load_eval_set(classifier: Classifier, config: ExperimentConfig, split: str | None,
+                  images: Sequence[str] | None = None, limit: int | None = None) -> EvalSet:
+    """The config's ``split`` ("val" or "test"), or the image files and folders ``images``, classified once; only
+    the first ``limit`` images when given."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit}: give a positive number of images")
+    size = classifier.preprocessing.input_size
+    if images:
+        dataset = plain_images(images, size)
+    else:
+        splits = build_splits(config.data, size)
+        dataset = splits.val if split == "val" else splits.test
+    return prepare_eval_set(classifier, dataset, config.evaluation.batch_size, limit)

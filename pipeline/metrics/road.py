@@ -8,19 +8,21 @@ trapezoid over [0, p1, ..., pk, 1] with the endpoints 1 (nothing removed) and 0 
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 
+from pipeline import config as configs
 from pipeline.config import EvalConfig
 from pipeline.metrics.imputation import noisy_linear_impute
 from pipeline.metrics.inpainting import telea_impute
 
 # (images [B, C, H, W], removed [B, H, W] bool) -> imputed images
 Imputer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-IMPUTERS = ("noisy_linear", "telea")
+IMPUTERS = typing.get_args(configs.Imputer)
 
 ORDERS = ("morf", "lerf")
 DEFAULT_PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.config import DEVICE_HELP
 from pipeline.errors import UserError
-
-DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: a CUDA device when there is one, else the CPU)"
 
 
 def resolve_device(name: str, setting: str = "train.device") -> torch.device:
