@@ -16,7 +16,9 @@ from pipeline import config as configs
 from pipeline.compare import main as compare_main
 from pipeline.data.sources import build_splits
 from pipeline.evaluation.scoring import evaluate_head, prepare_eval_set
+from pipeline.hpo.folder import PARENT_RUN, SearchFolder
 from pipeline.reports.comparison_report import protocol_notes
+from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.tracking.runs import Tracker
 from pipeline.train import main as train_main
 from pipeline.training.saved_head import load_explainer
@@ -59,8 +61,9 @@ def test_a_comparison_scores_heads_and_baselines_alike_and_nests_under_a_search(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri)
     parent = tracker.start_search("toy", {"backbone": "toy"})
-    (tmp_path / "runs" / "search" / "toy").mkdir(parents=True)
-    (tmp_path / "runs" / "search" / "toy" / "state.json").write_text(json.dumps({"parent_run_id": parent}))
+    folder = SearchFolder(tmp_path / "runs" / "search" / "toy")
+    folder.start("toy", {"name": "toy"}, DEFAULT_SEARCH_SPACE)
+    folder.update_state(**{PARENT_RUN: parent})
 
     code, out, err = run(["--head", str(heads[0]), "--head", str(heads[1]), "--split", "val", "--methods", BASELINES,
                           "--target-layer", "features.7", "--rise-masks", "40", "--out", "out",

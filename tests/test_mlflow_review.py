@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pipeline import config as configs
+from pipeline.hpo.folder import FINAL_TRIAL
 from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.resources import DEFAULT_SEARCH_SPACE
@@ -86,7 +87,7 @@ def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_
     assert len(versions) == 1 and versions[0].run_id == final.info.run_id
     version = client.get_model_version_by_alias(name, "review")
     assert version.version == versions[0].version and version.aliases == ["review"]
-    chosen = search.state.values["final_trial"]
+    chosen = search.folder.state[FINAL_TRIAL]
     assert version.tags["search"] == "review" and version.tags["trial"] == str(chosen)
     assert version.tags["lambda1"] == f"{float(final.data.params['lambda1']):.4g}"
     assert {"lambda2", "lambda3", "lambda_area", "loss_form", "road_protocol"} <= version.tags.keys()

@@ -25,6 +25,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import UserError
+from pipeline.hpo.folder import PARENT_RUN
 from pipeline.hpo.ray_pool import RayPool, SlotSize, crowding_note, slot_size, slots_at_once
 from pipeline.hpo.search import Search
 from pipeline.hpo.space import load_search_space
@@ -117,7 +118,7 @@ def test_three_workers_wait_for_ax_run_distinct_trials_on_own_gpus_and_survive_a
     arms = [tuple(sorted(r.parameters.items())) for r in records]
     assert len(set(arms)) == len(arms)
 
-    runs = trial_runs(settings.tracking_uri, search.state.values["parent_run_id"])
+    runs = trial_runs(settings.tracking_uri, search.folder.state[PARENT_RUN])
     assert sorted(runs) == ["final-head"] + [f"trial-{index:03d}" for index in range(5)]
     client = MlflowClient(settings.tracking_uri)
     for record in records:

@@ -17,6 +17,7 @@ import yaml
 from pipeline import config as configs
 from pipeline.errors import UserError
 from pipeline.hpo.exporting import export
+from pipeline.hpo.folder import SearchFolder
 from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import Study
@@ -86,7 +87,7 @@ def test_a_raising_and_a_nan_trial_are_marked_failed_and_the_search_completes(tm
     assert best.loss.lambda1 == pytest.approx(records[report["trial"]].parameters["lambda1"])
     assert torch.load(directory / "final" / "head.pt", weights_only=True)
     assert json.loads((directory / "metrics.json").read_text())["test"]["metrics"]["road_morf_auc"] >= 0
-    exported = export(directory)
+    exported = export(SearchFolder(directory))
     assert configs.load(exported) == best
     assert torch.equal(torch.load(exported.with_name("head.pt"), weights_only=True)["fuse.weight"],
                        torch.load(directory / "final" / "head.pt", weights_only=True)["fuse.weight"])
@@ -119,7 +120,7 @@ def test_sigkill_then_rerun_resumes_without_losing_or_duplicating_trials(tmp_pat
     process.send_signal(signal.SIGKILL)
     process.wait()
     saved = snapshot.read_bytes()
-    exported = export(snapshot.parent, tmp_path / "interrupted.yaml")
+    exported = export(SearchFolder(snapshot.parent), tmp_path / "interrupted.yaml")
     assert configs.load(exported).model.backbone == base["model"]["backbone"]
     assert snapshot.read_bytes() == saved, "exporting must not change the search"
     before = Study.read(snapshot.parent, load_search_space(DEFAULT_SEARCH_SPACE)).records()
