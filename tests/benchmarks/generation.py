@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import pipeline.study as study_module  # noqa: E402
+import pipeline.hpo.study as study_module  # noqa: E402
 from pipeline.hpo.space import SearchSpace, load_search_space
 from pipeline.hpo.study import Study
 

@@ -18,8 +18,7 @@ from functools import wraps
 from pathlib import Path
 
 from pipeline import config as configs
-from pipeline.hpo import search
-from pipeline.hpo import trial_worker as trials
+from pipeline.hpo import final_head, search, trial_worker
 from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import Study
@@ -52,15 +51,16 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     timed(loop, "optimisation_step", "training steps")
-    for module in (search, trials):  # trials: the search's trials; search: the validation set and the final head
+    for module in (trial_worker, final_head):  # the search's trials; the final head
         timed(module, "evaluate_head", "evaluation (maps, imputation, forwards)")
-    timed(search, "prepare_eval_set", "evaluation (maps, imputation, forwards)")
+    for module in (search, final_head):  # the validation set; the test set
+        timed(module, "prepare_eval_set", "evaluation (maps, imputation, forwards)")
     timed(Study, "next_trial", "Ax generation")
     for name in ("start_trial", "log_search_metrics"):
         timed(Tracker, name, LOGGING)
     for name in ("log_step", "log_metrics", "log_artifact", "set_tags", "finish"):
         timed(RunLog, name, LOGGING)
-    for module in (search, trials):
+    for module in (trial_worker, final_head):
         timed(module, "grid_and_curve", LOGGING)
     base = configs.apply_overrides(configs.read_yaml(REPO / "experiments" / "demo.yaml"), args.overrides)
     with tempfile.TemporaryDirectory() as folder:
