@@ -22,9 +22,7 @@ from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.tracking.runs import Tracker
 from pipeline.train import main as train_main
 from pipeline.training.saved_head import load_explainer
-from tests.test_search import write_images
-from tests.test_train_cli import toy_experiment
-from tests.toy_models import TinyClassifier
+from tests.toy_models import TinyClassifier, toy_experiment, write_images
 
 BASELINES = "gradcam,rise,random"
 

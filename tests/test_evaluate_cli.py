@@ -11,11 +11,11 @@ from pipeline import cli
 from pipeline.evaluate import main as evaluate_main
 from pipeline.explain import main as explain_main
 from pipeline.train import main as train_main
-from tests.test_train_cli import image_folder, toy_experiment  # noqa: F401  (fixture)
+from tests.toy_models import toy_experiment
 
 
 @pytest.fixture
-def trained_head(tmp_path, image_folder):  # noqa: F811
+def trained_head(tmp_path, image_folder):
     experiment = toy_experiment(tmp_path, image_folder)
     with pytest.raises(SystemExit) as stop:
         cli.run(train_main, ["--experiment", str(experiment), "--out", str(tmp_path / "head"), "--no-progress",

@@ -35,7 +35,8 @@ from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.search import main
 from pipeline.training.head_training import train_head
 from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
-from tests.test_search import options, toy_base, write_images
+from tests.test_search import options
+from tests.toy_models import toy_base, write_images
 
 REPO = Path(__file__).resolve().parents[1]
 

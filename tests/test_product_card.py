@@ -14,7 +14,7 @@ from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.models.classifiers import build_network
 from pipeline.resources import DEFAULT_SEARCH_SPACE
-from tests.test_search import write_images
+from tests.toy_models import write_images
 
 REPO = Path(__file__).resolve().parents[1]
 

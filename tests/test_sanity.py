@@ -18,9 +18,7 @@ from pipeline.models.randomisation import BLOCK_PRESETS, Block, blocks_for, rand
 from pipeline.sanity import main as sanity_main
 from pipeline.train import main as train_main
 from pipeline.training.saved_head import load_explainer
-from tests.test_search import write_images
-from tests.test_train_cli import toy_experiment
-from tests.toy_models import TinyClassifier
+from tests.toy_models import TinyClassifier, toy_experiment, write_images
 
 
 @pytest.fixture(scope="module")

@@ -26,31 +26,9 @@ from pipeline.search import parse_args
 from pipeline.training import loop
 from pipeline.training.head_training import train_head
 from pipeline.training.loss import LossTerms
+from tests.toy_models import toy_base, write_images
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_images(root: Path, count: int = 8) -> Path:
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(0)
-    for label in ("a", "b"):
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for i in range(count // 2):
-            Image.fromarray((torch.rand(36, 36, 3, generator=generator) * 255).byte().numpy()).save(
-                root / label / f"{i}.png")
-    return root
-
-
-def toy_base(images: Path) -> dict:
-    return {
-        "name": "toy",
-        "model": {"backbone": "tests.toy_models:tiny_classifier", "auxiliary": "tests.toy_models:tiny_features",
-                  "auxiliary_layers": ["stage1", "stage2", "stage3"]},
-        "data": {"dataset": "folder", "root": str(images)},
-        "train": {"batch_size": 4, "max_lr": 0.01},
-        "evaluation": {"percentages": [20, 50, 80]},
-    }
 
 
 def options(tmp_path: Path, trials: int) -> SearchOptions:

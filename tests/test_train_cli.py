@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from pipeline import cli
 from pipeline import config as configs
@@ -16,35 +15,9 @@ from pipeline.errors import UserError
 from pipeline.models.classifiers import load_classifier
 from pipeline.train import main as train_main
 from pipeline.training.saved_head import load_explainer
+from tests.toy_models import toy_experiment
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def toy_experiment(tmp_path: Path, images: Path, **loss) -> Path:
-    values = {
-        "name": "toy",
-        "model": {"backbone": "tests.toy_models:tiny_classifier", "auxiliary": "tests.toy_models:tiny_features",
-                  "auxiliary_layers": ["stage1", "stage2", "stage3"]},
-        "data": {"dataset": "folder", "root": str(images)},
-        "loss": {"lambda1": 0.5, "lambda2": 0.3, "lambda_area": 1.0, **loss},
-        "train": {"batch_size": 4, "max_lr": 0.01},
-    }
-    path = tmp_path / "toy.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
-@pytest.fixture
-def image_folder(tmp_path: Path) -> Path:
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(0)
-    for label in ("a", "b"):
-        (tmp_path / "images" / label).mkdir(parents=True)
-        for i in range(6):
-            pixels = (torch.rand(40, 48, 3, generator=generator) * 255).byte().numpy()
-            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
-    return tmp_path / "images"
 
 
 def exit_with(argv: list[str], capsys) -> tuple[int, str]:

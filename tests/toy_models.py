@@ -1,8 +1,13 @@
-"""Tiny random networks for fast tests, loadable by name as ``tests.toy_models:<factory>``."""
+"""Tiny random networks for fast tests, loadable by name as ``tests.toy_models:<factory>``, and the toy
+experiment configs and image folders the tests train them on (one set, shared by every test module)."""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import torch
+import yaml
 from torch import nn
 
 from pipeline.models.classifiers import Preprocessing
@@ -53,6 +58,45 @@ def tiny_features() -> nn.Module:
 
 TOY_MODEL = {"backbone": "tests.toy_models:tiny_classifier", "auxiliary": "tests.toy_models:tiny_features",
              "auxiliary_layers": ["stage1", "stage2", "stage3"]}
+
+
+def write_images(root: Path, count: int = 8) -> Path:
+    """``count`` random 36 x 36 PNGs in two class folders ``a`` and ``b`` (an ImageFolder)."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(count // 2):
+            Image.fromarray((torch.rand(36, 36, 3, generator=generator) * 255).byte().numpy()).save(
+                root / label / f"{i}.png")
+    return root
+
+
+def toy_base(images: Path, model: dict | None = None) -> dict:
+    """A search's base experiment: the toy models (or ``model``) on the image folder ``images``."""
+    return {
+        "name": "toy",
+        "model": copy.deepcopy(model or TOY_MODEL),
+        "data": {"dataset": "folder", "root": str(images)},
+        "train": {"batch_size": 4, "max_lr": 0.01},
+        "evaluation": {"percentages": [20, 50, 80]},
+    }
+
+
+def toy_experiment(tmp_path: Path, images: Path, **loss) -> Path:
+    """``tmp_path/toy.yaml``: a training experiment on the toy models with fixed loss weights (``loss`` changes
+    them)."""
+    values = {
+        "name": "toy",
+        "model": copy.deepcopy(TOY_MODEL),
+        "data": {"dataset": "folder", "root": str(images)},
+        "loss": {"lambda1": 0.5, "lambda2": 0.3, "lambda_area": 1.0, **loss},
+        "train": {"batch_size": 4, "max_lr": 0.01},
+    }
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
 
 
 def tiny_vit() -> nn.Module:
