@@ -1,11 +1,114 @@
-"""Shared fixtures."""
+"""Shared fixtures: one MLflow server, one Ray instance and one demo search command for the whole session,
+the toy image folder.
+
+Tests that share the server or Ray keep apart by what they create: their own MLflow experiment, search name or
+registered model, and the run ids they were given.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.mlflow_server import launch_mlflow_server, stop_mlflow_server, wait_for_mlflow_server
+
+REPO = Path(__file__).resolve().parents[1]
+
+_server: dict = {}  # the session's MLflow server, launched once collection shows that a test needs it
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Launch the MLflow server in the background as soon as the selected tests are known to need it, so that it
+    starts while the tests before the first one that uses it run."""
+    if any("mlflow_server" in item.fixturenames for item in session.items):
+        _launch_server()
+
+
+def _launch_server() -> None:
+    if not _server:
+        folder = Path(tempfile.mkdtemp(prefix="pytest-mlflow-server-"))
+        uri, process = launch_mlflow_server(folder)
+        _server.update(uri=uri, process=process, folder=folder)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> str:
+    """The URI of one real `mlflow server` on 127.0.0.1 (SQLite store, proxied artifacts) for every test."""
+    _launch_server()  # already launched, unless the fixture was requested in an unusual way
+    try:
+        wait_for_mlflow_server(_server["uri"], _server["process"], _server["folder"])
+        yield _server["uri"]
+    finally:
+        stop_mlflow_server(_server["process"])
+        shutil.rmtree(_server["folder"], ignore_errors=True)
+        _server.clear()
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """One local Ray instance (2 CPUs and 3 logical GPUs: Ray hands them out and sets CUDA_VISIBLE_DEVICES, the
+    trials still run on the CPU) for in-process searches and for search commands that join it with
+    ``--ray-address``; yields its address."""
+    import ray
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        patch.setenv("PYTHONPATH", str(REPO))  # the workers import this checkout and the toy models
+        auth_mode = os.environ.get("RAY_AUTH_MODE")
+        ray.init(address="local", num_cpus=2, num_gpus=3, include_dashboard=False, logging_level=logging.WARNING)
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
+            # ray.init turned on token authentication for this process and its children: undo that
+            if auth_mode is None:
+                os.environ.pop("RAY_AUTH_MODE", None)
+            else:
+                os.environ["RAY_AUTH_MODE"] = auth_mode
+
+
+@dataclass
+class DemoSearch:
+    """A finished search command: its output, its folder (``--out/NAME``) and its MLflow store."""
+
+    result: subprocess.CompletedProcess
+    folder: Path
+    tracking_uri: str
+    registered_model: str = "ptame-efficientnet_lite0-efficientnet_lite1"
+
+
+DEMO_SEARCH_SETTINGS = ["data.demo_train_views=16", "data.demo_eval_views=9", "evaluation.percentages=[50]",
+                        "evaluation.min_class_count=2"]
+
+
+@pytest.fixture(scope="session")
+def demo_search(tmp_path_factory: pytest.TempPathFactory) -> DemoSearch:
+    """One short real demo search, run as a user runs it: `python -m pipeline.search` on the offline demo (the real
+    EfficientNet-Lite0 and Lite1), 3 trials of the paper's space with BoTorch from the third one, into a new
+    SQLite store, output to files and Python's warnings shown. Several tests read what it printed
+    (test_console) and use the final head it registered (test_registered_explainer)."""
+    root = tmp_path_factory.mktemp("demo_search")
+    space = root / "space.yaml"
+    space.write_text((REPO / "search_spaces" / "ptame.yaml").read_text().replace("initialization_trials: 5\n",
+                                                                                  "initialization_trials: 2\n"))
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    command = [sys.executable, "-m", "pipeline.search", "--experiment", str(REPO / "experiments" / "demo.yaml"),
+               "--space", str(space), "--trials", "3", "--name", "demo", "--out", str(root / "runs"),
+               "--tracking-uri", tracking_uri]
+    for override in DEMO_SEARCH_SETTINGS:
+        command += ["--set", override]
+    env = os.environ | {"PYTHONPATH": str(REPO), "PYTHONWARNINGS": "default"}  # warnings would show, if raised
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    return DemoSearch(result, root / "runs" / "demo", tracking_uri)
 
 
 @pytest.fixture

@@ -29,10 +29,11 @@ def _healthy(uri: str) -> bool:
         return False
 
 
-def start_mlflow_server(tmp_path: Path) -> tuple[str, subprocess.Popen]:
-    """Start `mlflow server` with its store under `tmp_path`; return (uri, process) once healthy.
+def launch_mlflow_server(tmp_path: Path) -> tuple[str, subprocess.Popen]:
+    """Start `mlflow server` with its store under `tmp_path` and return (uri, process) at once, before it answers.
 
-    The caller stops it with `stop_mlflow_server(process)`. The server log is `tmp_path/server.log`.
+    The caller waits with `wait_for_mlflow_server` and stops it with `stop_mlflow_server(process)`. The server
+    log is `tmp_path/server.log`.
     """
     tmp_path.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -52,6 +53,11 @@ def start_mlflow_server(tmp_path: Path) -> tuple[str, subprocess.Popen]:
         command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     log.close()
+    return uri, process
+
+
+def wait_for_mlflow_server(uri: str, process: subprocess.Popen, tmp_path: Path) -> None:
+    """Return once the server launched in `tmp_path` answers /health; stop it and raise if it dies or never does."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not _healthy(uri):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -59,6 +65,15 @@ def start_mlflow_server(tmp_path: Path) -> tuple[str, subprocess.Popen]:
             output = (tmp_path / "server.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"mlflow server did not come up at {uri}:\n{output}")
         time.sleep(0.25)
+
+
+def start_mlflow_server(tmp_path: Path) -> tuple[str, subprocess.Popen]:
+    """Start `mlflow server` with its store under `tmp_path`; return (uri, process) once healthy.
+
+    The caller stops it with `stop_mlflow_server(process)`. The server log is `tmp_path/server.log`.
+    """
+    uri, process = launch_mlflow_server(tmp_path)
+    wait_for_mlflow_server(uri, process, tmp_path)
     return uri, process
 
 

@@ -4,6 +4,7 @@ experiment configs and image folders the tests train them on (one set, shared by
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import torch
@@ -59,15 +60,35 @@ def tiny_features() -> nn.Module:
 TOY_MODEL = {"backbone": "tests.toy_models:tiny_classifier", "auxiliary": "tests.toy_models:tiny_features",
              "auxiliary_layers": ["stage1", "stage2", "stage3"]}
 
+# A training step's masked forward pass of `slow_tiny_classifier` waits this long (a toy trial of 8 images
+# is one step).
+SLOW_STEP_S = 4.0
+
+
+class SlowTinyClassifier(TinyClassifier):
+    """The tiny classifier, but a forward pass that builds a graph (the masked pass of a training step) first
+    waits ``SLOW_STEP_S``: trials that last seconds without using the CPU, for tests that need trials in flight
+    at a chosen moment. Evaluation (no graph) runs at full speed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            time.sleep(SLOW_STEP_S)
+        return super().forward(x)
+
+
+def slow_tiny_classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return SlowTinyClassifier()
+
 
 def write_images(root: Path, count: int = 8) -> Path:
-    """``count`` random 36 x 36 PNGs in two class folders ``a`` and ``b`` (an ImageFolder)."""
+    """``count`` random 36 x 36 PNGs in two class folders ``a`` and ``b`` (an ImageFolder; ``a`` gets the odd one)."""
     from PIL import Image
 
     generator = torch.Generator().manual_seed(0)
-    for label in ("a", "b"):
+    for label, images in (("a", (count + 1) // 2), ("b", count // 2)):
         (root / label).mkdir(parents=True, exist_ok=True)
-        for i in range(count // 2):
+        for i in range(images):
             Image.fromarray((torch.rand(36, 36, 3, generator=generator) * 255).byte().numpy()).save(
                 root / label / f"{i}.png")
     return root
