@@ -26,7 +26,6 @@ from pipeline.tracking.registry import start_final
 from pipeline.tracking.runs import Tracker
 from pipeline.training.head_training import train_head
 from pipeline.training.saved_head import save_head
-from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
 from tests.toy_models import TOY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,17 +41,10 @@ print(Tracker(sys.argv[1], experiment="race").experiment_id)
 """
 
 
-@pytest.fixture(scope="module")
-def server_uri(tmp_path_factory: pytest.TempPathFactory):
-    uri, process = start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"))
-    yield uri
-    stop_mlflow_server(process)
-
-
 @pytest.fixture
-def tracker(server_uri: str) -> Tracker:
-    """A tracker on its own experiment, with a search run started."""
-    tracker = Tracker(server_uri, experiment=f"test-{uuid.uuid4().hex[:8]}")
+def tracker(mlflow_server: str) -> Tracker:
+    """A tracker on its own experiment of the session's server, with a search run started."""
+    tracker = Tracker(mlflow_server, experiment=f"test-{uuid.uuid4().hex[:8]}")
     tracker.start_search("search", {"backbone": "vgg16", "trials": 3}, {"kind": "test"})
     return tracker
 
@@ -90,6 +82,7 @@ def test_flatten_params() -> None:
     assert len(flat["long"]) == 6000 and flat["long"].endswith("...")
 
 
+@pytest.mark.system
 def test_two_processes_creating_a_new_sqlite_store_at_once_both_succeed(tmp_path: Path) -> None:
     """Two searches started together in a new folder: MLflow's table creation is serialised by a lock."""
     go = tmp_path / "go"
@@ -108,8 +101,9 @@ def test_two_processes_creating_a_new_sqlite_store_at_once_both_succeed(tmp_path
 
 
 def test_a_missing_database_folder_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="folder of the MLflow database .*missing.* does not exist"):
+    with pytest.raises(UserError, match="folder of the MLflow database .*missing.* does not exist") as error:
         Tracker(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+    assert "\n" not in str(error.value)
 
 
 def test_a_refusing_tracking_server_is_reported_at_once() -> None:
@@ -132,7 +126,8 @@ def test_compare_and_explain_check_the_tracking_server_before_any_work() -> None
         registered_explainer("models:/ptame-x/1", "http://127.0.0.1:9")
 
 
-def test_a_failing_tracking_server_is_reported_and_a_healthy_one_passes(server_uri: str) -> None:
+@pytest.mark.system
+def test_a_failing_tracking_server_is_reported_and_a_healthy_one_passes(mlflow_server: str) -> None:
     class Failing(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(503)
@@ -148,10 +143,11 @@ def test_a_failing_tracking_server_is_reported_and_a_healthy_one_passes(server_u
             stores.check_tracking_server(f"http://127.0.0.1:{failing.server_port}")
     finally:
         failing.shutdown()
-    stores.check_tracking_server(server_uri)
+    stores.check_tracking_server(mlflow_server)
     stores.check_tracking_server("sqlite:///never-created.db")  # local stores are not probed
 
 
+@pytest.mark.system
 def test_trials_are_nested_with_params_steps_metrics_and_artifacts(
     tracker: Tracker, tmp_path: Path
 ) -> None:
@@ -186,6 +182,7 @@ def test_trials_are_nested_with_params_steps_metrics_and_artifacts(
     assert search.data.tags["kind"] == "test" and search.data.tags["mlflow.note.content"] == "**search** of 3 trials"
 
 
+@pytest.mark.system
 def test_failed_trial_is_marked_failed_with_reason(tracker: Tracker) -> None:
     with pytest.raises(RuntimeError, match="loss is NaN"):
         with tracker.start_trial(7, {"lambda1": 0.9}) as run:
@@ -201,6 +198,7 @@ def test_failed_trial_is_marked_failed_with_reason(tracker: Tracker) -> None:
     assert tags["failure_reason"] == "diverged"
 
 
+@pytest.mark.system
 def test_resume_reopens_search_and_fails_interrupted_trials(tracker: Tracker) -> None:
     interrupted = tracker.start_trial(0, {"lambda1": 0.3})  # the process "dies" here
     experiment = tracker.client.get_experiment(tracker.experiment_id).name
@@ -215,33 +213,7 @@ def test_resume_reopens_search_and_fails_interrupted_trials(tracker: Tracker) ->
     assert stale.info.status == "FAILED" and stale.data.tags["failure_reason"].startswith("interrupted")
 
 
-def test_buffered_step_logging_cost(tracker: Tracker) -> None:
-    steps, names = 200, ("loss", "ce", "area", "smooth")
-    run = tracker.start_trial(0, {})
-    started = time.perf_counter()
-    for step in range(steps):
-        run.log_step(step, {name: 1.0 / (step + 1) for name in names})
-    buffered = time.perf_counter() - started
-    run.finish()
-    finished = time.perf_counter() - started - buffered
-
-    unbuffered_steps = 25
-    plain = tracker.start_trial(1, {})
-    started = time.perf_counter()
-    for step in range(unbuffered_steps):
-        for name in names:
-            tracker.client.log_metric(plain.run_id, name, 1.0, step=step)
-    per_call = (time.perf_counter() - started) / (unbuffered_steps * len(names))
-    plain.finish()
-
-    print(f"\n{steps} steps x {len(names)} metrics over HTTP: "
-          f"log_step {buffered / steps * 1e6:.0f} us/step, "
-          f"finish (one log_batch + end) {finished * 1000:.0f} ms; unbuffered log_metric "
-          f"{per_call * 1000:.1f} ms/call -> ~{per_call * steps * len(names):.1f} s for the same")
-    for name in names:
-        assert len(tracker.client.get_metric_history(run.run_id, name)) == steps
-
-
+@pytest.mark.system
 def test_final_explainer_is_logged_and_registered(
     tracker: Tracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -278,6 +250,7 @@ def test_final_explainer_is_logged_and_registered(
     assert result["saliency"].shape == (3, 32, 32) and result["classes"].shape == result["coverage"].shape == (3,)
 
 
+@pytest.mark.system
 def test_ax_analyses_are_exported_and_logged(
     tracker: Tracker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
