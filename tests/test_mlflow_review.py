@@ -14,17 +14,11 @@ from pipeline.hpo.folder import FINAL_TRIAL
 from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.resources import DEFAULT_SEARCH_SPACE
-from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_DEMO = ["data.demo_train_views=32", "data.demo_eval_views=9", "evaluation.percentages=[20, 50, 80]"]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    uri, process = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
-    yield uri
-    stop_mlflow_server(process)
+# Two training steps of 8 views per trial, 9 validation and test views, three ROAD percentages.
+SMALL_DEMO = ["data.demo_train_views=16", "train.batch_size=8", "data.demo_eval_views=9",
+              "evaluation.percentages=[20, 50, 80]"]
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -34,7 +28,10 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     return found
 
 
-def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_path, capsys, monkeypatch):
+@pytest.mark.system
+@pytest.mark.slow
+def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(mlflow_server, tmp_path, capsys, monkeypatch):
+    server = mlflow_server  # the session's server: other searches log to its "ptame" experiment too
     base = configs.apply_overrides(configs.read_yaml(REPO / "experiments" / "demo.yaml"), SMALL_DEMO)
     options = SearchOptions(name="review", trials=3, base=base, space=load_search_space(DEFAULT_SEARCH_SPACE),
                             space_path=DEFAULT_SEARCH_SPACE, seed=1, directory=tmp_path / "review",
@@ -45,7 +42,7 @@ def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_
     client = MlflowClient(server)
     experiment = client.get_experiment_by_name("ptame")
     runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("search") == "review"]
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
@@ -82,7 +79,7 @@ def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(server, tmp_
     assert any(key.startswith("system/") for key in final.data.metrics)
     assert {"plots/explanations.png", "head/head.pt", "head/training.json"} <= artifact_paths(client, final.info.run_id)
     assert {"contribution.blocks.1", "channel_share.blocks.6"} <= final.data.metrics.keys()
-    name = "ptame-efficientnet_lite0-efficientnet_lite1"
+    name = "ptame-efficientnet_lite0-efficientnet_lite1"  # no other test registers a demo head on this server
     versions = client.search_model_versions(f"name='{name}'")
     assert len(versions) == 1 and versions[0].run_id == final.info.run_id
     version = client.get_model_version_by_alias(name, "review")
