@@ -1,16 +1,15 @@
 """Parallel trials on real Ray: distinct trials per worker, GPUs per worker, a killed worker, a killed
 search process and its resume, the folder lock, Ax's Sobol wait, two searches on one MLflow server.
 
-The module shares one local Ray instance (2 CPUs and 2 logical GPUs: Ray hands them out and sets
-CUDA_VISIBLE_DEVICES, the trials still run on the CPU); the kill-and-resume test starts its own, as
-the command does by default.
+The tests share the session's local Ray instance (`ray_address` in conftest.py: 2 CPUs and 3 logical GPUs; Ray
+hands them out and sets CUDA_VISIBLE_DEVICES, the trials still run on the CPU) and its MLflow server; one of the
+two concurrent searches starts its own Ray, as the command does by default.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline import cli
 from pipeline.errors import UserError
 from pipeline.hpo.folder import PARENT_RUN
 from pipeline.hpo.ray_pool import RayPool, SlotSize, crowding_note, slot_size, slots_at_once
@@ -34,9 +34,8 @@ from pipeline.locking import search_lock
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.search import main
 from pipeline.training.head_training import train_head
-from tests.mlflow_server import start_mlflow_server, stop_mlflow_server
 from tests.test_search import options
-from tests.toy_models import toy_base, write_images
+from tests.toy_models import TOY_MODEL, toy_base, write_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,25 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 def command_env() -> dict[str, str]:
     """The environment for a search command; read late, as the fixture's Ray sets RAY_AUTH_MODE to join it."""
     return os.environ | {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    """A local Ray instance for the module's in-process searches and for commands that join it."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        patch.setenv("PYTHONPATH", str(REPO))  # the workers import this checkout and the toy models
-        auth_mode = os.environ.get("RAY_AUTH_MODE")
-        ray.init(address="local", num_cpus=2, num_gpus=3, include_dashboard=False, logging_level=logging.WARNING)
-        try:
-            yield ray.get_runtime_context().gcs_address
-        finally:
-            ray.shutdown()
-            # ray.init turned on token authentication for this process and its children: undo that
-            if auth_mode is None:
-                os.environ.pop("RAY_AUTH_MODE", None)
-            else:
-                os.environ["RAY_AUTH_MODE"] = auth_mode
 
 
 def trial_runs(tracking_uri: str, parent_run_id: str) -> dict:
@@ -89,6 +69,8 @@ def wait_for_ax_then_kill_the_first(markers: Path, config, bench, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_three_workers_wait_for_ax_run_distinct_trials_on_own_gpus_and_survive_a_killed_worker(
         ray_address, tmp_path, monkeypatch):
     markers = tmp_path / "markers"
@@ -142,18 +124,22 @@ def search_command(experiment: Path, tmp_path: Path, name: str, trials: int, *op
             "--name", name, "--out", str(tmp_path / "search"), "--no-progress", *options]
 
 
-def toy_experiment(tmp_path: Path, images: int = 8) -> Path:
+def toy_experiment(tmp_path: Path, images: int = 8, model: dict | None = None) -> Path:
     experiment = tmp_path / "toy.yaml"
-    base = toy_base(write_images(tmp_path / "images", images))
+    base = toy_base(write_images(tmp_path / "images", images), model)
     experiment.write_text(yaml.safe_dump(base))
     return experiment
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_second_search_is_refused(
-        ray_address, tmp_path):
+        ray_address, tmp_path, capsys):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # Trials of several seconds, so that the second worker is ready long before the first trial ends.
-    command = search_command(toy_experiment(tmp_path, images=1200), tmp_path, "killed", 4, "--parallel", "2",
+    # Trials of several seconds (the trial's one training step waits SLOW_STEP_S and leaves the CPU to the other
+    # processes), so that the second worker is ready long before the first trial ends.
+    slow = TOY_MODEL | {"backbone": "tests.toy_models:slow_tiny_classifier"}
+    command = search_command(toy_experiment(tmp_path, model=slow), tmp_path, "killed", 4, "--parallel", "2",
                              "--ray-address", ray_address, "--tracking-uri", tracking_uri)
     first = subprocess.Popen(command, cwd=REPO, env=command_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -185,8 +171,10 @@ def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_seco
     running = [r.index for r in before if r.status == "running"]
     assert sorted(running) == sorted(in_flight) and len(running) == 2, (before, "".join(output))
 
-    rerun = subprocess.run(command, cwd=REPO, env=command_env(), capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    # The same command again, run in this process (already connected to the cluster): it resumes.
+    with pytest.raises(SystemExit) as rerun:
+        cli.run(main, command[3:])
+    assert rerun.value.code == 0, capsys.readouterr()
     records = Study.read(folder, space).records()
     assert sum(r.status == "completed" for r in records) == 4
     assert [r.index for r in records if r.status == "failed"] == running
@@ -200,49 +188,47 @@ def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_seco
     assert sum(run.info.status == "FINISHED" for name, run in runs.items() if name.startswith("trial")) == 4
 
 
+@pytest.mark.system
 @pytest.mark.slow
-def test_two_searches_at_once_log_every_run_and_artifact_to_one_tracking_server(ray_address, tmp_path):
-    """One search joins the module's Ray cluster, packing two trials per GPU; the other starts its own Ray.
+def test_two_searches_at_once_log_every_run_and_artifact_to_one_tracking_server(ray_address, mlflow_server, tmp_path):
+    """One search joins the session's Ray cluster, packing two trials per GPU; the other starts its own Ray.
     Both send their workers' steps straight to the server."""
-    uri, server = start_mlflow_server(tmp_path / "server")
-    try:
-        experiment = toy_experiment(tmp_path)
-        commands = {
-            "joined": search_command(experiment, tmp_path, "joined", 3, "--parallel", "2", "--gpus-per-trial", "0.5",
-                                     "--ray-address", ray_address, "--tracking-uri", uri),
-            "own-ray": search_command(experiment, tmp_path, "own-ray", 3, "--parallel", "2", "--tracking-uri", uri),
-        }
-        as_a_user = {k: v for k, v in command_env().items() if k != "RAY_AUTH_MODE"}  # Ray's own default
-        envs = {"joined": command_env(), "own-ray": as_a_user}
-        processes = {name: subprocess.Popen(command, cwd=REPO, env=envs[name], stdout=subprocess.PIPE,
-                                            stderr=subprocess.STDOUT, text=True)
-                     for name, command in commands.items()}
-        outputs = {name: process.communicate(timeout=900)[0] for name, process in processes.items()}
-        for name, process in processes.items():
-            assert process.returncode == 0, outputs[name]
-        assert "WARNING" not in outputs["own-ray"], outputs["own-ray"]  # e.g. Ray's token-auth notice
+    uri = mlflow_server
+    experiment = toy_experiment(tmp_path)
+    commands = {
+        "joined": search_command(experiment, tmp_path, "joined", 3, "--parallel", "2", "--gpus-per-trial", "0.5",
+                                 "--ray-address", ray_address, "--tracking-uri", uri),
+        "own-ray": search_command(experiment, tmp_path, "own-ray", 3, "--parallel", "2", "--tracking-uri", uri),
+    }
+    as_a_user = {k: v for k, v in command_env().items() if k != "RAY_AUTH_MODE"}  # Ray's own default
+    envs = {"joined": command_env(), "own-ray": as_a_user}
+    processes = {name: subprocess.Popen(command, cwd=REPO, env=envs[name], stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+                 for name, command in commands.items()}
+    outputs = {name: process.communicate(timeout=900)[0] for name, process in processes.items()}
+    for name, process in processes.items():
+        assert process.returncode == 0, outputs[name]
+    assert "WARNING" not in outputs["own-ray"], outputs["own-ray"]  # e.g. Ray's token-auth notice
 
-        client = MlflowClient(uri)
-        gpus = {"joined": {"0", "1", "2"}, "own-ray": {None}}  # this machine has no GPU for Ray to find
-        for name in commands:
-            parent = json.loads((tmp_path / "search" / name / "state.json").read_text())["parent_run_id"]
-            assert client.get_run(parent).info.status == "FINISHED"
-            parent_artifacts = {a.path for a in client.list_artifacts(parent)}
-            assert {"ax", "search_space", "best.yaml", "metrics.json"} <= parent_artifacts, parent_artifacts
-            runs = trial_runs(uri, parent)
-            assert sorted(runs) == ["final-head", "trial-000", "trial-001", "trial-002"], outputs[name]
-            for run_name, run in runs.items():
-                run_id = run.info.run_id
-                assert run.info.status == "FINISHED", run_name
-                assert len(client.get_metric_history(run_id, "loss")) >= 1, run_name
-                assert [a.path for a in client.list_artifacts(run_id, "plots")] == [
-                    "plots/explanations.png", "plots/road_curve.png"], run_name
-                if run_name.startswith("trial"):
-                    assert {"road_morf_auc", "road_lerf_auc", "ad_100"} <= set(run.data.metrics), run_name
-                    assert run.data.tags.get("worker.cuda_visible_devices") in gpus[name], run_name
-            assert client.list_artifacts(runs["final-head"].info.run_id, "head")
-    finally:
-        stop_mlflow_server(server)
+    client = MlflowClient(uri)
+    gpus = {"joined": {"0", "1", "2"}, "own-ray": {None}}  # this machine has no GPU for Ray to find
+    for name in commands:
+        parent = json.loads((tmp_path / "search" / name / "state.json").read_text())["parent_run_id"]
+        assert client.get_run(parent).info.status == "FINISHED"
+        parent_artifacts = {a.path for a in client.list_artifacts(parent)}
+        assert {"ax", "search_space", "best.yaml", "metrics.json"} <= parent_artifacts, parent_artifacts
+        runs = trial_runs(uri, parent)
+        assert sorted(runs) == ["final-head", "trial-000", "trial-001", "trial-002"], outputs[name]
+        for run_name, run in runs.items():
+            run_id = run.info.run_id
+            assert run.info.status == "FINISHED", run_name
+            assert len(client.get_metric_history(run_id, "loss")) >= 1, run_name
+            assert [a.path for a in client.list_artifacts(run_id, "plots")] == [
+                "plots/explanations.png", "plots/road_curve.png"], run_name
+            if run_name.startswith("trial"):
+                assert {"road_morf_auc", "road_lerf_auc", "ad_100"} <= set(run.data.metrics), run_name
+                assert run.data.tags.get("worker.cuda_visible_devices") in gpus[name], run_name
+        assert client.list_artifacts(runs["final-head"].info.run_id, "head")
 
 
 @pytest.mark.parametrize(("nodes", "parallel", "gpus", "expected"), [
@@ -278,6 +264,7 @@ def test_gpus_that_no_node_has_are_refused_instead_of_waiting_forever():
         slot_size([{"CPU": 8, "GPU": 2}, {"CPU": 8, "GPU": 1}], 2, 4)
 
 
+@pytest.mark.system
 def test_a_pool_wanting_more_gpus_than_a_node_has_stops_before_starting_workers(ray_address):
     with pytest.raises(UserError, match="--gpus-per-trial 4: no node of the Ray cluster has that many GPUs"):
         RayPool(toy_base(Path("unused")), train_head, 2, 4, None, None)
@@ -292,8 +279,9 @@ def test_a_pool_wanting_more_gpus_than_a_node_has_stops_before_starting_workers(
     (["--parallel", "2", "--ray-address", "ray://127.0.0.1:1"], "--ray-address ray://127.0.0.1:1: nothing answers"),
 ])
 def test_bad_parallel_options_stop_with_one_line(arguments, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as error:
         main(["--data", "demo", "--trials", "2", *arguments])
+    assert "\n" not in str(error.value)
 
 
 def test_a_second_holder_of_a_search_folder_is_refused(tmp_path):
