@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline import cli
 from pipeline import config as configs
 from pipeline.errors import UserError
 from pipeline.hpo.exporting import export
@@ -22,6 +23,7 @@ from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import Study
 from pipeline.resources import DEFAULT_SEARCH_SPACE
+from pipeline.search import main as search_main
 from pipeline.search import parse_args
 from pipeline.training import loop
 from pipeline.training.head_training import train_head
@@ -38,6 +40,7 @@ def options(tmp_path: Path, trials: int) -> SearchOptions:
                          tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", progress=False, system_metrics=False)
 
 
+@pytest.mark.slow  # a whole search in this process: trials, final head, registered model, export
 def test_a_raising_and_a_nan_trial_are_marked_failed_and_the_search_completes(tmp_path, monkeypatch):
     calls = {"count": 0}
 
@@ -81,7 +84,9 @@ def test_a_search_stops_after_several_failures_in_a_row(tmp_path):
     assert [r.status for r in search.study.records()] == ["failed"] * 3
 
 
-def test_sigkill_then_rerun_resumes_without_losing_or_duplicating_trials(tmp_path):
+@pytest.mark.system
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_without_losing_or_duplicating_trials(tmp_path, capsys):
     base = toy_base(write_images(tmp_path / "images"))
     experiment = tmp_path / "toy.yaml"
     experiment.write_text(yaml.safe_dump(base))
@@ -105,8 +110,9 @@ def test_sigkill_then_rerun_resumes_without_losing_or_duplicating_trials(tmp_pat
     done_before = [r.index for r in before if r.status == "completed"]
     assert len(done_before) >= 2 and all(r.status in ("running", "completed") for r in before)
 
-    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    with pytest.raises(SystemExit) as rerun:  # the same command again, run in this process: it resumes
+        cli.run(search_main, command[3:])
+    assert rerun.value.code == 0, capsys.readouterr()
     records = Study.read(snapshot.parent, load_search_space(DEFAULT_SEARCH_SPACE)).records()
     assert [r.index for r in records] == list(range(len(records)))
     assert sum(r.status == "completed" for r in records) == 4
@@ -129,6 +135,7 @@ def test_a_plain_search_name_is_accepted():
     assert parse_args(["--name", "r50.v2-lr_search"]).name == "r50.v2-lr_search"
 
 
+@pytest.mark.system
 def test_an_unreachable_tracking_server_stops_the_search_in_one_line_before_any_work(tmp_path):
     command = [sys.executable, "-m", "pipeline.search", "--tracking-uri", "http://127.0.0.1:9", "--trials", "1",
                "--experiment", "experiments/demo.yaml", "--out", str(tmp_path / "runs")]
