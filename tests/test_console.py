@@ -1,5 +1,6 @@
 """What a user sees: a short real demo search (into the BoTorch phase) writes nothing to stderr when its output
-is a log file, and its trial table ends with the reference maps that set the objective thresholds."""
+is a log file, and its trial table ends with the reference maps that set the objective thresholds; torch's CUDA
+toolkit notice stays off the console."""
 
 from __future__ import annotations
 
@@ -8,22 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
-TINY_DEMO = ["data.demo_train_views=16", "data.demo_eval_views=9", "evaluation.percentages=[50]"]
-SHORT_START = "initialization_trials: 2\n"  # the paper's space, with BoTorch from the third trial
 
 
-def test_a_demo_search_writes_no_warning_or_progress_noise_to_a_log(tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text((REPO / "search_spaces" / "ptame.yaml").read_text().replace("initialization_trials: 5\n",
-                                                                                  SHORT_START))
-    command = [sys.executable, "-m", "pipeline.search", "--experiment", str(REPO / "experiments" / "demo.yaml"),
-               "--space", str(space), "--trials", "3", "--out", str(tmp_path / "runs"),
-               "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
-    for override in TINY_DEMO:
-        command += ["--set", override]
-    env = os.environ | {"PYTHONPATH": str(REPO), "PYTHONWARNINGS": "default"}  # warnings would show, if raised
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+@pytest.mark.system
+@pytest.mark.slow
+def test_a_demo_search_writes_no_warning_or_progress_noise_to_a_log(demo_search):
+    """The session's demo search command (conftest.py): 3 trials, BoTorch from the third, into a new SQLite store,
+    stdout and stderr to files, Python's warnings shown."""
+    result = demo_search.result
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
@@ -37,6 +33,7 @@ def test_a_demo_search_writes_no_warning_or_progress_noise_to_a_log(tmp_path):
     assert lines[-1].startswith("MLflow: start the UI with") and lines[-1].endswith("?workflowType=machine_learning")
 
 
+@pytest.mark.system
 def test_torchs_cuda_toolkit_notice_stays_off_the_console(tmp_path):
     """BoTorch imports torch's C++ compiler helper, which warns when a CUDA toolkit is installed but no GPU runs."""
     importer = "import torch.utils.cpp_extension"

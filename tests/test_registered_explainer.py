@@ -20,11 +20,8 @@ from pipeline import cli
 from pipeline import config as configs
 from pipeline.data.sources import demo_photos, eval_transform
 from pipeline.explain import main as explain_main
-from pipeline.tracking.registry import start_final
-from pipeline.tracking.runs import Tracker
 from pipeline.tracking.serving import model_artifacts, requirements
-from pipeline.training.head_training import train_head
-from pipeline.training.saved_head import load_explainer, save_head
+from pipeline.training.saved_head import load_explainer
 
 LOADER = """
 import json, sys
@@ -40,28 +37,17 @@ print(json.dumps(model.metadata.signature.to_dict()))
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
-    """A briefly trained demo head (real EfficientNet-Lite0 + Lite1), registered on a SQLite store."""
-    root = tmp_path_factory.mktemp("registered")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)  # MLflow's SQLite store keeps artifacts in ./mlruns
-        return _register(root)
+def registered(demo_search) -> tuple[str, Path, str, str]:
+    """The final head of the session's demo search (real EfficientNet-Lite0 + Lite1, briefly trained) as the search
+    registered it on its SQLite store: (tracking URI, head folder, model name, version)."""
+    assert demo_search.result.returncode == 0, demo_search.result.stdout + demo_search.result.stderr
+    return demo_search.tracking_uri, demo_search.folder / "final", demo_search.registered_model, "1"
 
 
-def _register(root: Path) -> tuple[str, Path, str]:
-    config = configs.load(Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml",
-                          ["data.demo_train_views=32", "train.batch_size=16", "evaluation.min_class_count=2"])
-    head = save_head(train_head(config, progress=False), root / "head")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    tracker = Tracker(uri)
-    tracker.start_search("registered", {})
-    with start_final(tracker, {}, system_metrics_interval_s=0) as run:
-        version = run.log_explainer(head, config, 224, "ptame-test-explainer")
-    return uri, head, version
-
-
+@pytest.mark.system
+@pytest.mark.slow
 def test_the_registered_explainer_runs_in_a_fresh_process_and_matches_the_explainer(registered, tmp_path):
-    uri, head, version = registered
+    uri, head, name, version = registered
     photos = [demo_photos()["chelsea"], demo_photos()["coffee"]]
     assert photos[0].shape != photos[1].shape
     inputs = []
@@ -69,7 +55,7 @@ def test_the_registered_explainer_runs_in_a_fresh_process_and_matches_the_explai
         inputs.append(tmp_path / f"photo_{index}.npy")
         np.save(inputs[-1], photo[None])
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": uri}
-    result = subprocess.run([sys.executable, "-c", LOADER, f"models:/ptame-test-explainer/{version}",
+    result = subprocess.run([sys.executable, "-c", LOADER, f"models:/{name}/{version}",
                              *map(str, inputs)], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
@@ -89,11 +75,13 @@ def test_the_registered_explainer_runs_in_a_fresh_process_and_matches_the_explai
         assert 0.0 <= served["saliency"].min() and served["saliency"].max() <= 1.0
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_the_registered_model_is_pickle_free_code_with_the_head_and_config(registered):
-    uri, head, version = registered
+    uri, head, name, version = registered
     client = MlflowClient(uri)
-    model_version = client.get_model_version("ptame-test-explainer", version)
-    source = client.get_model_version_download_uri("ptame-test-explainer", version)
+    model_version = client.get_model_version(name, version)
+    source = client.get_model_version_download_uri(name, version)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri))
     spec = yaml.safe_load((local / "MLmodel").read_text())
     pyfunc = spec["flavors"]["python_function"]
@@ -116,16 +104,18 @@ def test_weights_files_travel_as_artifacts(tmp_path):
     assert not any(r.startswith("efficientnet-lite1") for r in requirements(config))
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_explain_takes_the_registered_model_and_rejects_unknown_ones(registered, tmp_path, capsys):
-    uri, _, version = registered
+    uri, _, name, version = registered
     photo = tmp_path / "coffee.png"
     Image.fromarray(demo_photos()["coffee"]).save(photo)
     with pytest.raises(SystemExit) as stop:
-        cli.run(explain_main, ["--model", f"models:/ptame-test-explainer/{version}", "--tracking-uri", uri,
+        cli.run(explain_main, ["--model", f"models:/{name}/{version}", "--tracking-uri", uri,
                                str(photo), "--out", str(tmp_path / "maps")])
     assert stop.value.code == 0
     assert "coffee.png: " in capsys.readouterr().out and (tmp_path / "maps" / "coffee.png").is_file()
-    for model in ("models:/ptame-test-explainer/99", "models:/no-such-model/1"):
+    for model in (f"models:/{name}/99", "models:/no-such-model/1"):
         with pytest.raises(SystemExit) as stop:
             cli.run(explain_main, ["--model", model, "--tracking-uri", uri, str(photo)])
         error = capsys.readouterr().err.strip().splitlines()
