@@ -19,6 +19,7 @@ from tests.toy_models import write_images
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.system
 def test_vgg16_without_cached_weights_stops_with_the_missing_weights_message(tmp_path):
     started = time.perf_counter()
     result = subprocess.run(
@@ -34,18 +35,21 @@ def test_vgg16_without_cached_weights_stops_with_the_missing_weights_message(tmp
     assert str(tmp_path / "torch" / "hub" / "checkpoints") in error[0] and "weights:" in error[0]
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_vgg16_search_runs_two_trials_with_a_weights_file(tmp_path):
     for name in ("vgg16", "resnet18"):
         network, _, _ = build_network(name, weights="random")
         torch.save(network.state_dict(), tmp_path / f"{name}.pth")
         del network
-    images = write_images(tmp_path / "images", count=4)
+    # The fewest images a folder splits into train, validation and test (one each), one ROAD percentage: every
+    # part of a search runs on the real vgg16 with the least CPU work.
+    images = write_images(tmp_path / "images", count=3)
     base = {"name": "vgg16-random",
             "model": {"backbone": "vgg16", "backbone_weights": str(tmp_path / "vgg16.pth"),
                       "auxiliary": "resnet18", "auxiliary_weights": str(tmp_path / "resnet18.pth")},
             "data": {"dataset": "folder", "root": str(images)},
-            "train": {"batch_size": 2}, "evaluation": {"percentages": [30, 70], "batch_size": 8}}
+            "train": {"batch_size": 2}, "evaluation": {"percentages": [50], "batch_size": 8}}
     options = SearchOptions(name="vgg16", trials=2, base=base, space=load_search_space(DEFAULT_SEARCH_SPACE),
                             space_path=DEFAULT_SEARCH_SPACE, seed=0, directory=tmp_path / "runs" / "vgg16",
                             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", progress=False,
