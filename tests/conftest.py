@@ -1,6 +1,10 @@
 """Shared fixtures: one MLflow server, one Ray instance and one demo search command for the whole session,
 the toy image folder.
 
+Tiers (markers in pyproject.toml): ``system`` marks a test that starts a process, a server or Ray, or runs real
+pretrained models; ``slow`` marks a long end-to-end run (a whole search, real models, BoTorch generations). The
+unit tier is ``pytest -m "not system and not slow"``; plain ``pytest`` runs every tier.
+
 Tests that share the server or Ray keep apart by what they create: their own MLflow experiment, search name or
 registered model, and the run ids they were given.
 """
@@ -24,6 +28,16 @@ from tests.mlflow_server import launch_mlflow_server, stop_mlflow_server, wait_f
 REPO = Path(__file__).resolve().parents[1]
 
 _server: dict = {}  # the session's MLflow server, launched once collection shows that a test needs it
+SYSTEM_FIXTURES = {"mlflow_server", "ray_address", "demo_search"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the tiers honest: a test that uses the server, Ray or the demo search command is marked ``system``."""
+    wrong = [item.nodeid for item in items
+             if item.get_closest_marker("system") is None and SYSTEM_FIXTURES & set(item.fixturenames)]
+    if wrong:
+        raise pytest.UsageError("mark these tests @pytest.mark.system (they use a server, Ray or a command): "
+                                + ", ".join(wrong))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

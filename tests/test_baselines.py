@@ -77,7 +77,7 @@ def test_the_efficientnet_lite_preset_reads_a_7x7_map():
     assert cam.layer_name == "bn2" and cam.grid == (7, 7) and not cam.tokens
 
 
-@pytest.mark.slow
+@pytest.mark.system  # builds the paper's real backbones
 @pytest.mark.parametrize("backbone, layer, grid", [("vgg16", "features.30", (7, 7)), ("resnet50", "layer4.2", (7, 7)),
                                                     ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", (14, 14))])
 def test_paper_backbone_presets(backbone, layer, grid):
@@ -104,7 +104,7 @@ def test_rise_does_not_depend_on_how_the_masks_are_chunked(classifier, images):
     assert whole.amin() == 0 and whole.amax() == pytest.approx(1)
 
 
-@pytest.mark.slow  # trains the synthetic task's backbone first
+@pytest.mark.slow  # 2000 RISE masks on 16 images, after training the synthetic task's backbone
 def test_rise_puts_at_least_twice_the_object_share_of_its_mass_on_the_object():
     generator = torch.Generator().manual_seed(0)
     classifier = Classifier("synthetic", trained_backbone(generator), TOY_PREPROCESSING)

@@ -187,6 +187,7 @@ def test_a_truncated_jpeg_stops_training_with_one_line_naming_the_file(odd_folde
     assert "\n" not in str(caught.value) and "remove or replace the file" in str(caught.value)
 
 
+@pytest.mark.system
 def test_a_truncated_jpeg_read_by_loader_workers_is_still_one_line_from_the_cli(odd_folder, tmp_path):
     for broken in odd_folder.rglob("*.JPEG"):
         broken.write_bytes(broken.read_bytes()[:700])
@@ -311,6 +312,7 @@ def test_a_failing_backward_compile_is_caught_with_the_forward_and_training_goes
     assert warning.count("\n") == 1 and "(RuntimeError: BackendCompilerFailed: backward graph)" in warning
 
 
+@pytest.mark.system  # the real torch.compile: Inductor writes C++ and runs the compiler
 def test_compiled_and_eager_training_give_the_same_loss(toy_models):
     rng = torch.Generator().manual_seed(0)
     batches = [(torch.rand(4, 3, 32, 32, generator=rng), torch.zeros(4)) for _ in range(3)]

@@ -71,6 +71,7 @@ def test_exponent_floats_without_a_dot_are_numbers():
     assert configs.parse_override("train.device=cuda:0") == (["train", "device"], "cuda:0")
 
 
+@pytest.mark.system
 def test_config_imports_nothing_above_it():
     code = "import sys, pipeline.config; print(sorted(m for m in sys.modules if m.startswith('pipeline.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)

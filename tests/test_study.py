@@ -43,6 +43,7 @@ def record(index: int, morf: float, lerf: float, status: str = "completed") -> T
                        None, "Sobol")
 
 
+@pytest.mark.slow  # three BoTorch generations
 def test_sobol_then_botorch_within_the_space(tmp_path: Path, space: SearchSpace) -> None:
     study = Study.open(tmp_path, space, seed=space.seed)
     import torch
@@ -79,6 +80,7 @@ def test_same_seed_same_sobol_points_and_seed_override(tmp_path: Path, space: Se
     assert first == again and first != other
 
 
+@pytest.mark.slow  # two studies into the BoTorch phase
 def test_botorch_trials_are_reproducible(tmp_path: Path, space: SearchSpace) -> None:
     runs = []
     for name in ("a", "b"):
