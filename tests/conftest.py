@@ -125,6 +125,21 @@ def demo_search(tmp_path_factory: pytest.TempPathFactory) -> DemoSearch:
     return DemoSearch(result, root / "runs" / "demo", tracking_uri)
 
 
+@pytest.fixture(autouse=True)
+def _unit_tests_run_single_threaded(request: pytest.FixtureRequest):
+    """A unit test (not ``system``) runs with one intra-op thread: its tensors are tiny, and a second thread
+    spinning beside them costs CPU time for nothing (the unit tier, measured on a quiet 2-core machine: 72 CPU-s
+    with two threads, 64 with one, the same wall time; on a busy one: 155 CPU-s and 104). A test about threads
+    sets them itself."""
+    if request.node.get_closest_marker("system") is not None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def single_thread():
     """One intra-op thread: on a shared 2-core machine, small multi-threaded ops are erratic."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -29,9 +30,21 @@ def synthetic_batch(count: int, generator: torch.Generator) -> tuple[torch.Tenso
     return images, labels, where
 
 
+_TRAINED: dict[bytes, tuple[dict[str, torch.Tensor], torch.Tensor]] = {}  # generator state -> (weights, state after)
+
+
 def trained_backbone(generator: torch.Generator) -> TinyClassifier:
+    """A tiny classifier trained on the synthetic task with batches drawn from ``generator``. Trained once per
+    process for a given generator state (this test and RISE's share it); every call returns a new network, leaves
+    ``generator`` and torch's global generator where training leaves them."""
+    key = generator.get_state().numpy().tobytes()
     torch.manual_seed(0)
     network = TinyClassifier(num_classes=len(COLOURS))
+    if key in _TRAINED:
+        weights, after = _TRAINED[key]
+        network.load_state_dict(weights)
+        generator.set_state(after)
+        return network
     optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
     for _ in range(100):
         images, labels, _ = synthetic_batch(64, generator)
@@ -39,9 +52,11 @@ def trained_backbone(generator: torch.Generator) -> TinyClassifier:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    _TRAINED[key] = ({name: value.clone() for name, value in network.state_dict().items()}, generator.get_state())
     return network
 
 
+@pytest.mark.slow  # trains the synthetic task's backbone, then the head: 7 s
 def test_head_puts_at_least_twice_the_object_share_of_its_mass_on_the_object():
     generator = torch.Generator().manual_seed(0)
     classifier = Classifier("synthetic", trained_backbone(generator), TOY_PREPROCESSING)

@@ -48,6 +48,7 @@ def test_sobol_then_botorch_within_the_space(tmp_path: Path, space: SearchSpace)
     study = Study.open(tmp_path, space, seed=space.seed)
     import torch
 
+    torch.set_num_threads(2)  # conftest.py runs this test single-threaded: give generation a setting to restore
     threads = torch.get_num_threads()
     for number in range(8):  # 5 Sobol + 3 BoTorch (~2 CPU-s each; tests/benchmarks/generation.py)
         if number == 6:  # the BoTorch step resumes from the snapshot: the custom strategy round-trips
