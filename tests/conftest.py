@@ -92,37 +92,40 @@ def ray_address():
 
 @dataclass
 class DemoSearch:
-    """A finished search command: its output, its folder (``--out/NAME``) and its MLflow store."""
+    """A finished search command: its name, output, folder (``--out/NAME``) and MLflow tracking server."""
 
+    name: str
     result: subprocess.CompletedProcess
     folder: Path
     tracking_uri: str
-    registered_model: str = "ptame-efficientnet_lite0-efficientnet_lite1"
+    registered_model: str = "ptame-efficientnet_lite0-efficientnet_lite1"  # no other test registers this name
 
 
-DEMO_SEARCH_SETTINGS = ["data.demo_train_views=16", "data.demo_eval_views=9", "evaluation.percentages=[50]",
-                        "evaluation.min_class_count=2"]
+# Per trial two training steps of 8 views, 9 validation views, ROAD at one percentage.
+DEMO_SEARCH_SETTINGS = ["data.demo_train_views=16", "train.batch_size=8", "data.demo_eval_views=9",
+                        "evaluation.percentages=[50]", "evaluation.min_class_count=2"]
 
 
 @pytest.fixture(scope="session")
-def demo_search(tmp_path_factory: pytest.TempPathFactory) -> DemoSearch:
+def demo_search(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> DemoSearch:
     """One short real demo search, run as a user runs it: `python -m pipeline.search` on the offline demo (the real
-    EfficientNet-Lite0 and Lite1), 3 trials of the paper's space with BoTorch from the third one, into a new
-    SQLite store, output to files and Python's warnings shown. Several tests read what it printed
-    (test_console) and use the final head it registered (test_registered_explainer)."""
+    EfficientNet-Lite0 and Lite1), 3 trials of the paper's space with BoTorch from the third one, logged to the
+    session's MLflow server, output to files and Python's warnings shown. Several tests check what it printed
+    (test_console), what it logged for a reviewer (test_mlflow_review) and the final head it registered
+    (test_registered_explainer)."""
     root = tmp_path_factory.mktemp("demo_search")
-    space = root / "space.yaml"
+    space = root / "ptame.yaml"  # the paper's space, with BoTorch from the third trial
     space.write_text((REPO / "search_spaces" / "ptame.yaml").read_text().replace("initialization_trials: 5\n",
                                                                                   "initialization_trials: 2\n"))
-    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    name = "review"
     command = [sys.executable, "-m", "pipeline.search", "--experiment", str(REPO / "experiments" / "demo.yaml"),
-               "--space", str(space), "--trials", "3", "--name", "demo", "--out", str(root / "runs"),
-               "--tracking-uri", tracking_uri]
+               "--space", str(space), "--trials", "3", "--name", name, "--out", str(root / "runs"),
+               "--tracking-uri", mlflow_server]
     for override in DEMO_SEARCH_SETTINGS:
         command += ["--set", override]
     env = os.environ | {"PYTHONPATH": str(REPO), "PYTHONWARNINGS": "default"}  # warnings would show, if raised
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-    return DemoSearch(result, root / "runs" / "demo", tracking_uri)
+    return DemoSearch(name, result, root / "runs" / name, mlflow_server)
 
 
 @pytest.fixture(autouse=True)

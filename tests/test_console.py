@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.system
 @pytest.mark.slow
 def test_a_demo_search_writes_no_warning_or_progress_noise_to_a_log(demo_search):
-    """The session's demo search command (conftest.py): 3 trials, BoTorch from the third, into a new SQLite store,
-    stdout and stderr to files, Python's warnings shown."""
+    """The session's demo search command (conftest.py): 3 trials, BoTorch from the third, logged to a tracking
+    server, stdout and stderr to files, Python's warnings shown. (A new SQLite store's own noise is checked by
+    test_tracking's two processes that create one.)"""
     result = demo_search.result
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == ""
@@ -30,7 +31,8 @@ def test_a_demo_search_writes_no_warning_or_progress_noise_to_a_log(demo_search)
     assert lines.index(centre_row) == lines.index(random_row) + 1
     assert any(line.startswith("objective thresholds from trivial maps") for line in lines)
     assert "registered as models:/ptame-efficientnet_lite0-efficientnet_lite1/1 and models:/" in lines[-2]
-    assert lines[-1].startswith("MLflow: start the UI with") and lines[-1].endswith("?workflowType=machine_learning")
+    assert lines[-1].startswith(f"MLflow: {demo_search.tracking_uri}/#/experiments/")
+    assert lines[-1].endswith("?workflowType=machine_learning")
 
 
 @pytest.mark.system

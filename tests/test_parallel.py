@@ -190,9 +190,11 @@ def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_seco
 
 @pytest.mark.system
 @pytest.mark.slow
-def test_two_searches_at_once_log_every_run_and_artifact_to_one_tracking_server(ray_address, mlflow_server, tmp_path):
-    """One search joins the session's Ray cluster, packing two trials per GPU; the other starts its own Ray.
-    Both send their workers' steps straight to the server."""
+def test_two_searches_at_once_log_every_run_and_artifact_to_one_tracking_server(ray_address, mlflow_server, tmp_path,
+                                                                                 capsys):
+    """Two search commands at once: one joins the session's Ray cluster, packing two trials per GPU, and runs in this
+    process (connected to that cluster; test_killing_... runs a command that joins it from outside); the other runs
+    as a user runs it and starts its own Ray. Both send their workers' steps straight to the server."""
     uri = mlflow_server
     experiment = toy_experiment(tmp_path)
     commands = {
@@ -201,13 +203,19 @@ def test_two_searches_at_once_log_every_run_and_artifact_to_one_tracking_server(
         "own-ray": search_command(experiment, tmp_path, "own-ray", 3, "--parallel", "2", "--tracking-uri", uri),
     }
     as_a_user = {k: v for k, v in command_env().items() if k != "RAY_AUTH_MODE"}  # Ray's own default
-    envs = {"joined": command_env(), "own-ray": as_a_user}
-    processes = {name: subprocess.Popen(command, cwd=REPO, env=envs[name], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
-                 for name, command in commands.items()}
-    outputs = {name: process.communicate(timeout=900)[0] for name, process in processes.items()}
-    for name, process in processes.items():
-        assert process.returncode == 0, outputs[name]
+    with open(tmp_path / "own-ray.log", "w") as log:
+        own_ray = subprocess.Popen(commands["own-ray"], cwd=REPO, env=as_a_user, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with pytest.raises(SystemExit) as joined:
+            cli.run(main, commands["joined"][3:])
+        own_ray.wait(timeout=900)
+    finally:
+        if own_ray.poll() is None:  # this test failed first: stop the other search (it stops its Ray)
+            own_ray.terminate()
+            own_ray.wait(timeout=60)
+    outputs = {"joined": capsys.readouterr().out, "own-ray": (tmp_path / "own-ray.log").read_text()}
+    assert joined.value.code == 0, outputs["joined"]
+    assert own_ray.returncode == 0, outputs["own-ray"]
     assert "WARNING" not in outputs["own-ray"], outputs["own-ray"]  # e.g. Ray's token-auth notice
 
     client = MlflowClient(uri)

@@ -39,7 +39,7 @@ print(json.dumps(model.metadata.signature.to_dict()))
 @pytest.fixture(scope="module")
 def registered(demo_search) -> tuple[str, Path, str, str]:
     """The final head of the session's demo search (real EfficientNet-Lite0 + Lite1, briefly trained) as the search
-    registered it on its SQLite store: (tracking URI, head folder, model name, version)."""
+    registered it on the session's MLflow server: (tracking URI, head folder, model name, version)."""
     assert demo_search.result.returncode == 0, demo_search.result.stdout + demo_search.result.stderr
     return demo_search.tracking_uri, demo_search.folder / "final", demo_search.registered_model, "1"
 

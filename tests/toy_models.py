@@ -62,7 +62,7 @@ TOY_MODEL = {"backbone": "tests.toy_models:tiny_classifier", "auxiliary": "tests
 
 # A training step's masked forward pass of `slow_tiny_classifier` waits this long (a toy trial of 8 images
 # is one step).
-SLOW_STEP_S = 4.0
+SLOW_STEP_S = 3.0
 
 
 class SlowTinyClassifier(TinyClassifier):
