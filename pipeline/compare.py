@@ -32,7 +32,7 @@ from pipeline.cli import add_device_argument, add_road_arguments, add_source_arg
 from pipeline.errors import UserError
 from pipeline.evaluation.comparison import METHODS, Row, baseline_methods, head_methods, load_heads, run_method
 from pipeline.evaluation.scoring import load_eval_set
-from pipeline.hpo.folder import PARENT_RUN, SearchFolder
+from pipeline.hpo.folder import DEFAULT_ROOT, PARENT_RUN, SearchFolder
 from pipeline.metrics.road import road_protocol_of
 from pipeline.models.contributions import LayerContribution, layer_contributions
 from pipeline.reports.comparison_report import _passes, conventions, protocol_notes, write_figure, write_outputs
@@ -49,7 +49,7 @@ def parse_methods(text: str) -> list[str]:
 
 
 def search_parent_run(name: str) -> str:
-    """The MLflow parent run of search ``name`` (a search folder, or a name under runs/search)."""
+    """The MLflow parent run of search ``name`` (a search folder, or a name under `DEFAULT_ROOT`)."""
     folder = SearchFolder.find(name)
     run_id = folder.state.get(PARENT_RUN)
     if not run_id:
@@ -101,7 +101,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rise-masks", type=int, default=RiseSettings.masks, help="RISE's N (default 8000)")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="output folder")
     parser.add_argument("--tracking-uri", help="log the comparison to MLflow here")
-    parser.add_argument("--search", help="nest the MLflow run under this search's parent run (runs/search/NAME)")
+    parser.add_argument("--search",
+                        help=f"nest the MLflow run under this search's parent run ({DEFAULT_ROOT}/NAME or a folder)")
     add_road_arguments(parser)
     add_device_argument(parser)
     args = parser.parse_args(argv)

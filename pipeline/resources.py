@@ -11,6 +11,7 @@ from pipeline.errors import UserError
 PACKAGE = Path(__file__).resolve().parent
 EXPERIMENTS = PACKAGE / "experiments"  # the demo and the paper's setups, experiments/<backbone>.yaml
 SEARCH_SPACES = PACKAGE / "search_spaces"
+DATALISTS = PACKAGE / "datalists"  # ImageNet's fixed validation and test lists
 DEFAULT_SEARCH_SPACE = SEARCH_SPACES / "ptame.yaml"  # the paper's space
 
 

@@ -17,7 +17,7 @@ from pipeline import cli
 from pipeline import config as configs
 from pipeline.data.imagenet_root import find_imagenet
 from pipeline.errors import UserError
-from pipeline.hpo.folder import check_search_name, search_name
+from pipeline.hpo.folder import DEFAULT_ROOT, check_search_name, search_name
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.trial_configs import check_space_fits
 from pipeline.resources import DEFAULT_SEARCH_SPACE, EXPERIMENTS, PACKAGE, experiment_file, search_space_file
@@ -70,7 +70,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", help="search name, a folder under --out (default: derived from the setup; "
                                        "same name = resume)")
     parser.add_argument("--seed", type=int, help="search seed (default: the space's seed)")
-    parser.add_argument("--out", type=Path, default=Path("runs/search"), help="folder for all searches")
+    parser.add_argument("--out", type=Path, default=DEFAULT_ROOT,
+                        help=f"folder for all searches (default {DEFAULT_ROOT})")
     parser.add_argument("--select", type=int, metavar="TRIAL", help="train the final head with this trial")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--no-progress", action="store_true")

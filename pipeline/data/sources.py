@@ -19,9 +19,9 @@ from torchvision.transforms import v2
 
 from pipeline.config import DataConfig
 from pipeline.errors import UserError
+from pipeline.resources import DATALISTS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-DATALISTS = Path(__file__).parent / "datalists"
 IMAGENET_VAL_SIZE = 50_000
 EVAL_SPLIT_CAP = 2000  # validation and test images drawn from a folder, each (the paper's lists hold 2000)
 DATA_ROOTS = {"imagenet": "your ImageNet folder (with train/ and val/)", "folder": "your image folder"}

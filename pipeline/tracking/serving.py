@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
+from pipeline import resources
 from pipeline.config import ExperimentConfig
 from pipeline.data.sources import eval_transform
 from pipeline.errors import UserError
@@ -31,7 +32,7 @@ from pipeline.models.explainer import Explainer
 from pipeline.training.saved_head import CONFIG_FILE, HEAD_FILE, load_explainer
 
 ENTRY_POINT = Path(__file__).with_name("registered_model.py")
-PACKAGE = Path(__file__).resolve().parents[1]  # the whole `pipeline` package travels as code
+PACKAGE = resources.PACKAGE  # the whole `pipeline` package travels as code
 WEIGHTS_KEYS = ("backbone_weights", "auxiliary_weights")  # config keys under `model` that may name files
 
 
