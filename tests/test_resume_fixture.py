@@ -34,6 +34,7 @@ def test_the_saved_search_reads_back_as_written(folder: SearchFolder) -> None:
                                                                                                  "centred blob"}
 
 
+@pytest.mark.slow  # a BoTorch generation
 def test_resuming_marks_the_running_trial_interrupted_and_goes_on_with_botorch(folder: SearchFolder) -> None:
     thresholds = Study.read(folder.directory, folder.space()).thresholds
     study = Study.open(folder.directory, folder.space(), seed=7, thresholds=thresholds)
