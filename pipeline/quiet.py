@@ -24,3 +24,8 @@ def quiet_libraries() -> None:
     # machine with a CUDA toolkit but no GPU logs "No CUDA runtime is found".
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow sets its loggers to this level when it is imported, which may come after the call above (a new SQLite
+    # store logs each table migration), and prints "View run ... at" for each run ended on a tracking server: the
+    # search prints its own link once.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
