@@ -27,23 +27,43 @@ from tests.mlflow_server import launch_mlflow_server, stop_mlflow_server, wait_f
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist each worker, and each command a test starts, takes its share of the cores for torch's
+    intra-op threads, so that the workers do not oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores_between_workers()
 _server: dict = {}  # the session's MLflow server, launched once collection shows that a test needs it
 SYSTEM_FIXTURES = {"mlflow_server", "ray_address", "demo_search"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep the tiers honest: a test that uses the server, Ray or the demo search command is marked ``system``."""
+    """Keep the tiers honest: a test that uses the server, Ray or the demo search command is marked ``system``.
+    Then group the tests for pytest-xdist's two workers (``--dist loadgroup``): the tests of one file run in one
+    worker, so a module's fixtures are built once, and so do all the tests of the demo search or of Ray, so the
+    session's demo search runs once and one Ray instance serves them."""
     wrong = [item.nodeid for item in items
              if item.get_closest_marker("system") is None and SYSTEM_FIXTURES & set(item.fixturenames)]
     if wrong:
         raise pytest.UsageError("mark these tests @pytest.mark.system (they use a server, Ray or a command): "
                                 + ", ".join(wrong))
+    for item in items:
+        shared = [name for name in ("demo_search", "ray_address") if name in item.fixturenames]
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.path.name))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Launch the MLflow server in the background as soon as the selected tests are known to need it, so that it
-    starts while the tests before the first one that uses it run."""
-    if any("mlflow_server" in item.fixturenames for item in session.items):
+    """Without pytest-xdist, launch the MLflow server in the background as soon as the selected tests are known to
+    need it, so that it starts while the tests before the first one that uses it run. (An xdist worker collects
+    every test, and launches it only when one of its tests asks.)"""
+    if "PYTEST_XDIST_WORKER" not in os.environ and any("mlflow_server" in item.fixturenames
+                                                           for item in session.items):
         _launch_server()
 
 
