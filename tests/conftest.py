@@ -6,7 +6,9 @@ pretrained models; ``slow`` marks a long end-to-end run (a whole search, real mo
 unit tier is ``pytest -m "not system and not slow"``; plain ``pytest`` runs every tier.
 
 Tests that share the server or Ray keep apart by what they create: their own MLflow experiment, search name or
-registered model, and the run ids they were given.
+registered model, and the run ids they were given. Under pytest-xdist (two workers by default, pyproject.toml)
+"session" means a worker: each starts its own server, Ray or demo search once one of its tests needs it, and the
+scheduler below keeps each of those users in one worker where it matters.
 """
 
 from __future__ import annotations
@@ -43,19 +45,37 @@ _server: dict = {}  # the session's MLflow server, launched once collection show
 SYSTEM_FIXTURES = {"mlflow_server", "ray_address", "demo_search"}
 
 
+# The files whose tests read the session's demo search command; they run in one pytest-xdist worker, so the
+# search runs once (Ray's tests are all in test_parallel.py).
+DEMO_SEARCH_FILES = {"test_console.py", "test_mlflow_review.py", "test_registered_explainer.py"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep the tiers honest: a test that uses the server, Ray or the demo search command is marked ``system``.
-    Then group the tests for pytest-xdist's two workers (``--dist loadgroup``): the tests of one file run in one
-    worker, so a module's fixtures are built once, and so do all the tests of the demo search or of Ray, so the
-    session's demo search runs once and one Ray instance serves them."""
+    """Keep the tiers honest: a test that uses the server, Ray or the demo search command is marked ``system``; and
+    keep the workers' schedule right: a test of the demo search is in one of DEMO_SEARCH_FILES."""
     wrong = [item.nodeid for item in items
              if item.get_closest_marker("system") is None and SYSTEM_FIXTURES & set(item.fixturenames)]
     if wrong:
         raise pytest.UsageError("mark these tests @pytest.mark.system (they use a server, Ray or a command): "
                                 + ", ".join(wrong))
-    for item in items:
-        shared = [name for name in ("demo_search", "ray_address") if name in item.fixturenames]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.path.name))
+    elsewhere = [item.nodeid for item in items
+                 if "demo_search" in item.fixturenames and item.path.name not in DEMO_SEARCH_FILES]
+    if elsewhere:
+        raise pytest.UsageError("add these tests' files to DEMO_SEARCH_FILES in tests/conftest.py: "
+                                + ", ".join(elsewhere))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under pytest-xdist (``-n 2`` in pyproject.toml), hand out whole files, so that a module's fixtures are built
+    once, and the files of DEMO_SEARCH_FILES together."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "the demo search" if Path(path).name in DEMO_SEARCH_FILES else path
+
+    return ByFile(config, log)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
