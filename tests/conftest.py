@@ -51,8 +51,9 @@ DEMO_SEARCH_FILES = {"test_console.py", "test_mlflow_review.py", "test_registere
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep the tiers honest: a test that uses the server, Ray or the demo search command is marked ``system``; and
-    keep the workers' schedule right: a test of the demo search is in one of DEMO_SEARCH_FILES."""
+    """Keep the tiers honest: a test that uses the server, Ray or the demo search command is marked ``system``;
+    keep the workers' schedule right: a test of the demo search is in one of DEMO_SEARCH_FILES; and run the files
+    with slow tests first."""
     wrong = [item.nodeid for item in items
              if item.get_closest_marker("system") is None and SYSTEM_FIXTURES & set(item.fixturenames)]
     if wrong:
@@ -63,6 +64,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if elsewhere:
         raise pytest.UsageError("add these tests' files to DEMO_SEARCH_FILES in tests/conftest.py: "
                                 + ", ".join(elsewhere))
+    with_slow_tests = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in with_slow_tests)  # long files first: no worker waits at the end
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
