@@ -47,3 +47,4 @@ def test_a_checkpoint_can_stop_training():
 def test_checkpoint_steps_stay_within_the_training():
     plan = Checkpoints([1, 50, 99], lambda *args: None)
     assert plan.due(6) == {1: 1, 3: 50, 6: 99}
+    assert Checkpoints([50, 75], plan.score).due(3) == {2: 50}  # round(1.5) = round(2.25): the first one runs

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
+import os
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from pipeline import config as configs
+from pipeline.hpo import trial_worker
 from pipeline.hpo.early_stopping import StoppingRule, replay, stopping_rule
+from pipeline.hpo.folder import PARENT_RUN
+from pipeline.hpo.search import Search
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import Study, TrialRecord
 from pipeline.resources import DEFAULT_SEARCH_SPACE
+from pipeline.training.head_training import train_head
+from tests.test_parallel import trial_runs
+from tests.test_search import options
 
 SIGNS = {"road_morf_auc": -1.0, "road_lerf_auc": 1.0}
 NOISE = 0.02
@@ -92,3 +103,81 @@ def test_a_stopped_trial_is_early_stopped_in_ax_with_its_partial_values_reason_a
         assert reopened.finished_count == 2 and [r.index for r in reopened.pareto()] == [first]
     data = study.client._experiment.lookup_data().df
     assert set(data[data.trial_index == second].step) == {50.0}
+
+
+# Checkpoint scores (MoRF, LeRF) by the order in which trials start, across processes: the third trial is beaten
+# everywhere, the fourth beats everything, the others sit between.
+SCRIPTED_CHECKPOINTS = {2: (1.0, 0.0), 3: (0.0, 1.0)}
+
+
+def scripted_checkpoints(markers: Path, config, bench, **kwargs):
+    """Train as usual, but score this trial's checkpoints with `SCRIPTED_CHECKPOINTS` (by start order)."""
+    call = next(number for number in itertools.count() if _claim(markers / f"call-{number}"))
+    morf, lerf = SCRIPTED_CHECKPOINTS.get(call, (0.5, 0.5))
+    real = trial_worker.checkpoint_scores
+    trial_worker.checkpoint_scores = lambda evaluation: scores(morf, lerf, noise=0.01)
+    try:
+        return train_head(config, bench, **kwargs)
+    finally:
+        trial_worker.checkpoint_scores = real
+
+
+def _claim(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def scripted_search(tmp_path: Path, parallel: int) -> Search:
+    space_path = tmp_path / "space.yaml"  # two Sobol trials, then BoTorch
+    space_path.write_text(DEFAULT_SEARCH_SPACE.read_text().replace("initialization_trials: 5", "initialization_trials: 2"))
+    settings = dataclasses.replace(options(tmp_path, trials=4), parallel=parallel, space=load_search_space(space_path),
+                                   space_path=space_path)
+    settings.base["checkpoints"] = {"early_stop": True, "dominating": 1}
+    settings.base["train"]["batch_size"] = 1  # 6 steps: the checkpoints at 50 and 75 % fall on steps 3 and 4
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    return Search(settings, trainer=functools.partial(scripted_checkpoints, markers))
+
+
+def check_stopped_search(search: Search, output: str) -> None:
+    records = search.study.records()
+    assert sorted(r.status for r in records) == ["completed"] * 3 + ["early_stopped"], records
+    [stopped] = [r for r in records if r.status == "early_stopped"]
+    assert stopped.generator == "BoTorch" and stopped.checkpoints.keys() == {50}
+    assert stopped.reason.startswith("at 50 % of training, ") and "scored better on road_morf_auc and road_lerf_auc" in \
+        stopped.reason
+    assert (stopped.metrics["road_morf_auc"], stopped.metrics["road_lerf_auc"]) == (1.0, 0.0)
+    front = [r for r in records if r.checkpoints.get(50, {}).get("road_morf_auc") == 0.0]
+    assert [r.status for r in front] == ["completed"]  # the trial that beats everything at its checkpoints goes on
+    data = search.study.client._experiment.lookup_data().df
+    assert set(data[data.trial_index == stopped.index].step) == {50.0}
+    runs = trial_runs(search.options.tracking_uri, search.folder.state[PARENT_RUN])
+    client = MlflowClient(search.options.tracking_uri)
+    run = runs[f"trial-{stopped.index:03d}"]
+    assert run.info.status == "KILLED" and run.data.tags["early_stop_reason"] == stopped.reason
+    assert "failure_reason" not in run.data.tags
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "checkpoint_road_morf_auc")] == [50]
+    done = runs[f"trial-{front[0].index:03d}"]
+    assert done.info.status == "FINISHED"
+    curve = client.get_metric_history(done.info.run_id, "checkpoint_road_lerf_auc")
+    assert [(m.step, m.value) for m in curve][:2] == [(50, 1.0), (75, 1.0)] and curve[2].step == 100
+    assert f"trial {stopped.index:3d} [BoTorch]" in output and "EARLY_STOPPED: at 50 %" in output
+    assert "[50 %: MoRF 1.0000 LeRF 0.0000]" in output
+
+
+@pytest.mark.slow  # a whole search with BoTorch generations
+def test_a_dominated_trial_is_stopped_counted_and_recorded_in_ax_and_mlflow(tmp_path, capsys):
+    search = scripted_search(tmp_path, parallel=1)
+    search.run()
+    check_stopped_search(search, capsys.readouterr().out)
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_a_dominated_trial_on_a_ray_worker_is_stopped_the_same_way(ray_address, tmp_path, capsys):
+    search = scripted_search(tmp_path, parallel=2)
+    search.run()
+    check_stopped_search(search, capsys.readouterr().out)
