@@ -6,22 +6,30 @@ import dataclasses
 import functools
 import itertools
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline import cli
 from pipeline import config as configs
 from pipeline.hpo import trial_worker
 from pipeline.hpo.early_stopping import StoppingRule, replay, stopping_rule
-from pipeline.hpo.folder import PARENT_RUN
+from pipeline.hpo.folder import PARENT_RUN, SearchFolder
 from pipeline.hpo.search import Search
 from pipeline.hpo.space import load_search_space
-from pipeline.hpo.study import Study, TrialRecord
+from pipeline.hpo.study import FINISHED, INTERRUPTED, Study, TrialRecord
 from pipeline.resources import DEFAULT_SEARCH_SPACE
+from pipeline.search import main as search_main
 from pipeline.training.head_training import train_head
 from tests.test_parallel import trial_runs
-from tests.test_search import options
+from tests.test_search import REPO, options
+from tests.toy_models import TOY_MODEL, toy_base, write_images
 
 SIGNS = {"road_morf_auc": -1.0, "road_lerf_auc": 1.0}
 NOISE = 0.02
@@ -181,3 +189,40 @@ def test_a_dominated_trial_on_a_ray_worker_is_stopped_the_same_way(ray_address, 
     search = scripted_search(tmp_path, parallel=2)
     search.run()
     check_stopped_search(search, capsys.readouterr().out)
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_a_search_killed_during_a_checkpoint_resumes_without_losing_anything(tmp_path, capsys):
+    base = toy_base(write_images(tmp_path / "images"), TOY_MODEL | {"backbone": "tests.toy_models:hanging_tiny_classifier"})
+    base["train"]["batch_size"] = 1  # 6 steps: checkpoints at steps 3 and 4
+    experiment = tmp_path / "toy.yaml"
+    experiment.write_text(yaml.safe_dump(base))
+    command = [sys.executable, "-m", "pipeline.search", "--experiment", str(experiment), "--trials", "3",
+               "--name", "killed", "--out", str(tmp_path / "search"), "--no-progress", "--early-stop",
+               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    hanging = tmp_path / "hanging"  # trial 0 scores at 50 %, 75 % and at the end; trial 1's checkpoint at 50 % hangs
+    env = os.environ | {"PYTHONPATH": str(REPO), "TOY_HANG_AT": "4", "TOY_HANG_FILE": str(hanging)}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not hanging.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert hanging.exists() and process.poll() is None, "the search should hang in trial 1's first checkpoint"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    folder = tmp_path / "search" / "killed"
+    space = load_search_space(DEFAULT_SEARCH_SPACE)
+    before = Study.read(folder, space).records()
+    assert [r.status for r in before] == ["completed", "running"] and before[0].checkpoints.keys() == {50, 75}
+
+    with pytest.raises(SystemExit) as rerun:  # the same command again, in this process (no hang): it resumes
+        cli.run(search_main, command[3:])
+    assert rerun.value.code == 0, capsys.readouterr()
+    after = Study.read(folder, space).records()
+    assert after[0] == before[0]  # the completed trial, its checkpoint scores included, is kept as it was
+    assert (after[1].status, after[1].reason) == ("failed", INTERRUPTED)
+    assert sum(r.status in FINISHED for r in after) == 3 and len(after) == 5
+    assert all(r.checkpoints.keys() == {50, 75} for r in after if r.status == "completed")
+    runs = trial_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", SearchFolder(folder).state[PARENT_RUN])
+    assert runs["trial-001"].info.status == "FAILED" and "interrupted" in runs["trial-001"].data.tags["failure_reason"]
+    assert runs["trial-000"].info.status == "FINISHED"
