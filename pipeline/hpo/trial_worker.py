@@ -61,11 +61,12 @@ class TrialResult:
 
 def checkpoint_scores(evaluation: Evaluation) -> dict[str, float]:
     """The ROAD AUCs of a checkpoint and their standard errors over its images (`auc_standard_error`)."""
-    road = evaluation.road
-    return {"road_morf_auc": road.morf_auc, noise_key("road_morf_auc"):
-            auc_standard_error(road.percentages, road.morf, evaluation.images),
-            "road_lerf_auc": road.lerf_auc, noise_key("road_lerf_auc"):
-            auc_standard_error(road.percentages, road.lerf, evaluation.images)}
+    road, scores = evaluation.road, {}
+    for order in ("morf", "lerf"):
+        name = f"road_{order}_auc"
+        scores[name] = getattr(road, f"{order}_auc")
+        scores[noise_key(name)] = auc_standard_error(road.percentages, getattr(road, order), evaluation.images)
+    return scores
 
 
 class TrialWorker:
@@ -122,7 +123,7 @@ class TrialWorker:
             at = max(checkpoints)
             scores = {name: value for name, value in checkpoints[at].items() if name != "seconds"}
             metrics = scores | {"stopped_at_percent": float(at),
-                                         "checkpoint_seconds": sum(c["seconds"] for c in checkpoints.values())}
+                                "checkpoint_seconds": sum(c["seconds"] for c in checkpoints.values())}
             return TrialResult(metrics, {}, steps, time.perf_counter() - started, checkpoints, str(stop))
         evaluation, maps = evaluate_head(trained.explainer, self.val_set, config.evaluation)
         summary = trained.summary
