@@ -179,9 +179,9 @@ class CheckpointConfig:
     at: list[Annotated[Int, Field(gt=0, lt=100)]] = Field(
         default_factory=lambda: [50, 75],
         description="percentages of training strictly between 0 and 100, increasing; [] turns checkpoints off")
-    images: Int = Field(256, ge=1)
+    images: Int = Field(256, ge=1, description="the first validation images, scored at every checkpoint")
     early_stop: Bool = False
-    dominating: Int = Field(2, ge=1)
+    dominating: Int = Field(2, ge=1, description="completed trials that must beat a trial to stop it")
 
     @model_validator(mode="after")
     def _increasing(self) -> CheckpointConfig:
