@@ -140,7 +140,8 @@ def _claim(path: Path) -> bool:
 
 def scripted_search(tmp_path: Path, parallel: int) -> Search:
     space_path = tmp_path / "space.yaml"  # two Sobol trials, then BoTorch
-    space_path.write_text(DEFAULT_SEARCH_SPACE.read_text().replace("initialization_trials: 5", "initialization_trials: 2"))
+    space_path.write_text(DEFAULT_SEARCH_SPACE.read_text().replace("initialization_trials: 5",
+                                                                   "initialization_trials: 2"))
     settings = dataclasses.replace(options(tmp_path, trials=4), parallel=parallel, space=load_search_space(space_path),
                                    space_path=space_path)
     settings.base["checkpoints"] = {"early_stop": True, "dominating": 1}
@@ -155,8 +156,8 @@ def check_stopped_search(search: Search, output: str) -> None:
     assert sorted(r.status for r in records) == ["completed"] * 3 + ["early_stopped"], records
     [stopped] = [r for r in records if r.status == "early_stopped"]
     assert stopped.generator == "BoTorch" and stopped.checkpoints.keys() == {50}
-    assert stopped.reason.startswith("at 50 % of training, ") and "scored better on road_morf_auc and road_lerf_auc" in \
-        stopped.reason
+    assert stopped.reason.startswith("at 50 % of training, ")
+    assert "scored better on road_morf_auc and road_lerf_auc" in stopped.reason
     assert (stopped.metrics["road_morf_auc"], stopped.metrics["road_lerf_auc"]) == (1.0, 0.0)
     front = [r for r in records if r.checkpoints.get(50, {}).get("road_morf_auc") == 0.0]
     assert [r.status for r in front] == ["completed"]  # the trial that beats everything at its checkpoints goes on
@@ -194,7 +195,8 @@ def test_a_dominated_trial_on_a_ray_worker_is_stopped_the_same_way(ray_address, 
 @pytest.mark.system
 @pytest.mark.slow
 def test_a_search_killed_during_a_checkpoint_resumes_without_losing_anything(tmp_path, capsys):
-    base = toy_base(write_images(tmp_path / "images"), TOY_MODEL | {"backbone": "tests.toy_models:hanging_tiny_classifier"})
+    hanging_model = TOY_MODEL | {"backbone": "tests.toy_models:hanging_tiny_classifier"}
+    base = toy_base(write_images(tmp_path / "images"), hanging_model)
     base["train"]["batch_size"] = 1  # 6 steps: checkpoints at steps 3 and 4
     experiment = tmp_path / "toy.yaml"
     experiment.write_text(yaml.safe_dump(base))

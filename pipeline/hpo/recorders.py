@@ -101,7 +101,8 @@ class Console(TrialListener):
             outcome = _scores(record.metrics)
         else:
             outcome = f"{record.status.upper()}: {record.reason}"
-        during = "; ".join(f"{percentage} %: {_scores(scores)}" for percentage, scores in sorted(record.checkpoints.items()))
+        during = "; ".join(f"{percentage} %: {_scores(scores)}"
+                           for percentage, scores in sorted(record.checkpoints.items()))
         during = f" [{during}]" if during else ""
         print(f"trial {record.index:3d} [{record.generator}] {params} -> {outcome}{during} ({seconds:.0f} s)",
               flush=True)

@@ -87,11 +87,12 @@ def report(folder: Path) -> None:
 
     total = sum(trial_seconds(r) for r in records)
     checkpoint_cost = sum(r.metrics["checkpoint_seconds"] for r in records)
+    medians = {name: statistics.median(r.metrics[name] for r in records)
+               for name in ("checkpoint_seconds", "train_seconds", "eval_seconds")}
     print(f"\ntrial work (training + checkpoints + final scoring): {total:.0f} s in all, median "
           f"{statistics.median(trial_seconds(r) for r in records):.1f} s a trial; checkpoints {checkpoint_cost:.0f} s "
-          f"({checkpoint_cost / total:.1%}), median {statistics.median(r.metrics['checkpoint_seconds'] for r in records):.1f} s "
-          f"a trial; training median {statistics.median(r.metrics['train_seconds'] for r in records):.1f} s, final "
-          f"scoring median {statistics.median(r.metrics['eval_seconds'] for r in records):.1f} s")
+          f"({checkpoint_cost / total:.1%}), median {medians['checkpoint_seconds']:.1f} s a trial; training median "
+          f"{medians['train_seconds']:.1f} s, final scoring median {medians['eval_seconds']:.1f} s")
 
     chosen = choose_trial(records, signs)
     later = [r for r in records if r.generator != INITIAL_DESIGN]
