@@ -167,6 +167,34 @@ class EvalConfig:
 
 
 @dataclass(config=STRICT)
+class CheckpointConfig:
+    """Scores during a search trial's training, and stopping trials that are already beaten.
+
+    At each percentage ``at`` of the training steps the head's ROAD MoRF/LeRF AUCs are measured on the first
+    ``images`` validation images (the same images and imputation noise for every trial; the head is not changed).
+    With ``early_stop`` a trial stops there when at least ``dominating`` completed trials scored better on every
+    objective at the same checkpoint by more than the subset's noise (`pipeline.hpo.early_stopping`). Searches only.
+    """
+
+    at: list[Annotated[Int, Field(gt=0, lt=100)]] = Field(
+        default_factory=lambda: [50, 75],
+        description="percentages of training strictly between 0 and 100, increasing; [] turns checkpoints off")
+    images: Int = Field(256, ge=1, description="the first validation images, scored at every checkpoint")
+    early_stop: Bool = False
+    dominating: Int = Field(2, ge=1, description="completed trials that must beat a trial to stop it")
+
+    @model_validator(mode="after")
+    def _increasing(self) -> CheckpointConfig:
+        if any(later <= earlier for earlier, later in zip(self.at, self.at[1:])):
+            raise UserError(f"checkpoints.at = {self.at}: give distinct percentages in increasing order, "
+                            "e.g. [50, 75]")
+        if self.early_stop and not self.at:
+            raise UserError("checkpoints.early_stop = true needs checkpoints to stop at; set checkpoints.at, "
+                            "e.g. [50, 75]")
+        return self
+
+
+@dataclass(config=STRICT)
 class ExperimentConfig:
     """A complete, reproducible description of one head training run."""
 
@@ -176,6 +204,7 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 def _fields(tp: Any) -> dict[str, Any]:

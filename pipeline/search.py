@@ -51,6 +51,8 @@ def base_experiment(args: argparse.Namespace) -> dict[str, Any]:
         shortcuts.append(f"model.backbone={args.backbone}")
     if args.aux:
         shortcuts.append(f"model.auxiliary={args.aux}")
+    if args.early_stop:
+        shortcuts.append("checkpoints.early_stop=true")
     merged = configs.apply_overrides(values, shortcuts + list(args.overrides))
     if "name" not in merged:
         merged["name"] = "search"
@@ -72,6 +74,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="search seed (default: the space's seed)")
     parser.add_argument("--out", type=Path, default=DEFAULT_ROOT,
                         help=f"folder for all searches (default {DEFAULT_ROOT})")
+    parser.add_argument("--early-stop", action="store_true",
+                        help="stop a trial at a checkpoint where enough completed trials beat it on every objective "
+                             "by more than the noise (the config key checkpoints.early_stop)")
     parser.add_argument("--select", type=int, metavar="TRIAL", help="train the final head with this trial")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--no-progress", action="store_true")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from pipeline import config as configs
 from pipeline.errors import UserError
 from pipeline.hpo.loop import TrialListener, TrialLoop
 from pipeline.hpo.pools import Finished
@@ -20,6 +22,7 @@ class FakeStudy:
     def __init__(self, awaiting: set[int] = frozenset()) -> None:
         self.trials: dict[int, dict[str, Any]] = {}
         self.awaiting = set(awaiting)
+        self.space = SimpleNamespace(objective_signs={"road_morf_auc": -1.0, "road_lerf_auc": 1.0})
 
     def next_trial(self) -> tuple[int, dict[str, Any]]:
         index = len(self.trials)
@@ -30,8 +33,12 @@ class FakeStudy:
         self.trials[index] = {"status": "running", "metrics": {}, "reason": None, "parameters": {"x": index / 10}}
         return index, dict(self.trials[index]["parameters"])
 
-    def complete(self, index: int, metrics: dict[str, float]) -> bool:
+    def complete(self, index: int, metrics: dict[str, float], checkpoints: dict) -> bool:
         self.trials[index].update(status="completed", metrics=dict(metrics))
+        return True
+
+    def stop_early(self, index: int, metrics: dict[str, float], checkpoints: dict, reason: str) -> bool:
+        self.trials[index].update(status="early_stopped", metrics=dict(metrics), reason=reason)
         return True
 
     def fail(self, index: int, reason: str) -> None:
@@ -42,8 +49,8 @@ class FakeStudy:
                 for index, t in sorted(self.trials.items())]
 
     @property
-    def completed_count(self) -> int:
-        return sum(t["status"] == "completed" for t in self.trials.values())
+    def finished_count(self) -> int:
+        return sum(t["status"] in ("completed", "early_stopped") for t in self.trials.values())
 
 
 @dataclass
@@ -52,18 +59,21 @@ class FakePool:
 
     slots: int = 1
     failing: set[int] = field(default_factory=set)
+    stopping: set[int] = field(default_factory=set)
     interrupt_at_wait: int | None = None
     running: list[int] = field(default_factory=list)
     submitted: list[tuple[int, Any]] = field(default_factory=list)
+    rules: dict[int, Any] = field(default_factory=dict)
     waits: int = 0
     closed: bool = False
 
     def free_slots(self) -> int:
         return self.slots - len(self.running)
 
-    def submit(self, index: int, config: Any, steps: Any) -> dict[str, str]:
+    def submit(self, index: int, config: Any, steps: Any, rule: Any = None) -> dict[str, str]:
         self.running.append(index)
         self.submitted.append((index, steps))
+        self.rules[index] = rule
         return {"host": "fake", "slot": str(len(self.running) - 1)}
 
     def wait(self) -> list[Finished]:
@@ -73,6 +83,9 @@ class FakePool:
         index = self.running.pop(0)
         if index in self.failing:
             return [Finished(index, failure=f"TrainingDiverged: trial {index}")]
+        if index in self.stopping:
+            return [Finished(index, result=TrialResult({"road_morf_auc": 0.6, "road_lerf_auc": 0.3}, {},
+                                                       checkpoints={50: {}}, stopped="beaten"))]
         return [Finished(index, result=TrialResult({"road_morf_auc": 0.3, "road_lerf_auc": 0.6}, {}))]
 
     def close(self) -> None:
@@ -105,8 +118,10 @@ class Events(TrialListener):
         self.calls.append(("interrupted", index))
 
 
-def loop(study: FakeStudy, pool: FakePool, listeners: list[TrialListener], target: int) -> TrialLoop:
-    return TrialLoop(study, pool, lambda parameters: {"config": parameters}, listeners, target, max_failures_in_row=3)
+def loop(study: FakeStudy, pool: FakePool, listeners: list[TrialListener], target: int,
+         early_stop: bool = False) -> TrialLoop:
+    config = configs.from_dict({"checkpoints": {"early_stop": early_stop}})
+    return TrialLoop(study, pool, lambda parameters: config, listeners, target, max_failures_in_row=3)
 
 
 def test_failed_trials_are_replaced_and_every_step_is_told_in_order() -> None:
@@ -133,13 +148,13 @@ def test_three_failures_in_a_row_stop_the_search_in_one_line() -> None:
         loop(study, pool, [Events()], target=5).run()
     assert str(error.value).splitlines() == [
         "3 trials failed in a row (last: TrainingDiverged: trial 3); fix the cause and rerun the same command to resume"]
-    assert study.completed_count == 1 and pool.closed
+    assert study.finished_count == 1 and pool.closed
 
 
 def test_parallel_slots_fill_up_and_never_overshoot_the_target() -> None:
     study, pool = FakeStudy(), FakePool(slots=2)
     loop(study, pool, [Events()], target=3).run()
-    assert study.completed_count == 3 and len(study.trials) == 3  # the last slot stays empty: 2 done + 1 running = 3
+    assert study.finished_count == 3 and len(study.trials) == 3  # the last slot stays empty: 2 done + 1 running = 3
     assert pool.waits == 3
 
 
@@ -157,3 +172,21 @@ def test_an_interrupt_marks_the_trials_in_flight_interrupted_and_tells_the_liste
     assert [r.status for r in records] == ["completed", "failed", "failed"]
     assert {r.reason for r in records[1:]} == {INTERRUPTED}
     assert ("interrupted", 1) in events.calls and ("interrupted", 2) in events.calls and pool.closed
+
+
+def test_stopped_trials_count_towards_the_target_and_are_no_failures() -> None:
+    study, pool, events = FakeStudy(), FakePool(stopping={1, 2, 3}), Events()
+    loop(study, pool, [events], target=5, early_stop=True).run()
+    statuses = [record.status for record in study.records()]
+    assert statuses == ["completed", "early_stopped", "early_stopped", "early_stopped", "completed"]
+    assert study.records()[1].reason == "beaten" and ("settled:early_stopped", 3) in events.calls
+
+
+def test_each_trial_gets_a_stopping_rule_against_the_trials_completed_when_it_starts_only_with_early_stop() -> None:
+    study, pool = FakeStudy(), FakePool(slots=2)
+    loop(study, pool, [Events()], target=4, early_stop=True).run()
+    assert [rule.rivals for rule in pool.rules.values()][:2] == [(), ()]  # 0 and 1 started together
+    assert [record.index for record in pool.rules[2].rivals] == [0]
+    plain_pool = FakePool()
+    loop(FakeStudy(), plain_pool, [Events()], target=2).run()
+    assert set(plain_pool.rules.values()) == {None}

@@ -45,7 +45,7 @@ def test_resuming_marks_the_running_trial_interrupted_and_goes_on_with_botorch(f
     assert study.space.contains(parameters)
     study.complete(index, {"road_morf_auc": 0.3, "road_lerf_auc": 0.6})
     reopened = Study.read(folder.directory, folder.space())
-    assert reopened.completed_count == 6 and reopened.records()[7].metrics["road_lerf_auc"] == pytest.approx(0.6)
+    assert reopened.finished_count == 6 and reopened.records()[7].metrics["road_lerf_auc"] == pytest.approx(0.6)
 
 
 def test_export_reads_the_saved_search(folder: SearchFolder, capsys: pytest.CaptureFixture[str]) -> None:

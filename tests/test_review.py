@@ -77,14 +77,16 @@ def test_search_description_grows_from_the_setup_to_the_chosen_head() -> None:
                  "`lambda_area` → `loss.lambda_area`: choice 0.5, 1, 2", "constraint: lambda1 + lambda2 <= 1",
                  "road_morf_auc (minimize)", "**ROAD protocol**: noisy_linear (noise 0.01) imputation, 20/50/80 % removed",
                  "**Loss**: variation=paper, S=paper", "area_epsilon: 0.0005",
+                 "**Checkpoints**: ROAD on the first 256 validation images at 50/75 % of training; no early stopping",
                  "**Trials**: 0 of 20 completed."):
         assert text in start, text
     assert "lambda1: 0.09" not in start and "Pareto" not in start and "Chosen" not in start
 
     failed = TrialRecord(1, "failed", {}, {}, "diverged", "Sobol")
-    trials = [record(0, 0.3, 0.6), failed, record(2, 0.25, 0.55)]
+    stopped = TrialRecord(3, "early_stopped", {}, {}, "beaten", "BoTorch")
+    trials = [record(0, 0.3, 0.6), failed, record(2, 0.25, 0.55), stopped]
     end = search_description("review-demo", CONFIG, space, 20, trials, [trials[0], trials[2]], final_head())
-    assert "**Trials**: 2 of 20 completed, 1 failed." in end
+    assert "**Trials**: 2 of 20 completed, 1 stopped early, 1 failed." in end
     assert "- trial 0 (lambda1=0.09, lambda2=0.91, lambda_area=2): road_morf_auc 0.3000, road_lerf_auc 0.6000" in end
     assert "**Chosen**: trial 2" in end and "(9 images): MoRF AUC 0.2912" in end
     assert "Registered as `models:/ptame-efficientnet_lite0-efficientnet_lite1@review-demo` (version 4)." in end

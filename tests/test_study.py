@@ -62,7 +62,7 @@ def test_sobol_then_botorch_within_the_space(tmp_path: Path, space: SearchSpace)
     assert torch.get_num_threads() == threads  # generation runs single-threaded, then restores the setting
     records = study.records()
     assert [r.generator for r in records] == ["Sobol"] * 5 + ["BoTorch"] * 3
-    assert [r.index for r in records] == list(range(8)) and study.completed_count == 8
+    assert [r.index for r in records] == list(range(8)) and study.finished_count == 8
     (mbm,) = study.client._generation_strategy.nodes_by_name["MBM"].generator_specs
     assert mbm.generator_gen_kwargs["model_gen_options"]["optimizer_kwargs"]["num_restarts"] == 5
     assert records[0].metrics["loss"] == 1.0  # extra metrics are kept, outside Ax's model
@@ -109,7 +109,7 @@ def test_resume_after_kill(tmp_path: Path, space: SearchSpace) -> None:
     assert [r.index for r in records] == [0, 1, 2]
     assert [r.status for r in records] == ["completed", "completed", "failed"]
     assert records[running].reason == INTERRUPTED
-    assert resumed.completed_count == 2 and sum(r.status == "failed" for r in resumed.records()) == 1
+    assert resumed.finished_count == 2 and sum(r.status == "failed" for r in resumed.records()) == 1
     index, _ = resumed.next_trial()
     assert index == 3
 

@@ -4,6 +4,7 @@ experiment configs and image folders the tests train them on (one set, shared by
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -79,6 +80,37 @@ class SlowTinyClassifier(TinyClassifier):
 def slow_tiny_classifier() -> nn.Module:
     torch.manual_seed(0)
     return SlowTinyClassifier()
+
+
+HANG_S = 120.0
+
+
+class HangingTinyClassifier(TinyClassifier):
+    """The tiny classifier, but the ``$TOY_HANG_AT``-th evaluation that follows training steps (counted from 1 in
+    this process: a checkpoint or a trial's final scoring) first touches the file ``$TOY_HANG_FILE`` and sleeps
+    ``HANG_S``: a test kills the search there, in the middle of that evaluation. Without the variables it never
+    hangs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trained_since_evaluation = False
+        self.evaluations = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.trained_since_evaluation = True
+        elif torch.is_inference_mode_enabled() and self.trained_since_evaluation:
+            self.trained_since_evaluation = False
+            self.evaluations += 1
+            if str(self.evaluations) == os.environ.get("TOY_HANG_AT"):
+                Path(os.environ["TOY_HANG_FILE"]).touch()
+                time.sleep(HANG_S)
+        return super().forward(x)
+
+
+def hanging_tiny_classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return HangingTinyClassifier()
 
 
 def write_images(root: Path, count: int = 8) -> Path:

@@ -144,9 +144,17 @@ def search_description(name: str, base: ExperimentConfig, space: SearchSpace, tr
         f"**Loss**: {base.loss.describe()} (`loss`, besides the searched weights; λ3 = 1 − λ1 − λ2: "
         f"{_section(sections['loss'], skip=sorted(searched)) or 'defaults'})",
     ]
-    completed = sum(record.status == "completed" for record in records)
-    failed = sum(record.status == "failed" for record in records)
-    lines.append(f"**Trials**: {completed} of {trials} completed" + (f", {failed} failed" if failed else "") + ".")
+    checkpoints = base.checkpoints
+    if checkpoints.at:
+        stopping = (f"trials stop where {checkpoints.dominating} completed trials beat them by more than the noise"
+                    if checkpoints.early_stop else "no early stopping")
+        lines.append(f"**Checkpoints**: ROAD on the first {checkpoints.images} validation images at "
+                     f"{'/'.join(map(str, checkpoints.at))} % of training; {stopping} (`checkpoints`).")
+    counts = {status: sum(record.status == status for record in records)
+              for status in ("completed", "early_stopped", "failed")}
+    lines.append(f"**Trials**: {counts['completed']} of {trials} completed"
+                 + (f", {counts['early_stopped']} stopped early" if counts["early_stopped"] else "")
+                 + (f", {counts['failed']} failed" if counts["failed"] else "") + ".")
     if pareto:
         lines.append("**Pareto set** (validation):\n" + "\n".join(f"- {_trial(r, objectives)}" for r in pareto))
     if final is not None:

@@ -11,8 +11,9 @@ from typing import Any
 
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
+from pipeline.hpo.early_stopping import stopping_rule
 from pipeline.hpo.pools import Finished, StepLog, TrialPool
-from pipeline.hpo.study import INTERRUPTED, AwaitingData, Study, TrialRecord
+from pipeline.hpo.study import FINISHED, INTERRUPTED, AwaitingData, Study, TrialRecord
 from pipeline.hpo.trial_worker import TrialResult, failure_reason
 
 
@@ -32,15 +33,16 @@ class TrialListener:
         """It finished its work; called before the study records its objectives."""
 
     def settled(self, record: TrialRecord, seconds: float) -> None:
-        """The study recorded it as completed or failed."""
+        """The study recorded it as completed, early-stopped or failed."""
 
     def interrupted(self, index: int) -> None:
         """The search stopped while it ran; the study has marked it interrupted."""
 
 
 class TrialLoop:
-    """Run trials until ``target`` have completed, up to the pool's slots at once, each started as soon as a slot
-    frees up. Failed trials are recorded and replaced; ``max_failures_in_row`` failures in a row stop the search."""
+    """Run trials until ``target`` have finished (completed or stopped early), up to the pool's slots at once, each
+    started as soon as a slot frees up, with its early-stopping rule (`stopping_rule`) when the config asks for one.
+    Failed trials are recorded and replaced; ``max_failures_in_row`` failures in a row stop the search."""
 
     def __init__(self, study: Study, pool: TrialPool, make_config: Callable[[dict[str, Any]], ExperimentConfig],
                  listeners: Sequence[TrialListener], target: int, max_failures_in_row: int = 3) -> None:
@@ -55,7 +57,7 @@ class TrialLoop:
 
     def run(self) -> None:
         try:
-            while self.study.completed_count < self.target:
+            while self.study.finished_count < self.target:
                 self._start_trials()
                 for done in self.pool.wait():
                     self._settle(done, self._running.pop(done.index))
@@ -67,8 +69,8 @@ class TrialLoop:
 
     def _start_trials(self) -> None:
         """Ask the study for a point per free slot (the running trials are its pending points) and start them,
-        never more than the completed trials still missing."""
-        while self.pool.free_slots() and self.study.completed_count + len(self._running) < self.target:
+        never more than the finished trials still missing."""
+        while self.pool.free_slots() and self.study.finished_count + len(self._running) < self.target:
             try:
                 index, parameters = self.study.next_trial()
             except AwaitingData:  # initial budget spent, too few completed: wait for a running trial
@@ -76,23 +78,27 @@ class TrialLoop:
             started = time.perf_counter()
             try:
                 config = self.make_config(parameters)
+                rule = stopping_rule(self.study.records(), index, self.study.space.objective_signs, config.checkpoints)
                 logs = [listener.started(index, parameters, config) for listener in self.listeners]
             except Exception as error:  # a failing trial must not end the search
                 self._settle(Finished(index, failure=failure_reason(error)), started)
                 continue
-            where = self.pool.submit(index, config, next((log for log in logs if log is not None), None))
+            where = self.pool.submit(index, config, next((log for log in logs if log is not None), None), rule)
             self._running[index] = started
             for listener in self.listeners:
                 listener.placed(index, where)
 
     def _settle(self, done: Finished, started: float) -> None:
         """Record a trial that came back; stop after too many failures in a row."""
-        failure = done.failure
-        if done.result is not None:
+        failure, result = done.failure, done.result
+        if result is not None:
             try:
                 for listener in self.listeners:
-                    listener.result(done.index, done.result)
-                self.study.complete(done.index, done.result.metrics)  # a non-finite objective fails the trial
+                    listener.result(done.index, result)
+                if result.stopped is not None:  # a non-finite objective fails the trial in either case
+                    self.study.stop_early(done.index, result.metrics, result.checkpoints, result.stopped)
+                else:
+                    self.study.complete(done.index, result.metrics, result.checkpoints)
             except Exception as error:
                 failure = failure_reason(error)
         record = self.study.records()[done.index]
@@ -101,7 +107,7 @@ class TrialLoop:
             record = self.study.records()[done.index]
         for listener in self.listeners:
             listener.settled(record, time.perf_counter() - started)
-        self._failures_in_row = 0 if record.status == "completed" else self._failures_in_row + 1
+        self._failures_in_row = 0 if record.status in FINISHED else self._failures_in_row + 1
         if self._failures_in_row >= self.max_failures_in_row:
             raise UserError(f"{self._failures_in_row} trials failed in a row (last: {record.reason}); fix the "
                             "cause and rerun the same command to resume")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pipeline.config import ExperimentConfig
+from pipeline.hpo.early_stopping import StoppingRule
 from pipeline.hpo.trial_worker import TrialResult, TrialWorker, failure_reason
 
 
@@ -35,9 +36,10 @@ class TrialPool(Protocol):
     def free_slots(self) -> int:
         """How many more trials can start now."""
 
-    def submit(self, index: int, config: ExperimentConfig, steps: StepLog | None) -> dict[str, str]:
+    def submit(self, index: int, config: ExperimentConfig, steps: StepLog | None,
+               rule: StoppingRule | None = None) -> dict[str, str]:
         """Start trial ``index``, its steps logged to ``steps`` where the pool can (else they come back in its
-        result); returns where it runs (host, pid, device, ...)."""
+        result), stopped at a checkpoint where ``rule`` says so; returns where it runs (host, pid, device, ...)."""
 
     def wait(self) -> list[Finished]:
         """Block until at least one trial has finished (or a slot got ready) and return the finished ones."""
@@ -51,19 +53,21 @@ class InProcessPool:
 
     def __init__(self, worker: TrialWorker) -> None:
         self.worker = worker
-        self._job: tuple[int, ExperimentConfig, StepLog | None] | None = None
+        self._job: tuple[int, ExperimentConfig, StepLog | None, StoppingRule | None] | None = None
 
     def free_slots(self) -> int:
         return 0 if self._job else 1
 
-    def submit(self, index: int, config: ExperimentConfig, steps: StepLog | None) -> dict[str, str]:
-        self._job = (index, config, steps)
+    def submit(self, index: int, config: ExperimentConfig, steps: StepLog | None,
+               rule: StoppingRule | None = None) -> dict[str, str]:
+        self._job = (index, config, steps, rule)
         return self.worker.where
 
     def wait(self) -> list[Finished]:
-        (index, config, steps), self._job = self._job, None
+        (index, config, steps, rule), self._job = self._job, None
         try:
-            return [Finished(index, result=self.worker.run(index, config, on_step=steps and steps.log_step))]
+            return [Finished(index, result=self.worker.run(index, config, on_step=steps and steps.log_step,
+                                                           rule=rule))]
         except Exception as error:  # a failing trial must not end the search
             return [Finished(index, failure=failure_reason(error))]
 

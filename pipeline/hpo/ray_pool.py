@@ -26,6 +26,7 @@ from pipeline import config as configs
 from pipeline import quiet
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
+from pipeline.hpo.early_stopping import StoppingRule
 from pipeline.hpo.pools import Finished, StepLog
 from pipeline.hpo.trial_worker import Trainer, TrialResult, TrialWorker, failure_reason
 
@@ -153,17 +154,19 @@ class TrialActor:
         """Host, pid, device and CUDA_VISIBLE_DEVICES of this worker (its answer also means "ready")."""
         return self.worker.where
 
-    def run(self, index: int, config: ExperimentConfig, run_id: str | None) -> TrialResult:
-        """Run one trial; with a ``run_id`` (tracking server) its steps go straight to that MLflow run."""
+    def run(self, index: int, config: ExperimentConfig, run_id: str | None,
+            rule: StoppingRule | None = None) -> TrialResult:
+        """Run one trial, stopped where ``rule`` says; with a ``run_id`` (tracking server) its steps go straight to
+        that MLflow run."""
         if run_id is None:
-            return self.worker.run(index, config)
+            return self.worker.run(index, config, rule=rule)
         from mlflow.tracking import MlflowClient
 
         from pipeline.tracking.runs import RunLog
 
         run = RunLog(MlflowClient(self.tracking_uri), run_id)
         try:
-            return self.worker.run(index, config, on_step=run.log_step)
+            return self.worker.run(index, config, on_step=run.log_step, rule=rule)
         finally:
             run.flush()
 
@@ -208,9 +211,10 @@ class RayPool:
     def free_slots(self) -> int:
         return sum(slot.where is not None and slot.trial is None for slot in self.slots)
 
-    def submit(self, index: int, config: ExperimentConfig, steps: StepLog | None) -> dict[str, str]:
+    def submit(self, index: int, config: ExperimentConfig, steps: StepLog | None,
+               rule: StoppingRule | None = None) -> dict[str, str]:
         slot = next(slot for slot in self.slots if slot.where is not None and slot.trial is None)
-        reference = slot.actor.run.remote(index, config, steps.run_id if self.direct_logging and steps else None)
+        reference = slot.actor.run.remote(index, config, steps.run_id if self.direct_logging and steps else None, rule)
         slot.trial = index
         self._running[reference] = slot
         return {"slot": str(slot.number), **slot.where}

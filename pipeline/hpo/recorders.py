@@ -13,10 +13,13 @@ from pipeline.hpo.study import INTERRUPTED, Study, TrialRecord
 from pipeline.hpo.trial_worker import TrialResult
 from pipeline.tracking.runs import RunLog, Tracker
 
+CHECKPOINT_PREFIX = "checkpoint_"  # the checkpoint curves: checkpoint_road_morf_auc at step = % of training
+FINAL_PERCENT = 100
+
 
 class TrialRuns(TrialListener):
-    """A child MLflow run per trial (params, steps, metrics, plots, where it ran, outcome); its plots also go to
-    the trial's folder."""
+    """A child MLflow run per trial (params, steps, metrics, checkpoint curves, plots, where it ran, outcome); its
+    plots also go to the trial's folder. A trial stopped early ends KILLED with the reason in a tag."""
 
     def __init__(self, tracker: Tracker, folder: SearchFolder,
                  run_params: Callable[[ExperimentConfig], dict[str, Any]]) -> None:
@@ -39,6 +42,12 @@ class TrialRuns(TrialListener):
         for step in result.steps:
             run.log_step(step.step, step.metrics, step.timestamp_ms)
         run.log_metrics(result.metrics)
+        curves = dict(result.checkpoints)
+        if result.stopped is None:
+            curves[FINAL_PERCENT] = result.metrics
+        for percentage, scores in sorted(curves.items()):
+            run.log_metrics({CHECKPOINT_PREFIX + name: value for name, value in scores.items()
+                             if name in ("road_morf_auc", "road_lerf_auc")}, step=percentage)
         folder = self.folder.trial(index)
         for name, png in result.plots.items():
             (folder / name).write_bytes(png)
@@ -48,6 +57,8 @@ class TrialRuns(TrialListener):
         run = self.runs.pop(record.index, None)
         if run is not None and record.status == "completed":
             run.finish()
+        elif run is not None and record.status == "early_stopped":
+            run.stop(record.reason or record.status)
         elif run is not None:
             run.fail(record.reason or record.status)
 
@@ -75,7 +86,7 @@ class SearchProgress(TrialListener):
 
 
 class Console(TrialListener):
-    """One line per settled trial; with Ray workers also where each trial started."""
+    """One line per settled trial, with its checkpoint scores; with Ray workers also where each trial started."""
 
     def __init__(self, announce_placement: bool) -> None:
         self.announce_placement = announce_placement
@@ -87,10 +98,18 @@ class Console(TrialListener):
     def settled(self, record: TrialRecord, seconds: float) -> None:
         params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.parameters.items())
         if record.status == "completed":
-            outcome = f"MoRF {record.metrics['road_morf_auc']:.4f} LeRF {record.metrics['road_lerf_auc']:.4f}"
+            outcome = _scores(record.metrics)
         else:
             outcome = f"{record.status.upper()}: {record.reason}"
-        print(f"trial {record.index:3d} [{record.generator}] {params} -> {outcome} ({seconds:.0f} s)", flush=True)
+        during = "; ".join(f"{percentage} %: {_scores(scores)}"
+                           for percentage, scores in sorted(record.checkpoints.items()))
+        during = f" [{during}]" if during else ""
+        print(f"trial {record.index:3d} [{record.generator}] {params} -> {outcome}{during} ({seconds:.0f} s)",
+              flush=True)
+
+
+def _scores(metrics: dict[str, float]) -> str:
+    return f"MoRF {metrics['road_morf_auc']:.4f} LeRF {metrics['road_lerf_auc']:.4f}"
 
 
 def worker_description(where: dict[str, str]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
@@ -29,6 +29,8 @@ SNAPSHOT_NAME = "ax_experiment.json"
 GENERATION_THREADS = 1
 INTERRUPTED = "interrupted: the process stopped while this trial was running"
 _EXTRA_METRICS = "extra_metrics"  # run-metadata key for metrics that Ax does not model
+_CHECKPOINTS = "checkpoints"  # run-metadata key for the scores during training, by percentage
+FINISHED = ("completed", "early_stopped")  # the statuses that count towards --trials
 _GENERATOR_NAMES = {"Sobol": "Sobol", "MBM": "BoTorch"}
 
 
@@ -39,7 +41,8 @@ class AwaitingData(Exception):
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One trial as the rest of the pipeline sees it. ``status``: running, completed, failed, ..."""
+    """One trial as the rest of the pipeline sees it. ``status``: running, completed, early_stopped, failed, ...
+    ``checkpoints``: its scores during training by percentage of the training done."""
 
     index: int
     status: str
@@ -47,6 +50,7 @@ class TrialRecord:
     metrics: dict[str, float]
     reason: str | None
     generator: str
+    checkpoints: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @property
     def lambda3(self) -> float | None:
@@ -66,11 +70,12 @@ def pareto_front(records: Sequence[TrialRecord], signs: Mapping[str, float]) -> 
         for record in records
         if record.status == "completed" and all(name in record.metrics for name in signs)
     ]
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
-
     return [record for record, score in scored if not any(dominates(other, score) for _, other in scored)]
+
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """``a`` is at least as good as ``b`` everywhere and better somewhere (values signed so that larger is better)."""
+    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
 
 
 def trade_off(record: TrialRecord, signs: Mapping[str, float]) -> float:
@@ -167,13 +172,41 @@ class Study:
         self._save()
         return index, dict(parameters)
 
-    def complete(self, index: int, metrics: Mapping[str, float]) -> bool:
-        """Record a finished trial's metrics and save; returns whether the trial was completed.
+    def complete(self, index: int, metrics: Mapping[str, float],
+                 checkpoints: Mapping[int, Mapping[str, float]] | None = None) -> bool:
+        """Record a finished trial's metrics (and its ``checkpoints``' scores) and save; returns whether the trial
+        was completed.
 
         Only the objectives go to Ax's model (each extra metric would be one more GP output to fit);
         finite extras are kept in the trial's run metadata and show up in `records`. A trial whose
         objective is NaN or infinite (a diverged run) is marked failed instead.
         """
+        split = self._split(index, metrics, checkpoints)
+        if split is None:
+            return False
+        self._client.complete_trial(index, raw_data=split)
+        self._save()
+        return True
+
+    def stop_early(self, index: int, metrics: Mapping[str, float], checkpoints: Mapping[int, Mapping[str, float]],
+                   reason: str) -> bool:
+        """Record a trial stopped at its last checkpoint: its scores there become its (partial) values in Ax, at
+        that percentage as the progression, and the trial is EARLY_STOPPED with ``reason``; saves. Ax fits an
+        early-stopped trial's last values like a completed trial's, so the model learns that its region is poor.
+        Returns False when the trial was marked failed instead (a non-finite objective)."""
+        split = self._split(index, metrics, checkpoints)
+        if split is None:
+            return False
+        self._client.attach_data(index, raw_data=split, progression=max(checkpoints))
+        # Client.mark_trial_early_stopped takes no reason; the trial's own method keeps one in the snapshot.
+        ax_seam.experiment(self._client).trials[index].mark_early_stopped(reason=reason)
+        self._save()
+        return True
+
+    def _split(self, index: int, metrics: Mapping[str, float],
+               checkpoints: Mapping[int, Mapping[str, float]] | None) -> dict[str, float] | None:
+        """The objectives for Ax; the finite extras and the checkpoints go into the trial's run metadata. A
+        non-finite objective fails the trial (None)."""
         values = {name: float(value) for name, value in metrics.items()}
         missing = [name for name in self.space.objective_names if name not in values]
         if missing:
@@ -181,14 +214,14 @@ class Study:
         bad = [name for name in self.space.objective_names if not math.isfinite(values[name])]
         if bad:
             self.fail(index, "non-finite objective: " + ", ".join(f"{name} = {values[name]}" for name in bad))
-            return False
+            return None
         extras = {
             name: value for name, value in values.items() if name not in self.space.objectives and math.isfinite(value)
         }
-        ax_seam.experiment(self._client).trials[index].update_run_metadata({_EXTRA_METRICS: extras})
-        self._client.complete_trial(index, raw_data={name: values[name] for name in self.space.objective_names})
-        self._save()
-        return True
+        stored = {str(percentage): dict(scores) for percentage, scores in (checkpoints or {}).items()}
+        ax_seam.experiment(self._client).trials[index].update_run_metadata({_EXTRA_METRICS: extras,
+                                                                             _CHECKPOINTS: stored})
+        return {name: values[name] for name in self.space.objective_names}
 
     def fail(self, index: int, reason: str) -> None:
         """Mark a trial failed with a reason (kept in the snapshot) and save; the search goes on."""
@@ -200,8 +233,9 @@ class Study:
         return trial_records(ax_seam.experiment(self._client))
 
     @property
-    def completed_count(self) -> int:
-        return sum(record.status == "completed" for record in self.records())
+    def finished_count(self) -> int:
+        """Completed and early-stopped trials: what ``--trials`` counts."""
+        return sum(record.status in FINISHED for record in self.records())
 
     def pareto(self) -> list[TrialRecord]:
         """The observed non-dominated completed trials under the space's objective directions."""
@@ -231,7 +265,9 @@ def trial_records(experiment: Experiment) -> list[TrialRecord]:
         metrics.setdefault(int(row.trial_index), {})[str(row.metric_name)] = float(row.mean)
     return [TrialRecord(index=trial.index, status=trial.status.name.lower(), parameters=dict(trial.arm.parameters),
                         metrics={**trial.run_metadata.get(_EXTRA_METRICS, {}), **metrics.get(trial.index, {})},
-                        reason=trial.status_reason, generator=_generator_name(trial.generator_run))
+                        reason=trial.status_reason, generator=_generator_name(trial.generator_run),
+                        checkpoints={int(percentage): scores for percentage, scores
+                                     in trial.run_metadata.get(_CHECKPOINTS, {}).items()})
             for _, trial in sorted(experiment.trials.items())]
 
 

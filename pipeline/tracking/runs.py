@@ -29,6 +29,7 @@ _log = logging.getLogger(__name__)
 SUPPRESS_URL_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "failure_reason"
+STOP_TAG = "early_stop_reason"
 FLUSH_INTERVAL_S = 30.0  # step metrics also go out this often, so the UI shows live curves
 ELLIPSIS = "..."
 
@@ -133,7 +134,11 @@ class RunLog:
         """Flush, tag `failure_reason`, and end the run as FAILED."""
         self._end(RunStatus.to_string(RunStatus.FAILED), reason)
 
-    def _end(self, status: str, reason: str | None = None) -> None:
+    def stop(self, reason: str) -> None:
+        """Flush, tag `STOP_TAG` with why the run was stopped early, and end it as KILLED."""
+        self._end(RunStatus.to_string(RunStatus.KILLED), reason, STOP_TAG)
+
+    def _end(self, status: str, reason: str | None = None, tag: str = FAILURE_TAG) -> None:
         if self._ended:
             return
         self._ended = True
@@ -141,7 +146,7 @@ class RunLog:
             self.flush()
         finally:
             if reason is not None:
-                self.client.set_tag(self.run_id, FAILURE_TAG, _truncate(reason, LIMITS["tag_length"]))
+                self.client.set_tag(self.run_id, tag, _truncate(reason, LIMITS["tag_length"]))
             with _no_run_url_printing():
                 self.client.set_terminated(self.run_id, status)
 

@@ -13,6 +13,7 @@ from pipeline.models.coverage import ClassCoverage
 from pipeline.models.device import resolve_device
 from pipeline.models.explainer import Explainer
 from pipeline.models.loading import Models, build_explainer, load_models
+from pipeline.training.checkpoints import Checkpoints
 from pipeline.training.clean_targets import CleanTargets
 from pipeline.training.loop import StepCallback, TrainingSummary, train
 
@@ -53,8 +54,9 @@ class TrainedHead:
 
 
 def train_head(config: ExperimentConfig, bench: Workbench | None = None, on_step: StepCallback | None = None,
-               progress: bool = True) -> TrainedHead:
-    """Train a head for ``config``; pass a ``bench`` to reuse loaded models and data."""
+               progress: bool = True, checkpoints: Checkpoints | None = None) -> TrainedHead:
+    """Train a head for ``config``; pass a ``bench`` to reuse loaded models and data, ``checkpoints`` to score it
+    during training."""
     if bench is None or not bench.serves(config):
         bench = Workbench.load(config)
     explainer = build_explainer(bench.models, config.model, config.train.seed)
@@ -64,5 +66,6 @@ def train_head(config: ExperimentConfig, bench: Workbench | None = None, on_step
     models = bench.models
     batches = training_batches(dataset, config, models.classifier.preprocessing.input_size, models.device)
     summary = train(explainer, batches, len(batches), config.loss, config.train, models.device,
-                    on_step=on_step, progress=progress, clean_targets=bench.clean_targets)
+                    on_step=on_step, progress=progress, clean_targets=bench.clean_targets,
+                    checkpoints=checkpoints)
     return TrainedHead(explainer, summary, config)

@@ -15,6 +15,7 @@ from pipeline.config import LossConfig, TrainConfig
 from pipeline.models.explainer import Explainer
 from pipeline.models.head import activate
 from pipeline.progress import Progress
+from pipeline.training.checkpoints import Checkpoints, run_checkpoint
 from pipeline.training.clean_targets import CleanTargets
 from pipeline.training.compiled import CompiledNetwork, compile_enabled
 from pipeline.training.loss import LossTerms, class_subset, ptame_loss, reference_class_subset
@@ -34,6 +35,7 @@ class TrainingSummary:
     seconds: float = 0.0
     compile_seconds: float = 0.0  # first calls of the compiled classifier: compilation plus one pass each
     reused_predictions: int = 0  # batches whose clean predictions an earlier run had made
+    checkpoint_seconds: float = 0.0  # spent in checkpoints (not part of ``seconds``)
     last: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -91,11 +93,13 @@ def optimisation_step(explainer: Explainer, images: torch.Tensor, loss: LossConf
 def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
           loss: LossConfig, settings: TrainConfig, device: torch.device,
           on_step: StepCallback | None = None, progress: bool = True,
-          clean_targets: CleanTargets | None = None) -> TrainingSummary:
+          clean_targets: CleanTargets | None = None, checkpoints: Checkpoints | None = None) -> TrainingSummary:
     """Train ``explainer.head`` for ``settings.epochs`` epochs; the frozen networks stay in eval mode.
 
     Batches of another size than the first one run the classifier eagerly when it is compiled. With
-    ``clean_targets`` the clean predictions of batches an earlier run saw unchanged are reused."""
+    ``clean_targets`` the clean predictions of batches an earlier run saw unchanged are reused. ``checkpoints``
+    score the head at percentages of the steps without changing its training (`run_checkpoint`); their
+    `StopTraining` ends it."""
     head = explainer.head
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.max_lr, weight_decay=settings.weight_decay,
                                   amsgrad=True)
@@ -110,6 +114,7 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
     if clean_targets is not None:
         clean_targets.begin(explainer.classifier)
     summary = TrainingSummary()
+    due = checkpoints.due(total) if checkpoints else {}
     started = time.perf_counter()
     head.train()
     with Progress(total, "training", "steps", enabled=progress) as bar:
@@ -130,8 +135,11 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
                 if on_step is not None:
                     on_step(summary.steps, summary.last)
                 bar.update(status=f"loss {summary.last['loss']:.4f}")
+                if summary.steps in due:
+                    summary.checkpoint_seconds += run_checkpoint(checkpoints, explainer, due[summary.steps],
+                                                                 summary.steps)
     head.eval()
-    summary.seconds = time.perf_counter() - started
+    summary.seconds = time.perf_counter() - started - summary.checkpoint_seconds
     summary.compile_seconds = compiled.compile_seconds if compiled else 0.0
     summary.reused_predictions = clean_targets.reused - reused_before if clean_targets else 0
     return summary
