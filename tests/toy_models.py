@@ -66,3 +66,23 @@ def tiny_vit() -> nn.Module:
     nn.init.normal_(network.heads.head.weight, std=0.5)
     network.preprocessing = TOY_PREPROCESSING
     return network
+
+
+def tiny_resnet() -> nn.Module:
+    """A one-block-per-stage torchvision ResNet (BasicBlock, 10 classes) on 64x64 images: resnet50's module
+    names (``maxpool``, ``layer1..4``, ``avgpool``, ``fc``) at a fraction of the cost. Its BatchNorm statistics
+    are drawn at random, so that they differ from the defaults a training step would move them towards."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(3)
+    network = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)
+    for module in network.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+            nn.init.normal_(module.weight, 1.0, 0.2)
+    network.preprocessing = Preprocessing(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    return network
+
+
+TINY_RESNET_STREAM = {"points": ["maxpool", "layer1", "layer2", "layer3"], "pool": "avgpool"}
