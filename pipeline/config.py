@@ -167,6 +167,27 @@ class EvalConfig:
 
 
 @dataclass(config=STRICT)
+class CAStreamConfig:
+    """Training of a CA-Stream (`pipeline.castream`) on the frozen backbone; batch size, seed and device come from
+    ``train``.
+
+    ``target``: ``labels`` (the dataset's labels; ImageNet's are the backbone's classes), ``prediction`` (cross-
+    entropy to the frozen network's own top-1: distillation for data without such labels) or ``auto`` (labels
+    on ImageNet, else prediction). ``points``/``pool``: the attachment points (module names, before the last
+    stage) and the global pooling module; null for the backbone's preset.
+    """
+
+    epochs: Int = Field(1, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: Float = Field(1e-3, gt=0)
+    weight_decay: Float = Field(1e-4, ge=0)
+    momentum: Float = Field(0.9, ge=0, lt=1, description="SGD only")
+    target: Literal["auto", "labels", "prediction"] = "auto"
+    points: list[str] | None = Field(None, description="module names, or null for the backbone's preset")
+    pool: str | None = Field(None, description="the global pooling module, or null for the backbone's preset")
+
+
+@dataclass(config=STRICT)
 class ExperimentConfig:
     """A complete, reproducible description of one head training run."""
 
@@ -176,6 +197,7 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    castream: CAStreamConfig = field(default_factory=CAStreamConfig)
 
 
 def _fields(tp: Any) -> dict[str, Any]:
