@@ -11,9 +11,9 @@ The stream starts exactly as the original network: the projection into the last 
 token is 0, the last attention is uniform and ``CA`` is GAP) and the last projection is the identity.
 
 Attachment points are module names of the raw network (``Classifier.network``); presets cover torchvision's
-``resnet50`` and its family (stem after ``maxpool``, ``layer1..4``), the offline ``efficientnet_lite0/1/2`` (EfficientNet-B0's
-layout on timm's modules: after ``bn1``, ``blocks.0..6``, ``bn2``) and timm ConvNeXt models (after the stem, each
-downsampling and the last stage). Other networks name their points and pooling module themselves.
+``resnet50`` and its family (stem after ``maxpool``, ``layer1..4``), the offline ``efficientnet_lite0/1/2``
+(EfficientNet-B0's layout on timm's modules: after ``bn1``, ``blocks.0..6``, ``bn2``) and timm ConvNeXt models
+(after the stem, each downsampling and the last stage). Other networks name their points and pooling module themselves.
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ class CAStreamModel(nn.Module):
         if unknown:
             candidates = [n for n in modules if n and n.count(".") <= 1]
             raise UserError(f"{classifier.name!r} has no module(s) {', '.join(unknown)} to attach CA-Stream to; "
-                            f"set castream.points / castream.pool to module names such as: {', '.join(candidates[:40])}")
+                            "set castream.points / castream.pool to module names such as: "
+                            f"{', '.join(candidates[:40])}")
         self._modules_at = [modules[name] for name in layout.points]
         self._pool = modules[layout.pool]
         widths = self._probe()
