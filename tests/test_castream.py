@@ -53,11 +53,12 @@ def test_an_untrained_stream_gives_the_backbones_logits(single_thread):
     assert start_gap(model, torch.float32) < 1e-5
 
 
-@pytest.mark.system  # builds torchvision's resnet50 and timm's Lite0 at 224 px (about 10 s each here)
+@pytest.mark.system  # builds the networks at 224 px and runs them in float64 (10-50 s each here)
 @pytest.mark.parametrize("backbone, widths, parameters", [
     ("resnet50", [64, 256, 512, 1024, 2048], 6_969_152),
-    ("efficientnet_lite0", [32, 16, 24, 40, 80, 112, 192, 320, 1280], 2_148_336)])
-def test_an_untrained_stream_reproduces_resnet50_and_lite0(backbone, widths, parameters):
+    ("efficientnet_lite0", [32, 16, 24, 40, 80, 112, 192, 320, 1280], 2_148_336),
+    ("timm:convnext_atto", [40, 80, 160, 320, 320], 273_240)])  # the token goes through the head's LayerNorm
+def test_an_untrained_stream_reproduces_resnet50_lite0_and_convnext(backbone, widths, parameters):
     model = CAStreamModel(load_classifier(backbone, "random"), preset_layout(backbone))
     assert model.stream.widths == widths
     assert parameter_count(model.stream) == parameters  # the reference's sizes: 6.97 M and 2.15 M

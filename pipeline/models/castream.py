@@ -214,7 +214,8 @@ class CAStreamModel(nn.Module):
             seen["pool_out"] = output
             if replace is None:
                 return None
-            token, seen["attentions"] = self.stream(seen["features"])
+            with torch.autocast(output.device.type, enabled=False):  # the stream is cheap: full precision
+                token, seen["attentions"] = self.stream(seen["features"])
             token = token.to(output.dtype).reshape(output.shape)
             return torch.cat([token, output]) if replace else token
 
