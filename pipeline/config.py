@@ -174,12 +174,13 @@ class CAStreamConfig:
     ``target``: ``labels`` (the dataset's labels; ImageNet's are the backbone's classes), ``prediction`` (cross-
     entropy to the frozen network's own top-1: distillation for data without such labels) or ``auto`` (labels
     on ImageNet, else prediction). ``points``/``pool``: the attachment points (module names, before the last
-    stage) and the global pooling module; null for the backbone's preset.
+    stage) and the global pooling module; null for the backbone's preset. On the demo, AdamW at lr 1e-3 raised
+    the loss (epoch mean 3.3 against 0.84 at the start) and lost agreement with the backbone; 1e-4 lowers it.
     """
 
     epochs: Int = Field(1, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: Float = Field(1e-3, gt=0)
+    lr: Float = Field(1e-4, gt=0)
     weight_decay: Float = Field(1e-4, ge=0)
     momentum: Float = Field(0.9, ge=0, lt=1, description="SGD only")
     target: Literal["auto", "labels", "prediction"] = "auto"
