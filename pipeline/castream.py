@@ -29,7 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                    save_stream, target_kind, train_stream)
 
     settings = config.castream
-    print(f"training a CA-Stream: backbone {config.model.backbone}, target {target_kind(config)}, "
+    target = target_kind(config)
+    if target == "prediction" and settings.temperature is not None:
+        target += f" (softmax at temperature {settings.temperature:g})"
+    print(f"training a CA-Stream: backbone {config.model.backbone}, target {target}, "
           f"{settings.epochs} epoch(s) of {settings.optimizer} lr {settings.lr:g} "
           f"weight decay {settings.weight_decay:g}")
     trained = train_stream(config, progress=not args.no_progress)

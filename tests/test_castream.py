@@ -17,7 +17,8 @@ from pipeline.config import load as load_config
 from pipeline.errors import UserError
 from pipeline.models.castream import CAStream, CAStreamModel, StreamLayout, parameter_count, preset_layout
 from pipeline.models.classifiers import load_classifier
-from pipeline.training.stream_training import load_stream, save_stream, train_stream
+from pipeline.training.stream_training import (load_stream, prediction_target, save_stream, target_kind,
+                                               train_stream)
 from tests.toy_models import TINY_RESNET_STREAM
 
 TINY_RESNET = "tests.toy_models:tiny_resnet"
@@ -175,3 +176,16 @@ def test_a_stream_trained_for_another_backbone_is_refused_when_loading(tmp_path,
     with pytest.raises(UserError) as error:
         CAStreamModel(load_classifier(TINY_RESNET), TINY_LAYOUT, other)
     assert "trained for another backbone" in one_line(error)
+
+
+def test_a_soft_target_is_the_sharpened_softmax_and_labels_refuse_a_temperature(tmp_path):
+    logits = torch.tensor([[2.0, 1.0, 0.0]])
+    assert torch.equal(prediction_target(logits, None), torch.tensor([0]))
+    torch.testing.assert_close(prediction_target(logits, 0.5), torch.tensor([[4.0, 2.0, 0.0]]).softmax(1))
+    config = load_config(toy_config(tmp_path, temperature=0.5, target="labels"))
+    with pytest.raises(UserError) as error:
+        target_kind(config)
+    assert "only acts on the prediction target" in one_line(error)
+    with pytest.raises(UserError) as error:
+        load_config(toy_config(tmp_path, temperature=1.0))
+    assert "castream.temperature" in one_line(error)

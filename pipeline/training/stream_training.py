@@ -87,13 +87,24 @@ class TrainedStream:
 
 def target_kind(config: ExperimentConfig) -> str:
     """``labels`` or ``prediction`` for the config's ``castream.target`` and dataset."""
-    target = config.castream.target
+    target, imagenet = config.castream.target, config.data.dataset == "imagenet"
     if target == "auto":
-        return "labels" if config.data.dataset == "imagenet" else "prediction"
-    if target == "labels" and config.data.dataset != "imagenet":
+        target = "labels" if imagenet else "prediction"
+    if target == "labels" and config.castream.temperature is not None:
+        raise UserError(f"castream.temperature = {config.castream.temperature:g} only acts on the prediction target "
+                        "(distillation); drop it or use castream.target=prediction")
+    if target == "labels" and not imagenet:
         raise UserError(f"castream.target = 'labels' needs labels that are the backbone's classes (ImageNet); "
                         f"data.dataset = {config.data.dataset!r} has none: use castream.target=prediction")
     return target
+
+
+def prediction_target(logits: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """The distillation target from the unchanged network's logits: its top-1, or its softmax at
+    ``temperature`` (a probability target for cross-entropy)."""
+    if temperature is None:
+        return logits.argmax(1)
+    return (logits.float() / temperature).softmax(1)
 
 
 def build_stream_model(config: ExperimentConfig, device: torch.device, stream: CAStream | None = None) -> CAStreamModel:
@@ -122,11 +133,13 @@ def train_stream(config: ExperimentConfig, progress: bool = True) -> TrainedStre
     if len(splits.train) == 0:
         raise UserError("the training split is empty; check data.root and data.train_limit")
     batches = training_batches(splits.train, config, size, device)
-    epochs = config.castream.epochs
+    epochs, temperature = config.castream.epochs, config.castream.temperature
     optimizer = _optimizer(model.stream, config)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(batches))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    summary = StreamSummary(parameters=parameter_count(model.stream), target=kind)
+    soft = kind == "prediction" and temperature is not None
+    summary = StreamSummary(parameters=parameter_count(model.stream),
+                            target=f"prediction (softmax at temperature {temperature:g})" if soft else kind)
     started = time.perf_counter()
     model.train()
     with Progress(epochs * len(batches), "training CA-Stream", "steps", enabled=progress) as bar:
@@ -136,7 +149,7 @@ def train_stream(config: ExperimentConfig, progress: bool = True) -> TrainedStre
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 with autocast:
                     output = model.run(images, original=True)
-                    target = labels if kind == "labels" else output.original.argmax(1)
+                    target = labels if kind == "labels" else prediction_target(output.original, temperature)
                     loss = F.cross_entropy(output.logits.float(), target)
                 if not torch.isfinite(loss):
                     raise UserError(f"the CA-Stream loss diverged at step {summary.steps}: {float(loss)}; "
