@@ -156,6 +156,12 @@ def test_an_unknown_attachment_point_is_one_line(single_thread):
     assert "no module(s) layer9" in one_line(error)
 
 
+def test_a_point_that_runs_more_than_once_is_refused(single_thread):
+    with pytest.raises(UserError) as error:  # torchvision's ResNet blocks share one ReLU module
+        CAStreamModel(load_classifier(TINY_RESNET), StreamLayout(("layer1.0.relu",), "avgpool"))
+    assert "name modules that run once per forward pass" in one_line(error)
+
+
 def test_a_pool_that_is_not_global_average_pooling_is_refused(single_thread):
     with pytest.raises(UserError) as error:  # layer4's output is a feature map, not a pooled vector
         CAStreamModel(load_classifier(TINY_RESNET), StreamLayout(("maxpool", "layer1"), "layer4"))

@@ -186,6 +186,9 @@ class CAStreamModel(nn.Module):
         if "pool_in" not in seen:
             raise UserError(f"the pooling module {self.layout.pool!r} of {self.classifier.name!r} never ran; "
                             "castream.pool must name the global pooling before the classifier")
+        if len(seen["features"]) != len(self.layout.points) + 1:
+            raise UserError(f"the CA-Stream points of {self.classifier.name!r} ran {len(seen['features']) - 1} times "
+                            f"for {len(self.layout.points)} points; name modules that run once per forward pass")
         for name, feature in zip((*self.layout.points, self.layout.pool + " (input)"), seen["features"]):
             if feature.dim() != 4:
                 raise UserError(f"CA-Stream point {name!r} of {self.classifier.name!r} gives a {feature.dim()}-d "
@@ -233,9 +236,6 @@ class CAStreamModel(nn.Module):
         seen: dict = {}
         with self._hooks(seen, replace=original):
             logits = self.classifier(images)
-        if seen.get("features") and len(seen["features"]) != len(self.stream.widths):
-            raise UserError(f"{self.classifier.name!r} ran the CA-Stream points {len(seen['features'])} times, "
-                            f"expected {len(self.stream.widths)}; name modules that run once per forward pass")
         if not original:
             return StreamOutput(logits, seen["attentions"])
         batch = images.shape[0]
