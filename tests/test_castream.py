@@ -5,6 +5,7 @@ one-line errors."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,19 @@ import torch
 import yaml
 
 from pipeline import cli
+from pipeline.baselines.cam import CamMethod
 from pipeline.castream import main as castream_main
+from pipeline.compare import main as compare_main
 from pipeline.config import load as load_config
 from pipeline.errors import UserError
+from pipeline.evaluation.comparison import stream_attention_maps
+from pipeline.evaluation.scoring import evaluate_maps, load_eval_set
 from pipeline.models.castream import CAStream, CAStreamModel, StreamLayout, parameter_count, preset_layout
 from pipeline.models.classifiers import load_classifier
-from pipeline.training.stream_training import (load_stream, prediction_target, save_stream, target_kind,
-                                               train_stream)
+from pipeline.sanity import main as sanity_main
+from pipeline.train import main as train_main
+from pipeline.training.saved_head import load_explainer
+from pipeline.training.stream_training import load_stream, prediction_target, save_stream, train_stream
 from tests.toy_models import TINY_RESNET_STREAM
 
 TINY_RESNET = "tests.toy_models:tiny_resnet"
@@ -96,21 +103,25 @@ def test_only_the_stream_trains_and_the_backbone_statistics_do_not_move(tmp_path
     reference = load_classifier(TINY_RESNET)
     trained = train_stream(config, progress=False)
     model = trained.model
-    assert trained.summary.steps == 2 and trained.summary.target == "prediction"
-    assert trained.summary.parameters == parameter_count(model.stream)
+    assert trained.summary.steps == 2 and trained.summary.target == "prediction (softmax moved 0.1 toward the top-1)"
+    last = 512 * 512 + 512  # the last projection stays the identity
+    assert trained.summary.parameters == parameter_count(model.stream) == last + trained.summary.trained_parameters
     for name, value in reference.state_dict().items():  # BN running statistics and weights included
         assert torch.equal(model.classifier.state_dict()[name], value), name
     fresh = CAStream(model.stream.widths, seed=config.train.seed)
     start = fresh.state_dict()
     moved = [name for name, value in model.stream.state_dict().items() if not torch.equal(value, start[name])]
-    assert "projections.3.weight" in moved and "projections.4.weight" in moved
+    assert moved == [name for name in start if not name.startswith("projections.4.")]  # the last stays the identity
     # gradients reach the stream only
     model.train()
     assert not model.classifier.training and not model.classifier.network.layer1[0].bn1.training
     output = model.run(images(64, count=2), original=True)
     torch.nn.functional.cross_entropy(output.logits, output.original.argmax(1)).backward()
     assert all(p.grad is None for p in model.classifier.parameters())
-    assert all(p.grad is not None for p in model.stream.projections[-2:].parameters())
+    assert all(p.grad is not None for p in model.stream.projections[-2].parameters())
+    paper = train_stream(load_config(toy_config(tmp_path, train_last_projection=True)), progress=False)
+    assert not torch.equal(paper.model.stream.projections[-1].weight, torch.eye(512))
+    assert paper.summary.trained_parameters == paper.summary.parameters
 
 
 def test_the_command_saves_a_weights_only_stream_that_loads_back(tmp_path, capsys, single_thread):
@@ -129,6 +140,30 @@ def test_the_command_saves_a_weights_only_stream_that_loads_back(tmp_path, capsy
     model, config = load_stream(out, device="cpu")
     assert config.castream.epochs == 2
     assert torch.equal(model.stream.token.detach(), saved["state"]["token"])
+
+
+@pytest.mark.slow  # MLflow creates its SQLite store (about 10 s)
+def test_the_command_logs_params_steps_agreement_and_the_stream_to_mlflow(tmp_path, capsys, single_thread):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(SystemExit) as stop:
+        cli.run(castream_main, ["--experiment", str(toy_config(tmp_path)), "--set", "castream.epochs=2",
+                                "--out", str(tmp_path / "out"), "--no-progress", "--tracking-uri", uri])
+    assert stop.value.code == 0, capsys.readouterr().err
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("ptame").experiment_id], "tags.role = 'castream'")[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "castream"
+    assert run.data.params["config.castream.lr"] == "0.01" and run.data.params["config.model.backbone"] == TINY_RESNET
+    assert run.data.params["target"] == "prediction (softmax moved 0.1 toward the top-1)"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1, 2, 3]
+    assert len(client.get_metric_history(run.info.run_id, "agreement")) == 4
+    summary = json.loads((tmp_path / "out" / "castream.json").read_text())
+    assert run.data.metrics["test.top1_agreement"] == summary["evaluation"]["test"]["top1_agreement"]
+    assert run.data.metrics["parameters"] == summary["parameters"] > run.data.metrics["trained_parameters"] > 0
+    assert run.data.metrics["seconds"] > 0
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "stream")}
+    assert artifacts == {"stream/stream.pt", "stream/config.yaml", "stream/castream.json"}
 
 
 def one_line(error: pytest.ExceptionInfo) -> str:
@@ -184,14 +219,119 @@ def test_a_stream_trained_for_another_backbone_is_refused_when_loading(tmp_path,
     assert "trained for another backbone" in one_line(error)
 
 
-def test_a_soft_target_is_the_sharpened_softmax_and_labels_refuse_a_temperature(tmp_path):
+def test_the_prediction_target_is_the_softmax_moved_toward_the_top1():
     logits = torch.tensor([[2.0, 1.0, 0.0]])
-    assert torch.equal(prediction_target(logits, None), torch.tensor([0]))
-    torch.testing.assert_close(prediction_target(logits, 0.5), torch.tensor([[4.0, 2.0, 0.0]]).softmax(1))
-    config = load_config(toy_config(tmp_path, temperature=0.5, target="labels"))
-    with pytest.raises(UserError) as error:
-        target_kind(config)
-    assert "only acts on the prediction target" in one_line(error)
-    with pytest.raises(UserError) as error:
-        load_config(toy_config(tmp_path, temperature=1.0))
-    assert "castream.temperature" in one_line(error)
+    assert torch.equal(prediction_target(logits, 1.0), torch.tensor([0]))
+    expected = 0.75 * logits.softmax(1) + 0.25 * torch.tensor([[1.0, 0.0, 0.0]])
+    torch.testing.assert_close(prediction_target(logits, 0.25), expected)
+
+
+def test_with_the_identity_last_projection_grad_cam_on_the_stream_is_grad_cam_on_gap(single_thread):
+    """Grad-CAM's channel weights are the position mean of the gradient; the part through the attention sums to zero
+    over positions (a softmax's), so only the last projection W changes them (to W^T c). Grad-CAM++ and Score-CAM
+    weigh positions differently and do change."""
+    model = CAStreamModel(load_classifier(TINY_RESNET), TINY_LAYOUT)
+    with torch.no_grad():
+        model.stream.projections[-2].weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
+    batch = images(64, count=4, seed=2)
+    with torch.no_grad():
+        attention = model.run(batch).attentions[-1]
+    assert attention.flatten(1).amin(1).max() < 0.1  # far from uniform (1/4 on the 2x2 grid)
+    targets = model(batch).argmax(1)
+    maps = {name: (CamMethod(name, model.classifier, "layer4", model=model)(batch, targets),
+                   CamMethod(name, model.classifier, "layer4")(batch, targets)) for name in ("gradcam", "gradcam++")}
+    torch.testing.assert_close(*maps["gradcam"], atol=1e-5, rtol=1e-4)
+    assert (maps["gradcam++"][0] - maps["gradcam++"][1]).abs().max() > 0.01
+
+
+def compare(argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as stop:
+        cli.run(compare_main, argv)
+    captured = capsys.readouterr()
+    return stop.value.code, captured.out + captured.err
+
+
+@pytest.mark.slow  # trains a toy head and two toy streams, then five comparison rows (about 20 s)
+def test_compare_ca_rows_score_like_pipeline_evaluate_and_refuse_another_backbones_stream(tmp_path, capsys,
+                                                                                           single_thread):
+    # a stream that moves away from GAP, its last projection trained as in the paper (else Grad-CAM would not change)
+    experiment = toy_config(tmp_path, epochs=3, lr=0.05, top1_weight=1.0, train_last_projection=True)
+    values = yaml.safe_load(experiment.read_text())
+    values["model"] |= {"auxiliary": "tests.toy_models:tiny_features", "auxiliary_layers": ["stage1", "stage2"]}
+    values["evaluation"] = {"percentages": [25, 50, 75]}
+    experiment.write_text(yaml.safe_dump(values))
+    for command, out in ((train_main, "head"), (castream_main, "stream")):
+        with pytest.raises(SystemExit) as stop:
+            cli.run(command, ["--experiment", str(experiment), "--out", str(tmp_path / out), "--no-progress"])
+        assert stop.value.code == 0
+
+    code, printed = compare(["--head", str(tmp_path / "head"), "--ca-stream", str(tmp_path / "stream"), "--split",
+                             "val", "--limit", "4", "--methods", "gradcam,gradcam++,scorecam", "--target-layer",
+                             "layer4", "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, printed
+    report = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    rows = {row["method"]: row for row in report["rows"]}
+    assert list(rows) == ["P-TAME (head)", "gradcam", "gradcam++", "scorecam", "ca-gradcam", "ca-gradcam++",
+                          "ca-scorecam", "ca-attention"]
+    assert {rows[name]["kind"] for name in list(rows)[4:]} == {"ca-stream"}
+    assert [rows[name]["forward_passes"] for name in ("gradcam", "ca-gradcam", "ca-attention")] == [1, 1, 1]
+    assert rows["ca-scorecam"]["forward_passes"] == rows["scorecam"]["forward_passes"] == 1 + 512  # per channel
+    assert rows["gradcam"]["agreement"] is None
+    assert rows["ca-attention"]["resolution"] == rows["ca-gradcam"]["resolution"] == 2 * 2
+    assert "| ca-scorecam |" in printed and "CA-Stream" in (tmp_path / "out" / "comparison.md").read_text()
+
+    # the same maps, made again and scored by `pipeline.evaluate`'s scoring, give the rows' numbers exactly
+    model, config = load_stream(tmp_path / "stream", device="cpu")
+    explainer, _ = load_explainer(tmp_path / "head")
+    evalset = load_eval_set(explainer.classifier, config, "val", limit=4)
+    agreement = float((model(evalset.images).argmax(1) == evalset.targets).float().mean())
+    maps = {"ca-gradcam": CamMethod("gradcam", model.classifier, "layer4", model=model)(evalset.images,
+                                                                                         evalset.targets),
+            "ca-attention": stream_attention_maps(model, evalset.images, 32)}
+    gap = CamMethod("gradcam", model.classifier, "layer4")(evalset.images, evalset.targets)
+    assert (maps["ca-gradcam"] - gap).abs().max() > 0.01, "the stream changes Grad-CAM's map"
+    for name, saliency in maps.items():
+        evaluation = evaluate_maps(explainer.classifier, evalset, saliency, config.evaluation)
+        scores = evaluation.road.metrics() | evaluation.adic.metrics()
+        assert scores == pytest.approx({key: rows[name]["metrics"][key] for key in scores}), name
+        assert rows[name]["agreement"] == pytest.approx(agreement)
+
+    other = tiny_resnet_weights(tmp_path / "other.pt")
+    with pytest.raises(SystemExit):
+        cli.run(castream_main, ["--experiment", str(experiment), "--out", str(tmp_path / "other"), "--no-progress",
+                                "--set", f"model.backbone_weights={other}"])
+    code, printed = compare(["--head", str(tmp_path / "head"), "--ca-stream", str(tmp_path / "other"), "--split",
+                             "val", "--methods", "random", "--out", str(tmp_path / "out2")], capsys)
+    assert code == 2 and printed.count("\n") == 1
+    assert "was trained for tests.toy_models:tiny_resnet (weights " in printed
+
+
+def tiny_resnet_weights(path: Path) -> Path:
+    """Weights for the tiny ResNet that differ from its own: another backbone with the same modules."""
+    network = load_classifier(TINY_RESNET).network
+    with torch.no_grad():
+        network.fc.weight.mul_(-1)
+    torch.save(network.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow  # trains a toy stream, then maps it at every randomisation level (about 10 s)
+def test_sanity_runs_on_a_streams_maps_and_refuses_retraining_it(tmp_path, capsys, single_thread):
+    with pytest.raises(SystemExit) as stop:
+        cli.run(castream_main, ["--experiment", str(toy_config(tmp_path, lr=0.05)), "--out", str(tmp_path / "stream"),
+                                "--no-progress"])
+    assert stop.value.code == 0
+    with pytest.raises(SystemExit) as stop:
+        cli.run(sanity_main, ["--ca-stream", str(tmp_path / "stream"), "--ca-maps", "gradcam++", "--target-layer",
+                              "layer4", "--split", "val", "--limit", "4", "--out", str(tmp_path / "sanity")])
+    printed = capsys.readouterr().out
+    assert stop.value.code == 0, printed
+    report = json.loads((tmp_path / "sanity" / "sanity_reevaluate.json").read_text())
+    levels = report["levels"]
+    assert report["ca_stream"]["maps"] == "gradcam++" and report["head"] is None
+    assert levels[0]["ssim_mean"] == pytest.approx(1.0) and levels[0]["coverage"] is None
+    assert [level["block"] for level in levels[1:]] == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    assert levels[-1]["ssim_mean"] < 0.9 and "coverage    n/a" in printed
+    with pytest.raises(SystemExit) as stop:
+        cli.run(sanity_main, ["--ca-stream", str(tmp_path / "stream"), "--protocol", "retrain", "--split", "val"])
+    assert stop.value.code == 2 and "with its trained weights kept" in capsys.readouterr().err

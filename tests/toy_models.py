@@ -11,19 +11,22 @@ TOY_PREPROCESSING = Preprocessing(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 class TinyClassifier(nn.Module):
-    """Two strided convs, global pooling, a linear layer: 32x32 images, ``num_classes`` logits."""
+    """Two strided convs, global pooling (max, or average as a ``pool`` module), a linear layer: 32x32 images,
+    ``num_classes`` logits."""
 
     preprocessing = TOY_PREPROCESSING
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, pooling: str = "max"):
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                                       nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
                                       nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU())
         self.fc = nn.Linear(32, num_classes)
+        self.pool = nn.AdaptiveAvgPool2d(1) if pooling == "average" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).amax(dim=(2, 3)))
+        features = self.features(x)
+        return self.fc(features.amax(dim=(2, 3)) if self.pool is None else self.pool(features).flatten(1))
 
 
 class TinyFeatures(nn.Module):

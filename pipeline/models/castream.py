@@ -19,9 +19,9 @@ Attachment points are module names of the raw network (``Classifier.network``); 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -247,7 +247,7 @@ class CAStreamModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.run(images).logits
 
-    def train(self, mode: bool = True) -> "CAStreamModel":
+    def train(self, mode: bool = True) -> CAStreamModel:
         """Only the stream changes mode; the frozen classifier stays in eval mode."""
         self.training = mode
         self.stream.train(mode)
@@ -255,5 +255,6 @@ class CAStreamModel(nn.Module):
         return self
 
 
-def parameter_count(stream: CAStream) -> int:
-    return sum(parameter.numel() for parameter in stream.parameters())
+def parameter_count(stream: CAStream, trainable: bool = False) -> int:
+    """The stream's parameters (``trainable``: only those that require gradients)."""
+    return sum(parameter.numel() for parameter in stream.parameters() if parameter.requires_grad or not trainable)

@@ -3,25 +3,26 @@ unchanged network, and save / load it (``stream.pt`` reads with ``torch.load(...
 
 Only the stream trains; the backbone and its classifier stay frozen in eval mode, so their BatchNorm
 statistics never move (`FrozenNetwork.train` is a no-op). The target is the dataset's labels on ImageNet and
-cross-entropy to the frozen network's own top-1 elsewhere. (Distilling to its softmax would not train at all:
-the stream starts as the original network, where that loss is at its minimum and its gradient is zero.)
+elsewhere the frozen network's softmax moved a share ``castream.top1_weight`` toward its own top-1. (Distilling to
+its softmax alone would not train at all: the stream starts as the original network, where that loss is at its
+minimum and its gradient is zero.)
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline import config as configs
-from pipeline.config import ExperimentConfig
+from pipeline.config import CAStreamConfig, ExperimentConfig
 from pipeline.data.batches import training_batches
 from pipeline.data.sources import build_splits
 from pipeline.errors import UserError
@@ -29,6 +30,7 @@ from pipeline.models.castream import CAStream, CAStreamModel, parameter_count, r
 from pipeline.models.classifiers import load_classifier
 from pipeline.models.device import resolve_device
 from pipeline.progress import Progress
+from pipeline.training.loop import StepCallback
 
 STREAM_FILE, CONFIG_FILE, SUMMARY_FILE = "stream.pt", "config.yaml", "castream.json"
 
@@ -67,6 +69,7 @@ class StreamSummary:
     images: int = 0
     seconds: float = 0.0
     parameters: int = 0
+    trained_parameters: int = 0
     target: str = ""
     losses: list[float] = field(default_factory=list)  # mean per epoch
     train: dict = field(default_factory=dict)  # agreement during the last epoch
@@ -74,7 +77,8 @@ class StreamSummary:
 
     def as_dict(self) -> dict:
         return {"steps": self.steps, "images": self.images, "seconds": round(self.seconds, 3),
-                "parameters": self.parameters, "target": self.target, "epoch_losses": self.losses,
+                "parameters": self.parameters,
+                "trained_parameters": self.trained_parameters, "target": self.target, "epoch_losses": self.losses,
                 "train": self.train, "evaluation": self.evaluation}
 
 
@@ -90,21 +94,27 @@ def target_kind(config: ExperimentConfig) -> str:
     target, imagenet = config.castream.target, config.data.dataset == "imagenet"
     if target == "auto":
         target = "labels" if imagenet else "prediction"
-    if target == "labels" and config.castream.temperature is not None:
-        raise UserError(f"castream.temperature = {config.castream.temperature:g} only acts on the prediction target "
-                        "(distillation); drop it or use castream.target=prediction")
     if target == "labels" and not imagenet:
         raise UserError(f"castream.target = 'labels' needs labels that are the backbone's classes (ImageNet); "
                         f"data.dataset = {config.data.dataset!r} has none: use castream.target=prediction")
     return target
 
 
-def prediction_target(logits: torch.Tensor, temperature: float | None) -> torch.Tensor:
-    """The distillation target from the unchanged network's logits: its top-1, or its softmax at
-    ``temperature`` (a probability target for cross-entropy)."""
-    if temperature is None:
-        return logits.argmax(1)
-    return (logits.float() / temperature).softmax(1)
+def describe_target(config: ExperimentConfig) -> str:
+    """The training target in words, for the console and the summary."""
+    kind, weight = target_kind(config), config.castream.top1_weight
+    if kind == "labels":
+        return kind
+    return "prediction (top-1)" if weight == 1 else f"prediction (softmax moved {weight:g} toward the top-1)"
+
+
+def prediction_target(logits: torch.Tensor, top1_weight: float) -> torch.Tensor:
+    """The distillation target from the unchanged network's logits: ``(1 - w)·softmax + w·one-hot(top-1)``
+    as probabilities for cross-entropy, or the top-1 indices at ``w = 1``."""
+    top1 = logits.argmax(1)
+    if top1_weight == 1:
+        return top1
+    return (1 - top1_weight) * logits.float().softmax(1) + top1_weight * F.one_hot(top1, logits.shape[1])
 
 
 def build_stream_model(config: ExperimentConfig, device: torch.device, stream: CAStream | None = None) -> CAStreamModel:
@@ -115,41 +125,35 @@ def build_stream_model(config: ExperimentConfig, device: torch.device, stream: C
     return model.to(device)
 
 
-def _optimizer(stream: CAStream, config: ExperimentConfig) -> torch.optim.Optimizer:
-    settings = config.castream
+def _optimizer(stream: CAStream, settings: CAStreamConfig) -> torch.optim.Optimizer:
+    stream.projections[-1].requires_grad_(settings.train_last_projection)
+    parameters = [parameter for parameter in stream.parameters() if parameter.requires_grad]
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(stream.parameters(), lr=settings.lr, momentum=settings.momentum,
+        return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
                                weight_decay=settings.weight_decay)
-    return torch.optim.AdamW(stream.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def train_stream(config: ExperimentConfig, progress: bool = True) -> TrainedStream:
-    """Train a stream for ``config`` (``castream`` section; batch size, seed, device from ``train``)."""
-    device = resolve_device(config.train.device)
-    kind = target_kind(config)
-    model = build_stream_model(config, device)
-    size = model.classifier.preprocessing.input_size
-    splits = build_splits(config.data, size)
-    if len(splits.train) == 0:
-        raise UserError("the training split is empty; check data.root and data.train_limit")
-    batches = training_batches(splits.train, config, size, device)
-    epochs, temperature = config.castream.epochs, config.castream.temperature
-    optimizer = _optimizer(model.stream, config)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(batches))
+def fit_stream(model: CAStreamModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
+               settings: CAStreamConfig, kind: str, summary: StreamSummary, progress: bool = True,
+               on_step: StepCallback | None = None) -> None:
+    """Train ``model.stream`` on ``batches`` of (images, labels) for ``settings.epochs`` epochs towards ``kind``
+    (``labels`` or ``prediction``), recording steps, images and losses in ``summary``; ``on_step(step, {"loss":
+    ..., "agreement": ...})`` after every step (the batch's top-1 agreement with the unchanged network)."""
+    device = next(model.stream.parameters()).device
+    optimizer = _optimizer(model.stream, settings)
+    summary.trained_parameters = parameter_count(model.stream, trainable=True)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps_per_epoch)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    soft = kind == "prediction" and temperature is not None
-    summary = StreamSummary(parameters=parameter_count(model.stream),
-                            target=f"prediction (softmax at temperature {temperature:g})" if soft else kind)
-    started = time.perf_counter()
     model.train()
-    with Progress(epochs * len(batches), "training CA-Stream", "steps", enabled=progress) as bar:
-        for _ in range(epochs):
-            agreement, total = Agreement(), 0.0
+    with Progress(settings.epochs * steps_per_epoch, "training CA-Stream", "steps", enabled=progress) as bar:
+        for _ in range(settings.epochs):
+            agreement, total, step = Agreement(), 0.0, 0
             for step, (images, labels) in enumerate(batches, 1):
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 with autocast:
                     output = model.run(images, original=True)
-                    target = labels if kind == "labels" else prediction_target(output.original, temperature)
+                    target = labels if kind == "labels" else prediction_target(output.original, settings.top1_weight)
                     loss = F.cross_entropy(output.logits.float(), target)
                 if not torch.isfinite(loss):
                     raise UserError(f"the CA-Stream loss diverged at step {summary.steps}: {float(loss)}; "
@@ -158,14 +162,35 @@ def train_stream(config: ExperimentConfig, progress: bool = True) -> TrainedStre
                 loss.backward()
                 optimizer.step()
                 schedule.step()
+                agreed = agreement.agree
                 agreement.add(output.logits.detach(), output.original, labels if kind == "labels" else None)
                 total += float(loss.detach())
+                if on_step is not None:
+                    on_step(summary.steps, {"loss": float(loss.detach()),
+                                            "agreement": (agreement.agree - agreed) / images.shape[0]})
                 summary.steps += 1
                 summary.images += images.shape[0]
                 bar.update(status=f"mean loss {total / step:.4f}")
-            summary.losses.append(round(total / max(len(batches), 1), 5))
+            summary.losses.append(round(total / max(step, 1), 5))
             summary.train = agreement.as_dict()
     model.eval()
+
+
+def train_stream(config: ExperimentConfig, progress: bool = True,
+                 on_step: StepCallback | None = None) -> TrainedStream:
+    """Train a stream for ``config`` (``castream`` section; batch size, seed, device from ``train``); see
+    `fit_stream` for ``on_step``."""
+    device = resolve_device(config.train.device)
+    kind = target_kind(config)
+    model = build_stream_model(config, device)
+    size = model.classifier.preprocessing.input_size
+    splits = build_splits(config.data, size)
+    if len(splits.train) == 0:
+        raise UserError("the training split is empty; check data.root and data.train_limit")
+    batches = training_batches(splits.train, config, size, device)
+    summary = StreamSummary(parameters=parameter_count(model.stream), target=describe_target(config))
+    started = time.perf_counter()
+    fit_stream(model, batches, len(batches), config.castream, kind, summary, progress, on_step)
     summary.seconds = time.perf_counter() - started
     return TrainedStream(model, summary, config)
 
@@ -197,9 +222,9 @@ def evaluate_splits(trained: TrainedStream, splits: Sequence[str] = ("val", "tes
         trained.summary.evaluation[name] = agreement.as_dict()
 
 
-def save_stream(trained: TrainedStream, directory: str | Path) -> Path:
+def save_stream(trained: TrainedStream, directory: str | Path) -> list[Path]:
     """Write ``stream.pt`` (the stream's state with its backbone, layout and widths), ``config.yaml`` and
-    ``castream.json`` (the summary)."""
+    ``castream.json`` (the summary); returns their paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = trained.model
@@ -209,7 +234,7 @@ def save_stream(trained: TrainedStream, directory: str | Path) -> Path:
                directory / STREAM_FILE)
     configs.dump(trained.config, directory / CONFIG_FILE)
     (directory / SUMMARY_FILE).write_text(json.dumps(trained.summary.as_dict(), indent=2))
-    return directory
+    return [directory / name for name in (STREAM_FILE, CONFIG_FILE, SUMMARY_FILE)]
 
 
 def load_stream(directory: str | Path, device: str = "auto",
