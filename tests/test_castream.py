@@ -300,26 +300,32 @@ def test_compare_ca_rows_score_like_pipeline_evaluate_and_refuse_another_backbon
     with pytest.raises(SystemExit):
         cli.run(castream_main, ["--experiment", str(experiment), "--out", str(tmp_path / "other"), "--no-progress",
                                 "--set", f"model.backbone_weights={other}"])
+    capsys.readouterr()
     code, printed = compare(["--head", str(tmp_path / "head"), "--ca-stream", str(tmp_path / "other"), "--split",
                              "val", "--methods", "random", "--out", str(tmp_path / "out2")], capsys)
-    assert code == 2 and printed.count("\n") == 1
-    assert "was trained for tests.toy_models:tiny_resnet (weights " in printed
+    error = printed.splitlines()[-1]  # after the line naming the ROAD protocol
+    assert code == 2 and error.startswith("error: --ca-stream ")
+    assert f"was trained for tests.toy_models:tiny_resnet (weights {other}), but the heads explain" in error
 
 
 def tiny_resnet_weights(path: Path) -> Path:
-    """Weights for the tiny ResNet that differ from its own: another backbone with the same modules."""
+    """Weights for the tiny ResNet that differ from its own in every layer: another backbone with the same modules
+    (and one that a fresh initialisation of the architecture changes everywhere)."""
     network = load_classifier(TINY_RESNET).network
+    generator = torch.Generator().manual_seed(4)
     with torch.no_grad():
-        network.fc.weight.mul_(-1)
+        for parameter in network.parameters():
+            parameter.add_(0.5 * parameter.std().nan_to_num() * torch.randn(parameter.shape, generator=generator))
     torch.save(network.state_dict(), path)
     return path
 
 
 @pytest.mark.slow  # trains a toy stream, then maps it at every randomisation level (about 10 s)
 def test_sanity_runs_on_a_streams_maps_and_refuses_retraining_it(tmp_path, capsys, single_thread):
+    weights = tiny_resnet_weights(tmp_path / "weights.pt")  # so that randomising changes every block
     with pytest.raises(SystemExit) as stop:
         cli.run(castream_main, ["--experiment", str(toy_config(tmp_path, lr=0.05)), "--out", str(tmp_path / "stream"),
-                                "--no-progress"])
+                                "--no-progress", "--set", f"model.backbone_weights={weights}"])
     assert stop.value.code == 0
     with pytest.raises(SystemExit) as stop:
         cli.run(sanity_main, ["--ca-stream", str(tmp_path / "stream"), "--ca-maps", "gradcam++", "--target-layer",
@@ -330,7 +336,7 @@ def test_sanity_runs_on_a_streams_maps_and_refuses_retraining_it(tmp_path, capsy
     levels = report["levels"]
     assert report["ca_stream"]["maps"] == "gradcam++" and report["head"] is None
     assert levels[0]["ssim_mean"] == pytest.approx(1.0) and levels[0]["coverage"] is None
-    assert [level["block"] for level in levels[1:]] == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    assert (levels[1]["block"], levels[-1]["block"]) == ("conv1", "fc")  # bottom-up, the whole network
     assert levels[-1]["ssim_mean"] < 0.9 and "coverage    n/a" in printed
     with pytest.raises(SystemExit) as stop:
         cli.run(sanity_main, ["--ca-stream", str(tmp_path / "stream"), "--protocol", "retrain", "--split", "val"])

@@ -70,12 +70,11 @@ def conventions(evalset: EvalSet, rise: RiseSettings, layers: dict[str, str], ca
         "the head's random initial rows); n/a for baselines, which explain any class.",
     ]
     if ca_stream:
-        notes.append(
-            "ca-* rows: CA-Stream (attention pooling in place of GAP). ca-gradcam/++/scorecam are those CAMs computed "
-            "on "
-        "the stream model at the same layer, ca-attention its raw last-stage attention (class-agnostic); all are "
-        "scored by the unchanged backbone. Agreement = share of images where the stream model's top-1 is the "
-        "backbone's.")
+        notes.append("ca-* rows: CA-Stream (attention pooling in place of GAP). ca-gradcam/++/scorecam are those CAMs "
+                     "computed on the stream model at the same layer (ca-gradcam equals gradcam exactly while the "
+                     "stream's last projection is the identity, castream.train_last_projection: false), ca-attention "
+                     "its raw last-stage attention (class-agnostic); all are scored by the unchanged backbone. "
+                     "Agreement = share of images where the stream model's top-1 is the backbone's.")
     return notes
 
 
