@@ -37,6 +37,8 @@ from pipeline.training.saved_head import load_explainer
 from pipeline.training.stream_training import load_stream
 
 FIGURE_IMAGES = 3
+STREAM_PROTOCOL = ("the trained stream is kept on the randomised backbone: its maps change through the randomised "
+                   "features and the class the backbone predicts")
 
 
 def _line(level: Level) -> str:
@@ -77,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     blocks = blocks_for(config.model.backbone, classifier.network, args.blocks)
     evalset = load_eval_set(classifier, config, args.split, args.images, args.limit)
     what = f"CA-Stream {args.ca_maps} maps" if args.ca_stream else "head maps"
-    print(f"MPRT of {what}, protocol {args.protocol}: {PROTOCOLS[args.protocol]}")
+    description = STREAM_PROTOCOL if args.ca_stream else PROTOCOLS[args.protocol]
+    print(f"MPRT of {what}, protocol {args.protocol}: {description}")
     print(f"cascading bottom-up randomisation of {config.model.backbone} over {len(blocks)} blocks: "
           + "; ".join(f"{b.label} = {'+'.join(b.modules)}" for b in blocks))
     started = time.perf_counter()
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"sanity_{args.protocol}"
-    report = {"protocol": args.protocol, "protocol_description": PROTOCOLS[args.protocol],
+    report = {"protocol": args.protocol, "protocol_description": description,
               "order": "bottom-up, cascading", "similarity": "SSIM (skimage, 7x7 window, data range 1)",
               "head": str(args.head) if args.head else None,
               "ca_stream": {"folder": str(args.ca_stream), "maps": args.ca_maps} if args.ca_stream else None,
