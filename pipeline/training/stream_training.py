@@ -65,6 +65,9 @@ class Agreement:
 
 @dataclass
 class StreamSummary:
+    """What a stream's training did (``castream.json``): steps, images, seconds, parameter counts, the target in
+    words, the mean loss per epoch, the last epoch's agreement and the agreement per split after training."""
+
     steps: int = 0
     images: int = 0
     seconds: float = 0.0
