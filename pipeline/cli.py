@@ -14,6 +14,7 @@ from pipeline.errors import UserError
 
 if TYPE_CHECKING:
     from pipeline.models.coverage import ClassCoverage
+    from pipeline.tracking.runs import RunLog
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,3 +87,47 @@ def road_overrides(args: argparse.Namespace) -> list[str]:
     if args.percentages is not None:
         overrides.append(f"evaluation.percentages=[{', '.join(map(str, args.percentages))}]")
     return overrides
+
+
+def add_tracking_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--tracking-uri URI`` and ``--search NAME`` (nest the run under that search's parent run)."""
+    parser.add_argument("--tracking-uri", help=f"log {what} to MLflow here")
+    parser.add_argument("--search", help="nest the MLflow run under this search's parent run "
+                                         "(runs/search/NAME or a folder)")
+
+
+def check_tracking(args: argparse.Namespace) -> None:
+    """Fail fast in one line when the tracking server of ``--tracking-uri`` does not answer."""
+    if args.tracking_uri or args.search:
+        from pipeline.tracking.stores import check_tracking_server
+
+        check_tracking_server(args.tracking_uri)
+
+
+def search_parent_run(name: str) -> str:
+    """The MLflow parent run of search ``name`` (a search folder, or a name under the default root)."""
+    from pipeline.hpo.folder import PARENT_RUN, SearchFolder
+
+    folder = SearchFolder.find(name)
+    run_id = folder.state.get(PARENT_RUN)
+    if not run_id:
+        raise UserError(f"search {name!r} ({folder.directory}) has no MLflow run yet; run it first")
+    return run_id
+
+
+def start_tracking(args: argparse.Namespace, name: str, params: dict[str, typing.Any]) -> RunLog | None:
+    """The command's MLflow run ``name`` (tag ``role`` = ``name``) when ``--tracking-uri`` or ``--search`` asks for
+    one, started before the work so a bad --search or URI fails fast."""
+    if not (args.tracking_uri or args.search):
+        return None
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking.runs import Tracker
+
+    parent = search_parent_run(args.search) if args.search else None
+    tracker = Tracker(args.tracking_uri)
+    try:
+        return tracker.start_run(name, params, {"role": name}, parent_run_id=parent)
+    except MlflowException as error:
+        raise UserError(f"cannot log to {tracker.tracking_uri}: {str(error).splitlines()[0]}; pass the "
+                        "--tracking-uri the search used") from None

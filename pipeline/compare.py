@@ -3,11 +3,14 @@
     python -m pipeline.compare --head DIR [--head DIR2 ...] (--split val|test | --images PATH...)
         [--methods gradcam,gradcam++,scorecam,ablationcam,rise,random,center] [--limit N] [--out DIR]
         [--target-layer NAME] [--rise-masks N] [--tracking-uri URI] [--search NAME]
-        [--imputer noisy_linear|telea] [--percentages P...]
+        [--imputer noisy_linear|telea] [--percentages P...] [--ca-stream DIR]
 
 One row per head and per method: AD/IC at 100/50/15 % kept, ROAD MoRF/LeRF AUC, AG, Insertion and Deletion
 AUC, the map resolution R, forward passes per explanation (counted with hooks), seconds per image and, for
-heads, the coverage (share of images whose explained class the head was trained on). Every row is scored by
+heads, the coverage (share of images whose explained class the head was trained on). ``--ca-stream DIR`` (a
+stream of `pipeline.castream` for the same backbone) adds rows ca-gradcam, ca-gradcam++, ca-scorecam (those CAMs on
+the stream model, for the ones in ``--methods``) and ca-attention (its last-stage attention), with the stream
+model's top-1 agreement. Every row is scored by
 the same functions, on the same images, for the same classes (the backbone's clean predictions), and ROAD under
 one protocol: the first head's ``evaluation`` config, or ``--imputer``/``--percentages``; the output says which,
 and says so when the heads' configs name different protocols.
@@ -22,22 +25,26 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-from mlflow.exceptions import MlflowException
 
 from pipeline import cli
 from pipeline.baselines.rise import RiseSettings
 from pipeline.cli import add_device_argument, add_road_arguments, add_source_arguments, road_overrides
 from pipeline.errors import UserError
-from pipeline.evaluation.comparison import METHODS, Row, baseline_methods, head_methods, load_heads, run_method
+from pipeline.evaluation.comparison import (
+    METHODS,
+    Row,
+    baseline_methods,
+    head_methods,
+    load_heads,
+    load_stream_for,
+    run_method,
+    stream_methods,
+)
 from pipeline.evaluation.scoring import load_eval_set
-from pipeline.hpo.folder import DEFAULT_ROOT, PARENT_RUN, SearchFolder
 from pipeline.metrics.road import road_protocol_of
 from pipeline.models.contributions import LayerContribution, layer_contributions
 from pipeline.reports.comparison_report import _passes, conventions, protocol_notes, write_figure, write_outputs
-from pipeline.tracking.runs import RunLog, Tracker
-from pipeline.tracking.stores import check_tracking_server
+from pipeline.tracking.runs import RunLog
 
 
 def parse_methods(text: str) -> list[str]:
@@ -46,28 +53,6 @@ def parse_methods(text: str) -> list[str]:
     if unknown:
         raise UserError(f"unknown method {unknown[0]!r} in --methods; choose from {','.join(METHODS)}")
     return list(dict.fromkeys(names))
-
-
-def search_parent_run(name: str) -> str:
-    """The MLflow parent run of search ``name`` (a search folder, or a name under `DEFAULT_ROOT`)."""
-    folder = SearchFolder.find(name)
-    run_id = folder.state.get(PARENT_RUN)
-    if not run_id:
-        raise UserError(f"search {name!r} ({folder.directory}) has no MLflow run yet; run it first")
-    return run_id
-
-
-def start_tracking(args: argparse.Namespace, params: dict[str, Any]) -> RunLog | None:
-    """The comparison's MLflow run, started before the work so a bad --search or URI fails fast."""
-    if not (args.tracking_uri or args.search):
-        return None
-    parent = search_parent_run(args.search) if args.search else None
-    tracker = Tracker(args.tracking_uri)
-    try:
-        return tracker.start_run("comparison", params, {"role": "comparison"}, parent_run_id=parent)
-    except MlflowException as error:
-        raise UserError(f"cannot log to {tracker.tracking_uri}: {str(error).splitlines()[0]}; pass the "
-                        "--tracking-uri the search used") from None
 
 
 def metric_key(name: str) -> str:
@@ -81,8 +66,7 @@ def log_comparison(run: RunLog, rows: Sequence[Row], contributions: dict[str, li
     for row in rows:
         values = row.metrics | {"resolution": row.resolution, "forward_passes": row.forward_passes,
                                 "seconds_per_image": row.seconds_per_image}
-        if row.coverage is not None:
-            values["coverage"] = row.coverage
+        values |= {key: getattr(row, key) for key in ("coverage", "agreement") if getattr(row, key) is not None}
         metrics |= {f"{metric_key(row.method)}.{key}": value for key, value in values.items()}
     for name, entries in contributions.items():
         metrics |= {f"{metric_key(name)}.contribution.{c.layer}": c.contribution for c in entries}
@@ -97,20 +81,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="folder written by pipeline.train (repeatable; all must explain the same backbone)")
     add_source_arguments(parser)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
+    parser.add_argument("--ca-stream", type=Path,
+                        help="add the CA rows of this CA-Stream (pipeline.castream's folder): ca-<CAM> for the "
+                             "Grad-CAM, Grad-CAM++ and Score-CAM of --methods, and ca-attention")
     parser.add_argument("--target-layer", help="module of the backbone the CAMs read (default: the backbone's preset)")
     parser.add_argument("--rise-masks", type=int, default=RiseSettings.masks, help="RISE's N (default 8000)")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="output folder")
-    parser.add_argument("--tracking-uri", help="log the comparison to MLflow here")
-    parser.add_argument("--search",
-                        help=f"nest the MLflow run under this search's parent run ({DEFAULT_ROOT}/NAME or a folder)")
+    cli.add_tracking_arguments(parser, "the comparison")
     add_road_arguments(parser)
     add_device_argument(parser)
     args = parser.parse_args(argv)
     args.methods = parse_methods(args.methods)
     if args.rise_masks < 1:
         parser.error(f"--rise-masks {args.rise_masks}: give a positive number of masks")
-    if args.tracking_uri or args.search:
-        check_tracking_server(args.tracking_uri)
+    cli.check_tracking(args)
     return args
 
 
@@ -124,12 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     rise = RiseSettings(masks=args.rise_masks, batch_size=config.evaluation.batch_size)
     methods = head_methods(heads) + baseline_methods(args.methods, classifier, args.target_layer,
                                                      config.evaluation.batch_size, rise)
+    if args.ca_stream:
+        stream = load_stream_for(args.ca_stream, config, args.device)
+        methods += stream_methods(stream, args.methods, args.target_layer, config.evaluation.batch_size)
     evalset = load_eval_set(classifier, config, args.split, args.images, args.limit)
     layers = {m.name: m.target_layer for m in methods if m.target_layer is not None}
     header = {"backbone": config.model.backbone, "source": args.split or "images", "images": len(evalset),
               "heads": [str(directory) for directory, _, _ in heads], "methods": args.methods,
-              "target_layers": layers, "rise": asdict(rise), "road_protocol": road_protocol_of(config.evaluation)}
-    run = start_tracking(args, header)
+              "target_layers": layers, "rise": asdict(rise), "road_protocol": road_protocol_of(config.evaluation),
+              "ca_stream": str(args.ca_stream) if args.ca_stream else None}
+    run = cli.start_tracking(args, "comparison", header)
     with run if run is not None else contextlib.nullcontext():  # a failure marks the MLflow run FAILED
         rows, maps = [], {}
         started = time.perf_counter()
@@ -140,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"scored in {row.details['scoring_seconds']:.1f} s", flush=True)
         contributions = {m.name: layer_contributions(m.explainer, m.config.evaluation.min_class_count)
                          for m in methods if m.explainer is not None}
-        notes = conventions(evalset, rise, layers) + road_notes
+        notes = conventions(evalset, rise, layers, ca_stream=args.ca_stream is not None) + road_notes
         header["seconds"] = round(time.perf_counter() - started, 1)
         files = write_outputs(rows, contributions, notes, header, args.out)
         files.append(write_figure(evalset, classifier, maps, rows, methods, args.out / "maps.png"))

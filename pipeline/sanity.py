@@ -1,7 +1,8 @@
 """Model-parameter randomisation test (MPRT): do a head's maps depend on the backbone's weights?
 
-    python -m pipeline.sanity --head DIR (--split val|test | --images PATH...) [--protocol reevaluate|retrain]
-                              [--blocks A+B,C,...] [--limit N] [--out DIR] [--seed S]
+    python -m pipeline.sanity (--head DIR | --ca-stream DIR [--ca-maps attention|gradcam|gradcam++|scorecam]
+                              [--target-layer NAME]) (--split val|test | --images PATH...)
+                              [--protocol reevaluate|retrain] [--blocks A+B,C,...] [--limit N] [--out DIR] [--seed S]
 
 The backbone is randomised bottom-up (input first, as Hedström et al. recommend), block by block and
 cumulatively; at every level the maps are compared with the original maps by SSIM (1 = identical, near 0 =
@@ -27,13 +28,17 @@ from pathlib import Path
 
 from pipeline import cli
 from pipeline.cli import add_device_argument, add_source_arguments
-from pipeline.evaluation.mprt import PROTOCOLS, Level, run_mprt
+from pipeline.evaluation.comparison import CA_METHODS, stream_maps
+from pipeline.evaluation.mprt import PROTOCOLS, Level, run_mprt, run_stream_mprt
 from pipeline.evaluation.scoring import load_eval_set
 from pipeline.models.randomisation import blocks_for
 from pipeline.reports.plots import sanity_figure
 from pipeline.training.saved_head import load_explainer
+from pipeline.training.stream_training import load_stream
 
 FIGURE_IMAGES = 3
+STREAM_PROTOCOL = ("the trained stream is kept on the randomised backbone: its maps change through the randomised "
+                   "features and the class the backbone predicts")
 
 
 def _line(level: Level) -> str:
@@ -41,12 +46,18 @@ def _line(level: Level) -> str:
     warning = "  (the fresh weights equal the loaded ones: nothing changed)" if unchanged else ""
     return (f"level {level.level:2d}  randomised up to {level.block:<22} SSIM {level.ssim_mean:.3f} ± "
             f"{level.ssim_std:.3f}  predictions changed {level.predictions_changed:6.1%}  "
-            f"coverage {level.coverage:6.1%}  {level.seconds:6.1f} s{warning}")
+            f"coverage {'   n/a' if level.coverage is None else format(level.coverage, '6.1%')}  "
+            f"{level.seconds:6.1f} s{warning}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.sanity", description=__doc__.splitlines()[0])
-    parser.add_argument("--head", required=True, type=Path, help="folder written by pipeline.train")
+    explained = parser.add_mutually_exclusive_group(required=True)
+    explained.add_argument("--head", type=Path, help="folder written by pipeline.train")
+    explained.add_argument("--ca-stream", type=Path, help="folder written by pipeline.castream")
+    parser.add_argument("--ca-maps", choices=["attention", *CA_METHODS], default="attention",
+                        help="the CA-Stream's maps to test (default: its raw last-stage attention)")
+    parser.add_argument("--target-layer", help="CAM layer for --ca-maps gradcam/gradcam++/scorecam (default: preset)")
     add_source_arguments(parser)
     parser.add_argument("--protocol", choices=list(PROTOCOLS), default="reevaluate")
     parser.add_argument("--blocks", help="comma-separated backbone blocks, input first; '+' joins modules "
@@ -55,21 +66,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("sanity"), help="output folder")
     add_device_argument(parser)
     args = parser.parse_args(argv)
-    explainer, config = load_explainer(args.head, args.device)
-    blocks = blocks_for(config.model.backbone, explainer.classifier.network, args.blocks)
-    evalset = load_eval_set(explainer.classifier, config, args.split, args.images, args.limit)
-    print(f"MPRT, protocol {args.protocol}: {PROTOCOLS[args.protocol]}")
+    if args.ca_stream and args.protocol != "reevaluate":
+        parser.error(f"--protocol {args.protocol} with --ca-stream: a stream is tested with its trained weights kept "
+                     "(--protocol reevaluate)")
+    if args.ca_stream:
+        stream, config = load_stream(args.ca_stream, args.device)
+        classifier = stream.classifier
+        make_maps = stream_maps(stream, args.ca_maps, args.target_layer, config.evaluation.batch_size)[0]
+    else:
+        explainer, config = load_explainer(args.head, args.device)
+        classifier = explainer.classifier
+    blocks = blocks_for(config.model.backbone, classifier.network, args.blocks)
+    evalset = load_eval_set(classifier, config, args.split, args.images, args.limit)
+    what = f"CA-Stream {args.ca_maps} maps" if args.ca_stream else "head maps"
+    description = STREAM_PROTOCOL if args.ca_stream else PROTOCOLS[args.protocol]
+    print(f"MPRT of {what}, protocol {args.protocol}: {description}")
     print(f"cascading bottom-up randomisation of {config.model.backbone} over {len(blocks)} blocks: "
           + "; ".join(f"{b.label} = {'+'.join(b.modules)}" for b in blocks))
     started = time.perf_counter()
-    levels, maps = run_mprt(explainer, config, evalset, blocks, args.protocol, args.seed,
-                            report=lambda level: print(_line(level), flush=True))
+    def report(level: Level) -> None:
+        print(_line(level), flush=True)
+
+    if args.ca_stream:
+        levels, maps = run_stream_mprt(stream, make_maps, config, evalset, blocks, args.seed, report)
+    else:
+        levels, maps = run_mprt(explainer, config, evalset, blocks, args.protocol, args.seed, report)
     seconds = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"sanity_{args.protocol}"
-    report = {"protocol": args.protocol, "protocol_description": PROTOCOLS[args.protocol],
+    report = {"protocol": args.protocol, "protocol_description": description,
               "order": "bottom-up, cascading", "similarity": "SSIM (skimage, 7x7 window, data range 1)",
-              "head": str(args.head), "backbone": config.model.backbone, "source": args.split or "images",
+              "head": str(args.head) if args.head else None,
+              "ca_stream": {"folder": str(args.ca_stream), "maps": args.ca_maps} if args.ca_stream else None,
+              "backbone": config.model.backbone, "source": args.split or "images",
               "images": len(evalset), "seed": args.seed, "seconds": round(seconds, 1),
               "levels": [asdict(level) for level in levels]}
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
@@ -77,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     figure = sanity_figure([level.block for level in levels], [level.ssim_mean for level in levels],
                            [level.ssim_std for level in levels], evalset.images[shown].cpu(),
                            [level_maps[shown] for level_maps in maps], stem.with_suffix(".png"),
-                           title=f"MPRT ({args.protocol}), {config.model.backbone}, {len(evalset)} images")
+                           title=f"MPRT ({args.protocol}) of {what}, {config.model.backbone}, {len(evalset)} images")
     print(f"{len(levels)} levels in {seconds:.1f} s; wrote {stem.with_suffix('.json')} and {figure}")
     return 0
 

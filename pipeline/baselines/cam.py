@@ -64,14 +64,17 @@ def find_layer(classifier: Classifier, name: str) -> nn.Module:
 
 
 class CamMethod:
-    """One grad-cam method on one target layer of a frozen classifier."""
+    """One grad-cam method on one target layer of a frozen classifier; ``model`` (default: the classifier) is the
+    network whose scores grad-cam explains, e.g. a CA-Stream model built on the classifier's modules."""
 
-    def __init__(self, method: str, classifier: Classifier, layer: str | None = None, batch_size: int = 32):
+    def __init__(self, method: str, classifier: Classifier, layer: str | None = None, batch_size: int = 32,
+                 model: nn.Module | None = None):
         if method not in CAM_METHODS:
             raise UserError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
         self.name = method
         self.cam_class = CAM_METHODS[method]
         self.classifier = classifier
+        self.model = classifier if model is None else model
         self.layer_name = target_layer_name(classifier, layer)
         self.layer = find_layer(classifier, self.layer_name)
         self.tokens, self.grid = self._probe()
@@ -112,7 +115,7 @@ class CamMethod:
         if self.cam_class is AblationCAM:  # a fresh ablation layer: grad-cam's default instance is shared
             options |= {"ablation_layer": AblationLayerVit() if self.tokens else AblationLayer(),
                         "batch_size": self.probe_batch}
-        cam = self.cam_class(self.classifier, [self.layer], **options)
+        cam = self.cam_class(self.model, [self.layer], **options)
         cam.batch_size = self.probe_batch  # Score-CAM reads it as an attribute
         try:
             yield cam

@@ -1,5 +1,6 @@
-"""The rows of a comparison: trained heads and baselines (Grad-CAM family, RISE, trivial maps) make maps for the
-same images and classes, timed and with their forward passes counted, and are scored by the same code."""
+"""The rows of a comparison: trained heads, baselines (Grad-CAM family, RISE, trivial maps) and CA-Stream rows
+(CAMs of a stream model, its raw attention) make maps for the same images and classes, timed and with their forward
+passes counted, and are scored by the same code."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from pipeline.baselines.cam import CAM_METHODS, CamMethod
 from pipeline.baselines.rise import RiseSettings, rise_saliency
@@ -18,10 +20,12 @@ from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
 from pipeline.evaluation.scoring import EvalSet, evaluate_maps, head_maps, reference_maps
 from pipeline.metrics.faithfulness import faithfulness
+from pipeline.models.castream import CAStreamModel
 from pipeline.models.classifiers import Classifier
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
 from pipeline.training.saved_head import load_explainer
+from pipeline.training.stream_training import load_stream
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Method:
     explainer: Explainer | None = None
     config: ExperimentConfig | None = None
     target_layer: str | None = None  # CAMs: the backbone module they read
+    stream: CAStreamModel | None = None  # CA rows: the stream model whose top-1 agreement the row reports
 
 
 class ForwardCounter:
@@ -67,6 +72,7 @@ class Row:
     auxiliary_passes: float | None
     seconds_per_image: float
     coverage: float | None  # heads only: baselines explain any class
+    agreement: float | None = None  # CA rows only: share of images where the stream model's top-1 is the backbone's
     details: dict[str, Any] = field(default_factory=dict)
 
     def value(self, key: str) -> float | None:
@@ -117,6 +123,55 @@ def baseline_methods(names: Sequence[str], classifier: Classifier, target_layer:
     return methods
 
 
+CA_METHODS = ("gradcam", "gradcam++", "scorecam")
+StreamMaps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, classes) -> maps [N, H, W]
+
+
+@torch.no_grad()
+def stream_attention_maps(model: CAStreamModel, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The stream's raw last-stage attention, bilinearly upsampled to the images and min-max scaled: [N, H, W]."""
+    attention = torch.cat([model.run(batch).attentions[-1] for batch in images.split(batch_size)])
+    maps = F.interpolate(attention[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    low, high = maps.flatten(1).amin(1).view(-1, 1, 1), maps.flatten(1).amax(1).view(-1, 1, 1)
+    return (maps - low) / (high - low).clamp_min(1e-12)
+
+
+def stream_maps(model: CAStreamModel, name: str, target_layer: str | None, batch_size: int
+                ) -> tuple[StreamMaps, int, str | None]:
+    """Map maker ``name`` of a stream model (``gradcam``, ``gradcam++``, ``scorecam`` on the stream model at the
+    backbone's CAM layer, the last conv stage that the stream pools; or ``attention``, class-agnostic), with its
+    resolution and CAM layer."""
+    if name == "attention":
+        size = model.classifier.preprocessing.input_size
+        with torch.no_grad():
+            probe = model.run(torch.zeros(1, 3, size, size, device=model.classifier.mean.device))
+        return (lambda images, _classes: stream_attention_maps(model, images, batch_size),
+                probe.attentions[-1][0].numel(), None)
+    if name not in CA_METHODS:
+        raise UserError(f"no CA-Stream map {name!r}; choose from {', '.join((*CA_METHODS, 'attention'))}")
+    cam = CamMethod(name, model.classifier, target_layer, batch_size, model=model)
+    return cam, cam.resolution, cam.layer_name
+
+
+def stream_methods(model: CAStreamModel, names: Sequence[str], target_layer: str | None, batch_size: int
+                   ) -> list[Method]:
+    """The CA rows: those of Grad-CAM, Grad-CAM++ and Score-CAM that ``names`` asks for, and ca-attention."""
+    methods = []
+    for name in [name for name in CA_METHODS if name in names] + ["attention"]:
+        make, resolution, layer = stream_maps(model, name, target_layer, batch_size)
+        methods.append(Method(f"ca-{name}", "ca-stream", resolution,
+                              lambda evalset, make=make: make(evalset.images, evalset.targets), model.classifier,
+                              target_layer=layer, stream=model))
+    return methods
+
+
+@torch.no_grad()
+def stream_agreement(model: CAStreamModel, evalset: EvalSet, batch_size: int) -> float:
+    """Share of the eval set's images whose stream-model top-1 is the backbone's (its explained class)."""
+    top1 = torch.cat([model(batch).argmax(1) for batch in evalset.images.split(batch_size)])
+    return float((top1 == evalset.targets).float().mean())
+
+
 def run_method(method: Method, classifier: Classifier, evalset: EvalSet, settings: ExperimentConfig
                ) -> tuple[Row, torch.Tensor]:
     """Make the maps (timed, forward passes counted), then score them like every other row."""
@@ -136,9 +191,12 @@ def run_method(method: Method, classifier: Classifier, evalset: EvalSet, setting
     if method.explainer is not None:
         coverage = ClassCoverage.of(method.explainer.head, method.config.evaluation.min_class_count
                                     ).fraction(evalset.targets)
+    agreement = None
+    if method.stream is not None:
+        agreement = stream_agreement(method.stream, evalset, settings.evaluation.batch_size)
     row = Row(method.name, method.kind, evaluation.metrics() | measures.metrics(), method.resolution,
               backbone.images / count, auxiliary.images / count if method.auxiliary is not None else None,
-              seconds / count, coverage,
+              seconds / count, coverage, agreement,
               {"road": asdict(evaluation.road), "adic": asdict(evaluation.adic),
                "insertion": asdict(measures.insertion), "deletion": asdict(measures.deletion),
                "scoring_seconds": round(scoring, 3)})
@@ -165,4 +223,16 @@ def load_heads(directories: Sequence[Path], device: str, overrides: Sequence[str
 METHODS = (*CAM_METHODS, "rise", "random", "center")
 
 
-Kind = Literal["head", "baseline", "reference"]
+Kind = Literal["head", "baseline", "reference", "ca-stream"]
+
+
+def load_stream_for(directory: Path, config: ExperimentConfig, device: str) -> CAStreamModel:
+    """The CA-Stream saved in ``directory``, checked to be trained for the backbone (name and weights) of ``config``."""
+    model, stream_config = load_stream(directory, device)
+    mine = (config.model.backbone, config.model.backbone_weights)
+    theirs = (stream_config.model.backbone, stream_config.model.backbone_weights)
+    if mine != theirs:
+        raise UserError(f"--ca-stream {directory} was trained for {theirs[0]} (weights {theirs[1] or 'library'}), but "
+                        f"the heads explain {mine[0]} (weights {mine[1] or 'library'}); train a stream for that "
+                        "backbone with `python -m pipeline.castream`")
+    return model

@@ -1,5 +1,6 @@
 """The model-parameter randomisation test (MPRT): a head's maps as the backbone is randomised block by block,
-compared with the original maps by SSIM, under the ``reevaluate`` or ``retrain`` protocol."""
+compared with the original maps by SSIM, under the ``reevaluate`` or ``retrain`` protocol; and a CA-Stream's maps
+with the trained stream kept on the randomised backbone."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from typing import Literal
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
+from torch import nn
 
 from pipeline.config import ExperimentConfig
 from pipeline.data.sources import build_splits
+from pipeline.evaluation.comparison import StreamMaps
 from pipeline.evaluation.scoring import EvalSet
+from pipeline.models.castream import CAStreamModel
 from pipeline.models.explainer import Explainer
 from pipeline.models.loading import Models
 from pipeline.models.randomisation import Block, randomisable
@@ -37,7 +41,7 @@ class Maps:
 
     saliency: torch.Tensor  # [N, H, W]
     classes: torch.Tensor  # [N]
-    trained: torch.Tensor  # [N] bool
+    trained: torch.Tensor | None  # [N] bool; None for maps of any class (a CA-Stream's)
 
 
 @torch.no_grad()
@@ -66,7 +70,7 @@ class Level:
     ssim_std: float
     ssim: list[float]
     predictions_changed: float  # share of images whose predicted class differs from the original
-    coverage: float  # share of explained classes the head used at this level was trained on
+    coverage: float | None  # share of explained classes the head used at this level was trained on
     seconds: float
 
 
@@ -74,8 +78,8 @@ def _level(index: int, block: Block | None, changed: int, original: Maps, maps: 
     scores = ssim(original.saliency, maps.saliency)
     return Level(index, block.label if block else ORIGINAL, list(block.modules) if block else [], changed,
                  float(scores.mean()), float(scores.std()), scores.round(6).tolist(),
-                 float((maps.classes != original.classes).double().mean()), float(maps.trained.double().mean()),
-                 round(seconds, 3))
+                 float((maps.classes != original.classes).double().mean()),
+                 None if maps.trained is None else float(maps.trained.double().mean()), round(seconds, 3))
 
 
 def head_factory(protocol: Protocol, explainer: Explainer, config: ExperimentConfig) -> Callable[[], Explainer]:
@@ -89,6 +93,22 @@ def head_factory(protocol: Protocol, explainer: Explainer, config: ExperimentCon
     return lambda: train_head(config, bench, progress=False).explainer
 
 
+def cascade(network: nn.Module, backbone: str, blocks: Sequence[Block], seed: int, original: Maps,
+            explain: Callable[[], Maps], report: Callable[[Level], None]) -> tuple[list[Level], list[torch.Tensor]]:
+    """Randomise ``network`` block by block (cumulatively, the weights restored afterwards) and compare
+    ``explain()``'s maps at every level, the intact one first, with ``original``."""
+    levels, maps = [], []
+    with randomisable(network, backbone, seed) as randomisation:
+        for index, block in enumerate([None, *blocks]):
+            started = time.perf_counter()
+            changed = randomisation.randomise(block) if block else 0
+            current = explain()
+            levels.append(_level(index, block, changed, original, current, time.perf_counter() - started))
+            maps.append(current.saliency)
+            report(levels[-1])
+    return levels, maps
+
+
 def run_mprt(explainer: Explainer, config: ExperimentConfig, evalset: EvalSet, blocks: Sequence[Block],
              protocol: Protocol, seed: int = 0, report: Callable[[Level], None] = lambda level: None
              ) -> tuple[list[Level], list[torch.Tensor]]:
@@ -96,16 +116,23 @@ def run_mprt(explainer: Explainer, config: ExperimentConfig, evalset: EvalSet, b
     batch, min_count = config.evaluation.batch_size, config.evaluation.min_class_count
     original = explain_predictions(explainer, evalset.images, batch, min_count)
     next_head = head_factory(protocol, explainer, config)
-    levels, maps = [], []
-    with randomisable(explainer.classifier.network, config.model.backbone, seed) as randomisation:
-        for index, block in enumerate([None, *blocks]):
-            started = time.perf_counter()
-            changed = randomisation.randomise(block) if block else 0
-            current = explain_predictions(next_head(), evalset.images, batch, min_count)
-            levels.append(_level(index, block, changed, original, current, time.perf_counter() - started))
-            maps.append(current.saliency)
-            report(levels[-1])
-    return levels, maps
+    return cascade(explainer.classifier.network, config.model.backbone, blocks, seed, original,
+                   lambda: explain_predictions(next_head(), evalset.images, batch, min_count), report)
+
+
+def run_stream_mprt(model: CAStreamModel, make_maps: StreamMaps, config: ExperimentConfig, evalset: EvalSet,
+                    blocks: Sequence[Block], seed: int = 0, report: Callable[[Level], None] = lambda level: None
+                    ) -> tuple[list[Level], list[torch.Tensor]]:
+    """The MPRT of a CA-Stream's maps (``reevaluate``: the trained stream kept on the randomised backbone); each
+    level explains the class the backbone predicts then."""
+
+    def explain() -> Maps:
+        with torch.no_grad():
+            classes = torch.cat([model.classifier(batch).argmax(1)
+                                 for batch in evalset.images.split(config.evaluation.batch_size)])
+        return Maps(make_maps(evalset.images, classes).cpu(), classes.cpu(), None)
+
+    return cascade(model.classifier.network, config.model.backbone, blocks, seed, explain(), explain, report)
 
 
 Protocol = Literal["reevaluate", "retrain"]

@@ -56,10 +56,10 @@ def contributions_table(contributions: Sequence[LayerContribution]) -> str:
     return "\n".join(lines)
 
 
-def conventions(evalset: EvalSet, rise: RiseSettings, layers: dict[str, str]) -> list[str]:
+def conventions(evalset: EvalSet, rise: RiseSettings, layers: dict[str, str], ca_stream: bool = False) -> list[str]:
     width = evalset.images.shape[-1]
     cam_layers = ", ".join(f"{name}: {layer}" for name, layer in layers.items()) or "none"
-    return [
+    notes = [
         "Scores are softmax probabilities (ROAD: accuracy) of the class the backbone predicts on the clean image; "
         "every map masks pixel space (removed pixels go black; ROAD imputes them).",
         "AD/IC/AG in %, ROAD/Insertion/Deletion as AUC. Insertion starts from the image blurred (Gaussian 11, "
@@ -69,6 +69,13 @@ def conventions(evalset: EvalSet, rise: RiseSettings, layers: dict[str, str]) ->
         "Coverage = share of images whose explained class the head was trained on (maps of untrained classes are "
         "the head's random initial rows); n/a for baselines, which explain any class.",
     ]
+    if ca_stream:
+        notes.append("ca-* rows: CA-Stream (attention pooling in place of GAP). ca-gradcam/++/scorecam are those CAMs "
+                     "computed on the stream model at the same layer (ca-gradcam equals gradcam exactly while the "
+                     "stream's last projection is the identity, castream.train_last_projection: false), ca-attention "
+                     "its raw last-stage attention (class-agnostic); all are scored by the unchanged backbone. "
+                     "Agreement = share of images where the stream model's top-1 is the backbone's.")
+    return notes
 
 
 def protocol_notes(heads: Sequence[tuple[Path, Explainer, ExperimentConfig]]) -> list[str]:
@@ -98,7 +105,7 @@ def write_outputs(rows: Sequence[Row], contributions: dict[str, list[LayerContri
     keys = sorted({key for row in rows for key in row.metrics})
     with paths[1].open("w", newline="") as file:
         writer = csv.writer(file)
-        fixed = ["resolution", "forward_passes", "auxiliary_passes", "seconds_per_image", "coverage"]
+        fixed = ["resolution", "forward_passes", "auxiliary_passes", "seconds_per_image", "coverage", "agreement"]
         writer.writerow(["method", "kind", *keys, *fixed])
         for row in rows:
             writer.writerow([row.method, row.kind, *(row.metrics.get(k) for k in keys),
@@ -133,4 +140,5 @@ COLUMNS = [("AD@100 ↓", "ad_100", 2), ("IC@100 ↑", "ic_100", 1), ("AD@50 ↓
            ("AD@15 ↓", "ad_15", 2), ("IC@15 ↑", "ic_15", 1), ("MoRF ↓", "road_morf_auc", 3),
            ("LeRF ↑", "road_lerf_auc", 3), ("AG ↑", "ag", 2), ("Ins ↑", "insertion_auc", 3),
            ("Del ↓", "deletion_auc", 3), ("R", "resolution", 0), ("fwd passes", "forward_passes", 0),
-           ("s / image", "seconds_per_image", 3), ("coverage", "coverage", 2)]
+           ("s / image", "seconds_per_image", 3), ("coverage", "coverage", 2),
+           ("agreement", "agreement", 3)]
