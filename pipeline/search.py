@@ -87,20 +87,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                           help="join a running Ray cluster: auto, HOST:PORT or ray://HOST:10001 "
                                "(default: start Ray on this machine)")
     parallel.add_argument("--gpus-per-trial", type=float, metavar="G",
-                          help="GPUs per trial, e.g. 0.5 packs two trials on a GPU; 0: CPU cores only "
-                               "(default: 1 when the cluster has GPUs, else CPU cores)")
+                          help="GPU share of a trial, at most 1 (a trial trains on one GPU): 0.5 packs two trials "
+                               "on a GPU; 0: CPU cores only (default: 1 when the cluster has GPUs, else CPU cores)")
     args = parser.parse_args(argv)
     if args.trials < 1:
         parser.error("--trials must be at least 1")
     if args.parallel < 1:
         raise UserError(f"--parallel {args.parallel}: give the number of trials to run at once, at least 1")
     gpus = args.gpus_per_trial
+    if gpus is not None and not 0 <= gpus <= 1:
+        raise UserError(f"--gpus-per-trial {gpus:g}: a trial trains on one GPU; give 1, a fraction (0.5 packs two "
+                        "trials on a GPU) or 0 (CPU cores only), and use more GPUs with --parallel N (N trials at "
+                        "once, one GPU each)")
     if gpus is not None and args.parallel == 1 and args.ray_address is None:
         raise UserError(f"--gpus-per-trial {gpus:g} sizes Ray workers; add --parallel N (N > 1) or --ray-address, "
                         "or leave it out")
-    if gpus is not None and (gpus < 0 or (gpus > 1 and not gpus.is_integer())):
-        raise UserError(f"--gpus-per-trial {gpus:g}: give 0 (CPU cores only), a fraction below 1 (0.5 packs two "
-                        "trials on one GPU) or a whole number of GPUs")
     if args.name is not None:
         check_search_name(args.name)
     check_tracking_server(args.tracking_uri)

@@ -32,7 +32,7 @@ from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import INTERRUPTED, AwaitingData, Study
 from pipeline.locking import search_lock
 from pipeline.resources import DEFAULT_SEARCH_SPACE
-from pipeline.search import main
+from pipeline.search import main, parse_args
 from pipeline.training.head_training import train_head
 from tests.test_search import options
 from tests.toy_models import TOY_MODEL, toy_base, write_images
@@ -282,7 +282,11 @@ def test_a_pool_wanting_more_gpus_than_a_node_has_stops_before_starting_workers(
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--parallel", "0"], "--parallel 0: give the number of trials to run at once, at least 1"),
     (["--gpus-per-trial", "0.5"], "--gpus-per-trial 0.5 sizes Ray workers; add --parallel N"),
-    (["--parallel", "2", "--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5: give 0 .* or a whole number"),
+    (["--parallel", "2", "--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5: a trial trains on one GPU; give 1, "),
+    (["--parallel", "2", "--gpus-per-trial", "2"], r"--gpus-per-trial 2: .* use more GPUs with --parallel N \(N "
+                                                   r"trials at once, one GPU each\)"),
+    (["--gpus-per-trial", "2"], "--gpus-per-trial 2: a trial trains on one GPU"),
+    (["--parallel", "2", "--gpus-per-trial", "-1"], "--gpus-per-trial -1: a trial trains on one GPU"),
     (["--parallel", "2", "--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: nothing answers there"),
     (["--parallel", "2", "--ray-address", "ray://127.0.0.1:1"], "--ray-address ray://127.0.0.1:1: nothing answers"),
 ])
@@ -290,6 +294,11 @@ def test_bad_parallel_options_stop_with_one_line(arguments, message):
     with pytest.raises(UserError, match=message) as error:
         main(["--data", "demo", "--trials", "2", *arguments])
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("gpus", ["0", "0.5", "1"])
+def test_a_gpu_share_of_at_most_one_is_accepted(gpus):
+    assert parse_args(["--data", "demo", "--parallel", "2", "--gpus-per-trial", gpus]).gpus_per_trial == float(gpus)
 
 
 def test_a_second_holder_of_a_search_folder_is_refused(tmp_path):
