@@ -20,6 +20,7 @@ from pipeline.hpo.space import SearchSpace
 
 if TYPE_CHECKING:
     from ax.api import Client
+    from ax.core.base_trial import BaseTrial
     from ax.core.experiment import Experiment
 
 SNAPSHOT_NAME = "ax_experiment.json"
@@ -116,7 +117,7 @@ class Study:
             study = cls(client, space, path)
             study._save()
             return study
-        study = cls._load(path, space, thresholds)
+        study = cls(_load_client(path, space, thresholds), space, path)
         ax_seam.set_random_seed(study._client, seed)
         running = [record.index for record in study.records() if record.status == "running"]
         for index in running:
@@ -131,22 +132,9 @@ class Study:
         path = Path(directory) / SNAPSHOT_NAME
         if not path.exists():
             raise UserError(f"{path} does not exist: no search was started in {directory}")
-        study = cls._load(path, space)
+        study = cls(_load_client(path, space), space, path)
         study.read_only = True
         return study
-
-    @classmethod
-    def _load(cls, path: Path, space: SearchSpace, thresholds: Mapping[str, float] | None = None) -> Study:
-        from ax.api import Client
-
-        try:
-            client = Client.load_from_json_file(str(path))
-        except (ValueError, KeyError) as error:
-            raise UserError(
-                f"{path} is not a readable Ax snapshot ({error}); move it away or pass a new --name"
-            ) from None
-        _check_same_space(client, space, path, thresholds)
-        return cls(client, space, path)
 
     @property
     def client(self) -> Client:
@@ -177,9 +165,8 @@ class Study:
         """Record a finished trial's metrics (and its ``checkpoints``' scores) and save; returns whether the trial
         was completed.
 
-        Only the objectives go to Ax's model (each extra metric would be one more GP output to fit);
-        finite extras are kept in the trial's run metadata and show up in `records`. A trial whose
-        objective is NaN or infinite (a diverged run) is marked failed instead.
+        Only the objectives go to Ax's model; the finite extras show up in `records` (`keep_in_metadata`). A trial
+        whose objective is NaN or infinite (a diverged run) is marked failed instead.
         """
         split = self._split(index, metrics, checkpoints)
         if split is None:
@@ -205,23 +192,14 @@ class Study:
 
     def _split(self, index: int, metrics: Mapping[str, float],
                checkpoints: Mapping[int, Mapping[str, float]] | None) -> dict[str, float] | None:
-        """The objectives for Ax; the finite extras and the checkpoints go into the trial's run metadata. A
-        non-finite objective fails the trial (None)."""
-        values = {name: float(value) for name, value in metrics.items()}
-        missing = [name for name in self.space.objective_names if name not in values]
-        if missing:
-            raise ValueError(f"trial {index}: the metrics {sorted(values)} lack the objectives {missing}")
-        bad = [name for name in self.space.objective_names if not math.isfinite(values[name])]
-        if bad:
-            self.fail(index, "non-finite objective: " + ", ".join(f"{name} = {values[name]}" for name in bad))
+        """The objectives for Ax, the rest kept in the trial's run metadata (`keep_in_metadata`); None when a
+        non-finite objective failed the trial."""
+        objectives, reason = objective_values(self.space, index, metrics)
+        if reason is not None:
+            self.fail(index, reason)
             return None
-        extras = {
-            name: value for name, value in values.items() if name not in self.space.objectives and math.isfinite(value)
-        }
-        stored = {str(percentage): dict(scores) for percentage, scores in (checkpoints or {}).items()}
-        ax_seam.experiment(self._client).trials[index].update_run_metadata({_EXTRA_METRICS: extras,
-                                                                             _CHECKPOINTS: stored})
-        return {name: values[name] for name in self.space.objective_names}
+        keep_in_metadata(ax_seam.experiment(self._client).trials[index], self.space, metrics, checkpoints)
+        return objectives
 
     def fail(self, index: int, reason: str) -> None:
         """Mark a trial failed with a reason (kept in the snapshot) and save; the search goes on."""
@@ -256,6 +234,42 @@ class Study:
         if self.read_only:
             raise RuntimeError("this study was opened with Study.read and cannot change")
         replace_atomically(self.path, lambda temporary: self._client.save_to_json_file(str(temporary)))
+
+
+def _load_client(path: Path, space: SearchSpace, thresholds: Mapping[str, float] | None = None) -> Client:
+    """The Ax client saved at ``path``, checked against the search space (and thresholds) of this run."""
+    from ax.api import Client
+
+    try:
+        client = Client.load_from_json_file(str(path))
+    except (ValueError, KeyError) as error:
+        raise UserError(f"{path} is not a readable Ax snapshot ({error}); move it away or pass a new --name") from None
+    _check_same_space(client, space, path, thresholds)
+    return client
+
+
+def objective_values(space: SearchSpace, index: int,
+                     metrics: Mapping[str, float]) -> tuple[dict[str, float], str | None]:
+    """Trial ``index``'s objectives as floats, and the reason to fail it when one is NaN or infinite (a diverged
+    run), else None. Raises ValueError when an objective is missing."""
+    values = {name: float(metrics[name]) for name in space.objective_names if name in metrics}
+    missing = [name for name in space.objective_names if name not in values]
+    if missing:
+        raise ValueError(f"trial {index}: the metrics {sorted(metrics)} lack the objectives {missing}")
+    bad = [name for name in space.objective_names if not math.isfinite(values[name])]
+    if bad:
+        return values, "non-finite objective: " + ", ".join(f"{name} = {values[name]}" for name in bad)
+    return values, None
+
+
+def keep_in_metadata(trial: BaseTrial, space: SearchSpace, metrics: Mapping[str, float],
+                     checkpoints: Mapping[int, Mapping[str, float]] | None) -> None:
+    """Keep a trial's finite extra metrics and its checkpoint scores in its run metadata (read by `trial_records`):
+    only the objectives go to Ax's model, each extra metric would be one more GP output to fit."""
+    extras = {name: float(value) for name, value in metrics.items()
+              if name not in space.objectives and math.isfinite(float(value))}
+    stored = {str(percentage): dict(scores) for percentage, scores in (checkpoints or {}).items()}
+    trial.update_run_metadata({_EXTRA_METRICS: extras, _CHECKPOINTS: stored})
 
 
 def trial_records(experiment: Experiment) -> list[TrialRecord]:
