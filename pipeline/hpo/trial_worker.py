@@ -91,7 +91,10 @@ class TrialWorker:
         return cls(bench, val_set, trainer, progress)
 
     def checkpoint_set(self, images: int) -> EvalSet:
-        """The first ``images`` validation images, classified once: every trial's checkpoints score these."""
+        """The first ``images`` validation images, classified once: every trial's checkpoints score these (the
+        validation set itself when it has no more)."""
+        if images >= len(self.val_set):
+            return self.val_set
         if self._checkpoint_set is None or len(self._checkpoint_set) != min(images, len(self.bench.splits.val)):
             self._checkpoint_set = prepare_eval_set(self.bench.models.classifier, self.bench.splits.val,
                                                     self.bench.config.evaluation.batch_size, limit=images)
