@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     shown = slice(0, min(FIGURE_IMAGES, len(evalset)))
     figure = sanity_figure([level.block for level in levels], [level.ssim_mean for level in levels],
-                           [level.ssim_std for level in levels], evalset.images[shown].cpu(),
+                           [level.ssim_std for level in levels], evalset.first_images(FIGURE_IMAGES),
                            [level_maps[shown] for level_maps in maps], stem.with_suffix(".png"),
                            title=f"MPRT ({args.protocol}) of {what}, {config.model.backbone}, {len(evalset)} images")
     print(f"{len(levels)} levels in {seconds:.1f} s; wrote {stem.with_suffix('.json')} and {figure}")

@@ -20,7 +20,7 @@ VIEWS, PATCH, STRIDE = 18, 112, 56
 @torch.no_grad()
 def occlusion_maps(classifier, evalset: EvalSet) -> torch.Tensor:
     """Brute force: the drop of the target's probability when a grey patch hides each place."""
-    images, targets = evalset.images, evalset.targets
+    images, targets = evalset.first_images(len(evalset)), evalset.targets
     size = images.shape[-1]
     starts = range(0, size - PATCH + 1, STRIDE)
     maps = torch.zeros(len(images), len(starts), len(starts))
@@ -36,9 +36,8 @@ def occlusion_maps(classifier, evalset: EvalSet) -> torch.Tensor:
 
 def road_score(classifier, evalset: EvalSet, maps: torch.Tensor, settings: EvalConfig) -> RoadResult:
     """ROAD of ``maps`` as a search scores them (`evaluate_maps` makes this call), without the AD/IC it adds."""
-    generator = torch.Generator(device=evalset.images.device).manual_seed(settings.seed)
-    return road(classifier, evalset.images, maps, evalset.targets, settings.percentages, settings.imputer,
-                settings.noise, settings.batch_size, generator)
+    return road(classifier, evalset.first_images(len(evalset)), maps, evalset.targets, settings.percentages,
+                settings.imputer, settings.noise, settings.batch_size, settings.seed)
 
 
 @pytest.mark.system

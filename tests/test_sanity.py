@@ -83,7 +83,7 @@ def test_ssim_is_one_when_nothing_is_randomised_and_drops_when_the_backbone_is(t
     assert [level.block for level in levels] == ["none (original)", "features.0+features.1", "features.3", "fc"]
     assert levels[0].ssim == [1.0] * len(evalset) and levels[0].values_changed == 0
     assert levels[-1].ssim_mean < 0.9 and levels[-1].values_changed > 0
-    assert len(maps) == len(levels) and maps[0].shape == evalset.images.shape[:1] + evalset.images.shape[-2:]
+    assert len(maps) == len(levels) and maps[0].shape == (len(evalset), *evalset.size)
     restored = explainer.classifier.network.state_dict()
     assert all(torch.equal(restored[k], v) for k, v in weights.items())
 

@@ -1,11 +1,11 @@
 """The rows of a comparison: trained heads, baselines (Grad-CAM family, RISE, trivial maps) and CA-Stream rows
-(CAMs of a stream model, its raw attention) make maps for the same images and classes, timed and with their forward
-passes counted, and are scored by the same code."""
+(CAMs of a stream model, its raw attention) make maps for the same images and classes, block by block as the split
+streams through, timed and with their forward passes counted, and are scored by the same code."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,8 +18,8 @@ from pipeline.baselines.cam import CAM_METHODS, CamMethod
 from pipeline.baselines.rise import RiseSettings, rise_saliency
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
-from pipeline.evaluation.scoring import EvalSet, evaluate_maps, head_maps, reference_maps
-from pipeline.metrics.faithfulness import faithfulness
+from pipeline.evaluation.scoring import Batch, EvalSet, MapMaker, evaluate_maps, head_maps, reference_maker
+from pipeline.metrics.faithfulness import faithfulness_probabilities, faithfulness_result
 from pipeline.models.castream import CAStreamModel
 from pipeline.models.classifiers import Classifier
 from pipeline.models.coverage import ClassCoverage
@@ -30,12 +30,12 @@ from pipeline.training.stream_training import load_stream
 
 @dataclass
 class Method:
-    """One row's way to make maps for an eval set, and the networks whose forward passes it pays for."""
+    """One row's way to make maps for a block of a split, and the networks whose forward passes it pays for."""
 
     name: str
     kind: Kind
     resolution: int
-    make_maps: Callable[[EvalSet], torch.Tensor]
+    make_maps: MapMaker
     backbone: nn.Module | None  # counted as forward passes per explanation
     auxiliary: nn.Module | None = None  # heads: the auxiliary network's passes, counted separately
     explainer: Explainer | None = None
@@ -45,14 +45,17 @@ class Method:
 
 
 class ForwardCounter:
-    """Counts the images that go through a module's forward (a forward hook); a context manager."""
+    """Counts the images that go through a module's forward while ``counting`` (a forward hook); a context
+    manager."""
 
     def __init__(self, module: nn.Module | None):
         self.images = 0
+        self.counting = False
         self._handle = module.register_forward_hook(self._count) if module is not None else None
 
     def _count(self, module: nn.Module, inputs: tuple, output: Any) -> None:
-        self.images += inputs[0].shape[0]
+        if self.counting:
+            self.images += inputs[0].shape[0]
 
     def __enter__(self) -> "ForwardCounter":
         return self
@@ -96,7 +99,7 @@ def head_methods(heads: Sequence[tuple[Path, Explainer, ExperimentConfig]]) -> l
     for name, (_, explainer, config) in zip(names, heads):
         kind = "T-TAME" if config.model.auxiliary == "backbone" else "P-TAME"
         methods.append(Method(f"{kind} ({name})", "head", head_resolution(explainer),
-                              lambda evalset, e=explainer, c=config: head_maps(e, evalset, c.evaluation.batch_size),
+                              head_maps(explainer, config.evaluation.batch_size),
                               explainer.classifier, explainer.auxiliary, explainer, config))
     return methods
 
@@ -109,16 +112,14 @@ def baseline_methods(names: Sequence[str], classifier: Classifier, target_layer:
         if name in CAM_METHODS:
             cam = CamMethod(name, classifier, target_layer, batch_size)
             methods.append(Method(name, "baseline", cam.resolution,
-                                  lambda evalset, cam=cam: cam(evalset.images, evalset.targets), classifier,
+                                  lambda batch, cam=cam: cam(batch.images, batch.targets), classifier,
                                   target_layer=cam.layer_name))
         elif name == "rise":
             methods.append(Method(name, "baseline", rise.cells ** 2,
-                                  lambda evalset: rise_saliency(classifier, evalset.images, evalset.targets, rise),
+                                  lambda batch: rise_saliency(classifier, batch.images, batch.targets, rise),
                                   classifier))
         else:
-            methods.append(Method(name, "reference", classifier.preprocessing.input_size ** 2,
-                                  lambda evalset, kind=name: reference_maps(kind, len(evalset),
-                                                                            tuple(evalset.images.shape[-2:])),
+            methods.append(Method(name, "reference", classifier.preprocessing.input_size ** 2, reference_maker(name),
                                   None))
     return methods
 
@@ -160,7 +161,7 @@ def stream_methods(model: CAStreamModel, names: Sequence[str], target_layer: str
     for name in [name for name in CA_METHODS if name in names] + ["attention"]:
         make, resolution, layer = stream_maps(model, name, target_layer, batch_size)
         methods.append(Method(f"ca-{name}", "ca-stream", resolution,
-                              lambda evalset, make=make: make(evalset.images, evalset.targets), model.classifier,
+                              lambda batch, make=make: make(batch.images, batch.targets), model.classifier,
                               target_layer=layer, stream=model))
     return methods
 
@@ -168,25 +169,37 @@ def stream_methods(model: CAStreamModel, names: Sequence[str], target_layer: str
 @torch.no_grad()
 def stream_agreement(model: CAStreamModel, evalset: EvalSet, batch_size: int) -> float:
     """Share of the eval set's images whose stream-model top-1 is the backbone's (its explained class)."""
-    top1 = torch.cat([model(batch).argmax(1) for batch in evalset.images.split(batch_size)])
-    return float((top1 == evalset.targets).float().mean())
+    agreeing = sum(int((model(batch.images).argmax(1) == batch.targets).sum()) for batch in evalset.batches(batch_size))
+    return agreeing / len(evalset)
 
 
 def run_method(method: Method, classifier: Classifier, evalset: EvalSet, settings: ExperimentConfig
                ) -> tuple[Row, torch.Tensor]:
-    """Make the maps (timed, forward passes counted), then score them like every other row."""
-    count = len(evalset)
+    """Make each block's maps (timed, forward passes counted) and score them like every other row; returns the row
+    and the maps of the split's first images."""
+    count, batch_size = len(evalset), settings.evaluation.batch_size
+    making, faithful = 0.0, []
     with ForwardCounter(method.backbone) as backbone, ForwardCounter(method.auxiliary) as auxiliary:
+        def make(batch: Batch) -> torch.Tensor:
+            nonlocal making
+            started = time.perf_counter()
+            backbone.counting = auxiliary.counting = True
+            maps = method.make_maps(batch)
+            if maps.is_cuda:  # the head's maps come without a host sync: wait for the queued kernels
+                torch.cuda.synchronize(maps.device)
+            backbone.counting = auxiliary.counting = False
+            making += time.perf_counter() - started
+            return maps
+
+        def score_faithfulness(batch: Batch, maps: torch.Tensor) -> None:
+            faithful.append(faithfulness_probabilities(classifier, batch.images, maps, batch.targets,
+                                                       batch_size=batch_size))
+
         started = time.perf_counter()
-        maps = method.make_maps(evalset)
-        if maps.is_cuda:  # the head's maps come without a host sync: wait for the queued kernels
-            torch.cuda.synchronize(maps.device)
-        seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    evaluation = evaluate_maps(classifier, evalset, maps, settings.evaluation)
-    measures = faithfulness(classifier, evalset.images, maps, evalset.targets, evalset.probabilities,
-                            batch_size=settings.evaluation.batch_size)
-    scoring = time.perf_counter() - started
+        evaluation, shown = evaluate_maps(classifier, evalset, make, settings.evaluation, also=score_faithfulness)
+        scoring = time.perf_counter() - started - making
+    measures = faithfulness_result(evalset.probabilities, {key: torch.cat([part[key] for part in faithful], dim=-1)
+                                                           for key in faithful[0]}, evalset.size)
     coverage = None
     if method.explainer is not None:
         coverage = ClassCoverage.of(method.explainer.head, method.config.evaluation.min_class_count
@@ -196,11 +209,11 @@ def run_method(method: Method, classifier: Classifier, evalset: EvalSet, setting
         agreement = stream_agreement(method.stream, evalset, settings.evaluation.batch_size)
     row = Row(method.name, method.kind, evaluation.metrics() | measures.metrics(), method.resolution,
               backbone.images / count, auxiliary.images / count if method.auxiliary is not None else None,
-              seconds / count, coverage, agreement,
+              making / count, coverage, agreement,
               {"road": asdict(evaluation.road), "adic": asdict(evaluation.adic),
                "insertion": asdict(measures.insertion), "deletion": asdict(measures.deletion),
                "scoring_seconds": round(scoring, 3)})
-    return row, maps.cpu()
+    return row, shown
 
 
 def load_heads(directories: Sequence[Path], device: str, overrides: Sequence[str] = ()

@@ -45,9 +45,9 @@ class Maps:
 
 
 @torch.no_grad()
-def explain_predictions(explainer: Explainer, images: torch.Tensor, batch_size: int, min_count: int) -> Maps:
-    """Maps of the classes the explainer's backbone predicts now."""
-    parts = [explainer.explain(batch, min_count=min_count) for batch in images.split(batch_size)]
+def explain_predictions(explainer: Explainer, evalset: EvalSet, batch_size: int, min_count: int) -> Maps:
+    """Maps of the classes the explainer's backbone predicts now, for the split streamed ``batch_size`` at a time."""
+    parts = [explainer.explain(batch.images, min_count=min_count) for batch in evalset.batches(batch_size)]
     return Maps(torch.cat([p.saliency for p in parts]).cpu(), torch.cat([p.classes for p in parts]).cpu(),
                 torch.cat([p.trained for p in parts]).cpu())
 
@@ -114,10 +114,10 @@ def run_mprt(explainer: Explainer, config: ExperimentConfig, evalset: EvalSet, b
              ) -> tuple[list[Level], list[torch.Tensor]]:
     """SSIM of the original maps to the maps at every level; returns the levels and each level's maps."""
     batch, min_count = config.evaluation.batch_size, config.evaluation.min_class_count
-    original = explain_predictions(explainer, evalset.images, batch, min_count)
+    original = explain_predictions(explainer, evalset, batch, min_count)
     next_head = head_factory(protocol, explainer, config)
     return cascade(explainer.classifier.network, config.model.backbone, blocks, seed, original,
-                   lambda: explain_predictions(next_head(), evalset.images, batch, min_count), report)
+                   lambda: explain_predictions(next_head(), evalset, batch, min_count), report)
 
 
 def run_stream_mprt(model: CAStreamModel, make_maps: StreamMaps, config: ExperimentConfig, evalset: EvalSet,
@@ -127,10 +127,12 @@ def run_stream_mprt(model: CAStreamModel, make_maps: StreamMaps, config: Experim
     level explains the class the backbone predicts then."""
 
     def explain() -> Maps:
-        with torch.no_grad():
-            classes = torch.cat([model.classifier(batch).argmax(1)
-                                 for batch in evalset.images.split(config.evaluation.batch_size)])
-        return Maps(make_maps(evalset.images, classes).cpu(), classes.cpu(), None)
+        saliency, classes = [], []
+        for batch in evalset.batches(config.evaluation.batch_size):
+            with torch.no_grad():
+                classes.append(model.classifier(batch.images).argmax(1))
+            saliency.append(make_maps(batch.images, classes[-1]).cpu())
+        return Maps(torch.cat(saliency), torch.cat(classes).cpu(), None)
 
     return cascade(model.classifier.network, config.model.backbone, blocks, seed, explain(), explain, report)
 

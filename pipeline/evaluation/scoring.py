@@ -1,11 +1,14 @@
 """Faithfulness scores of maps on a classified split: ROAD (both orders) and AD/IC of a head's maps or of trivial
-reference maps, computed once per split and reused (`EvalSet`)."""
+reference maps. The split streams through the device in blocks, maps made block by block, so memory does not grow
+with the split; its clean predictions are computed once and reused (`EvalSet`)."""
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -13,63 +16,115 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from pipeline.config import EvalConfig, ExperimentConfig
 from pipeline.data.sources import build_splits, plain_images
 from pipeline.errors import UserError
-from pipeline.metrics.adic import AdIcResult, ad_ic
-from pipeline.metrics.road import RoadResult, road
+from pipeline.metrics.adic import DEFAULT_KEEP, AdIcResult, adic_probabilities, adic_result
+from pipeline.metrics.draws import image_draws
+from pipeline.metrics.road import RoadResult, images_per_chunk, road_correct, road_protocol_of, road_result
 from pipeline.models.classifiers import Classifier
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
 from pipeline.progress import Progress
 
 MapKind = Literal["head", "random", "center"]
+SHOWN_MAPS = 8  # maps of a split's first images kept for figures
+RANDOM_MAPS_STREAM = "random maps"  # image_draws() stream of the random reference maps
 
 
 @dataclass
-class EvalSet:
-    """A split's clean images with the classifier's own predictions: computed once, reused by every trial."""
+class Batch:
+    """A block of a split: its images on the device, their place in the split and their clean predictions."""
 
-    images: torch.Tensor  # [N, 3, H, W] pixel space, on the classifier's device
-    targets: torch.Tensor  # [N] the classifier's prediction on the clean image
-    probabilities: torch.Tensor  # [N] softmax probability of that prediction
+    first: int  # index of the first image in the split
+    images: torch.Tensor  # [B, 3, H, W] pixel space, on the classifier's device
+    targets: torch.Tensor  # [B] the classifier's prediction on the clean image, on the device
 
     def __len__(self) -> int:
         return self.targets.numel()
 
 
+def image_batches(dataset: Dataset, size: int, device: torch.device, num_workers: int = 0
+                  ) -> Iterator[tuple[int, torch.Tensor]]:
+    """(index of the first image, images on ``device``) for ``dataset`` in order, ``size`` images at a time."""
+    loader = DataLoader(dataset, batch_size=size, num_workers=num_workers, pin_memory=device.type == "cuda")
+    first = 0
+    for images, _ in loader:
+        yield first, images.to(device, non_blocking=True)
+        first += images.shape[0]
+
+
+@dataclass
+class EvalSet:
+    """A split classified once: the clean predictions are kept on the CPU, the images are read again, block by
+    block, whenever the split is scored."""
+
+    dataset: Dataset
+    targets: torch.Tensor  # [N] the classifier's prediction on the clean image
+    probabilities: torch.Tensor  # [N] softmax probability of that prediction
+    size: tuple[int, int]  # (H, W) of the images
+    device: torch.device
+    num_workers: int = 0
+
+    def __len__(self) -> int:
+        return self.targets.numel()
+
+    def batches(self, size: int) -> Iterator[Batch]:
+        """The split in order, ``size`` images at a time, on the device."""
+        for first, images in image_batches(self.dataset, size, self.device, self.num_workers):
+            yield Batch(first, images, self.targets[first:first + images.shape[0]].to(self.device))
+
+    def first_images(self, count: int) -> torch.Tensor:
+        """The first ``count`` images, on the CPU (for figures)."""
+        return torch.stack([self.dataset[index][0] for index in range(min(count, len(self)))])
+
+
 @torch.no_grad()
 def prepare_eval_set(classifier: Classifier, dataset: Dataset, batch_size: int = 32,
-                     limit: int | None = None) -> EvalSet:
-    """Load a split into memory and classify it once."""
+                     limit: int | None = None, num_workers: int = 0) -> EvalSet:
+    """Classify a split once, streaming it (``num_workers`` loader processes)."""
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     device = classifier.mean.device
-    images, targets, probabilities = [], [], []
-    for batch, _ in DataLoader(dataset, batch_size=batch_size):
-        batch = batch.to(device)
-        probs = classifier(batch).softmax(1)
-        best = probs.max(1)
-        images.append(batch)
-        targets.append(best.indices)
-        probabilities.append(best.values)
-    if not images:
+    targets, probabilities, size = [], [], (0, 0)
+    for _, images in image_batches(dataset, batch_size, device, num_workers):
+        best = classifier(images).softmax(1).max(1)
+        targets.append(best.indices.cpu())
+        probabilities.append(best.values.cpu())
+        size = tuple(images.shape[-2:])
+    if not targets:
         raise ValueError("the evaluation split is empty")
-    return EvalSet(torch.cat(images), torch.cat(targets), torch.cat(probabilities))
+    return EvalSet(dataset, torch.cat(targets), torch.cat(probabilities), size, device, num_workers)
 
 
-def reference_maps(kind: MapKind, count: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
-    """Trivial maps: independent uniform noise per pixel, or a centred Gaussian blob."""
+MapMaker = Callable[[Batch], torch.Tensor]  # maps [B, H, W] in [0, 1] of a block's images for its targets
+
+
+def reference_maps(kind: MapKind, count: int, size: tuple[int, int], seed: int = 0, first: int = 0) -> torch.Tensor:
+    """Trivial maps of images ``first .. first + count - 1``: uniform noise per pixel (drawn per image from ``seed``
+    and its place in the split), or a centred Gaussian blob."""
     if kind == "random":
-        return torch.rand(count, *size, generator=torch.Generator().manual_seed(seed))
+        return image_draws(seed, first, count, size, RANDOM_MAPS_STREAM, normal=False)
     rows = torch.linspace(-1, 1, size[0]).view(-1, 1)
     cols = torch.linspace(-1, 1, size[1]).view(1, -1)
     return torch.exp(-(rows ** 2 + cols ** 2) / 0.5).expand(count, *size).clone()
 
 
-@torch.no_grad()
-def head_maps(explainer: Explainer, evalset: EvalSet, batch_size: int = 32) -> torch.Tensor:
-    """The head's min-max maps for each image's predicted class, at image resolution."""
-    parts = [explainer.explain(images, classes).saliency
-             for images, classes in zip(evalset.images.split(batch_size), evalset.targets.split(batch_size))]
-    return torch.cat(parts)
+def reference_maker(kind: MapKind, seed: int = 0) -> MapMaker:
+    """``reference_maps`` of each block."""
+    return lambda batch: reference_maps(kind, len(batch), tuple(batch.images.shape[-2:]), seed, batch.first)
+
+
+def head_maps(explainer: Explainer, batch_size: int = 32) -> MapMaker:
+    """The head's min-max maps for each image's predicted class, at image resolution, ``batch_size`` at a time."""
+    @torch.no_grad()
+    def make(batch: Batch) -> torch.Tensor:
+        return torch.cat([explainer.explain(images, classes).saliency
+                          for images, classes in zip(batch.images.split(batch_size), batch.targets.split(batch_size))])
+    return make
+
+
+def block_size(batch_size: int, device: torch.device) -> int:
+    """Images per streamed block: whole ROAD chunks and whole batches, so every score is the one the whole split
+    in memory would get (the imputer solves a chunk's images together, to a tolerance)."""
+    return math.lcm(batch_size, images_per_chunk(device))
 
 
 @dataclass
@@ -101,34 +156,42 @@ class Evaluation:
         return report
 
 
-def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: torch.Tensor, settings: EvalConfig,
-                  progress: bool = False) -> Evaluation:
-    """ROAD (both orders, every percentage) and AD/IC of ``maps`` [N, H, W] for ``classifier``."""
+def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: MapMaker, settings: EvalConfig,
+                  progress: bool = False, also: Callable[[Batch, torch.Tensor], None] | None = None
+                  ) -> tuple[Evaluation, torch.Tensor]:
+    """ROAD (both orders, every percentage) and AD/IC of the maps ``maps`` makes for each block of ``evalset``;
+    ``also``, if given, gets every block with its maps. Returns the evaluation and the first SHOWN_MAPS maps."""
     started = time.perf_counter()
-    maps = maps.to(evalset.images.device)
-    generator = torch.Generator(device=evalset.images.device).manual_seed(settings.seed)
+    correct, masked, shown = [], [], []
     with Progress(len(evalset), "ROAD", "images", enabled=progress) as bar:
-        road_result = road(classifier, evalset.images, maps, evalset.targets, settings.percentages,
-                           settings.imputer, settings.noise, settings.batch_size, generator,
-                           progress=lambda done: bar.update(done - bar.done))
-    adic_result = ad_ic(classifier, evalset.images, maps, evalset.targets, evalset.probabilities,
-                        batch_size=settings.batch_size)
-    return Evaluation(road_result, adic_result, len(evalset), time.perf_counter() - started)
+        for batch in evalset.batches(block_size(settings.batch_size, evalset.device)):
+            saliency = maps(batch).to(batch.images.device)
+            correct.append(road_correct(classifier, batch.images, saliency, batch.targets, settings.percentages,
+                                        settings.imputer, settings.noise, settings.batch_size, settings.seed,
+                                        batch.first, lambda done, first=batch.first: bar.update(first + done - bar.done)))
+            masked.append(adic_probabilities(classifier, batch.images, saliency, batch.targets, DEFAULT_KEEP,
+                                             settings.batch_size))
+            if also is not None:
+                also(batch, saliency)
+            shown.append(saliency[:max(SHOWN_MAPS - batch.first, 0)].cpu())
+    evaluation = Evaluation(road_result(settings.percentages, torch.cat(correct, dim=2), road_protocol_of(settings)),
+                            adic_result(DEFAULT_KEEP, evalset.probabilities, torch.cat(masked, dim=1)),
+                            len(evalset), time.perf_counter() - started)
+    return evaluation, torch.cat(shown)
 
 
 def evaluate_head(explainer: Explainer, evalset: EvalSet, settings: EvalConfig, maps: MapKind = "head",
                   progress: bool = False) -> tuple[Evaluation, torch.Tensor]:
-    """Evaluate the head's maps (or reference maps); returns the evaluation and the maps used.
+    """Evaluate the head's maps (or reference maps); returns the evaluation and the first SHOWN_MAPS maps.
 
     For the head's maps the evaluation also records which images' classes the head was trained on."""
     if maps != "head":
-        saliency = reference_maps(maps, len(evalset), tuple(evalset.images.shape[-2:]), settings.seed)
-        return evaluate_maps(explainer.classifier, evalset, saliency, settings, progress), saliency
-    saliency = head_maps(explainer, evalset, settings.batch_size)
-    evaluation = evaluate_maps(explainer.classifier, evalset, saliency, settings, progress)
+        return evaluate_maps(explainer.classifier, evalset, reference_maker(maps, settings.seed), settings, progress)
+    evaluation, shown = evaluate_maps(explainer.classifier, evalset, head_maps(explainer, settings.batch_size),
+                                      settings, progress)
     evaluation.classes = evalset.targets.tolist()
     evaluation.trained = ClassCoverage.of(explainer.head, settings.min_class_count).covered(evalset.targets).tolist()
-    return evaluation, saliency
+    return evaluation, shown
 
 
 def summary_line(evaluation: Evaluation) -> str:
@@ -158,4 +221,4 @@ def load_eval_set(classifier: Classifier, config: ExperimentConfig, split: str |
     else:
         splits = build_splits(config.data, size)
         dataset = splits.val if split == "val" else splits.test
-    return prepare_eval_set(classifier, dataset, config.evaluation.batch_size, limit)
+    return prepare_eval_set(classifier, dataset, config.evaluation.batch_size, limit, config.data.num_workers)

@@ -34,7 +34,8 @@ def train_final_head(search: str, chosen: TrialRecord, config: ExperimentConfig,
         trained = trainer(config, bench, on_step=run.log_step, progress=progress)
         save_head(trained, folder.final)
         run.log_metrics(contribution_metrics(layer_contributions(trained.explainer, config.evaluation.min_class_count)))
-        test_set = prepare_eval_set(bench.models.classifier, bench.splits.test, config.evaluation.batch_size)
+        test_set = prepare_eval_set(bench.models.classifier, bench.splits.test, config.evaluation.batch_size,
+                                    num_workers=config.data.num_workers)
         evaluation, maps = evaluate_head(trained.explainer, test_set, config.evaluation)
         run.log_metrics(evaluation.metrics())
         for path in grid_and_curve(test_set, maps, evaluation, trained, folder.final, "final head, test split"):

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from pipeline import config as configs
-from pipeline.evaluation.scoring import EvalSet, evaluate_maps, prepare_eval_set, reference_maps, summary_line
+from pipeline.evaluation.scoring import EvalSet, evaluate_maps, prepare_eval_set, reference_maker, summary_line
 from pipeline.hpo import ax_seam
 from pipeline.hpo.analyses import log_ax_analyses
 from pipeline.hpo.descriptions import FinalHead, search_description
@@ -31,7 +31,7 @@ from pipeline.tracking.runs import Tracker
 from pipeline.tracking.stores import is_tracking_server
 from pipeline.training.head_training import Workbench, train_head
 
-REFERENCE_MAPS = {"random": "random maps", "center": "centred blob"}  # reference_maps() kind -> table label
+REFERENCE_MAPS = {"random": "random maps", "center": "centred blob"}  # reference_maker() kind -> table label
 
 
 @dataclass
@@ -78,7 +78,8 @@ class Search:
         options, base = self.options, self.base_config
         self.bench = Workbench.load(base)
         self.folder.start(options.name, options.base, options.space_path)
-        self.val_set = prepare_eval_set(self.bench.models.classifier, self.bench.splits.val, base.evaluation.batch_size)
+        self.val_set = prepare_eval_set(self.bench.models.classifier, self.bench.splits.val, base.evaluation.batch_size,
+                                        num_workers=base.data.num_workers)
         self.tracker = Tracker(options.tracking_uri)
         protocol = road_protocol_of(base.evaluation)
         run_id = self.tracker.start_search(
@@ -107,10 +108,8 @@ class Search:
         if cached is not None:
             return cached
         evaluation, classifier = self.base_config.evaluation, self.bench.models.classifier
-        size = tuple(self.val_set.images.shape[-2:])
-        scores = {label: evaluate_maps(classifier, self.val_set, reference_maps(kind, len(self.val_set), size,
-                                                                                evaluation.seed), evaluation
-                                       ).road.metrics()
+        scores = {label: evaluate_maps(classifier, self.val_set, reference_maker(kind, evaluation.seed), evaluation
+                                       )[0].road.metrics()
                   for kind, label in REFERENCE_MAPS.items()}
         self.folder.update_state(**{REFERENCES: scores})
         self.tracker.log_search_metrics({f"{kind}_maps_{name}": value for kind, label in REFERENCE_MAPS.items()

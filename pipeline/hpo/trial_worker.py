@@ -87,7 +87,8 @@ class TrialWorker:
     def load(cls, base: ExperimentConfig, trainer: Trainer = train_head, progress: bool = False) -> TrialWorker:
         """Load the frozen models, the data and the classified validation split of ``base``."""
         bench = Workbench.load(base)
-        val_set = prepare_eval_set(bench.models.classifier, bench.splits.val, base.evaluation.batch_size)
+        val_set = prepare_eval_set(bench.models.classifier, bench.splits.val, base.evaluation.batch_size,
+                                   num_workers=base.data.num_workers)
         return cls(bench, val_set, trainer, progress)
 
     def checkpoint_set(self, images: int) -> EvalSet:
@@ -97,7 +98,8 @@ class TrialWorker:
             return self.val_set
         if self._checkpoint_set is None or len(self._checkpoint_set) != min(images, len(self.bench.splits.val)):
             self._checkpoint_set = prepare_eval_set(self.bench.models.classifier, self.bench.splits.val,
-                                                    self.bench.config.evaluation.batch_size, limit=images)
+                                                    self.bench.config.evaluation.batch_size, limit=images,
+                                                    num_workers=self.bench.config.data.num_workers)
         return self._checkpoint_set
 
     def run(self, index: int, config: ExperimentConfig, on_step: StepCallback | None = None,

@@ -74,6 +74,27 @@ def masked_probabilities(
         classify, lambda chunk: images[chunk] * kept_maps(maps[chunk], keep)[:, None], targets, batch_size)
 
 
+def adic_probabilities(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    keep: Sequence[float] = DEFAULT_KEEP,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Float64 [kept fractions, B] on the CPU: ``masked_probabilities`` for every fraction in ``keep``."""
+    return torch.stack([masked_probabilities(classify, images, maps, targets, float(k), batch_size) for k in keep])
+
+
+def adic_result(keep: Sequence[float], clean_probs: torch.Tensor, masked: torch.Tensor) -> AdIcResult:
+    """AD/IC from the clean probabilities [N] and the masked ones [kept fractions, N] (``adic_probabilities`` of
+    a whole split, in any batches)."""
+    clean = clean_probs.double().cpu()
+    drops = [((clean - row).clamp_min(0) / clean).mean().item() * 100 for row in masked]
+    increases = [(row > clean).double().mean().item() * 100 for row in masked]
+    return AdIcResult([float(k) for k in keep], drops, increases)
+
+
 def ad_ic(
     classify: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
@@ -88,11 +109,4 @@ def ad_ic(
     ``targets`` [N] are the explained classes, ``clean_probs`` [N] their softmax probabilities on
     the clean images.
     """
-    keep = [float(k) for k in keep]
-    clean = clean_probs.double().cpu()
-    drops, increases = [], []
-    for fraction in keep:
-        masked = masked_probabilities(classify, images, maps, targets, fraction, batch_size)
-        drops.append(((clean - masked).clamp_min(0) / clean).mean().item() * 100)
-        increases.append((masked > clean).double().mean().item() * 100)
-    return AdIcResult(keep, drops, increases)
+    return adic_result(keep, clean_probs, adic_probabilities(classify, images, maps, targets, keep, batch_size))

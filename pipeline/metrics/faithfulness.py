@@ -69,7 +69,14 @@ class CausalCurve:
     auc: float
 
 
-def causal_curve(
+def causal_counts(height: int, width: int, step: int | None = None) -> list[int]:
+    """Pixels changed before the first and after every Insertion/Deletion step (``step`` defaults to eight rows)."""
+    pixels = height * width
+    step = step or default_step(width)
+    return [min(k * step, pixels) for k in range(math.ceil(pixels / step) + 1)]
+
+
+def causal_probabilities(
     classify: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     maps: torch.Tensor,
@@ -77,14 +84,12 @@ def causal_curve(
     mode: CausalMode,
     step: int | None = None,
     batch_size: int = 32,
-) -> CausalCurve:
-    """Insertion or Deletion curve of ``classify`` (pixel-space images -> logits) for maps [N, H, W]."""
-    height, width = images.shape[-2:]
-    pixels = height * width
-    step = step or default_step(width)
-    counts = [min(k * step, pixels) for k in range(math.ceil(pixels / step) + 1)]
+) -> torch.Tensor:
+    """Float64 [steps + 1, B] on the CPU: the target probability of every image after each Insertion or Deletion
+    step (``causal_counts``) for maps [B, H, W]."""
     if mode not in ("insertion", "deletion"):
         raise ValueError(f"mode must be 'insertion' or 'deletion', got {mode!r}")
+    pixels = images.shape[-2] * images.shape[-1]
 
     def changed(count: int) -> Callable[[slice], torch.Tensor]:
         def blend(chunk: slice) -> torch.Tensor:
@@ -95,10 +100,31 @@ def causal_curve(
             return torch.where(top, image, insertion_substrate(image))
         return blend
 
-    scores = [target_probabilities(classify, changed(count), targets, batch_size).mean().item()
-              for count in counts]
-    fractions = [count / pixels for count in counts]
-    return CausalCurve(mode, step, fractions, scores, trapezoid_auc(fractions, scores))
+    return torch.stack([target_probabilities(classify, changed(count), targets, batch_size)
+                        for count in causal_counts(*images.shape[-2:], step)])
+
+
+def curve_of(mode: CausalMode, size: tuple[int, int], probabilities: torch.Tensor, step: int | None = None
+             ) -> CausalCurve:
+    """The mean curve of ``causal_probabilities`` [steps + 1, N] of a whole split (in any batches), and its AUC."""
+    counts = causal_counts(*size, step)
+    fractions = [count / (size[0] * size[1]) for count in counts]
+    scores = [row.mean().item() for row in probabilities]
+    return CausalCurve(mode, step or default_step(size[1]), fractions, scores, trapezoid_auc(fractions, scores))
+
+
+def causal_curve(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    mode: CausalMode,
+    step: int | None = None,
+    batch_size: int = 32,
+) -> CausalCurve:
+    """Insertion or Deletion curve of ``classify`` (pixel-space images -> logits) for maps [N, H, W]."""
+    return curve_of(mode, tuple(images.shape[-2:]),
+                    causal_probabilities(classify, images, maps, targets, mode, step, batch_size), step)
 
 
 @dataclass
@@ -114,6 +140,30 @@ class FaithfulnessResult:
         return {"ag": self.average_gain, "insertion_auc": self.insertion.auc, "deletion_auc": self.deletion.auc}
 
 
+def faithfulness_probabilities(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    step: int | None = None,
+    batch_size: int = 32,
+) -> dict[str, torch.Tensor]:
+    """Per image (last axis): the target probability with the whole map applied ("masked", [B]) and after every
+    Insertion and Deletion step ([steps + 1, B] each)."""
+    maps = maps.to(images.device)
+    return {"masked": masked_probabilities(classify, images, maps, targets, 1.0, batch_size),
+            **{mode: causal_probabilities(classify, images, maps, targets, mode, step, batch_size)
+               for mode in ("insertion", "deletion")}}
+
+
+def faithfulness_result(clean_probs: torch.Tensor, probabilities: dict[str, torch.Tensor], size: tuple[int, int],
+                        step: int | None = None) -> FaithfulnessResult:
+    """AG, Insertion and Deletion from ``faithfulness_probabilities`` of a whole split (in any batches)."""
+    return FaithfulnessResult(average_gain(clean_probs, probabilities["masked"]),
+                              curve_of("insertion", size, probabilities["insertion"], step),
+                              curve_of("deletion", size, probabilities["deletion"], step))
+
+
 def faithfulness(
     classify: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
@@ -124,8 +174,5 @@ def faithfulness(
     batch_size: int = 32,
 ) -> FaithfulnessResult:
     """AG, Insertion and Deletion of maps [N, H, W] in [0, 1] for the clean predictions ``targets``."""
-    maps = maps.to(images.device)
-    masked = masked_probabilities(classify, images, maps, targets, 1.0, batch_size)
-    curves = {mode: causal_curve(classify, images, maps, targets, mode, step, batch_size)
-              for mode in ("insertion", "deletion")}
-    return FaithfulnessResult(average_gain(clean_probs, masked), curves["insertion"], curves["deletion"])
+    return faithfulness_result(clean_probs, faithfulness_probabilities(classify, images, maps, targets, step,
+                                                                       batch_size), tuple(images.shape[-2:]), step)

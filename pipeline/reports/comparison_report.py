@@ -57,7 +57,7 @@ def contributions_table(contributions: Sequence[LayerContribution]) -> str:
 
 
 def conventions(evalset: EvalSet, rise: RiseSettings, layers: dict[str, str], ca_stream: bool = False) -> list[str]:
-    width = evalset.images.shape[-1]
+    width = evalset.size[1]
     cam_layers = ", ".join(f"{name}: {layer}" for name, layer in layers.items()) or "none"
     notes = [
         "Scores are softmax probabilities (ROAD: accuracy) of the class the backbone predicts on the clean image; "
@@ -128,7 +128,7 @@ def write_figure(evalset: EvalSet, classifier: Classifier, maps: dict[str, torch
                            ClassCoverage.of(method.explainer.head, method.config.evaluation.min_class_count
                                             ).covered(targets).tolist()]
              for method in methods if method.explainer is not None}
-    return method_grid(evalset.images[shown].cpu(), {row.method: maps[row.method][shown] for row in rows},
+    return method_grid(evalset.first_images(FIGURE_IMAGES), {row.method: maps[row.method][shown] for row in rows},
                        titles, path, notes)
 
 

@@ -20,7 +20,7 @@ def grid_and_curve(evalset: EvalSet, maps: torch.Tensor, evaluation: Evaluation,
     count = min(GRID_IMAGES, len(evalset))
     titles = [f"{classifier.category(int(t))} ({float(p):.2f})"
               for t, p in zip(evalset.targets[:count], evalset.probabilities[:count])]
-    grid = explanation_grid(evalset.images[:count].cpu(), maps[:count].cpu(), titles, directory / "explanations.png")
+    grid = explanation_grid(evalset.first_images(count), maps[:count].cpu(), titles, directory / "explanations.png")
     road = evaluation.road
     curve = road_curve(road.percentages, road.morf, road.lerf, road.morf_auc, road.lerf_auc,
                        directory / "road_curve.png", title=f"{title}\n{road.protocol}")

@@ -1,0 +1,92 @@
+"""A trial's evaluation on the demo, held in memory (as before) against streamed, side by side in one run.
+
+    python tests/benchmarks/eval_streaming.py [--repeats 3] [--set KEY=VALUE ...]
+
+Trains a demo head once (96 views), then alternates ``--repeats`` times: the in-memory path (the split's images
+and all maps held, ROAD and AD/IC in one call each, as `evaluate_head` worked before it streamed) and the streamed
+`evaluate_head` (images read again block by block, maps made block by block). Prints the fastest of each, their
+ratio and whether the scores are identical; and ROAD's noise for one chunk drawn from one generator (as before)
+against drawn per image (as now).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script from anywhere
+
+from pipeline import config as configs  # noqa: E402
+from pipeline.evaluation.scoring import evaluate_head, prepare_eval_set  # noqa: E402
+from pipeline.metrics.adic import ad_ic  # noqa: E402
+from pipeline.metrics.draws import image_draws  # noqa: E402
+from pipeline.metrics.road import DEFAULT_PERCENTAGES, NOISE_STREAM, images_per_chunk, road  # noqa: E402
+from pipeline.training.head_training import Workbench, train_head  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def fastest(work, repeats: int) -> tuple[float, object]:
+    """The fewest seconds of ``repeats`` calls of ``work``, and its last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = work()
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    config = configs.load(REPO / "experiments" / "demo.yaml", ["data.demo_train_views=96", *args.overrides])
+    bench = Workbench.load(config)
+    explainer = train_head(config, bench, progress=False).explainer
+    classifier, settings = explainer.classifier, config.evaluation
+    evalset = prepare_eval_set(classifier, bench.splits.val, settings.batch_size)
+    print(f"demo: {len(evalset)} validation views of {evalset.size}, ROAD {settings.percentages} % removed, "
+          f"{torch.get_num_threads()} torch threads; fastest of {args.repeats}")
+
+    def in_memory() -> dict[str, float]:
+        images = evalset.first_images(len(evalset))
+        with torch.no_grad():
+            maps = torch.cat([explainer.explain(part, classes).saliency for part, classes in
+                              zip(images.split(settings.batch_size), evalset.targets.split(settings.batch_size))])
+        scores = road(classifier, images, maps, evalset.targets, settings.percentages, settings.imputer,
+                      settings.noise, settings.batch_size, settings.seed).metrics()
+        return scores | ad_ic(classifier, images, maps, evalset.targets, evalset.probabilities,
+                              batch_size=settings.batch_size).metrics()
+
+    def streamed() -> dict[str, float]:
+        metrics = evaluate_head(explainer, evalset, settings)[0].metrics()
+        return {key: value for key, value in metrics.items() if key != "class_coverage"}
+
+    held_seconds = streamed_seconds = float("inf")
+    for _ in range(args.repeats):  # alternated, so both see the same machine load
+        seconds, held = fastest(in_memory, 1)
+        held_seconds = min(held_seconds, seconds)
+        seconds, scores = fastest(streamed, 1)
+        streamed_seconds = min(streamed_seconds, seconds)
+    print(f"{'evaluation':<40} {'in memory s':>12} {'streamed s':>11} {'streamed / in memory':>21}")
+    print(f"{'head maps, ROAD, AD/IC':<40} {held_seconds:>12.2f} {streamed_seconds:>11.2f} "
+          f"{streamed_seconds / held_seconds:>21.3f}")
+    print(f"scores identical: {held == scores}")
+
+    per_chunk, variants = images_per_chunk(torch.device("cpu")), 2 * len(DEFAULT_PERCENTAGES)
+    shape = (variants * per_chunk, 3, *evalset.size)
+    generator = torch.Generator().manual_seed(0)
+    one, _ = fastest(lambda: torch.randn(shape, generator=generator), 5 * args.repeats)
+    each, _ = fastest(lambda: image_draws(0, 0, per_chunk, (variants, 3, *evalset.size), NOISE_STREAM, True),
+                      5 * args.repeats)
+    print(f"{f'ROAD noise of one chunk ({per_chunk} images)':<40} {'one generator s':>12} {'per image s':>11}")
+    print(f"{'':<40} {one:>12.4f} {each:>11.4f} {each / one:>21.3f}")
+
+
+if __name__ == "__main__":
+    main()
