@@ -11,8 +11,16 @@ from torch.utils.data import TensorDataset
 
 from pipeline import config as configs
 from pipeline.config import EvalConfig
-from pipeline.evaluation.scoring import (SHOWN_MAPS, EvalSet, block_size, evaluate_head, evaluate_maps,
-                                         prepare_eval_set, reference_maker, reference_maps)
+from pipeline.evaluation.scoring import (
+    SHOWN_MAPS,
+    EvalSet,
+    block_size,
+    evaluate_head,
+    evaluate_maps,
+    prepare_eval_set,
+    reference_maker,
+    reference_maps,
+)
 from pipeline.metrics.adic import ad_ic
 from pipeline.metrics.draws import image_draws
 from pipeline.metrics.road import road, road_correct

@@ -24,14 +24,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script from anywhere
 
-from pipeline.config import EvalConfig  # noqa: E402
-from pipeline.data.sources import plain_images  # noqa: E402
-from pipeline.evaluation.scoring import evaluate_maps, prepare_eval_set, reference_maker, reference_maps  # noqa: E402
-from pipeline.metrics.adic import ad_ic  # noqa: E402
-from pipeline.metrics.road import road  # noqa: E402
-from pipeline.models.classifiers import Classifier, Preprocessing  # noqa: E402
-from tests.benchmarks.gpu_trial import synthetic_photo  # noqa: E402
-from tests.toy_models import TinyClassifier  # noqa: E402
+from pipeline.config import EvalConfig
+from pipeline.data.sources import plain_images
+from pipeline.evaluation.scoring import evaluate_maps, prepare_eval_set, reference_maker, reference_maps
+from pipeline.metrics.adic import ad_ic
+from pipeline.metrics.road import road
+from pipeline.models.classifiers import Classifier, Preprocessing
+from tests.benchmarks.gpu_trial import synthetic_photo
+from tests.toy_models import TinyClassifier
 
 CLASSES = 16
 DISTINCT = 64  # distinct photos; the folder repeats their bytes under other names

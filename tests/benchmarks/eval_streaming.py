@@ -20,12 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script from anywhere
 
-from pipeline import config as configs  # noqa: E402
-from pipeline.evaluation.scoring import evaluate_head, prepare_eval_set  # noqa: E402
-from pipeline.metrics.adic import ad_ic  # noqa: E402
-from pipeline.metrics.draws import image_draws  # noqa: E402
-from pipeline.metrics.road import DEFAULT_PERCENTAGES, NOISE_STREAM, images_per_chunk, road  # noqa: E402
-from pipeline.training.head_training import Workbench, train_head  # noqa: E402
+from pipeline import config as configs
+from pipeline.evaluation.scoring import evaluate_head, prepare_eval_set
+from pipeline.metrics.adic import ad_ic
+from pipeline.metrics.draws import image_draws
+from pipeline.metrics.road import DEFAULT_PERCENTAGES, NOISE_STREAM, images_per_chunk, road
+from pipeline.training.head_training import Workbench, train_head
 
 REPO = Path(__file__).resolve().parents[2]
 
