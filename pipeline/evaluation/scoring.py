@@ -166,9 +166,10 @@ def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: MapMaker, sett
     with Progress(len(evalset), "ROAD", "images", enabled=progress) as bar:
         for batch in evalset.batches(block_size(settings.batch_size, evalset.device)):
             saliency = maps(batch).to(batch.images.device)
+            finished = lambda done, first=batch.first: bar.update(first + done - bar.done)
             correct.append(road_correct(classifier, batch.images, saliency, batch.targets, settings.percentages,
                                         settings.imputer, settings.noise, settings.batch_size, settings.seed,
-                                        batch.first, lambda done, first=batch.first: bar.update(first + done - bar.done)))
+                                        batch.first, finished))
             masked.append(adic_probabilities(classifier, batch.images, saliency, batch.targets, DEFAULT_KEEP,
                                              settings.batch_size))
             if also is not None:

@@ -128,8 +128,8 @@ def write_figure(evalset: EvalSet, classifier: Classifier, maps: dict[str, torch
                            ClassCoverage.of(method.explainer.head, method.config.evaluation.min_class_count
                                             ).covered(targets).tolist()]
              for method in methods if method.explainer is not None}
-    return method_grid(evalset.first_images(FIGURE_IMAGES), {row.method: maps[row.method][shown] for row in rows},
-                       titles, path, notes)
+    return method_grid(evalset.first_images(FIGURE_IMAGES),
+                       {row.method: maps[row.method][shown] for row in rows}, titles, path, notes)
 
 
 FIGURE_IMAGES = 4
