@@ -174,7 +174,8 @@ def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: MapMaker, sett
                                              settings.batch_size))
             if also is not None:
                 also(batch, saliency)
-            shown.append(saliency[:max(SHOWN_MAPS - batch.first, 0)].cpu())
+            if batch.first < SHOWN_MAPS:  # a copy: a view would keep the whole block's maps alive
+                shown.append(saliency[:SHOWN_MAPS - batch.first].to("cpu", copy=True))
     evaluation = Evaluation(road_result(settings.percentages, torch.cat(correct, dim=2), road_protocol_of(settings)),
                             adic_result(DEFAULT_KEEP, evalset.probabilities, torch.cat(masked, dim=1)),
                             len(evalset), time.perf_counter() - started)
