@@ -82,7 +82,7 @@ def test_map_on_the_decisive_region_gives_morf_below_lerf() -> None:
     classifier = RegionClassifier()
     targets = classifier(images).argmax(dim=1)
     assert targets.eq(1).all()
-    result = road(classifier, images, maps, targets, batch_size=16, seed=2)
+    result = road(classifier, images, maps, targets, batch_size=16, generator=torch.Generator().manual_seed(2))
     assert result.percentages == [10, 20, 30, 40, 50, 70, 90]
     assert result.morf[2:] == [0.0] * 5  # the whole region (25 %) is gone from 30 % on
     assert result.lerf[:5] == [1.0] * 5  # the region is untouched up to 75 %

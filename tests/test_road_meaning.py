@@ -36,8 +36,9 @@ def occlusion_maps(classifier, evalset: EvalSet) -> torch.Tensor:
 
 def road_score(classifier, evalset: EvalSet, maps: torch.Tensor, settings: EvalConfig) -> RoadResult:
     """ROAD of ``maps`` as a search scores them (`evaluate_maps` makes this call), without the AD/IC it adds."""
+    generator = torch.Generator(device=evalset.device).manual_seed(settings.seed)
     return road(classifier, evalset.first_images(len(evalset)), maps, evalset.targets, settings.percentages,
-                settings.imputer, settings.noise, settings.batch_size, settings.seed)
+                settings.imputer, settings.noise, settings.batch_size, generator)
 
 
 @pytest.mark.system

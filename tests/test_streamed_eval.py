@@ -1,5 +1,6 @@
 """Streamed evaluation: a split scored block by block, maps made block by block, gets exactly the scores that the
-whole split held in memory gets."""
+whole split held in memory gets (the in-memory path before streaming: one `road` call on the whole split with a
+generator seeded at the evaluation's seed, the random maps drawn at once)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from pipeline.evaluation.scoring import (
     reference_maps,
 )
 from pipeline.metrics.adic import ad_ic
-from pipeline.metrics.draws import image_draws
 from pipeline.metrics.road import road, road_correct
 from pipeline.models.classifiers import Classifier, Preprocessing
 from pipeline.training.head_training import Workbench, train_head
@@ -46,8 +46,9 @@ def in_memory_scores(classifier: Classifier, evalset: EvalSet, maps: torch.Tenso
                      ) -> dict[str, float]:
     """ROAD and AD/IC with the whole split and all its maps in memory at once, as evaluation worked before."""
     images = evalset.first_images(len(evalset))
+    generator = torch.Generator().manual_seed(settings.seed)
     scores = road(classifier, images, maps, evalset.targets, settings.percentages, settings.imputer, settings.noise,
-                  settings.batch_size, settings.seed).metrics()
+                  settings.batch_size, generator).metrics()
     return scores | ad_ic(classifier, images, maps, evalset.targets, evalset.probabilities,
                           batch_size=settings.batch_size).metrics()
 
@@ -58,22 +59,17 @@ def test_blocks_hold_whole_road_chunks_and_whole_batches():
     assert block_size(32, torch.device("cuda")) == 64  # an accelerator imputes 64 images together
 
 
-def test_an_images_draws_do_not_depend_on_the_batch_it_is_drawn_in():
-    whole = image_draws(7, 0, 5, (3, 4, 4), "road noise", normal=True)
-    assert torch.equal(image_draws(7, 3, 2, (3, 4, 4), "road noise", normal=True), whole[3:])
-    assert not torch.equal(image_draws(7, 0, 5, (3, 4, 4), "random maps", normal=True), whole)
-    assert not torch.equal(whole[0], whole[1])
-
-
-def test_road_of_a_split_in_parts_equals_road_of_the_whole_split():
+def test_road_of_a_split_in_parts_of_whole_chunks_equals_road_of_the_whole_split():
     classifier, images = toy_classifier(), toy_split(12).tensors[0]
     maps = reference_maps("random", 12, (SIZE, SIZE), seed=3)
     with torch.no_grad():
         targets = classifier(images).argmax(1)
-    whole = road_correct(classifier, images, maps, targets, (20, 50, 80), noise=0.2, seed=1)
-    parts = [road_correct(classifier, images[8:], maps[8:], targets[8:], (20, 50, 80), noise=0.2, seed=1, first=8),
-             road_correct(classifier, images[:8], maps[:8], targets[:8], (20, 50, 80), noise=0.2, seed=1)]
-    assert torch.equal(torch.cat(parts[::-1], dim=2), whole)
+    whole = road_correct(classifier, images, maps, targets, (20, 50, 80), noise=0.2,
+                         generator=torch.Generator().manual_seed(1))
+    carried = torch.Generator().manual_seed(1)  # one generator for the parts, in the split's order
+    parts = [road_correct(classifier, images[:8], maps[:8], targets[:8], (20, 50, 80), noise=0.2, generator=carried),
+             road_correct(classifier, images[8:], maps[8:], targets[8:], (20, 50, 80), noise=0.2, generator=carried)]
+    assert torch.equal(torch.cat(parts, dim=2), whole)
     assert 0 < whole.double().mean() < 1, "the toy classifier is sensitive to the removed pixels"
 
 

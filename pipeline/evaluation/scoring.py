@@ -17,7 +17,6 @@ from pipeline.config import EvalConfig, ExperimentConfig
 from pipeline.data.sources import build_splits, plain_images
 from pipeline.errors import UserError
 from pipeline.metrics.adic import DEFAULT_KEEP, AdIcResult, adic_probabilities, adic_result
-from pipeline.metrics.draws import image_draws
 from pipeline.metrics.road import RoadResult, images_per_chunk, road_correct, road_protocol_of, road_result
 from pipeline.models.classifiers import Classifier
 from pipeline.models.coverage import ClassCoverage
@@ -26,7 +25,6 @@ from pipeline.progress import Progress
 
 MapKind = Literal["head", "random", "center"]
 SHOWN_MAPS = 8  # maps of a split's first images kept for figures
-RANDOM_MAPS_STREAM = "random maps"  # image_draws() stream of the random reference maps
 
 
 @dataclass
@@ -97,19 +95,27 @@ def prepare_eval_set(classifier: Classifier, dataset: Dataset, batch_size: int =
 MapMaker = Callable[[Batch], torch.Tensor]  # maps [B, H, W] in [0, 1] of a block's images for its targets
 
 
-def reference_maps(kind: MapKind, count: int, size: tuple[int, int], seed: int = 0, first: int = 0) -> torch.Tensor:
-    """Trivial maps of images ``first .. first + count - 1``: uniform noise per pixel (drawn per image from ``seed``
-    and its place in the split), or a centred Gaussian blob."""
+def reference_maps(kind: MapKind, count: int, size: tuple[int, int], seed: int = 0,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Trivial maps of ``count`` images: uniform noise per pixel (drawn with ``generator``, else a new one seeded
+    with ``seed``), or a centred Gaussian blob."""
     if kind == "random":
-        return image_draws(seed, first, count, size, RANDOM_MAPS_STREAM, normal=False)
+        return torch.rand(count, *size, generator=generator or torch.Generator().manual_seed(seed))
     rows = torch.linspace(-1, 1, size[0]).view(-1, 1)
     cols = torch.linspace(-1, 1, size[1]).view(1, -1)
     return torch.exp(-(rows ** 2 + cols ** 2) / 0.5).expand(count, *size).clone()
 
 
 def reference_maker(kind: MapKind, seed: int = 0) -> MapMaker:
-    """``reference_maps`` of each block."""
-    return lambda batch: reference_maps(kind, len(batch), tuple(batch.images.shape[-2:]), seed, batch.first)
+    """``reference_maps`` of each block; the random maps' generator is seeded again at the split's first image and
+    carried across blocks, so a streamed split draws what the whole split drawn at once draws."""
+    generator = torch.Generator()
+
+    def make(batch: Batch) -> torch.Tensor:
+        if batch.first == 0:
+            generator.manual_seed(seed)
+        return reference_maps(kind, len(batch), tuple(batch.images.shape[-2:]), seed, generator)
+    return make
 
 
 def head_maps(explainer: Explainer, batch_size: int = 32) -> MapMaker:
@@ -163,13 +169,14 @@ def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: MapMaker, sett
     ``also``, if given, gets every block with its maps. Returns the evaluation and the first SHOWN_MAPS maps."""
     started = time.perf_counter()
     correct, masked, shown = [], [], []
+    generator = torch.Generator(device=evalset.device).manual_seed(settings.seed)  # carried across the blocks
     with Progress(len(evalset), "ROAD", "images", enabled=progress) as bar:
         for batch in evalset.batches(block_size(settings.batch_size, evalset.device)):
             saliency = maps(batch).to(batch.images.device)
             finished = lambda done, first=batch.first: bar.update(first + done - bar.done)
             correct.append(road_correct(classifier, batch.images, saliency, batch.targets, settings.percentages,
-                                        settings.imputer, settings.noise, settings.batch_size, settings.seed,
-                                        batch.first, finished))
+                                        settings.imputer, settings.noise, settings.batch_size, generator,
+                                        finished))
             masked.append(adic_probabilities(classifier, batch.images, saliency, batch.targets, DEFAULT_KEEP,
                                              settings.batch_size))
             if also is not None:

@@ -49,13 +49,11 @@ def noisy_linear_impute(
     removed: torch.Tensor,
     noise: float = 0.01,
     generator: torch.Generator | None = None,
-    draws: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Impute ``removed`` pixels ([B, H, W] bool) of ``images`` ([B, C, H, W], [0, 1] pixel space).
 
-    Known pixels are returned bit-exactly; imputed ones get Gaussian noise of std ``noise``: ``noise * draws``
-    (standard normal, the images' shape) when given, else drawn with ``generator``. An image with every pixel
-    removed becomes FILL_VALUE plus noise.
+    Known pixels are returned bit-exactly; imputed ones get Gaussian noise of std ``noise``
+    (drawn with ``generator``). An image with every pixel removed becomes FILL_VALUE plus noise.
     Computes in float32 (float64 for float64 input) on the images' device.
     """
     if images.dim() != 4 or removed.shape != images.shape[:1] + images.shape[2:]:
@@ -66,9 +64,7 @@ def noisy_linear_impute(
     _solve_in_chunks(solved, removed & ~full[:, None, None])
     solved[full] = FILL_VALUE
     if noise > 0:
-        if draws is None:
-            draws = torch.randn(solved.shape, generator=generator, device=solved.device, dtype=solved.dtype)
-        solved += noise * draws.to(solved.device, solved.dtype)
+        solved += noise * torch.randn(solved.shape, generator=generator, device=solved.device, dtype=solved.dtype)
     return torch.where(removed[:, None], solved.to(images.dtype), images)
 
 

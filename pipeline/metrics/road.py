@@ -17,7 +17,6 @@ import torch
 
 from pipeline import config as configs
 from pipeline.config import EvalConfig
-from pipeline.metrics.draws import image_draws
 from pipeline.metrics.imputation import noisy_linear_impute
 from pipeline.metrics.inpainting import telea_impute
 
@@ -32,7 +31,6 @@ DEFAULT_PERCENTAGES = (10, 20, 30, 40, 50, 70, 90)
 # imputer costs a launch whatever its size, so larger chunks mean fewer launches per image.
 _IMAGES_PER_CHUNK = 8
 _ACCELERATOR_IMAGES_PER_CHUNK = 64
-NOISE_STREAM = "road noise"  # image_draws() stream of the imputation noise
 
 
 def removal_masks(maps: torch.Tensor, fraction: float, order: str) -> torch.Tensor:
@@ -83,13 +81,12 @@ def images_per_chunk(device: torch.device) -> int:
     return _IMAGES_PER_CHUNK if device.type == "cpu" else _ACCELERATOR_IMAGES_PER_CHUNK
 
 
-def resolve_imputer(imputer: str | Imputer, noise: float, draws: torch.Tensor | None = None) -> Imputer:
-    """An imputer by name ("noisy_linear" adds ``noise`` times ``draws``, standard normal draws of its images'
-    shape, or draws of torch's global generator when none are given), or the callable itself."""
+def resolve_imputer(imputer: str | Imputer, noise: float, generator: torch.Generator | None) -> Imputer:
+    """An imputer by name ("noisy_linear" uses ``noise`` and ``generator``), or the callable itself."""
     if callable(imputer):
         return imputer
     if imputer == "noisy_linear":
-        return partial(noisy_linear_impute, noise=noise, draws=draws)
+        return partial(noisy_linear_impute, noise=noise, generator=generator)
     if imputer == "telea":
         return telea_impute
     raise ValueError(f"imputer must be one of {', '.join(IMPUTERS)} or a callable, got {imputer!r}")
@@ -124,18 +121,19 @@ def road_correct(
     imputer: str | Imputer = "noisy_linear",
     noise: float = 0.01,
     batch_size: int = 32,
-    seed: int = 0,
-    first: int = 0,
+    generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Bool [orders, percentages, B] on the CPU: whether ``classify`` (pixel-space images -> logits) still predicts
     ``targets`` [B] on ``images`` [B, C, H, W] with the pixels ranked by ``maps`` [B, H, W] removed and imputed.
 
-    ``imputer`` is one of IMPUTERS or a callable like ``telea_impute``. The "noisy_linear" noise of image ``i`` is
-    drawn from ``seed`` and its place ``first + i`` in the split, so it does not depend on the batch. ``progress``,
-    if given, is called with the number of images finished after every chunk.
+    ``imputer`` is one of IMPUTERS or a callable like ``telea_impute``; ``noise`` and ``generator`` apply to
+    "noisy_linear" only. The noise is drawn chunk by chunk, in the images' order, so a split scored in blocks of
+    whole chunks with one generator draws what the whole split scored at once draws. ``progress``, if given, is
+    called with the number of images finished after every chunk.
     """
     percentages = [int(p) for p in percentages]
+    impute = resolve_imputer(imputer, noise, generator)
     per_chunk = images_per_chunk(images.device)
     variants = len(ORDERS) * len(percentages)
     parts = [torch.zeros(len(ORDERS), len(percentages), 0, dtype=torch.bool)]
@@ -145,11 +143,7 @@ def road_correct(
             chunk_images, chunk_maps, chunk_targets = images[chunk], maps[chunk], targets[chunk]
             masks = road_masks(chunk_maps, percentages)
             repeated = chunk_images.expand(variants, *chunk_images.shape).flatten(0, 1)
-            draws = None
-            if imputer == "noisy_linear" and noise > 0:
-                draws = image_draws(seed, first + start, chunk_images.shape[0], (variants, *chunk_images.shape[1:]),
-                                    NOISE_STREAM, True, images.device, images.dtype).transpose(0, 1).flatten(0, 1)
-            imputed = resolve_imputer(imputer, noise, draws)(repeated, masks.flatten(0, 2))
+            imputed = impute(repeated, masks.flatten(0, 2))
             predictions = torch.cat([classify(part).argmax(dim=1) for part in imputed.split(batch_size)])
             parts.append((predictions.view(*masks.shape[:3]) == chunk_targets.to(predictions.device)).cpu())
             if progress is not None:
@@ -174,7 +168,7 @@ def road(
     imputer: str | Imputer = "noisy_linear",
     noise: float = 0.01,
     batch_size: int = 32,
-    seed: int = 0,
+    generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RoadResult:
     """MoRF/LeRF accuracy of ``classify`` on ``images`` imputed where ``maps`` rank them (``road_correct``).
@@ -182,6 +176,6 @@ def road(
     ``maps`` [N, H, W] are saliency maps at image resolution, ``targets`` [N] the classifier's
     predictions on the clean images.
     """
-    correct = road_correct(classify, images, maps, targets, percentages, imputer, noise, batch_size, seed,
-                           progress=progress)
+    correct = road_correct(classify, images, maps, targets, percentages, imputer, noise, batch_size, generator,
+                           progress)
     return road_result(percentages, correct, road_protocol(imputer, percentages, noise))

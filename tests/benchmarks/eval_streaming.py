@@ -5,8 +5,7 @@
 Trains a demo head once (96 views), then alternates ``--repeats`` times: the in-memory path (the split's images
 and all maps held, ROAD and AD/IC in one call each, as `evaluate_head` worked before it streamed) and the streamed
 `evaluate_head` (images read again block by block, maps made block by block). Prints the fastest of each, their
-ratio and whether the scores are identical; and ROAD's noise for one chunk drawn from one generator (as before)
-against drawn per image (as now).
+ratio and whether the scores are identical.
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain s
 from pipeline import config as configs
 from pipeline.evaluation.scoring import evaluate_head, prepare_eval_set
 from pipeline.metrics.adic import ad_ic
-from pipeline.metrics.draws import image_draws
-from pipeline.metrics.road import DEFAULT_PERCENTAGES, NOISE_STREAM, images_per_chunk, road
+from pipeline.metrics.road import road
 from pipeline.training.head_training import Workbench, train_head
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,8 +56,9 @@ def main() -> None:
         with torch.no_grad():
             maps = torch.cat([explainer.explain(part, classes).saliency for part, classes in
                               zip(images.split(settings.batch_size), evalset.targets.split(settings.batch_size))])
+        generator = torch.Generator().manual_seed(settings.seed)
         scores = road(classifier, images, maps, evalset.targets, settings.percentages, settings.imputer,
-                      settings.noise, settings.batch_size, settings.seed).metrics()
+                      settings.noise, settings.batch_size, generator).metrics()
         return scores | ad_ic(classifier, images, maps, evalset.targets, evalset.probabilities,
                               batch_size=settings.batch_size).metrics()
 
@@ -77,15 +76,6 @@ def main() -> None:
     print(f"{'head maps, ROAD, AD/IC':<40} {held_seconds:>12.2f} {streamed_seconds:>11.2f} "
           f"{streamed_seconds / held_seconds:>21.3f}")
     print(f"scores identical: {held == scores}")
-
-    per_chunk, variants = images_per_chunk(torch.device("cpu")), 2 * len(DEFAULT_PERCENTAGES)
-    shape = (variants * per_chunk, 3, *evalset.size)
-    generator = torch.Generator().manual_seed(0)
-    one, _ = fastest(lambda: torch.randn(shape, generator=generator), 5 * args.repeats)
-    each, _ = fastest(lambda: image_draws(0, 0, per_chunk, (variants, 3, *evalset.size), NOISE_STREAM, True),
-                      5 * args.repeats)
-    print(f"{f'ROAD noise of one chunk ({per_chunk} images)':<40} {'one generator s':>12} {'per image s':>11}")
-    print(f"{'':<40} {one:>12.4f} {each:>11.4f} {each / one:>21.3f}")
 
 
 if __name__ == "__main__":

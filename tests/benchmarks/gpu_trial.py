@@ -173,7 +173,7 @@ def road_seconds(args, device: torch.device) -> tuple[float, int]:
     synchronize(device)
     started = time.perf_counter()
     road(models.classifier, images, maps, targets, settings.percentages, settings.imputer, settings.noise,
-         settings.batch_size, seed=0)
+         settings.batch_size, torch.Generator(device=device).manual_seed(0))
     synchronize(device)
     return (time.perf_counter() - started) * ROAD_PER / args.road_images, args.road_images
 
