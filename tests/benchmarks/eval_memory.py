@@ -82,7 +82,7 @@ def evaluate(folder: Path, count: int, in_memory: bool, options: argparse.Namesp
         images = evalset.first_images(count)
         maps = reference_maps(options.maps, count, evalset.size, settings.seed)
         metrics = road(classifier, images, maps, evalset.targets, settings.percentages, settings.imputer,
-                       settings.noise, settings.batch_size, settings.seed).metrics()
+                       settings.noise, settings.batch_size, torch.Generator().manual_seed(settings.seed)).metrics()
         metrics |= ad_ic(classifier, images, maps, evalset.targets, evalset.probabilities,
                          batch_size=settings.batch_size).metrics()
     else:
