@@ -15,6 +15,7 @@ from pipeline.config import EvalConfig
 from pipeline.evaluation.scoring import (
     SHOWN_MAPS,
     EvalSet,
+    PerImage,
     block_size,
     evaluate_head,
     evaluate_maps,
@@ -51,6 +52,18 @@ def in_memory_scores(classifier: Classifier, evalset: EvalSet, maps: torch.Tenso
                   settings.batch_size, generator).metrics()
     return scores | ad_ic(classifier, images, maps, evalset.targets, evalset.probabilities,
                           batch_size=settings.batch_size).metrics()
+
+
+def test_per_image_results_written_block_by_block_equal_the_parts_joined():
+    parts = [{"correct": torch.rand(2, 3, size) > 0.5, "masked": torch.rand(4, size, dtype=torch.float64)}
+             for size in (32, 32, 7)]
+    results, first = PerImage(71), 0
+    for part in parts:
+        results.put(first, part)
+        first += part["masked"].shape[-1]
+    for name in ("correct", "masked"):
+        joined = torch.cat([part[name] for part in parts], dim=-1)
+        assert results[name].dtype == joined.dtype and torch.equal(results[name], joined)
 
 
 def test_blocks_hold_whole_road_chunks_and_whole_batches():

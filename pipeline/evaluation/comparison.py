@@ -18,7 +18,7 @@ from pipeline.baselines.cam import CAM_METHODS, CamMethod
 from pipeline.baselines.rise import RiseSettings, rise_saliency
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
-from pipeline.evaluation.scoring import Batch, EvalSet, MapMaker, evaluate_maps, head_maps, reference_maker
+from pipeline.evaluation.scoring import Batch, EvalSet, MapMaker, PerImage, evaluate_maps, head_maps, reference_maker
 from pipeline.metrics.faithfulness import faithfulness_probabilities, faithfulness_result
 from pipeline.models.castream import CAStreamModel
 from pipeline.models.classifiers import Classifier
@@ -178,7 +178,7 @@ def run_method(method: Method, classifier: Classifier, evalset: EvalSet, setting
     """Make each block's maps (timed, forward passes counted) and score them like every other row; returns the row
     and the maps of the split's first images."""
     count, batch_size = len(evalset), settings.evaluation.batch_size
-    making, faithful = 0.0, []
+    making, faithful = 0.0, PerImage(count)
     with ForwardCounter(method.backbone) as backbone, ForwardCounter(method.auxiliary) as auxiliary:
         def make(batch: Batch) -> torch.Tensor:
             nonlocal making
@@ -192,14 +192,13 @@ def run_method(method: Method, classifier: Classifier, evalset: EvalSet, setting
             return maps
 
         def score_faithfulness(batch: Batch, maps: torch.Tensor) -> None:
-            faithful.append(faithfulness_probabilities(classifier, batch.images, maps, batch.targets,
-                                                       batch_size=batch_size))
+            faithful.put(batch.first, faithfulness_probabilities(classifier, batch.images, maps, batch.targets,
+                                                                 batch_size=batch_size))
 
         started = time.perf_counter()
         evaluation, shown = evaluate_maps(classifier, evalset, make, settings.evaluation, also=score_faithfulness)
         scoring = time.perf_counter() - started - making
-    measures = faithfulness_result(evalset.probabilities, {key: torch.cat([part[key] for part in faithful], dim=-1)
-                                                           for key in faithful[0]}, evalset.size)
+    measures = faithfulness_result(evalset.probabilities, faithful.columns, evalset.size)
     coverage = None
     if method.explainer is not None:
         coverage = ClassCoverage.of(method.explainer.head, method.config.evaluation.min_class_count

@@ -95,6 +95,26 @@ def prepare_eval_set(classifier: Classifier, dataset: Dataset, batch_size: int =
 MapMaker = Callable[[Batch], torch.Tensor]  # maps [B, H, W] in [0, 1] of a block's images for its targets
 
 
+class PerImage:
+    """Per-image results of a split (image on the last axis), written block by block into tensors allocated once,
+    at the first block, for the whole split. Small per-block parts kept in a list would stay on the heap between
+    each block's large temporaries and fragment it: peak memory then grew with the split (see README)."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.columns: dict[str, torch.Tensor] = {}
+
+    def put(self, first: int, parts: dict[str, torch.Tensor]) -> None:
+        """Write each part [..., B] (on the CPU) at images ``first`` to ``first + B``."""
+        for name, part in parts.items():
+            if name not in self.columns:
+                self.columns[name] = part.new_empty(*part.shape[:-1], self.count)
+            self.columns[name][..., first:first + part.shape[-1]] = part
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.columns[name]
+
+
 def reference_maps(kind: MapKind, count: int, size: tuple[int, int], seed: int = 0,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Trivial maps of ``count`` images: uniform noise per pixel (drawn with ``generator``, else a new one seeded
@@ -168,23 +188,23 @@ def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: MapMaker, sett
     """ROAD (both orders, every percentage) and AD/IC of the maps ``maps`` makes for each block of ``evalset``;
     ``also``, if given, gets every block with its maps. Returns the evaluation and the first SHOWN_MAPS maps."""
     started = time.perf_counter()
-    correct, masked, shown = [], [], []
+    results, shown = PerImage(len(evalset)), []
     generator = torch.Generator(device=evalset.device).manual_seed(settings.seed)  # carried across the blocks
     with Progress(len(evalset), "ROAD", "images", enabled=progress) as bar:
         for batch in evalset.batches(block_size(settings.batch_size, evalset.device)):
             saliency = maps(batch).to(batch.images.device)
             finished = lambda done, first=batch.first: bar.update(first + done - bar.done)
-            correct.append(road_correct(classifier, batch.images, saliency, batch.targets, settings.percentages,
-                                        settings.imputer, settings.noise, settings.batch_size, generator,
-                                        finished))
-            masked.append(adic_probabilities(classifier, batch.images, saliency, batch.targets, DEFAULT_KEEP,
-                                             settings.batch_size))
+            results.put(batch.first, {
+                "correct": road_correct(classifier, batch.images, saliency, batch.targets, settings.percentages,
+                                        settings.imputer, settings.noise, settings.batch_size, generator, finished),
+                "masked": adic_probabilities(classifier, batch.images, saliency, batch.targets, DEFAULT_KEEP,
+                                             settings.batch_size)})
             if also is not None:
                 also(batch, saliency)
             if batch.first < SHOWN_MAPS:  # a copy: a view would keep the whole block's maps alive
                 shown.append(saliency[:SHOWN_MAPS - batch.first].to("cpu", copy=True))
-    evaluation = Evaluation(road_result(settings.percentages, torch.cat(correct, dim=2), road_protocol_of(settings)),
-                            adic_result(DEFAULT_KEEP, evalset.probabilities, torch.cat(masked, dim=1)),
+    evaluation = Evaluation(road_result(settings.percentages, results["correct"], road_protocol_of(settings)),
+                            adic_result(DEFAULT_KEEP, evalset.probabilities, results["masked"]),
                             len(evalset), time.perf_counter() - started)
     return evaluation, torch.cat(shown)
 

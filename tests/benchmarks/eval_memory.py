@@ -2,7 +2,6 @@
 
     python tests/benchmarks/eval_memory.py [--counts 500 5000] [--in-memory 500 5000] [--percentages 50]
                                            [--maps center|random] [--imputer noisy_linear|telea]
-                                           [--mmap-threshold 4194304]
 
 Writes an ImageNet-shaped folder (500x375 JPEGs in 16 class folders), then evaluates the first N images of it
 in a fresh process per row: the split classified once (`prepare_eval_set`), then ROAD and AD/IC of reference maps
@@ -10,15 +9,12 @@ in a fresh process per row: the split classified once (`prepare_eval_set`), then
 CNN is one strided conv, so the time goes to reading the images and imputing, as memory does).
 Each process reports its RSS before the evaluation and its peak RSS (``ru_maxrss``). ``--in-memory`` rows hold
 the whole split and its maps in memory and score them in one call, as evaluation did before it streamed.
-``--mmap-threshold BYTES`` adds streamed rows run with glibc's ``MALLOC_MMAP_THRESHOLD_=BYTES``: a fixed threshold,
-so freed blocks above it go back to the system instead of staying in the heap.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -93,15 +89,12 @@ def evaluate(folder: Path, count: int, in_memory: bool, options: argparse.Namesp
             "seconds": time.perf_counter() - started, "morf": metrics["road_morf_auc"], "ad_100": metrics["ad_100"]}
 
 
-def row(folder: Path, count: int, in_memory: bool, options: argparse.Namespace, threshold: int | None = None
-        ) -> dict:
-    """``evaluate`` in a fresh process, so its peak RSS is this evaluation's alone; glibc's mmap threshold fixed
-    at ``threshold`` bytes when given."""
+def row(folder: Path, count: int, in_memory: bool, options: argparse.Namespace) -> dict:
+    """``evaluate`` in a fresh process, so its peak RSS is this evaluation's alone."""
     command = [sys.executable, __file__, "--child", str(folder), "--counts", str(count), "--maps", options.maps,
                "--imputer", options.imputer, "--percentages", *map(str, options.percentages),
                *(["--in-memory", str(count)] if in_memory else [])]
-    environment = os.environ | ({"MALLOC_MMAP_THRESHOLD_": str(threshold)} if threshold else {})
-    output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.splitlines()[-1])
 
 
@@ -112,7 +105,6 @@ def main() -> None:
     parser.add_argument("--percentages", type=int, nargs="+", default=[50], help="ROAD percentages removed")
     parser.add_argument("--maps", choices=["center", "random"], default="center", help="reference maps scored")
     parser.add_argument("--imputer", choices=["noisy_linear", "telea"], default="noisy_linear")
-    parser.add_argument("--mmap-threshold", type=int, help="also stream with glibc's mmap threshold fixed (bytes)")
     parser.add_argument("--folder", type=Path, help="an existing folder written by this script")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -126,13 +118,10 @@ def main() -> None:
               f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         print(f"{'path':<16} {'images':>7} {'RSS before MiB':>15} {'peak RSS MiB':>13} {'peak - before':>14} "
               f"{'seconds':>8} {'MoRF AUC':>9}")
-        rows = [("streamed", count, False, None) for count in args.counts]
-        if args.mmap_threshold:
-            rows += [(f"streamed, {args.mmap_threshold >> 20} MiB", count, False, args.mmap_threshold)
-                     for count in args.counts]
-        rows += [("in memory", count, True, None) for count in args.in_memory]
-        for label, count, in_memory, threshold in rows:
-            result = row(folder, count, in_memory, args, threshold)
+        rows = [("streamed", count, False) for count in args.counts]
+        rows += [("in memory", count, True) for count in args.in_memory]
+        for label, count, in_memory in rows:
+            result = row(folder, count, in_memory, args)
             print(f"{label:<16} {result['images']:>7} "
                   f"{result['before_mib']:>15.0f} {result['peak_mib']:>13.0f} "
                   f"{result['peak_mib'] - result['before_mib']:>14.0f} {result['seconds']:>8.1f} "
