@@ -166,6 +166,9 @@ class EvalConfig:
     min_class_count: Int = Field(DEFAULT_MIN_COUNT, ge=1)
 
 
+EARLY_STOP_AT = (50, 75)  # checkpoints of a search with early stopping when checkpoints.at is left out
+
+
 @dataclass(config=STRICT)
 class CheckpointConfig:
     """Scores during a search trial's training, and stopping trials that are already beaten.
@@ -174,23 +177,33 @@ class CheckpointConfig:
     ``images`` validation images (the same images and imputation noise for every trial; the head is not changed).
     With ``early_stop`` a trial stops there when at least ``dominating`` completed trials scored better on every
     objective at the same checkpoint by more than the subset's noise (`pipeline.hpo.early_stopping`). Searches only.
+    Left out, ``at`` is EARLY_STOP_AT with early stopping and none without: checkpoint scores cost ROAD passes
+    and nothing else reads them, so a trial pays for them only when stopping uses them or ``at`` asks for the curves.
     """
 
-    at: list[Annotated[Int, Field(gt=0, lt=100)]] = Field(
-        default_factory=lambda: [50, 75],
-        description="percentages of training strictly between 0 and 100, increasing; [] turns checkpoints off")
+    at: list[Annotated[Int, Field(gt=0, lt=100)]] | None = Field(
+        None, description="percentages of training strictly between 0 and 100, increasing; [] turns checkpoints off; "
+                          "left out: [50, 75] with early_stop, none without")
     images: Int = Field(256, ge=1, description="the first validation images, scored at every checkpoint")
     early_stop: Bool = False
     dominating: Int = Field(2, ge=1, description="completed trials that must beat a trial to stop it")
 
+    @property
+    def percentages(self) -> list[int]:
+        """The percentages of training at which checkpoints score: ``at``, or its default."""
+        if self.at is not None:
+            return list(self.at)
+        return list(EARLY_STOP_AT) if self.early_stop else []
+
     @model_validator(mode="after")
     def _increasing(self) -> CheckpointConfig:
-        if any(later <= earlier for earlier, later in zip(self.at, self.at[1:])):
-            raise UserError(f"checkpoints.at = {self.at}: give distinct percentages in increasing order, "
+        at = self.percentages
+        if any(later <= earlier for earlier, later in zip(at, at[1:])):
+            raise UserError(f"checkpoints.at = {at}: give distinct percentages in increasing order, "
                             "e.g. [50, 75]")
-        if self.early_stop and not self.at:
+        if self.early_stop and not at:
             raise UserError("checkpoints.early_stop = true needs checkpoints to stop at; set checkpoints.at, "
-                            "e.g. [50, 75]")
+                            "e.g. [50, 75], or leave it out")
         return self
 
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from pipeline.config import LossConfig, ModelConfig, TrainConfig
 from pipeline.models.auxiliary import LAYER_PRESETS, backbone_features, load_auxiliary, tokens_to_grid
+from pipeline.models.classifiers import CPU_PART_IMAGES, in_parts
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.head import AttentionHead, activate, minmax, upsample
 from pipeline.models.loading import build_explainer, load_models
@@ -161,3 +162,25 @@ def test_training_counts_each_explained_class_and_each_member_of_s(toy):
     explanation = explainer.explain(images, torch.cat([predicted[:3], unseen[:3]]), min_count=2)
     assert explanation.trained.tolist() == [True] * 3 + [False] * 3
     assert set(head.state_dict()) >= {"target_counts", "subset_counts"}
+
+
+def test_networks_run_in_parts_on_the_cpu_with_the_outputs_and_input_gradients_of_one_pass(toy):
+    classifier, auxiliary = toy.classifier, toy.auxiliary
+    images = torch.rand(2 * CPU_PART_IMAGES + 1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def classify(part: torch.Tensor) -> torch.Tensor:
+        calls.append(part.shape[0])
+        return classifier(part)
+
+    whole, parted = images.clone().requires_grad_(True), images.clone().requires_grad_(True)
+    logits, parted_logits = classifier(whole), in_parts(classify, parted)
+    assert calls == [CPU_PART_IMAGES, CPU_PART_IMAGES, 1]
+    assert torch.allclose(parted_logits, logits, atol=1e-6)
+    logits.logsumexp(1).sum().backward()
+    parted_logits.logsumexp(1).sum().backward()
+    assert torch.allclose(parted.grad, whole.grad, atol=1e-6)
+    with torch.no_grad():
+        features = auxiliary(images)  # the auxiliary network runs in parts itself
+        whole_features = auxiliary._features(images)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(features, whole_features))

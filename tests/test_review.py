@@ -77,9 +77,12 @@ def test_search_description_grows_from_the_setup_to_the_chosen_head() -> None:
                  "`lambda_area` → `loss.lambda_area`: choice 0.5, 1, 2", "constraint: lambda1 + lambda2 <= 1",
                  "road_morf_auc (minimize)", "**ROAD protocol**: noisy_linear (noise 0.01) imputation, 20/50/80 % removed",
                  "**Loss**: variation=paper, S=paper", "area_epsilon: 0.0005",
-                 "**Checkpoints**: ROAD on the first 256 validation images at 50/75 % of training; no early stopping",
                  "**Trials**: 0 of 20 completed."):
         assert text in start, text
+    assert "**Checkpoints**" not in start  # none without early stopping unless checkpoints.at asks for them
+    with_curves = configs.from_dict(configs.to_dict(CONFIG) | {"checkpoints": {"at": [50, 75]}})
+    assert ("**Checkpoints**: ROAD on the first 256 validation images at 50/75 % of training; no early stopping"
+            in search_description("review-demo", with_curves, space, 20, [], []))
     assert "lambda1: 0.09" not in start and "Pareto" not in start and "Chosen" not in start
 
     failed = TrialRecord(1, "failed", {}, {}, "diverged", "Sobol")

@@ -10,7 +10,7 @@ from pipeline import config as configs
 from pipeline.errors import UserError
 from pipeline.metrics import road as road_module
 from pipeline.metrics.inpainting import telea_impute
-from pipeline.metrics.road import RoadResult, removal_masks, road, road_auc
+from pipeline.metrics.road import ORDERS, RoadResult, removal_masks, road, road_auc, road_masks
 
 SIZE = 16
 
@@ -37,6 +37,16 @@ def test_masks_break_ties_deterministically() -> None:
     assert torch.equal(morf, removal_masks(maps, 0.25, "morf"))
     with pytest.raises(ValueError):
         removal_masks(maps, 0.25, "random")
+
+
+def test_road_masks_sort_once_per_order_and_equal_each_removal_mask() -> None:
+    maps = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(4)).round(decimals=1)  # many ties
+    percentages = (10, 20, 30, 40, 50, 70, 90)
+    masks = road_masks(maps, percentages)
+    assert masks.shape == (2, 7, 3, SIZE, SIZE)
+    for i, order in enumerate(ORDERS):
+        for j, percentage in enumerate(percentages):
+            assert torch.equal(masks[i, j], removal_masks(maps, percentage / 100, order))
 
 
 def test_auc_is_the_trapezoid_with_endpoints() -> None:

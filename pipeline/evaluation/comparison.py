@@ -99,7 +99,7 @@ def head_methods(heads: Sequence[tuple[Path, Explainer, ExperimentConfig]]) -> l
     for name, (_, explainer, config) in zip(names, heads):
         kind = "T-TAME" if config.model.auxiliary == "backbone" else "P-TAME"
         methods.append(Method(f"{kind} ({name})", "head", head_resolution(explainer),
-                              head_maps(explainer, config.evaluation.batch_size),
+                              head_maps(explainer, config.evaluation.batch_size, predict=True),
                               explainer.classifier, explainer.auxiliary, explainer, config))
     return methods
 

@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -18,7 +19,7 @@ from pipeline.data.sources import build_splits, plain_images
 from pipeline.errors import UserError
 from pipeline.metrics.adic import DEFAULT_KEEP, AdIcResult, adic_probabilities, adic_result
 from pipeline.metrics.road import RoadResult, images_per_chunk, road_correct, road_protocol_of, road_result
-from pipeline.models.classifiers import Classifier
+from pipeline.models.classifiers import Classifier, in_parts
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
 from pipeline.progress import Progress
@@ -83,7 +84,7 @@ def prepare_eval_set(classifier: Classifier, dataset: Dataset, batch_size: int =
     device = classifier.mean.device
     targets, probabilities, size = [], [], (0, 0)
     for _, images in image_batches(dataset, batch_size, device, num_workers):
-        best = classifier(images).softmax(1).max(1)
+        best = in_parts(classifier, images).softmax(1).max(1)
         targets.append(best.indices.cpu())
         probabilities.append(best.values.cpu())
         size = tuple(images.shape[-2:])
@@ -138,11 +139,15 @@ def reference_maker(kind: MapKind, seed: int = 0) -> MapMaker:
     return make
 
 
-def head_maps(explainer: Explainer, batch_size: int = 32) -> MapMaker:
-    """The head's min-max maps for each image's predicted class, at image resolution, ``batch_size`` at a time."""
+def head_maps(explainer: Explainer, batch_size: int = 32, predict: bool = False) -> MapMaker:
+    """The head's min-max maps for each image's predicted class, at image resolution, ``batch_size`` at a time; with
+    ``predict`` each image also goes through the classifier, as explaining an image of unknown class does (what the
+    comparison's cost columns count), else the block's known predictions are used."""
+    explain = (lambda images, classes: explainer.explain(images, classes).saliency) if predict else explainer.saliency
+
     @torch.no_grad()
     def make(batch: Batch) -> torch.Tensor:
-        return torch.cat([explainer.explain(images, classes).saliency
+        return torch.cat([explain(images, classes)
                           for images, classes in zip(batch.images.split(batch_size), batch.targets.split(batch_size))])
     return make
 
@@ -188,6 +193,7 @@ def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: MapMaker, sett
     """ROAD (both orders, every percentage) and AD/IC of the maps ``maps`` makes for each block of ``evalset``;
     ``also``, if given, gets every block with its maps. Returns the evaluation and the first SHOWN_MAPS maps."""
     started = time.perf_counter()
+    classify = partial(in_parts, classifier)
     results, shown = PerImage(len(evalset)), []
     generator = torch.Generator(device=evalset.device).manual_seed(settings.seed)  # carried across the blocks
     with Progress(len(evalset), "ROAD", "images", enabled=progress) as bar:
@@ -195,9 +201,9 @@ def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: MapMaker, sett
             saliency = maps(batch).to(batch.images.device)
             finished = lambda done, first=batch.first: bar.update(first + done - bar.done)
             results.put(batch.first, {
-                "correct": road_correct(classifier, batch.images, saliency, batch.targets, settings.percentages,
+                "correct": road_correct(classify, batch.images, saliency, batch.targets, settings.percentages,
                                         settings.imputer, settings.noise, settings.batch_size, generator, finished),
-                "masked": adic_probabilities(classifier, batch.images, saliency, batch.targets, DEFAULT_KEEP,
+                "masked": adic_probabilities(classify, batch.images, saliency, batch.targets, DEFAULT_KEEP,
                                              settings.batch_size)})
             if also is not None:
                 also(batch, saliency)

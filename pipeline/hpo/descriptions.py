@@ -145,11 +145,11 @@ def search_description(name: str, base: ExperimentConfig, space: SearchSpace, tr
         f"{_section(sections['loss'], skip=sorted(searched)) or 'defaults'})",
     ]
     checkpoints = base.checkpoints
-    if checkpoints.at:
+    if checkpoints.percentages:
         stopping = (f"trials stop where {checkpoints.dominating} completed trials beat them by more than the noise"
                     if checkpoints.early_stop else "no early stopping")
         lines.append(f"**Checkpoints**: ROAD on the first {checkpoints.images} validation images at "
-                     f"{'/'.join(map(str, checkpoints.at))} % of training; {stopping} (`checkpoints`).")
+                     f"{'/'.join(map(str, checkpoints.percentages))} % of training; {stopping} (`checkpoints`).")
     counts = {status: sum(record.status == status for record in records)
               for status in ("completed", "early_stopped", "failed")}
     lines.append(f"**Trials**: {counts['completed']} of {trials} completed"

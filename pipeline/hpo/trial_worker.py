@@ -120,7 +120,7 @@ class TrialWorker:
             if rule is not None and (reason := rule.reason(percentage, checkpoints[percentage])):
                 raise StopTraining(reason)
 
-        plan = Checkpoints(config.checkpoints.at, score) if config.checkpoints.at else None
+        plan = Checkpoints(config.checkpoints.percentages, score) if config.checkpoints.percentages else None
         try:
             trained = self.trainer(config, self.bench, on_step=on_step or record, progress=self.progress,
                                    checkpoints=plan)

@@ -33,27 +33,35 @@ _IMAGES_PER_CHUNK = 8
 _ACCELERATOR_IMAGES_PER_CHUNK = 64
 
 
+def _ranking(maps: torch.Tensor, order: str) -> torch.Tensor:
+    """[B, H*W] flat pixel indices of each map in removal order: "morf" most relevant first, "lerf" least relevant
+    first; ties go to the lower flat index (stable sort), so masks are deterministic."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    return torch.sort(maps.flatten(1), dim=1, descending=order == "morf", stable=True).indices
+
+
+def _first_removed(ranking: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Bool [B, H*W], True at the first round(fraction * H * W) pixels of each ``ranking``."""
+    removed = torch.zeros(ranking.shape, dtype=torch.bool, device=ranking.device)
+    return removed.scatter_(1, ranking[:, :round(fraction * ranking.shape[1])], True)
+
+
 def removal_masks(maps: torch.Tensor, fraction: float, order: str) -> torch.Tensor:
     """Bool [B, H, W], True at the round(fraction * H * W) removed pixels of each map [B, H, W].
 
     "morf" removes the most relevant pixels first, "lerf" the least relevant; ties go to the
     lower flat index (stable sort), so masks are deterministic.
     """
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    flat = maps.flatten(1)
-    count = round(fraction * flat.shape[1])
-    ranking = torch.sort(flat, dim=1, descending=order == "morf", stable=True).indices
-    removed = torch.zeros_like(flat, dtype=torch.bool)
-    removed.scatter_(1, ranking[:, :count], True)
-    return removed.view_as(maps)
+    return _first_removed(_ranking(maps, order), fraction).view_as(maps)
 
 
 def road_masks(maps: torch.Tensor, percentages: Sequence[int]) -> torch.Tensor:
-    """Bool [orders, percentages, B, H, W]: ``removal_masks`` of ``maps`` for every order and percentage."""
-    return torch.stack(
-        [torch.stack([removal_masks(maps, p / 100, order) for p in percentages]) for order in ORDERS]
-    )
+    """Bool [orders, percentages, B, H, W]: ``removal_masks`` of ``maps`` for every order and percentage (one sort
+    per order)."""
+    rankings = [_ranking(maps, order) for order in ORDERS]
+    return torch.stack([torch.stack([_first_removed(ranking, p / 100) for p in percentages])
+                        for ranking in rankings]).view(len(ORDERS), len(percentages), *maps.shape)
 
 
 def road_auc(percentages: Sequence[int], scores: Sequence[float]) -> float:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
-from pipeline.models.classifiers import FrozenNetwork, Preprocessing, build_network
+from pipeline.models.classifiers import FrozenNetwork, Preprocessing, build_network, in_parts
 
 LAYER_PRESETS: dict[str, list[str]] = {
     "resnet18": ["layer1", "layer2", "layer3", "layer4"],
@@ -72,6 +72,9 @@ class FeatureExtractor(FrozenNetwork):
         return record
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return in_parts(self._features, images)
+
+    def _features(self, images: torch.Tensor) -> list[torch.Tensor]:
         self._outputs, self._recording = {}, True
         try:
             self.network(self.normalize(images))

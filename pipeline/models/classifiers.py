@@ -17,6 +17,10 @@ from torch import nn
 
 from pipeline.errors import UserError
 
+# On the CPU, `in_parts` runs a network on parts of this many images: each image's outputs (and input gradients)
+# are bit-identical to one pass over the whole batch, and small parts stay in cache: EfficientNet-Lite0 forward and
+# backward took 0.6 times as long per image in parts of 4 as in batches of 16-32 (2-core machine, README "Speed").
+CPU_PART_IMAGES = 4
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
@@ -29,6 +33,18 @@ class Preprocessing:
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+
+def in_parts(run: Callable[[torch.Tensor], Any], images: torch.Tensor) -> Any:
+    """``run(images)``; on the CPU ``run`` of parts of CPU_PART_IMAGES images, its outputs (a tensor or a list of
+    tensors) concatenated along the batch. ``run`` must be a whole model call: hooks that a caller keeps on a
+    network across one call (grad-cam's) would see every part."""
+    if images.device.type != "cpu" or images.shape[0] <= CPU_PART_IMAGES:
+        return run(images)
+    outputs = [run(part) for part in images.split(CPU_PART_IMAGES)]
+    if isinstance(outputs[0], torch.Tensor):
+        return torch.cat(outputs)
+    return [torch.cat(parts) for parts in zip(*outputs)]
 
 
 class FrozenNetwork(nn.Module):
@@ -50,6 +66,7 @@ class FrozenNetwork(nn.Module):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
+
 
 
 class Classifier(FrozenNetwork):

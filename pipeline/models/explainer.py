@@ -38,18 +38,24 @@ class Explainer(nn.Module):
         self.masking = masking
 
     @torch.no_grad()
+    def saliency(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Min-max maps ``[B, H, W]`` in [0, 1] of ``classes`` ``[B]`` upsampled to the image size (the head in eval
+        mode; no classifier pass)."""
+        was_training = self.head.training
+        self.head.eval()
+        try:
+            raw = self.head(self.auxiliary(images), classes.to(images.device), per_image=True)
+            maps = F.interpolate(minmax(raw), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        finally:
+            self.head.train(was_training)
+        return maps[:, 0].clamp(0, 1)
+
+    @torch.no_grad()
     def explain(self, images: torch.Tensor, classes: torch.Tensor | None = None,
                 min_count: int = DEFAULT_MIN_COUNT) -> Explanation:
         """Min-max maps of ``classes`` (default: the classifier's own prediction) upsampled to the image size;
         a class is trained when it was explained at least ``min_count`` times in training."""
-        was_training = self.head.training
-        self.head.eval()
-        try:
-            logits = self.classifier(images)
-            targets = logits.argmax(1) if classes is None else classes.to(images.device)
-            raw = self.head(self.auxiliary(images), targets, per_image=True)
-            maps = F.interpolate(minmax(raw), size=images.shape[-2:], mode="bilinear", align_corners=False)
-        finally:
-            self.head.train(was_training)
+        logits = self.classifier(images)
+        targets = logits.argmax(1) if classes is None else classes.to(images.device)
         trained = self.head.target_counts[targets] >= min_count
-        return Explanation(maps[:, 0].clamp(0, 1), targets, logits, trained)
+        return Explanation(self.saliency(images, targets), targets, logits, trained)

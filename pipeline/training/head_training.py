@@ -14,19 +14,19 @@ from pipeline.models.device import resolve_device
 from pipeline.models.explainer import Explainer
 from pipeline.models.loading import Models, build_explainer, load_models
 from pipeline.training.checkpoints import Checkpoints
-from pipeline.training.clean_targets import CleanTargets
+from pipeline.training.frozen_outputs import FrozenOutputs
 from pipeline.training.loop import StepCallback, TrainingSummary, train
 
 
 @dataclass
 class Workbench:
     """Models and data loaded once and reused by every run that shares them (e.g. all search trials), with
-    the clean predictions of the training batches those runs share."""
+    the frozen networks' outputs on the training batches those runs share."""
 
     models: Models
     splits: Splits
     config: ExperimentConfig
-    clean_targets: CleanTargets = field(default_factory=CleanTargets)
+    frozen: FrozenOutputs = field(default_factory=FrozenOutputs)
 
     def serves(self, config: ExperimentConfig) -> bool:
         """True when ``config`` needs exactly these models and data."""
@@ -66,6 +66,6 @@ def train_head(config: ExperimentConfig, bench: Workbench | None = None, on_step
     models = bench.models
     batches = training_batches(dataset, config, models.classifier.preprocessing.input_size, models.device)
     summary = train(explainer, batches, len(batches), config.loss, config.train, models.device,
-                    on_step=on_step, progress=progress, clean_targets=bench.clean_targets,
+                    on_step=on_step, progress=progress, frozen=bench.frozen,
                     checkpoints=checkpoints)
     return TrainedHead(explainer, summary, config)

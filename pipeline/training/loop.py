@@ -12,16 +12,19 @@ from typing import Callable, Iterable
 import torch
 
 from pipeline.config import LossConfig, TrainConfig
+from pipeline.models.classifiers import in_parts
 from pipeline.models.explainer import Explainer
 from pipeline.models.head import activate
 from pipeline.progress import Progress
 from pipeline.training.checkpoints import Checkpoints, run_checkpoint
-from pipeline.training.clean_targets import CleanTargets
+from pipeline.training.frozen_outputs import FrozenOutputs
 from pipeline.training.compiled import CompiledNetwork, compile_enabled
 from pipeline.training.loss import LossTerms, class_subset, ptame_loss, reference_class_subset
 from pipeline.training.masking import mask_images
 
 StepCallback = Callable[[int, dict[str, float]], None]
+# images -> (the classifier's prediction, the auxiliary features) on the clean images
+CleanOutputs = Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -35,6 +38,7 @@ class TrainingSummary:
     seconds: float = 0.0
     compile_seconds: float = 0.0  # first calls of the compiled classifier: compilation plus one pass each
     reused_predictions: int = 0  # batches whose clean predictions an earlier run had made
+    reused_features: int = 0  # batches whose auxiliary features an earlier run had computed
     checkpoint_seconds: float = 0.0  # spent in checkpoints (not part of ``seconds``)
     last: dict[str, float] = field(default_factory=dict)
 
@@ -46,16 +50,19 @@ class TrainingSummary:
 def training_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
                   generator: torch.Generator | None = None,
                   classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  predict: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LossTerms:
+                  clean: CleanOutputs | None = None) -> LossTerms:
     """Forward pass of one batch: clean prediction, maps of S, masked prediction, loss.
 
     ``classify`` runs the classifier (default: ``explainer.classifier``; the loop passes its compiled form);
-    ``predict`` gives the clean prediction (default: the argmax of ``classify``; the loop passes kept ones).
-    The head counts the batch's explained classes and S (its class coverage)."""
+    ``clean`` gives the clean prediction and auxiliary features (default: the argmax of ``classify`` and
+    ``explainer.auxiliary``; the loop passes kept ones). The head counts the batch's explained classes and S (its
+    class coverage)."""
     classify = classify or explainer.classifier
     with torch.no_grad():
-        targets = predict(images) if predict else classify(images).argmax(1)
-        features = explainer.auxiliary(images)
+        if clean is not None:
+            targets, features = clean(images)
+        else:
+            targets, features = classify(images).argmax(1), explainer.auxiliary(images)
     if loss.class_subset == "reference":
         classes, position = reference_class_subset(targets)
     else:
@@ -79,10 +86,10 @@ def optimisation_step(explainer: Explainer, images: torch.Tensor, loss: LossConf
                       optimizer: torch.optim.Optimizer, generator: torch.Generator | None,
                       autocast: AbstractContextManager, max_loss: float, step: int,
                       classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      predict: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LossTerms:
+                      clean: CleanOutputs | None = None) -> LossTerms:
     """Forward, divergence check, backward and optimiser step for one batch."""
     with autocast:
-        terms = training_step(explainer, images, loss, generator, classify, predict)
+        terms = training_step(explainer, images, loss, generator, classify, clean)
     _check(terms, step, max_loss)
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
@@ -93,11 +100,11 @@ def optimisation_step(explainer: Explainer, images: torch.Tensor, loss: LossConf
 def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
           loss: LossConfig, settings: TrainConfig, device: torch.device,
           on_step: StepCallback | None = None, progress: bool = True,
-          clean_targets: CleanTargets | None = None, checkpoints: Checkpoints | None = None) -> TrainingSummary:
+          frozen: FrozenOutputs | None = None, checkpoints: Checkpoints | None = None) -> TrainingSummary:
     """Train ``explainer.head`` for ``settings.epochs`` epochs; the frozen networks stay in eval mode.
 
-    Batches of another size than the first one run the classifier eagerly when it is compiled. With
-    ``clean_targets`` the clean predictions of batches an earlier run saw unchanged are reused. ``checkpoints``
+    Batches of another size than the first one run the classifier eagerly when it is compiled. With ``frozen``
+    the clean predictions and auxiliary features of batches an earlier run saw unchanged are reused. ``checkpoints``
     score the head at percentages of the steps without changing its training (`run_checkpoint`); their
     `StopTraining` ends it."""
     head = explainer.head
@@ -110,9 +117,9 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     memory_format = torch.channels_last if cuda else torch.contiguous_format
     compiled: CompiledNetwork | None = None
-    reused_before = clean_targets.reused if clean_targets else 0
-    if clean_targets is not None:
-        clean_targets.begin(explainer.classifier)
+    reused_before = (frozen.reused, frozen.reused_features) if frozen else (0, 0)
+    if frozen is not None:
+        frozen.begin(explainer.classifier, explainer.auxiliary)
     summary = TrainingSummary()
     due = checkpoints.due(total) if checkpoints else {}
     started = time.perf_counter()
@@ -123,11 +130,12 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 if summary.steps == 0 and compile_enabled(settings.compile, device):
                     compiled = CompiledNetwork(explainer.classifier, images.shape[0])
-                predict = None
-                if clean_targets is not None:
-                    predict = partial(clean_targets.predict, summary.steps, classify=compiled or explainer.classifier)
+                classify = compiled or partial(in_parts, explainer.classifier)
+                clean = None
+                if frozen is not None:
+                    clean = partial(frozen.outputs, summary.steps, classify=classify, extract=explainer.auxiliary)
                 terms = optimisation_step(explainer, images, loss, optimizer, generator, autocast, settings.max_loss,
-                                          summary.steps, compiled, predict)
+                                          summary.steps, classify, clean)
                 schedule.step()
                 summary.steps += 1
                 summary.images += images.shape[0]
@@ -141,5 +149,7 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
     head.eval()
     summary.seconds = time.perf_counter() - started - summary.checkpoint_seconds
     summary.compile_seconds = compiled.compile_seconds if compiled else 0.0
-    summary.reused_predictions = clean_targets.reused - reused_before if clean_targets else 0
+    if frozen is not None:
+        summary.reused_predictions = frozen.reused - reused_before[0]
+        summary.reused_features = frozen.reused_features - reused_before[1]
     return summary

@@ -1,9 +1,10 @@
-"""Training a head with the clean predictions an earlier run kept, against computing them, side by side.
+"""Training a head with the clean outputs (predictions, auxiliary features) an earlier run kept, against computing
+them, side by side.
 
-    python tests/benchmarks/reused_predictions.py [--pairs 3] [--set key=value ...]
+    python tests/benchmarks/reused_outputs.py [--pairs 3] [--set key=value ...]
 
 Loads the offline demo (or the experiment given with ``--set``) once, trains one head to fill the kept
-predictions, then alternates runs that compute the clean predictions (a fresh `CleanTargets`) with runs that
+outputs, then alternates runs that compute the clean outputs (a fresh `FrozenOutputs`) with runs that
 reuse them, as the 2nd..20th trials of a search do. Prints each mode's median training seconds, the ratio,
 and whether both modes trained the same head (they must: the predictions are the same).
 """
@@ -20,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain script from anywhere
 
 from pipeline import config as configs  # noqa: E402
-from pipeline.training.clean_targets import CleanTargets  # noqa: E402
+from pipeline.training.frozen_outputs import FrozenOutputs  # noqa: E402
 from pipeline.training.head_training import Workbench, train_head
 
 DEMO = Path(__file__).resolve().parents[2] / "experiments" / "demo.yaml"
@@ -33,13 +34,13 @@ def main() -> None:
     args = parser.parse_args()
     config = configs.load(DEMO, args.overrides)
     bench = Workbench.load(config)
-    kept = bench.clean_targets
-    train_head(config, bench, progress=False)  # fills the kept predictions (and warms up)
+    kept = bench.frozen
+    train_head(config, bench, progress=False)  # fills the kept outputs (and warms up)
     seconds: dict[str, list[float]] = {"computed": [], "reused": []}
     heads: dict[str, torch.Tensor] = {}
     for _ in range(args.pairs):
         for mode in seconds:
-            bench.clean_targets = CleanTargets() if mode == "computed" else kept
+            bench.frozen = FrozenOutputs() if mode == "computed" else kept
             trained = train_head(config, bench, progress=False)
             assert (trained.summary.reused_predictions > 0) == (mode == "reused")
             seconds[mode].append(trained.summary.seconds)
@@ -49,7 +50,7 @@ def main() -> None:
     print(f"{config.model.backbone} backbone, {config.model.auxiliary} auxiliary, batch {config.train.batch_size}, "
           f"{steps} steps, {args.pairs} interleaved pairs, {torch.get_num_threads()} threads")
     for mode, values in seconds.items():
-        print(f"  clean predictions {mode:8s} {statistics.median(values):7.2f} s "
+        print(f"  clean outputs {mode:8s} {statistics.median(values):7.2f} s "
               f"(min {min(values):.2f}, max {max(values):.2f})")
     print(f"  reused / computed: {reused / computed:.3f}; same head: {torch.equal(heads['computed'], heads['reused'])}")
 

@@ -1,0 +1,144 @@
+"""A demo search of this checkout against the same search of an earlier commit, alternated in one run.
+
+    python tests/benchmarks/demo_search_pair.py --before 83694fe [--pairs 3] [--trials 3] [--out FILE.md]
+
+Runs ``python -m pipeline.search --experiment experiments/demo.yaml --trials N`` of the commit ``--before`` (a
+temporary git worktree) and of this checkout in turn, B A B A ..., each in a fresh folder with its own SQLite
+MLflow store, and prints per side: the median seconds of a trial (from the console's trial lines), the search's
+wall and CPU seconds and peak RSS (the process's own accounting), and the ratios before / after of the medians.
+Then whether the two sides scored alike: every trial's MoRF/LeRF as the console prints them, the reference maps'
+scores and the final head's validation and test metrics (full precision, seconds left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TRIAL_LINE = re.compile(r"^trial +(\d+) .*-> MoRF ([\d.]+) LeRF ([\d.]+).*\((\d+) s\)$", re.MULTILINE)
+
+
+@dataclass
+class Run:
+    """One search: its trial seconds, scores and whole-process figures."""
+
+    trial_seconds: list[float]
+    trial_scores: list[tuple[str, str, str]]
+    scores: dict
+    wall: float
+    cpu: float
+    peak_rss_mib: float
+
+
+@dataclass
+class Side:
+    name: str
+    checkout: Path
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, figure: str) -> float:
+        if figure == "trial":
+            return statistics.median(s for run in self.runs for s in run.trial_seconds)
+        return statistics.median(getattr(run, figure) for run in self.runs)
+
+
+def without_seconds(metrics: dict) -> dict:
+    """Scores only: no timing keys, at any depth."""
+    return {key: without_seconds(value) if isinstance(value, dict) else value for key, value in metrics.items()
+            if "seconds" not in key and key not in ("compile_seconds", "train_images_per_second")}
+
+
+def run_search(checkout: Path, trials: int, folder: Path) -> Run:
+    """Run the demo search of ``checkout`` in ``folder`` (its working directory, so MLflow's artifacts land there)."""
+    command = [sys.executable, "-m", "pipeline.search", "--experiment", str(checkout / "experiments" / "demo.yaml"),
+               "--trials", str(trials), "--name", "pair", "--out", str(folder / "runs"), "--no-progress",
+               "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    environment = os.environ | {"PYTHONPATH": str(checkout)}
+    started = time.perf_counter()
+    with open(folder / "console.log", "w") as log:
+        process = subprocess.Popen(command, cwd=folder, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    output = (folder / "console.log").read_text()
+    if status != 0:
+        raise SystemExit(f"the search in {checkout} failed:\n{output[-3000:]}")
+    lines = TRIAL_LINE.findall(output)
+    search = folder / "runs" / "pair"
+    state, metrics = (json.loads((search / name).read_text()) for name in ("state.json", "metrics.json"))
+    scores = {"reference maps": state["reference_maps"], "final": without_seconds(metrics)}
+    return Run([float(s) for *_, s in lines], [(i, morf, lerf) for i, morf, lerf, _ in lines], scores, wall,
+               usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+def commit(checkout: Path) -> str:
+    return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=checkout, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def report(before: Side, after: Side, trials: int, command: str) -> str:
+    lines = [f"Measured {date.today()} on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs): `{command}`",
+             "", f"Demo search, {trials} trials and the final head, {len(after.runs)} runs per side, alternated.", "",
+             "| | before | after | before / after |", "|---|---:|---:|---:|"]
+    for label, figure in (("trial, median s", "trial"), ("search wall, median s", "wall"),
+                          ("search CPU, median s", "cpu"), ("peak RSS, median MiB", "peak_rss_mib")):
+        b, a = before.median(figure), after.median(figure)
+        lines.append(f"| {label} | {b:.1f} | {a:.1f} | {b / a:.2f} |")
+    lines.append(f"| commit | {commit(before.checkout)} | {commit(after.checkout)} | |")
+    same_trials = all(run.trial_scores == before.runs[0].trial_scores for run in before.runs + after.runs)
+    same_scores = all(run.scores == before.runs[0].scores for run in before.runs + after.runs)
+    lines += ["", f"Trial scores (MoRF, LeRF as printed) identical in every run of both sides: {same_trials}.",
+              "Reference maps' scores and the final head's validation and test metrics identical at full precision "
+              f"in every run of both sides: {same_scores}."]
+    if not same_scores:
+        first, other = before.runs[0].scores, after.runs[0].scores
+        lines.append(f"before: {json.dumps(first)[:600]}\n\nafter: {json.dumps(other)[:600]}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="the earlier commit (any git revision)")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="also write the result as Markdown here")
+    args = parser.parse_args()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    with tempfile.TemporaryDirectory() as scratch:
+        worktree = Path(scratch) / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=REPO, check=True,
+                       capture_output=True)
+        try:
+            before, after = Side("before", worktree), Side("after", REPO)
+            for pair in range(args.pairs):
+                for side in (before, after):
+                    folder = Path(scratch) / f"{side.name}-{pair}"
+                    folder.mkdir()
+                    run = run_search(side.checkout, args.trials, folder)
+                    side.runs.append(run)
+                    print(f"{side.name} {pair}: trials {run.trial_seconds} s, wall {run.wall:.0f} s, "
+                          f"peak RSS {run.peak_rss_mib:.0f} MiB", flush=True)
+            command = "python tests/benchmarks/demo_search_pair.py " + " ".join(sys.argv[1:])
+            text = report(before, after, args.trials, command.strip())
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO, check=False)
+    print(f"\n{text}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
