@@ -244,6 +244,10 @@ def _overlap(offset: int, size: int) -> slice:
 
 
 def _pad_even(x: torch.Tensor) -> torch.Tensor:
+    """x zero-padded at the bottom and right to even height and width; x itself when they are even (a pad of
+    nothing would copy it)."""
+    if x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+        return x
     return torch.nn.functional.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
 
 
@@ -358,8 +362,8 @@ def _solve(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
         product = fine.apply(direction)
         alpha = _ratio(rz, _dot(direction, product))
         x.addcmul_(direction, alpha)
-        smallest, largest = torch.aminmax(direction.flatten(2), dim=-1)
-        if (torch.maximum(-smallest, largest) * alpha[..., 0, 0].abs()).max().item() < _TOLERANCE:
+        # the largest update of each system (abs + amax: an order of magnitude faster on the CPU than aminmax)
+        if (direction.flatten(2).abs().amax(dim=-1) * alpha[..., 0, 0].abs()).max().item() < _TOLERANCE:
             break
         residual.addcmul_(product, alpha, value=-1)
         z = precondition(residual)

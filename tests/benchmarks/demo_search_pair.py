@@ -1,9 +1,10 @@
-"""A demo search of this checkout against the same search of an earlier commit, alternated in one run.
+"""A demo search of one commit against the same search of an earlier commit, alternated in one run.
 
-    python tests/benchmarks/demo_search_pair.py --before 83694fe [--pairs 3] [--trials 3] [--out FILE.md]
+    python tests/benchmarks/demo_search_pair.py --before 83694fe [--after HEAD] [--pairs 3] [--trials 3] [--out FILE.md]
 
-Runs ``python -m pipeline.search --experiment experiments/demo.yaml --trials N`` of the commit ``--before`` (a
-temporary git worktree) and of this checkout in turn, B A B A ..., each in a fresh folder with its own SQLite
+Runs ``python -m pipeline.search --experiment experiments/demo.yaml --trials N`` of the commits ``--before`` and
+``--after`` (temporary git worktrees, so uncommitted changes take no part) in turn, B A B A ..., each in a fresh
+folder with its own SQLite
 MLflow store, and prints per side: the median seconds of a trial (from the console's trial lines), the search's
 wall and CPU seconds and peak RSS (the process's own accounting), and the ratios before / after of the medians.
 Then whether the two sides scored alike: every trial's MoRF/LeRF as the console prints them, the reference maps'
@@ -111,19 +112,20 @@ def report(before: Side, after: Side, trials: int, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="the earlier commit (any git revision)")
+    parser.add_argument("--after", default="HEAD", help="the later commit (default HEAD)")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--out", type=Path, help="also write the result as Markdown here")
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     with tempfile.TemporaryDirectory() as scratch:
-        worktree = Path(scratch) / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=REPO, check=True,
-                       capture_output=True)
+        sides = [Side(name, Path(scratch) / name) for name in ("before", "after")]
+        for side, revision in zip(sides, (args.before, args.after)):
+            subprocess.run(["git", "worktree", "add", "--detach", str(side.checkout), revision], cwd=REPO,
+                           check=True, capture_output=True)
         try:
-            before, after = Side("before", worktree), Side("after", REPO)
             for pair in range(args.pairs):
-                for side in (before, after):
+                for side in sides:
                     folder = Path(scratch) / f"{side.name}-{pair}"
                     folder.mkdir()
                     run = run_search(side.checkout, args.trials, folder)
@@ -131,9 +133,10 @@ def main() -> None:
                     print(f"{side.name} {pair}: trials {run.trial_seconds} s, wall {run.wall:.0f} s, "
                           f"peak RSS {run.peak_rss_mib:.0f} MiB", flush=True)
             command = "python tests/benchmarks/demo_search_pair.py " + " ".join(sys.argv[1:])
-            text = report(before, after, args.trials, command.strip())
+            text = report(*sides, args.trials, command.strip())
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO, check=False)
+            for side in sides:
+                subprocess.run(["git", "worktree", "remove", "--force", str(side.checkout)], cwd=REPO, check=False)
     print(f"\n{text}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
