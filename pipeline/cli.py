@@ -69,6 +69,10 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--split", choices=["val", "test"], help="the config's validation or test split")
     source.add_argument("--images", nargs="+", help="image files or folders of images")
     parser.add_argument("--limit", type=int, help="use only the first N images")
+    parser.add_argument("--allow-changed-split", action="store_true",
+                        help="score a --split whose images changed since the model was trained (its splits.json)")
+    parser.add_argument("--allow-seen", action="store_true",
+                        help="score images the model trained or was selected on; every output marks them seen")
 
 
 def add_road_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,6 +40,7 @@ from pipeline.evaluation.comparison import (
     run_method,
     stream_methods,
 )
+from pipeline.evaluation.held_out import check_held_out
 from pipeline.evaluation.scoring import load_eval_set
 from pipeline.metrics.road import road_protocol_of
 from pipeline.models.contributions import LayerContribution, layer_contributions
@@ -112,8 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream = load_stream_for(args.ca_stream, config, args.device)
         methods += stream_methods(stream, args.methods, args.target_layer, config.evaluation.batch_size)
     evalset = load_eval_set(classifier, config, args.split, args.images, args.limit)
+    trained = [directory for directory, _, _ in heads] + ([args.ca_stream] if args.ca_stream else [])
+    held_out = check_held_out(trained, evalset.dataset, args.split, args.allow_changed_split, args.allow_seen)
     layers = {m.name: m.target_layer for m in methods if m.target_layer is not None}
     header = {"backbone": config.model.backbone, "source": args.split or "images", "images": len(evalset),
+              "held_out": held_out.to_json(),
               "heads": [str(directory) for directory, _, _ in heads], "methods": args.methods,
               "target_layers": layers, "rise": asdict(rise), "road_protocol": road_protocol_of(config.evaluation),
               "ca_stream": str(args.ca_stream) if args.ca_stream else None}
@@ -129,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         contributions = {m.name: layer_contributions(m.explainer, m.config.evaluation.min_class_count)
                          for m in methods if m.explainer is not None}
         notes = conventions(evalset, rise, layers, ca_stream=args.ca_stream is not None) + road_notes
+        if held_out.note:
+            notes.insert(0, held_out.note)
         header["seconds"] = round(time.perf_counter() - started, 1)
         files = write_outputs(rows, contributions, notes, header, args.out)
         files.append(write_figure(evalset, classifier, maps, rows, methods, args.out / "maps.png"))

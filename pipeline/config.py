@@ -57,6 +57,10 @@ class DataConfig:
     ``decode`` chooses where training views of image files are decoded and augmented: ``cpu`` (PIL in the
     loader workers), ``gpu`` (workers read bytes, the GPU decodes), ``auto`` (the GPU when training on CUDA).
     ``index_lists`` picks ImageNet's 2000-image validation and test lists: this project's or the authors'.
+    ``holdout``: the share of a plain folder's images in the validation split, and again in the test split; a
+    file's split is decided by a hash of its path and ``seed`` alone (`pipeline.data.sources`).
+    ``demo_train_views`` / ``demo_eval_views``: crops of the demo's training photos, and of its validation photos
+    and again of its test photos (no photo is in two splits).
     """
 
     dataset: Literal["demo", "imagenet", "folder"] = "demo"
@@ -64,10 +68,11 @@ class DataConfig:
     train_limit: Int | None = None
     val_limit: Int | None = None
     test_limit: Int | None = None
-    demo_train_views: Int = 384
-    demo_eval_views: Int = 48
+    demo_train_views: Int = Field(384, ge=1)
+    demo_eval_views: Int = Field(32, ge=1)
     num_workers: Int = 0
     seed: Int = 0
+    holdout: Float = Field(0.1, gt=0, le=0.5, description="share of a plain folder in validation, and in test")
     decode: Literal["auto", "cpu", "gpu"] = "auto"
     index_lists: Literal["project", "reference"] = "project"
 

@@ -30,6 +30,7 @@ from pipeline import cli
 from pipeline.cli import add_device_argument, add_source_arguments
 from pipeline.evaluation.comparison import CA_METHODS, stream_maps
 from pipeline.evaluation.mprt import PROTOCOLS, Level, run_mprt, run_stream_mprt
+from pipeline.evaluation.held_out import check_held_out
 from pipeline.evaluation.scoring import load_eval_set
 from pipeline.models.randomisation import blocks_for
 from pipeline.reports.plots import sanity_figure
@@ -78,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         classifier = explainer.classifier
     blocks = blocks_for(config.model.backbone, classifier.network, args.blocks)
     evalset = load_eval_set(classifier, config, args.split, args.images, args.limit)
+    held_out = check_held_out([args.ca_stream or args.head], evalset.dataset, args.split, args.allow_changed_split,
+                              args.allow_seen)
+    if held_out.note:
+        print(held_out.note)
     what = f"CA-Stream {args.ca_maps} maps" if args.ca_stream else "head maps"
     description = STREAM_PROTOCOL if args.ca_stream else PROTOCOLS[args.protocol]
     print(f"MPRT of {what}, protocol {args.protocol}: {description}")
@@ -99,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "head": str(args.head) if args.head else None,
               "ca_stream": {"folder": str(args.ca_stream), "maps": args.ca_maps} if args.ca_stream else None,
               "backbone": config.model.backbone, "source": args.split or "images",
-              "images": len(evalset), "seed": args.seed, "seconds": round(seconds, 1),
+              "held_out": held_out.to_json(), "images": len(evalset), "seed": args.seed, "seconds": round(seconds, 1),
               "levels": [asdict(level) for level in levels]}
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     shown = slice(0, min(FIGURE_IMAGES, len(evalset)))

@@ -163,7 +163,7 @@ def test_the_command_logs_params_steps_agreement_and_the_stream_to_mlflow(tmp_pa
     assert run.data.metrics["parameters"] == summary["parameters"] > run.data.metrics["trained_parameters"] > 0
     assert run.data.metrics["seconds"] > 0
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "stream")}
-    assert artifacts == {"stream/stream.pt", "stream/config.yaml", "stream/castream.json"}
+    assert artifacts == {"stream/stream.pt", "stream/config.yaml", "stream/castream.json", "stream/splits.json"}
 
 
 def one_line(error: pytest.ExceptionInfo) -> str:

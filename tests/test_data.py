@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.data.sources import build_splits
+from pipeline.data.sources import build_splits, demo_photos, path_share
 from pipeline.errors import UserError
 from pipeline.search import base_experiment, parse_args
 
@@ -32,20 +32,53 @@ def test_a_plain_folder_is_split_three_ways_without_sharing_an_image(tmp_path):
     root = make_folder(tmp_path / "images", 45)
     splits = build_splits(DataConfig(dataset="folder", root=str(root)), 16)
     train, val, test = paths_of(splits.train), paths_of(splits.val), paths_of(splits.test)
-    assert (len(train), len(val), len(test)) == (37, 4, 4)
+    shares = {path: path_share(path.relative_to(root).as_posix(), 0) for path in train | val | test}
+    assert val == {path for path, share in shares.items() if share < 0.1} and val
+    assert test == {path for path, share in shares.items() if 0.1 <= share < 0.2} and test
     assert not (train & val or train & test or val & test)
     assert len(train | val | test) == 45
     assert splits.train[0][0].shape == (3, 16, 16)
-    with pytest.raises(UserError, match="at least 3"):
+
+
+def test_adding_or_removing_a_file_moves_no_other_file_between_splits(tmp_path):
+    root = make_folder(tmp_path / "images", 45)
+
+    def split_of() -> dict[Path, str]:
+        splits = build_splits(DataConfig(dataset="folder", root=str(root)), 16)
+        return {path: name for name in ("train", "val", "test") for path in paths_of(getattr(splits, name))}
+
+    before = split_of()
+    Image.new("RGB", (20, 24)).save(root / "class0" / "new.png")
+    (root / "class1" / "1.png").unlink()
+    after = split_of()
+    assert set(after) == set(before) - {root / "class1" / "1.png"} | {root / "class0" / "new.png"}
+    assert all(after[path] == split for path, split in before.items() if path in after)
+
+
+def test_a_folder_too_small_for_every_split_is_one_line_saying_how_many_images_are_needed(tmp_path):
+    with pytest.raises(UserError, match=r"2 image\(s\) give no .* image .*give about 30 or more images") as error:
         build_splits(DataConfig(dataset="folder", root=str(make_folder(tmp_path / "two", 2))), 16)
+    assert "\n" not in str(error.value)
 
 
 def test_a_folder_with_train_and_val_keeps_training_images_out_of_evaluation(tmp_path):
     make_folder(tmp_path / "data" / "train", 9)
     make_folder(tmp_path / "data" / "val", 10)
     splits = build_splits(DataConfig(dataset="folder", root=str(tmp_path / "data")), 16)
-    assert len(splits.train) == 9 and len(splits.val) == len(splits.test) == 5
+    assert len(splits.train) == 9 and len(splits.val) + len(splits.test) == 10
+    assert len(splits.val) and len(splits.test)
     assert not paths_of(splits.val) & paths_of(splits.test)
+
+
+def test_the_demo_splits_share_no_photo_and_their_views_show_only_their_photos():
+    splits = build_splits(DataConfig(dataset="demo", demo_train_views=30, demo_eval_views=12), 32)
+    photos = {name: set(getattr(splits, name).names) for name in ("train", "val", "test")}
+    assert not (photos["train"] & photos["val"] or photos["train"] & photos["test"] or photos["val"] & photos["test"])
+    every = demo_photos()
+    for name in ("train", "val", "test"):
+        views = getattr(splits, name)
+        allowed = {list(every).index(photo) for photo in photos[name]}
+        assert {views[i][1] for i in range(len(views))} == allowed
 
 
 def fake_imagenet(root: Path) -> Path:

@@ -31,7 +31,9 @@ def test_evaluate_writes_metrics_json_and_a_road_curve(trained_head, tmp_path, m
         cli.run(evaluate_main, ["--head", str(trained_head), "--split", "val", "--maps", maps, "--out", str(out)])
     assert stop.value.code == 0
     report = json.loads(out.read_text())
-    assert report["maps"] == maps and report["images"] == 1  # a tenth of the 12 images, disjoint from training
+    assert report["maps"] == maps and report["images"] == 3  # the 12 images whose path hashes into validation
+    assert report["held_out"] == {"images": 3, "seen_images": 0, "held_out": True, "split_changes": [],
+                                  "unchecked": []}
     assert {"road_morf_auc", "road_lerf_auc", "road_morf_25", "road_lerf_75", "ad_15", "ic_50"} <= report["metrics"].keys()
     assert report["road"]["percentages"] == [25, 50, 75]
     assert Image.open(out.with_suffix(".png")).size[0] > 100
@@ -50,8 +52,12 @@ def test_evaluate_takes_the_road_protocol_and_names_it(trained_head, tmp_path, c
     assert "ROAD (telea imputation, 10/30/50/70 % removed): MoRF AUC" in capsys.readouterr().out
 
 
-def test_evaluate_and_explain_take_plain_image_files(trained_head, image_folder, tmp_path):  # noqa: F811
-    files = sorted(image_folder.rglob("*.png"))[:3]
+def test_evaluate_and_explain_take_plain_image_files(trained_head, tmp_path):
+    files = []
+    for index, colour in enumerate([(200, 20, 20), (20, 200, 20), (20, 20, 200)]):
+        files.append(tmp_path / "mine" / f"{index}.png")
+        files[-1].parent.mkdir(exist_ok=True)
+        Image.new("RGB", (40, 48), colour).save(files[-1])
     with pytest.raises(SystemExit) as stop:
         cli.run(evaluate_main, ["--head", str(trained_head), "--images", *map(str, files), "--limit", "2",
                                 "--out", str(tmp_path / "mine.json")])

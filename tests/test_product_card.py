@@ -14,7 +14,7 @@ from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.models.classifiers import build_network
 from pipeline.resources import DEFAULT_SEARCH_SPACE
-from tests.toy_models import write_images
+from tests.toy_models import TOY_SPLIT, write_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,13 +42,14 @@ def test_vgg16_search_runs_two_trials_with_a_weights_file(tmp_path):
         network, _, _ = build_network(name, weights="random")
         torch.save(network.state_dict(), tmp_path / f"{name}.pth")
         del network
-    # The fewest images a folder splits into train, validation and test (one each), one ROAD percentage: every
+    # The fewest images a folder splits into train, validation and test (one each, under the toy split's seed and
+    # share), one ROAD percentage: every
     # part of a search runs on the real vgg16 with the least CPU work.
     images = write_images(tmp_path / "images", count=3)
     base = {"name": "vgg16-random",
             "model": {"backbone": "vgg16", "backbone_weights": str(tmp_path / "vgg16.pth"),
                       "auxiliary": "resnet18", "auxiliary_weights": str(tmp_path / "resnet18.pth")},
-            "data": {"dataset": "folder", "root": str(images)},
+            "data": {"dataset": "folder", "root": str(images), **TOY_SPLIT},
             "train": {"batch_size": 2}, "evaluation": {"percentages": [50], "batch_size": 8}}
     options = SearchOptions(name="vgg16", trials=2, base=base, space=load_search_space(DEFAULT_SEARCH_SPACE),
                             space_path=DEFAULT_SEARCH_SPACE, seed=0, directory=tmp_path / "runs" / "vgg16",

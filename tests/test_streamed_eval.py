@@ -101,12 +101,13 @@ def test_a_split_streamed_in_blocks_scores_exactly_as_in_memory(kind):
 @pytest.mark.slow
 def test_streamed_evaluation_of_the_demo_equals_the_in_memory_scores():
     """The head's maps; the reference maps (the search's objective thresholds) take the same path, tested above."""
-    config = configs.load(REPO / "experiments" / "demo.yaml", ["data.demo_train_views=96"])
+    config = configs.load(REPO / "experiments" / "demo.yaml", ["data.demo_train_views=32", "data.demo_eval_views=16",
+                                                              "evaluation.batch_size=8"])
     bench = Workbench.load(config)
     explainer = train_head(config, bench, progress=False).explainer
     classifier, settings = explainer.classifier, config.evaluation
     evalset = prepare_eval_set(classifier, bench.splits.val, settings.batch_size)
-    assert len(evalset) == 48 and block_size(settings.batch_size, evalset.device) == 32  # streamed in two blocks
+    assert len(evalset) == 16 and block_size(settings.batch_size, evalset.device) == 8  # streamed in two blocks
     images = evalset.first_images(len(evalset))
     with torch.no_grad():
         head_maps = torch.cat([explainer.explain(part, classes).saliency for part, classes in

@@ -129,12 +129,17 @@ def write_images(root: Path, count: int = 8) -> Path:
     return root
 
 
+# The split of a `write_images` folder of 8 (or 3) images under this seed and share: one validation image, one test
+# image, the rest for training (each file's split is a hash of its path and the seed).
+TOY_SPLIT = {"seed": 1, "holdout": 0.3}
+
+
 def toy_base(images: Path, model: dict | None = None) -> dict:
     """A search's base experiment: the toy models (or ``model``) on the image folder ``images``."""
     return {
         "name": "toy",
         "model": copy.deepcopy(model or TOY_MODEL),
-        "data": {"dataset": "folder", "root": str(images)},
+        "data": {"dataset": "folder", "root": str(images), **TOY_SPLIT},
         "train": {"batch_size": 4, "max_lr": 0.01},
         "evaluation": {"percentages": [20, 50, 80]},
     }
@@ -146,7 +151,7 @@ def toy_experiment(tmp_path: Path, images: Path, **loss) -> Path:
     values = {
         "name": "toy",
         "model": copy.deepcopy(TOY_MODEL),
-        "data": {"dataset": "folder", "root": str(images)},
+        "data": {"dataset": "folder", "root": str(images), **TOY_SPLIT},
         "loss": {"lambda1": 0.5, "lambda2": 0.3, "lambda_area": 1.0, **loss},
         "train": {"batch_size": 4, "max_lr": 0.01},
     }

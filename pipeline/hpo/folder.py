@@ -4,8 +4,9 @@
     search_space.yaml    a copy of its search space
     ax_experiment.json   Ax's snapshot (`pipeline.hpo.study`)
     state.json           the rest: the MLflow parent run, the reference maps' scores, the final head's trial
+    splits.json          what each split holds (`pipeline.data.manifest`); a resume on changed data is refused
     trials/NNN/          each trial's plots
-    final/               the final head (``head.pt``, ``config.yaml``, ...), best.yaml, metrics.json
+    final/               the final head (``head.pt``, ``config.yaml``, ``splits.json``, ...), best.yaml, metrics.json
 """
 
 from __future__ import annotations

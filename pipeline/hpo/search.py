@@ -10,6 +10,8 @@ from typing import Any
 import torch
 
 from pipeline import config as configs
+from pipeline.data.manifest import SPLIT_NAMES, SplitRecord, changes
+from pipeline.errors import UserError
 from pipeline.evaluation.scoring import EvalSet, evaluate_maps, prepare_eval_set, reference_maker, summary_line
 from pipeline.hpo import ax_seam
 from pipeline.hpo.analyses import log_ax_analyses
@@ -78,6 +80,7 @@ class Search:
         options, base = self.options, self.base_config
         self.bench = Workbench.load(base)
         self.folder.start(options.name, options.base, options.space_path)
+        self._record_splits()
         self.val_set = prepare_eval_set(self.bench.models.classifier, self.bench.splits.val, base.evaluation.batch_size,
                                         num_workers=base.data.num_workers)
         self.tracker = Tracker(options.tracking_uri)
@@ -100,6 +103,19 @@ class Search:
         ax_seam.quiet_ax()
         self.study = Study.open(options.directory, options.space, options.seed, thresholds)
         self._describe()
+
+    def _record_splits(self) -> None:
+        """Write what each split holds (``splits.json``); a resumed search whose data changed since it started is
+        refused, since its trials would be scored on other images."""
+        record, recorded = self.bench.split_record, SplitRecord.read(self.folder.directory)
+        if recorded is not None:
+            changed = {name: change for name in SPLIT_NAMES
+                       if (change := changes(recorded.splits[name], record.splits[name])) is not None}
+            if changed:
+                raise UserError(f"the data of search {self.options.name!r} changed since it started ("
+                                + "; ".join(f"{name}: {change}" for name, change in changed.items())
+                                + "); restore it, or start a new search with another --name")
+        record.write(self.folder.directory)
 
     def _reference_scores(self) -> dict[str, dict[str, float]]:
         """ROAD of trivial maps (random, a centred blob) on the validation split, scored once per search and kept

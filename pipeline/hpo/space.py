@@ -158,8 +158,16 @@ def _name(value: str) -> str:
     return value
 
 
+# Keys that decide what a trial is measured on or by (the data, the scoring, the explained classifier): a space
+# that searched them would compare trials measured differently.
+MEASUREMENT_KEYS = ("data.", "evaluation.", "checkpoints.", "model.backbone")
+
+
 def _config_key(value: str) -> str:
-    """Check that ``value`` is a dotted path to a value field of `ExperimentConfig`."""
+    """Check that ``value`` is a dotted path to a value field of `ExperimentConfig` that a search may change."""
+    if value.startswith(MEASUREMENT_KEYS):
+        raise ValueError(f"{value!r} decides what trials are measured on or by, so trials would not be comparable; "
+                         "a search space searches training settings only (loss.*, train.*, model.auxiliary, ...)")
     section: Any = ExperimentConfig
     for depth, part in enumerate(value.split(".")):
         if not dataclasses.is_dataclass(section):

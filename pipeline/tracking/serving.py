@@ -25,6 +25,7 @@ from mlflow.types.schema import Schema, TensorSpec
 
 from pipeline import resources
 from pipeline.config import ExperimentConfig
+from pipeline.data.manifest import SPLITS_FILE
 from pipeline.data.sources import eval_transform
 from pipeline.errors import UserError
 from pipeline.models.classifiers import LITE_SIZES
@@ -92,9 +93,10 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
 
 
 def model_artifacts(head_directory: Path, config: ExperimentConfig) -> dict[str, str]:
-    """What travels with the registered model: the head, its config and any weights files."""
+    """What travels with the registered model: the head, its config, its split record and any weights files."""
+    record = head_directory / SPLITS_FILE
     return {"head": str(head_directory / HEAD_FILE), "config": str(head_directory / CONFIG_FILE),
-            **weight_files(config)}
+            **({"splits": str(record)} if record.is_file() else {}), **weight_files(config)}
 
 
 def load_registered(uri: str, tracking_uri: str) -> ExplainerModel:

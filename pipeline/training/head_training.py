@@ -4,9 +4,11 @@ needs the same ones, e.g. all trials of a search."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from pipeline.config import ExperimentConfig
 from pipeline.data.batches import training_batches
+from pipeline.data.manifest import SplitRecord
 from pipeline.data.sources import Splits, build_splits
 from pipeline.errors import UserError
 from pipeline.models.coverage import ClassCoverage
@@ -33,6 +35,11 @@ class Workbench:
         return (config.model, config.data, config.train.device) == (
             self.config.model, self.config.data, self.config.train.device)
 
+    @cached_property
+    def split_record(self) -> SplitRecord:
+        """What each split holds (``splits.json``), recorded once."""
+        return SplitRecord.of(self.splits)
+
     @classmethod
     def load(cls, config: ExperimentConfig) -> "Workbench":
         device = resolve_device(config.train.device)
@@ -46,6 +53,12 @@ class TrainedHead:
     explainer: Explainer
     summary: TrainingSummary
     config: ExperimentConfig
+    bench: Workbench | None = None  # the models and data it was trained on
+
+    @property
+    def split_record(self) -> SplitRecord | None:
+        """What each split of its data holds (``splits.json``), when its data is known."""
+        return self.bench.split_record if self.bench is not None else None
 
     @property
     def coverage(self) -> ClassCoverage:
@@ -68,4 +81,4 @@ def train_head(config: ExperimentConfig, bench: Workbench | None = None, on_step
     summary = train(explainer, batches, len(batches), config.loss, config.train, models.device,
                     on_step=on_step, progress=progress, frozen=bench.frozen,
                     checkpoints=checkpoints)
-    return TrainedHead(explainer, summary, config)
+    return TrainedHead(explainer, summary, config, bench)

@@ -23,8 +23,8 @@ HEAD_FILE, CONFIG_FILE, SUMMARY_FILE, COUNTS_FILE = "head.pt", "config.yaml", "t
 
 
 def save_head(trained: TrainedHead, directory: str | Path) -> Path:
-    """Write ``head.pt``, ``config.yaml``, ``training.json`` (with the layer contributions) and
-    ``class_counts.json`` into ``directory``."""
+    """Write ``head.pt``, ``config.yaml``, ``training.json`` (with the layer contributions), ``class_counts.json``
+    and, where the data is known, ``splits.json`` (`pipeline.data.manifest`) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # On the CPU, so that the file loads on any machine, whatever device trained the head.
@@ -40,6 +40,8 @@ def save_head(trained: TrainedHead, directory: str | Path) -> Path:
          "last": summary.last, "class_coverage": trained.coverage.summary(),
          "contributions": [asdict(entry) for entry in contributions]}, indent=2))
     (directory / COUNTS_FILE).write_text(json.dumps(trained.coverage.counts(), indent=1))
+    if trained.split_record is not None:
+        trained.split_record.write(directory)
     return directory
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline import config as configs
 from pipeline.config import CAStreamConfig, ExperimentConfig
 from pipeline.data.batches import training_batches
+from pipeline.data.manifest import SplitRecord
 from pipeline.data.sources import build_splits
 from pipeline.errors import UserError
 from pipeline.models.castream import CAStream, CAStreamModel, parameter_count, resolve_layout
@@ -90,6 +91,7 @@ class TrainedStream:
     model: CAStreamModel
     summary: StreamSummary
     config: ExperimentConfig
+    splits: SplitRecord  # what each split of its data holds
 
 
 def target_kind(config: ExperimentConfig) -> str:
@@ -195,7 +197,7 @@ def train_stream(config: ExperimentConfig, progress: bool = True,
     started = time.perf_counter()
     fit_stream(model, batches, len(batches), config.castream, kind, summary, progress, on_step)
     summary.seconds = time.perf_counter() - started
-    return TrainedStream(model, summary, config)
+    return TrainedStream(model, summary, config, SplitRecord.of(splits))
 
 
 @torch.no_grad()
@@ -226,8 +228,8 @@ def evaluate_splits(trained: TrainedStream, splits: Sequence[str] = ("val", "tes
 
 
 def save_stream(trained: TrainedStream, directory: str | Path) -> list[Path]:
-    """Write ``stream.pt`` (the stream's state with its backbone, layout and widths), ``config.yaml`` and
-    ``castream.json`` (the summary); returns their paths."""
+    """Write ``stream.pt`` (the stream's state with its backbone, layout and widths), ``config.yaml``,
+    ``castream.json`` (the summary) and ``splits.json`` (`pipeline.data.manifest`); returns their paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = trained.model
@@ -237,7 +239,7 @@ def save_stream(trained: TrainedStream, directory: str | Path) -> list[Path]:
                directory / STREAM_FILE)
     configs.dump(trained.config, directory / CONFIG_FILE)
     (directory / SUMMARY_FILE).write_text(json.dumps(trained.summary.as_dict(), indent=2))
-    return [directory / name for name in (STREAM_FILE, CONFIG_FILE, SUMMARY_FILE)]
+    return [directory / name for name in (STREAM_FILE, CONFIG_FILE, SUMMARY_FILE)] + [trained.splits.write(directory)]
 
 
 def load_stream(directory: str | Path, device: str = "auto",

@@ -1,0 +1,69 @@
+"""CA-Stream settings compared on the demo's validation split only (the test split is not read).
+
+    python tests/benchmarks/castream_settings.py [--seeds 0 1 2] [--out FILE.md]
+
+Trains a CA-Stream on the offline demo (`experiments/demo.yaml`) for each candidate setting and training seed and
+prints the top-1 agreement with the unchanged EfficientNet-Lite0 on the validation views, per seed and as a mean,
+and the setting with the highest mean: the evidence for `pipeline.config.CAStreamConfig`'s defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
+
+from pipeline import config as configs  # noqa: E402
+from pipeline.training.stream_training import evaluate_splits, train_stream  # noqa: E402
+
+SETTINGS = {
+    "prediction target (softmax + 0.1 toward top-1), last projection at identity": [],
+    "top-1 target, last projection at identity": ["castream.top1_weight=1.0"],
+    "prediction target, last projection trained": ["castream.train_last_projection=true"],
+    "prediction target, last projection at identity, lr 3e-5": ["castream.lr=3e-5"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, help="also write the table as Markdown here")
+    args = parser.parse_args()
+    rows = []
+    for label, overrides in SETTINGS.items():
+        agreements = []
+        for seed in args.seeds:
+            config = configs.load(REPO / "experiments" / "demo.yaml", [*overrides, f"train.seed={seed}"])
+            trained = train_stream(config, progress=False)
+            evaluate_splits(trained, splits=("val",))
+            agreements.append(trained.summary.evaluation["val"]["top1_agreement"])
+            print(f"{label}, seed {seed}: validation agreement {agreements[-1]:.4f}", flush=True)
+        rows.append((label, agreements))
+    images = trained.summary.evaluation["val"]["images"]
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    lines = [f"Measured {date.today()} at commit {commit} on {platform.node()}: "
+             f"`python tests/benchmarks/castream_settings.py {' '.join(sys.argv[1:])}`".rstrip(), "",
+             f"Top-1 agreement with EfficientNet-Lite0 on the demo's {images} validation views (train.seed "
+             f"{', '.join(map(str, args.seeds))}):", "",
+             "| setting | per seed | mean |", "|---|---|---:|"]
+    for label, agreements in rows:
+        lines.append(f"| {label} | {', '.join(f'{a:.3f}' for a in agreements)} | {statistics.mean(agreements):.3f} |")
+    best = max(rows, key=lambda row: statistics.mean(row[1]))
+    lines += ["", f"Highest mean: {best[0]}."]
+    text = "\n".join(lines)
+    print(f"\n{text}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
