@@ -426,9 +426,11 @@ def to_dict(config: ExperimentConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def dump(config: ExperimentConfig, path: str | Path) -> Path:
-    """Write the fully resolved config; ``load(path)`` gives back an equal config."""
+def dump(config: ExperimentConfig, path: str | Path, header: str | None = None) -> Path:
+    """Write the fully resolved config, under ``header`` as comment lines; ``load(path)`` gives back an equal
+    config."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    comments = "".join(f"# {line}\n" for line in header.splitlines()) if header else ""
+    path.write_text(comments + yaml.safe_dump(to_dict(config), sort_keys=False))
     return path

@@ -51,7 +51,7 @@ def test_resuming_marks_the_running_trial_interrupted_and_goes_on_with_botorch(f
 def test_export_reads_the_saved_search(folder: SearchFolder, capsys: pytest.CaptureFixture[str]) -> None:
     best = export(folder)
     config = configs.load(best)
-    chosen = Study.read(folder.directory, folder.space()).select()
+    chosen = Study.read(folder.directory, folder.space()).select().record
     assert (config.loss.lambda1, config.loss.lambda2) == pytest.approx((chosen.parameters["lambda1"],
                                                                         chosen.parameters["lambda2"]))
     assert "random maps" in capsys.readouterr().out  # the reference rows under the trial table

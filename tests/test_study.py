@@ -16,6 +16,7 @@ from pipeline.hpo.study import (
     SNAPSHOT_NAME,
     Study,
     TrialRecord,
+    choose,
     objective_thresholds,
     pareto_front,
     trade_off,
@@ -70,8 +71,9 @@ def test_sobol_then_botorch_within_the_space(tmp_path: Path, space: SearchSpace)
     assert records[0].lambda3 == pytest.approx(1 - records[0].parameters["lambda1"] - records[0].parameters["lambda2"])
     front = study.pareto()
     assert front and all(r.status == "completed" for r in front)
-    assert study.select() in front
-    assert study.select() == max(front, key=lambda r: trade_off(r, SIGNS))
+    choice = study.select()
+    assert choice.record == max(front, key=lambda r: trade_off(r, SIGNS)) and choice.rule == "observed"
+    assert choice.predicted is not None  # the model's view is recorded beside the observed value
 
 
 def test_same_seed_same_sobol_points_and_seed_override(tmp_path: Path, space: SearchSpace) -> None:
@@ -174,12 +176,34 @@ def test_select_through_the_study(tmp_path: Path, space: SearchSpace) -> None:
         else:
             study.complete(index, {"road_morf_auc": values[0], "road_lerf_auc": values[1]})
     assert [r.index for r in study.pareto()] == [1, 3, 4]
-    assert study.select().index == 4
-    assert study.select(trial=0).index == 0
+    assert study.select().record.index == 4
+    assert study.select(trial=0).record.index == 0 and study.select(trial=0).rule == "selected"
     with pytest.raises(UserError, match=r"--select 2: that trial is failed \(out of memory\).*\[0, 1, 3, 4\]"):
         study.select(trial=2)
     with pytest.raises(UserError, match="--select 9: no such trial"):
         study.select(trial=9)
+
+
+@pytest.mark.slow  # fits Ax's model
+def test_the_predicted_rule_passes_over_a_lucky_noisy_trial_that_the_observed_rule_takes(tmp_path: Path,
+                                                                                       space: SearchSpace) -> None:
+    # A poor point observed three times, once with a lucky draw that makes it look best of all; a good region whose
+    # trials agree with each other; a few points elsewhere.
+    poor, lucky = (0.7, 0.1), (0.20, 0.68)
+    trials = [((0.2, 0.7), (0.250, 0.650)), ((0.22, 0.68), (0.255, 0.645)), ((0.18, 0.72), (0.245, 0.655)),
+              ((0.5, 0.3), (0.300, 0.600)), ((0.05, 0.9), (0.280, 0.620)), ((0.9, 0.05), (0.400, 0.500)),
+              (poor, (0.360, 0.540)), (poor, (0.340, 0.560)), (poor, lucky)]
+    study = Study.open(tmp_path, dataclasses.replace(space, choice="predicted"), seed=0)
+    for (lambda1, lambda2), (morf, lerf) in trials:
+        index = study.client.attach_trial({"lambda1": lambda1, "lambda2": lambda2, "lambda_area": 1.0})
+        study.complete(index, {"road_morf_auc": morf, "road_lerf_auc": lerf})
+    records = study.records()
+    observed = choose(records, SIGNS, "observed", {})
+    assert observed.record.index == 8 and observed.observed == pytest.approx(0.48)  # the lucky draw
+    predicted = study.select()
+    assert predicted.rule == "predicted" and predicted.record.index in (0, 1, 2)  # the good region
+    assert predicted.predicted < predicted.observed + 0.05 and predicted.observed == pytest.approx(0.40, abs=0.011)
+    assert predicted.to_json()["rule"] == "predicted" and "model-predicted" in predicted.describe()
 
 
 def test_resume_with_another_space_is_refused(tmp_path: Path, space: SearchSpace) -> None:

@@ -77,7 +77,8 @@ def botorch_transforms() -> list[type[Transform]]:
 
 
 def generation_strategy(method: str, initialization_trials: int, seed: int) -> GenerationStrategy:
-    """Ax's own Sobol -> MBM strategy for ``method``, with a cheaper BoTorch step (`BOTORCH_GEN_OPTIONS`).
+    """Ax's own Sobol -> MBM strategy for ``method``, with a cheaper BoTorch step (`BOTORCH_GEN_OPTIONS`); Ax's
+    Sobol-only strategy for ``random_search``; uniform random points for ``uniform``.
 
     The strategy (nodes "Sobol" then "MBM", transition after ``initialization_trials``) is the one
     ``Client.configure_generation_strategy`` builds; only the MBM node's generator spec changes:
@@ -87,7 +88,14 @@ def generation_strategy(method: str, initialization_trials: int, seed: int) -> G
     from ax.adapter.registry import Generators
     from ax.api.utils.generation_strategy_dispatch import choose_generation_strategy
     from ax.api.utils.structs import GenerationStrategyDispatchStruct
+    from ax.generation_strategy.generation_node import GenerationNode
+    from ax.generation_strategy.generation_strategy import GenerationStrategy
+    from ax.generation_strategy.generator_spec import GeneratorSpec
 
+    if method == "uniform":  # independent uniform points, a baseline for the search's evidence
+        return GenerationStrategy(name="Uniform", nodes=[GenerationNode(
+            name="Uniform", generator_specs=[GeneratorSpec(generator_enum=Generators.UNIFORM,
+                                                           generator_kwargs={"seed": seed})])])
     strategy = choose_generation_strategy(
         GenerationStrategyDispatchStruct(
             method=method,

@@ -20,13 +20,14 @@ def export(folder: SearchFolder, out: Path | None = None, trial: int | None = No
     space = folder.space()
     ax_seam.quiet_ax()
     study = Study.read(folder.directory, space)
-    chosen = study.select(trial)
+    choice = study.select(trial)
+    chosen = choice.record
     config = trial_config(folder.base(), space, chosen.parameters)
     out = out or folder.directory / "export" / "best.yaml"
-    configs.dump(config, out)
+    configs.dump(config, out, header=f"chosen by {choice.describe()}")
     print(study_table(study, folder.state.get(REFERENCES)))
     aucs = ", ".join(f"{k}={v:.4g}" for k, v in chosen.metrics.items() if k.startswith("road_") and k.endswith("auc"))
-    print(f"trial {chosen.index} (ROAD: {road_protocol_of(config.evaluation)}): {aucs}")
+    print(f"trial {chosen.index} (ROAD: {road_protocol_of(config.evaluation)}): {aucs}; {choice.describe()}")
     head = folder.final / "head.pt"
     if folder.state.get(FINAL_TRIAL) == chosen.index and head.is_file():
         shutil.copyfile(head, out.with_name("head.pt"))

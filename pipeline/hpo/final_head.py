@@ -12,7 +12,7 @@ from pipeline.config import ExperimentConfig
 from pipeline.evaluation.scoring import Evaluation, evaluate_head, prepare_eval_set
 from pipeline.hpo.descriptions import FinalHead, version_description, version_tags
 from pipeline.hpo.folder import SearchFolder
-from pipeline.hpo.study import TrialRecord
+from pipeline.hpo.study import Choice
 from pipeline.hpo.trial_configs import run_params
 from pipeline.hpo.trial_worker import Trainer
 from pipeline.models.contributions import contribution_metrics, layer_contributions
@@ -23,14 +23,18 @@ from pipeline.training.head_training import Workbench
 from pipeline.training.saved_head import save_head
 
 
-def train_final_head(search: str, chosen: TrialRecord, config: ExperimentConfig, bench: Workbench, trainer: Trainer,
+def train_final_head(search: str, choice: Choice, config: ExperimentConfig, bench: Workbench, trainer: Trainer,
                      tracker: Tracker, folder: SearchFolder, progress: bool = True, system_metrics: bool = True
                      ) -> tuple[dict[str, Any], Evaluation, FinalHead]:
-    """Train, save, evaluate, export and register the head of trial ``chosen`` (whose config is ``config``) in the
-    search run's child run "final-head"; returns the exported report, the test evaluation and the registered head."""
-    run = start_final(tracker, {"trial": chosen.index} | chosen.parameters | run_params(config),
-                      system_metrics_interval_s=10.0 if system_metrics else 0)
+    """Train, save, evaluate, export and register the head of the chosen trial (whose config is ``config``) in the
+    search run's child run "final-head"; returns the exported report, the test evaluation and the registered head.
+    The choice (rule, observed and predicted LeRF − MoRF) goes to the run, ``best.yaml`` and ``metrics.json``."""
+    chosen = choice.record
+    run = start_final(tracker, {"trial": chosen.index, "choice_rule": choice.rule} | chosen.parameters
+                      | run_params(config), system_metrics_interval_s=10.0 if system_metrics else 0)
     with run:
+        run.log_metrics({f"choice_{key}": value for key, value in choice.to_json().items()
+                         if key.endswith("trade_off") and value is not None})
         trained = trainer(config, bench, on_step=run.log_step, progress=progress)
         save_head(trained, folder.final)
         run.log_metrics(contribution_metrics(layer_contributions(trained.explainer, config.evaluation.min_class_count)))
@@ -40,9 +44,9 @@ def train_final_head(search: str, chosen: TrialRecord, config: ExperimentConfig,
         run.log_metrics(evaluation.metrics())
         for path in grid_and_curve(test_set, maps, evaluation, trained, folder.final, "final head, test split"):
             run.log_artifact(path, "plots")
-        configs.dump(config, folder.best)
-        report = {"trial": chosen.index, "parameters": chosen.parameters, "validation": chosen.metrics,
-                  "test": evaluation.to_json()}
+        configs.dump(config, folder.best, header=f"search {search}, final head chosen by {choice.describe()}")
+        report = {"trial": chosen.index, "parameters": chosen.parameters, "choice": choice.to_json(),
+                  "validation": chosen.metrics, "test": evaluation.to_json()}
         folder.metrics.write_text(json.dumps(report, indent=2))
         name = registered_model_name(config.model.backbone, config.model.auxiliary)
         version = run.log_explainer(folder.final, config, trained.explainer.classifier.preprocessing.input_size, name)

@@ -180,10 +180,12 @@ class Search:
         print(f"Pareto set (trial indices): {', '.join(str(r.index) for r in self.study.pareto())}")
         log_ax_analyses(self.tracker, self.study.client, self.folder.analyses, include_plotlyjs=True)
         self.tracker.log_search_artifact(self.study.path, "ax")
-        chosen = self.study.select(self.options.select)
+        choice = self.study.select(self.options.select)
+        chosen = choice.record
         config = trial_config(self.options.base, self.options.space, chosen.parameters)
-        print(f"final head: trial {chosen.index} ({', '.join(f'{k}={v:.4g}' for k, v in chosen.parameters.items())})")
-        report, evaluation, head = train_final_head(self.options.name, chosen, config, self.bench, self.trainer,
+        print(f"final head: trial {chosen.index} ({', '.join(f'{k}={v:.4g}' for k, v in chosen.parameters.items())}),"
+              f" {choice.describe()}")
+        report, evaluation, head = train_final_head(self.options.name, choice, config, self.bench, self.trainer,
                                                     self.tracker, self.folder, self.options.progress,
                                                     self.options.system_metrics)
         self.tracker.log_search_artifact(self.folder.best)

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from ax.api import ChoiceParameterConfig, Client, RangeParameterConfig
 
 Direction = Literal["minimize", "maximize"]
-Method = Literal["fast", "quality", "random_search"]
+Method = Literal["fast", "quality", "random_search", "uniform"]
+# The final choice among the Pareto trials: the largest LeRF − MoRF as observed, or as Ax's model predicts it.
+ChoiceRule = Literal["observed", "predicted"]
 ValueType = Literal["float", "int", "str", "bool"]
 Fail = Callable[[str, str], UserError]  # (key, message) -> the error that names the file and the key
 
@@ -89,6 +91,7 @@ class SearchSpace:
     initialization_trials: int = 5
     method: Method = "fast"
     thresholds: dict[str, float] | None = None  # fixed objective thresholds; None: from trivial maps
+    choice: ChoiceRule = "observed"
 
     @property
     def parameter_names(self) -> list[str]:
@@ -256,6 +259,7 @@ class _SpaceFile:
     thresholds: dict[Name, Finite] | None = None
     initialization_trials: Int = Field(5, ge=1)
     method: Method = "fast"
+    choice: ChoiceRule = "observed"
 
 
 _SPACE_FILE = TypeAdapter(_SpaceFile)
@@ -349,4 +353,4 @@ def load_search_space(path: str | Path) -> SearchSpace:
                                  f"got {', '.join(spec.thresholds)}")
     return SearchSpace(name=spec.name or path.stem, seed=spec.seed, parameters=tuple(parameters.values()),
                        constraints=tuple(constraints), objectives=spec.objectives, thresholds=spec.thresholds,
-                       initialization_trials=spec.initialization_trials, method=spec.method)
+                       initialization_trials=spec.initialization_trials, method=spec.method, choice=spec.choice)

@@ -32,7 +32,7 @@ INTERRUPTED = "interrupted: the process stopped while this trial was running"
 _EXTRA_METRICS = "extra_metrics"  # run-metadata key for metrics that Ax does not model
 _CHECKPOINTS = "checkpoints"  # run-metadata key for the scores during training, by percentage
 FINISHED = ("completed", "early_stopped")  # the statuses that count towards --trials
-_GENERATOR_NAMES = {"Sobol": "Sobol", "MBM": "BoTorch"}
+_GENERATOR_NAMES = {"Sobol": "Sobol", "MBM": "BoTorch", "Uniform": "uniform"}
 
 
 class AwaitingData(Exception):
@@ -219,9 +219,27 @@ class Study:
         """The observed non-dominated completed trials under the space's objective directions."""
         return pareto_front(self.records(), self.space.objective_signs)
 
-    def select(self, trial: int | None = None) -> TrialRecord:
-        """The Pareto trial with the best `trade_off` (LeRF − MoRF), or the completed trial named (`choose_trial`)."""
-        return choose_trial(self.records(), self.space.objective_signs, trial)
+    def select(self, trial: int | None = None) -> Choice:
+        """The final head's trial: the completed trial named (``--select``), else by the space's ``choice`` rule
+        (`choose`), with its LeRF − MoRF as observed and as Ax's model predicts it."""
+        records, signs = self.records(), self.space.objective_signs
+        predicted, note = self.predicted_trade_offs()
+        if trial is not None:
+            record = choose_trial(records, signs, trial)
+            return Choice(record, "selected", trade_off(record, signs), predicted.get(record.index), note)
+        return choose(records, signs, self.space.choice, predicted, note)
+
+    def predicted_trade_offs(self) -> tuple[dict[int, float], str | None]:
+        """Trial index -> LeRF − MoRF as Ax's model predicts it, for the trials on the model-predicted Pareto
+        front; empty, with the reason, when no model could be fit."""
+        try:
+            with _torch_threads(GENERATION_THREADS):
+                frontier = self._client.get_pareto_frontier(use_model_predictions=True)
+        except Exception as error:  # too few trials for a model, or a model that fails to fit
+            return {}, f"no model prediction ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+        signs = self.space.objective_signs
+        return {index: sum(sign * _mean(outcome[name]) for name, sign in signs.items())
+                for _, outcome, index, _ in frontier}, None
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -283,6 +301,56 @@ def trial_records(experiment: Experiment) -> list[TrialRecord]:
                         checkpoints={int(percentage): scores for percentage, scores
                                      in trial.run_metadata.get(_CHECKPOINTS, {}).items()})
             for _, trial in sorted(experiment.trials.items())]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The final head's trial and why: the rule (``observed``, ``predicted`` or ``selected`` by ``--select``), and
+    the trial's LeRF − MoRF as observed and as predicted (None without a model prediction; ``note`` says why)."""
+
+    record: TrialRecord
+    rule: str
+    observed: float
+    predicted: float | None
+    note: str | None = None
+
+    def describe(self) -> str:
+        """One line, e.g. "the largest model-predicted LeRF − MoRF on the predicted Pareto front (trial 7): ..."."""
+        words = {"observed": "the largest observed LeRF − MoRF on the observed Pareto set",
+                 "predicted": "the largest model-predicted LeRF − MoRF on the model-predicted Pareto front",
+                 "selected": "chosen with --select"}[self.rule]
+        predicted = "n/a" if self.predicted is None else f"{self.predicted:.4f}"
+        return (f"{words}: trial {self.record.index}, LeRF − MoRF observed {self.observed:.4f}, predicted {predicted}"
+                + (f" ({self.note})" if self.note else ""))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "trial": self.record.index, "observed_trade_off": self.observed,
+                "predicted_trade_off": self.predicted, "note": self.note}
+
+
+def _mean(value: Any) -> float:
+    """An Ax outcome value: a mean, or a (mean, SEM) pair."""
+    return float(value[0] if isinstance(value, (tuple, list)) else value)
+
+
+def choose(records: Sequence[TrialRecord], signs: Mapping[str, float], rule: str,
+           predicted: Mapping[int, float], note: str | None = None) -> Choice:
+    """The final choice by ``rule``: ``observed``, the Pareto trial with the largest observed `trade_off`;
+    ``predicted``, the trial on the model-predicted front with the largest predicted one (the observed rule when
+    there is no prediction, with ``note`` saying so). A noisy trial that looks best only by luck wins the observed
+    rule; the model pools nearby trials, which the replays in tests/benchmarks/search_quality.py weigh."""
+    completed = {record.index for record in records if record.status == "completed"}
+    predicted = {index: value for index, value in predicted.items() if index in completed}
+    if rule == "predicted" and predicted:
+        index = max(predicted, key=predicted.__getitem__)
+        record = records[index]
+        return Choice(record, rule, trade_off(record, signs), predicted[index], note)
+    record = choose_trial(records, signs)
+    if rule == "predicted":
+        note = note or "no trial on the model-predicted front"
+        return Choice(record, "observed", trade_off(record, signs), predicted.get(record.index),
+                      f"the observed rule: {note}")
+    return Choice(record, rule, trade_off(record, signs), predicted.get(record.index), note)
 
 
 def choose_trial(records: Sequence[TrialRecord], signs: Mapping[str, float], trial: int | None = None) -> TrialRecord:
