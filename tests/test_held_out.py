@@ -111,6 +111,7 @@ def test_a_demo_photo_saved_to_a_file_is_recognised_by_its_pixels(tmp_path):
     record = SplitRecord.of(build_splits(configs.DataConfig(dataset="demo", demo_train_views=14,
                                                             demo_eval_views=2), 32))
     trained, held_out = DEMO_SPLITS["train"][0], DEMO_SPLITS["test"][0]
+    assert [e["source"] for e in record.splits["val"]] == list(DEMO_SPLITS["val"])
     for name in (trained, held_out):
         Image.fromarray(demo_photos()[name]).save(tmp_path / f"{name}.png")
     assert [e["source"] for e in record.splits["test"]] == list(DEMO_SPLITS["test"])

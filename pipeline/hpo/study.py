@@ -347,9 +347,10 @@ def choose(records: Sequence[TrialRecord], signs: Mapping[str, float], rule: str
         return Choice(record, rule, trade_off(record, signs), predicted[index], note)
     record = choose_trial(records, signs)
     if rule == "predicted":
-        note = note or "no trial on the model-predicted front"
         return Choice(record, "observed", trade_off(record, signs), predicted.get(record.index),
-                      f"the observed rule: {note}")
+                      f"the observed rule: {note or 'no trial on the model-predicted front'}")
+    if note is None and record.index not in predicted:
+        note = "not on the model-predicted front"
     return Choice(record, rule, trade_off(record, signs), predicted.get(record.index), note)
 
 

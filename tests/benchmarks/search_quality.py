@@ -18,7 +18,8 @@ Reports the hypervolume of the true values of the points evaluated so far (Ax's 
 trials, and the true LeRF − MoRF of the point each final-choice rule picks after the last trial: the largest
 observed LeRF − MoRF on the observed Pareto set (``observed``), the largest model-predicted one on the
 model-predicted front (``predicted``), or the top 3 observed re-scored once more with fresh noise, chosen by their
-means (``rescored``). Writes ``search_quality.md``, ``search_quality.csv`` and ``search_quality.png``.
+means (``rescored``). Writes ``search_quality.md`` and ``search_quality.csv`` there and the figure to
+``docs/images/search_quality.png``.
 """
 
 from __future__ import annotations
@@ -326,7 +327,8 @@ def write_outputs(args, rows, traces, chosen, loo, noise, thresholds, optimal, p
     axis.set_title(f"Replays on the demo surrogate: median and quartiles of {args.seeds} seeds")
     axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(args.results / "search_quality.png", dpi=120)
+    (REPO / "docs" / "images").mkdir(parents=True, exist_ok=True)
+    figure.savefig(REPO / "docs" / "images" / "search_quality.png", dpi=120)
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     lines = [f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}): "
