@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import platform
 import statistics
 import subprocess
@@ -50,6 +51,7 @@ AREAS = (0.5, 1.0, 2.0)
 PAPER_POINT = {"lambda1": 0.07278, "lambda2": 0.92712, "lambda_area": 0.5}  # trial_noise.py's "paper VGG-16"
 RULES = ("observed", "predicted", "rescored")
 RESCORED = 3
+STEPS = (5, 10, 20)  # trials after which the hypervolume is reported
 
 
 def features(lambda1: float, lambda2: float, area: float) -> list[float]:
@@ -177,12 +179,12 @@ def problem(surrogate: Surrogate, thresholds: Mapping[str, float], noise: Mappin
 
     client = Client()
     load_search_space(DEFAULT_SEARCH_SPACE).configure(client)
-    config, _ = get_moo_opt_config(outcome_names=[MORF, NEG_LERF], ref_point=[thresholds[MORF], -thresholds[LERF]],
+    config, metrics = get_moo_opt_config(outcome_names=[MORF, NEG_LERF], ref_point=[thresholds[MORF], -thresholds[LERF]],
                                    lower_is_better=True, observe_noise_sd=observe_noise)
     return BenchmarkProblem(name="demo", optimization_config=config, num_trials=trials,
                             test_function=Landscape(outcome_names=[MORF, NEG_LERF]),
                             noise=GaussianNoise(noise_std={MORF: noise[MORF], NEG_LERF: noise[LERF]}),
-                            optimal_value=optimal, baseline_value=0.0,
+                            optimal_value=optimal, baseline_value=0.0, opt_config_metrics=metrics,
                             search_space=ax_seam.experiment(client).search_space)
 
 
@@ -277,7 +279,8 @@ def main() -> None:
             method = BenchmarkMethod(name=label, generation_strategy=strategy(name, seed))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = benchmark_replication(bench, method, seed=seed, strip_runner_before_saving=False)
+                result = benchmark_replication(bench, method, seed=seed, strip_runner_before_saving=False,
+                                               orchestrator_logging_level=logging.WARNING)
             trace = list(result.oracle_trace)
             traces.setdefault(label, []).append(trace)
             seen = observations(result)
@@ -287,9 +290,9 @@ def main() -> None:
                 morf, lerf = surrogate(point)
                 chosen.setdefault((label, rule), []).append(lerf - morf)
                 rows.append({"method": label, "seed": seed, "rule": rule, **point, "true_morf": morf,
-                             "true_lerf": lerf, "hypervolume_5": trace[4], "hypervolume_10": trace[9],
-                             "hypervolume_20": trace[-1]})
-            print(f"{label}, seed {seed}: hypervolume {trace[4]:.4f} / {trace[9]:.4f} / {trace[-1]:.4f} "
+                             "true_lerf": lerf, **{f"hypervolume_{n}": trace[min(n, len(trace)) - 1] for n in STEPS}})
+            print(f"{label}, seed {seed}: hypervolume " + " / ".join(f"{trace[min(n, len(trace)) - 1]:.4f}" for n in STEPS)
+                  + f" after {', '.join(map(str, STEPS))} trials "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
     paper_volume = hypervolume([(paper_morf, paper_lerf)], thresholds)
     write_outputs(args, rows, traces, chosen, loo, noise, thresholds, optimal, paper_volume,
@@ -342,7 +345,7 @@ def write_outputs(args, rows, traces, chosen, loo, noise, thresholds, optimal, p
              "seeds):", "", "| method | 5 trials | 10 trials | 20 trials |", "|---|---:|---:|---:|"]
     for label, runs in traces.items():
         values = np.array(runs)
-        lines.append(f"| {label} | " + " | ".join(quartiles(list(values[:, n - 1])) for n in (5, 10, args.trials))
+        lines.append(f"| {label} | " + " | ".join(quartiles(list(values[:, min(n, args.trials) - 1])) for n in STEPS)
                      + " |")
     lines.append(f"| paper's λ's (no search) | {paper_volume:.4f} | {paper_volume:.4f} | {paper_volume:.4f} |")
     lines += ["", f"True LeRF − MoRF of the point each rule chooses after {args.trials} trials (median [quartiles]); "
