@@ -225,8 +225,9 @@ class CAStreamConfig:
     it stays the identity and the classifier reads the attention-pooled features as they are (then Grad-CAM computed
     on the stream model is exactly Grad-CAM on GAP; Grad-CAM++ and Score-CAM change). ``points``/``pool``:
     the attachment points (module names, before the last stage) and the global pooling module; null for the
-    backbone's preset. The defaults were chosen on the demo (Lite0: test top-1 agreement 0.958-0.979 over three
-    seeds); README "CA-Stream" lists the other settings measured.
+    backbone's preset. On the demo's validation views every candidate setting agreed with the network on every view
+    (tests/benchmarks/castream_settings.py), so validation could not choose among them and the defaults were kept
+    (they had been chosen on the earlier demo's test views); docs/evaluation.md.
     """
 
     epochs: Int = Field(1, ge=1)

@@ -278,19 +278,19 @@ def main() -> None:
     traces: dict[str, dict[str, list[list[float]]]] = {name: {} for name in references}
     chosen: dict[tuple[str, str], list[float]] = {}
     rows = []
-    for label, (name, observe) in methods.items():
+    for label, (kind, observe) in methods.items():
         bench = problem(surrogate, thresholds, noise, args.trials, observe,
                         max(optimal["the search's thresholds"], 1e-9))
         for seed in range(args.seeds):
-            method = BenchmarkMethod(name=label, generation_strategy=strategy(name, seed))
+            method = BenchmarkMethod(name=label, generation_strategy=strategy(kind, seed))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = benchmark_replication(bench, method, seed=seed, strip_runner_before_saving=False,
                                                orchestrator_logging_level=logging.WARNING)
             seen = observations(result)
             truth = [surrogate(point) for point, _, _ in seen]
-            for name, point in references.items():
-                traces[name].setdefault(label, []).append(
+            for reference, point in references.items():
+                traces[reference].setdefault(label, []).append(
                     [hypervolume(truth[:n], point) for n in range(1, len(truth) + 1)])
             trace = traces["the landscape's worst observed values"][label][-1]
             generator = np.random.default_rng(seed)
