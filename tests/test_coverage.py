@@ -11,12 +11,12 @@ from PIL import Image
 
 from pipeline import cli
 from pipeline import config as configs
-from pipeline.config import EvalConfig
 from pipeline.data.sources import demo_photos
 from pipeline.evaluate import main as evaluate_main
-from pipeline.evaluation.scoring import evaluate_head, prepare_eval_set
+from pipeline.evaluation.scoring import prepare_eval_set
 from pipeline.explain import UNTRAINED_MARK
 from pipeline.explain import main as explain_main
+from pipeline.models.coverage import ClassCoverage
 from pipeline.training.head_training import Workbench, train_head
 from pipeline.training.saved_head import load_explainer, save_head
 
@@ -64,12 +64,12 @@ def test_the_demos_validation_photo_shows_a_trained_class_and_its_test_photos_do
     # photos' daisy or uniform.
     bench, head = demo
     explainer, config = load_explainer(head)
-    settings = EvalConfig(percentages=[50], min_class_count=3)
+    coverage = ClassCoverage.of(explainer.head, 3)
     val = prepare_eval_set(explainer.classifier, bench.splits.val)
     test = prepare_eval_set(explainer.classifier, bench.splits.test)
     assert len(val) == len(test) == 32
-    assert evaluate_head(explainer, val, settings)[0].class_coverage >= 0.9  # a few views predicted otherwise
-    assert evaluate_head(explainer, test, settings)[0].metrics()["class_coverage"] == 0.0
+    assert coverage.covered(val.targets).float().mean() >= 0.9  # a few views predicted otherwise
+    assert not coverage.covered(test.targets).any()
 
 
 def test_images_of_other_classes_get_low_coverage_and_are_flagged(demo, other_photos, tmp_path, capsys):

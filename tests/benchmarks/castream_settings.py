@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
-from pipeline import config as configs  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from pipeline import config as configs  # noqa: E402
 from pipeline.data.sources import build_splits  # noqa: E402
 from pipeline.training.stream_training import evaluate_splits, train_stream  # noqa: E402
 

@@ -88,10 +88,10 @@ def main() -> None:
     for _, (val_cover, test_cover), val, test in ranked[:8]:
         lines.append(f"| {', '.join(val)} | {', '.join(test)} | {val_cover:.2f} | {test_cover:.2f} |")
     chosen = tuple(DEMO_SPLITS["train"])
+    val, test = (coverage(classes, chosen, DEMO_SPLITS[split], evaluation, data.demo_train_views)
+                 for split in ("val", "test"))
     lines += ["", f"DEMO_SPLITS (validation {', '.join(DEMO_SPLITS['val'])}; test {', '.join(DEMO_SPLITS['test'])}): "
-              f"validation coverage {coverage(classes, chosen, DEMO_SPLITS['val'], evaluation, data.demo_train_views):.2f}, "
-              f"test coverage {coverage(classes, chosen, DEMO_SPLITS['test'], evaluation, data.demo_train_views):.2f} "
-              "(estimated from per-photo crops)."]
+              f"validation coverage {val:.2f}, test coverage {test:.2f} (estimated from per-photo crops)."]
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     header = (f"Measured {date.today()} at commit {commit} on {platform.node()}: "

@@ -75,7 +75,8 @@ def main() -> None:
         for split in ("val", "test"):
             run([sys.executable, "-m", "pipeline.evaluate", "--head", str(head), "--split", split, "--out",
                  str(folder / f"paper-{split}.json")], folder / f"paper-{split}.log", folder)
-        scores = {split: json.loads((folder / f"paper-{split}.json").read_text())["metrics"] for split in ("val", "test")}
+        scores = {split: json.loads((folder / f"paper-{split}.json").read_text())["metrics"]
+                  for split in ("val", "test")}
         morf, lerf = surrogate(PAPER_POINT)
         rows.append({"method": "paper's λ's (no search)", **PAPER_POINT, "rule": "-",
                      "validation_trade_off": scores["val"][LERF] - scores["val"][MORF],

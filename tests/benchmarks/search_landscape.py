@@ -70,8 +70,9 @@ def main() -> None:
     worker = TrialWorker.load(base)
     thresholds = args.out.parent / "thresholds.json"
     if not thresholds.is_file():
-        references = {label: evaluate_maps(worker.bench.models.classifier, worker.val_set,
-                                           reference_maker(kind, base.evaluation.seed), base.evaluation)[0].road.metrics()
+        classifier = worker.bench.models.classifier
+        references = {label: evaluate_maps(classifier, worker.val_set, reference_maker(kind, base.evaluation.seed),
+                                           base.evaluation)[0].road.metrics()
                       for kind, label in REFERENCE_MAPS.items()}
         signs = {"road_morf_auc": -1.0, "road_lerf_auc": 1.0}
         thresholds.write_text(json.dumps({"thresholds": objective_thresholds(references, signs),

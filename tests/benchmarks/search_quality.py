@@ -179,8 +179,9 @@ def problem(surrogate: Surrogate, thresholds: Mapping[str, float], noise: Mappin
 
     client = Client()
     load_search_space(DEFAULT_SEARCH_SPACE).configure(client)
-    config, metrics = get_moo_opt_config(outcome_names=[MORF, NEG_LERF], ref_point=[thresholds[MORF], -thresholds[LERF]],
-                                   lower_is_better=True, observe_noise_sd=observe_noise)
+    config, metrics = get_moo_opt_config(outcome_names=[MORF, NEG_LERF],
+                                         ref_point=[thresholds[MORF], -thresholds[LERF]], lower_is_better=True,
+                                         observe_noise_sd=observe_noise)
     return BenchmarkProblem(name="demo", optimization_config=config, num_trials=trials,
                             test_function=Landscape(outcome_names=[MORF, NEG_LERF]),
                             noise=GaussianNoise(noise_std={MORF: noise[MORF], NEG_LERF: noise[LERF]}),
@@ -300,8 +301,8 @@ def main() -> None:
                 chosen.setdefault((label, rule), []).append(lerf - morf)
                 rows.append({"method": label, "seed": seed, "rule": rule, **point, "true_morf": morf,
                              "true_lerf": lerf, **{f"hypervolume_{n}": trace[min(n, len(trace)) - 1] for n in STEPS}})
-            print(f"{label}, seed {seed}: hypervolume " + " / ".join(f"{trace[min(n, len(trace)) - 1]:.4f}" for n in STEPS)
-                  + f" after {', '.join(map(str, STEPS))} trials "
+            volumes = " / ".join(f"{trace[min(n, len(trace)) - 1]:.4f}" for n in STEPS)
+            print(f"{label}, seed {seed}: hypervolume {volumes} after {', '.join(map(str, STEPS))} trials "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
     paper_volume = {name: hypervolume([(paper_morf, paper_lerf)], point) for name, point in references.items()}
     write_outputs(args, rows, traces, chosen, loo, noise, references, optimal, paper_volume,

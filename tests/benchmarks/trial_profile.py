@@ -44,7 +44,7 @@ from pipeline.models.auxiliary import FeatureExtractor  # noqa: E402
 from pipeline.models.classifiers import Classifier  # noqa: E402
 from pipeline.models.head import AttentionHead  # noqa: E402
 from pipeline.resources import DEFAULT_SEARCH_SPACE  # noqa: E402
-from pipeline.tracking.runs import RunLog, Tracker  # noqa: E402
+from pipeline.tracking.runs import RunLog  # noqa: E402
 from pipeline.training import head_training, loop  # noqa: E402
 
 # Groups: the phase of a trial a part belongs to (the innermost group on the stack decides).
@@ -190,7 +190,7 @@ def table(profile: Profile, trials: int, start_up: float, wall: float) -> str:
             per_part[(group, part)] += seconds / len(later)
     trial_total = sum(per_part.values())
     first = sum(s for (t, _, _), s in profile.seconds.items() if t == 0)
-    lines = [f"| phase | part | s per trial | share |", "|---|---|---:|---:|"]
+    lines = ["| phase | part | s per trial | share |", "|---|---|---:|---:|"]
     for (group, part), seconds in sorted(per_part.items(), key=lambda item: -item[1]):
         if seconds >= 0.05:
             lines.append(f"| {group} | {part} | {seconds:.2f} | {100 * seconds / trial_total:.1f} % |")
