@@ -2,14 +2,15 @@
 
 Ax 1.3 keeps some of what a resumable, multi-objective search needs behind private names, and documents its
 analyses as not part of its API. Every such use is here, each with the reason, so an Ax upgrade that moves one
-breaks this module (and ``tests/test_ax_seam.py``, which opens a search folder written by this code), not the
-search. ``pyproject.toml`` caps ``ax-platform`` below the next release line that was not tried.
+breaks this module (and ``tests/test_resume_fixture.py``, which opens a search folder written by this code), not
+the search. ``pyproject.toml`` caps ``ax-platform`` below the next release line that was not tried.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -110,6 +111,19 @@ def generation_strategy(method: str, initialization_trials: int, seed: int) -> G
                 spec.generator_kwargs["transforms"] = botorch_transforms()
                 spec.generator_gen_kwargs["model_gen_options"] = copy.deepcopy(BOTORCH_GEN_OPTIONS)
     return strategy
+
+
+def model_predictions(client: Client, points: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
+    """The predicted mean of every metric at each point, from a BoTorch model (Ax's modular default) fitted on all of
+    the experiment's data: the model ``Client.get_pareto_frontier`` falls back to, fitted anew here so that it sees
+    the last trial and does not depend on the generation strategy's current node (Sobol has no model)."""
+    from ax.adapter.registry import Generators
+    from ax.core.observation import ObservationFeatures
+
+    experiment = client._experiment
+    adapter = Generators.BOTORCH_MODULAR(experiment=experiment, data=experiment.lookup_data())
+    means, _ = adapter.predict([ObservationFeatures(parameters=dict(point)) for point in points])
+    return [{name: float(values[index]) for name, values in means.items()} for index in range(len(points))]
 
 
 def analysis_figures(client: Client) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:

@@ -230,16 +230,18 @@ class Study:
         return choose(records, signs, self.space.choice, predicted, note)
 
     def predicted_trade_offs(self) -> tuple[dict[int, float], str | None]:
-        """Trial index -> LeRF − MoRF as Ax's model predicts it, for the trials on the model-predicted Pareto
-        front; empty, with the reason, when no model could be fit."""
+        """Trial index -> LeRF − MoRF as Ax's model predicts it, for the completed trials on the model-predicted
+        Pareto front (`model_front`); empty, with the reason, when no model could be fit."""
+        completed = [record for record in self.records() if record.status == "completed"]
+        if len(completed) < 2:
+            return {}, "no model prediction from fewer than 2 completed trials"
         try:
             with _torch_threads(GENERATION_THREADS):
-                frontier = self._client.get_pareto_frontier(use_model_predictions=True)
-        except Exception as error:  # too few trials for a model, or a model that fails to fit
+                predictions = ax_seam.model_predictions(self._client, [record.parameters for record in completed])
+        except Exception as error:  # a model that fails to fit
             return {}, f"no model prediction ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
-        signs = self.space.objective_signs
-        return {index: sum(sign * _mean(outcome[name]) for name, sign in signs.items())
-                for _, outcome, index, _ in frontier}, None
+        return model_front({record.index: prediction for record, prediction in zip(completed, predictions)},
+                           self.space.objective_signs), None
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -328,9 +330,13 @@ class Choice:
                 "predicted_trade_off": self.predicted, "note": self.note}
 
 
-def _mean(value: Any) -> float:
-    """An Ax outcome value: a mean, or a (mean, SEM) pair."""
-    return float(value[0] if isinstance(value, (tuple, list)) else value)
+def model_front(predicted: Mapping[int, Mapping[str, float]], signs: Mapping[str, float]) -> dict[int, float]:
+    """Trial index -> predicted `trade_off` of the trials that no other trial dominates on predicted values (the
+    in-sample predicted Pareto front; the objective thresholds play no part, so a front exists where no trial beats
+    them)."""
+    signed = {index: [sign * values[name] for name, sign in signs.items()] for index, values in predicted.items()}
+    return {index: sum(score) for index, score in signed.items()
+            if not any(dominates(other, score) for other in signed.values())}
 
 
 def choose(records: Sequence[TrialRecord], signs: Mapping[str, float], rule: str,
