@@ -70,12 +70,13 @@ def test_a_raising_and_a_nan_trial_are_marked_failed_and_the_search_completes(tm
     metrics = json.loads((directory / "metrics.json").read_text())
     assert metrics["test"]["metrics"]["road_morf_auc"] >= 0
     choice = metrics["choice"]  # the rule and the chosen trial's observed (and, with a model, predicted) value
-    assert choice["rule"] == "observed" and choice["trial"] == report["trial"]
+    assert choice["rule"] == "predicted" and choice["trial"] == report["trial"]  # the space's default rule
     chosen = records[report["trial"]].metrics
     assert choice["observed_trade_off"] == pytest.approx(chosen["road_lerf_auc"] - chosen["road_morf_auc"])
+    assert isinstance(choice["predicted_trade_off"], float)
     assert set(choice) == {"rule", "trial", "observed_trade_off", "predicted_trade_off", "note"}
     first_line = (directory / "best.yaml").read_text().splitlines()[0]
-    assert first_line.startswith("# search toy, final head chosen by the largest observed LeRF − MoRF")
+    assert first_line.startswith("# search toy, final head chosen by the largest model-predicted LeRF − MoRF")
     assert f"trial {report['trial']}, LeRF − MoRF observed {choice['observed_trade_off']:.4f}" in first_line
     exported = export(SearchFolder(directory))
     assert configs.load(exported) == best
