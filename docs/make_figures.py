@@ -1,10 +1,11 @@
-"""Remake the README's pictures from a finished demo search: the final head's maps beside Grad-CAM on the held-out
-test photo, the search's trials with their Pareto front, and (with Chromium) a screenshot of the search in MLflow.
+"""Remake the README's pictures from a finished demo search: the final head's maps beside Grad-CAM on the
+validation photo (its class is trained; the test photos' are not), the search's trials with their Pareto front, and
+(with Chromium) a screenshot of the search in MLflow.
 
     python docs/make_figures.py [--search runs/search/demo-efficientnet_lite0-efficientnet_lite1-ptame]
                                 [--tracking-uri sqlite:///mlflow.db] [--mlflow-screenshot]
 
-The maps come from the tool itself: ``python -m pipeline.compare --head SEARCH/final --split test --methods
+The maps come from the tool itself: ``python -m pipeline.compare --head SEARCH/final --split val --methods
 gradcam,random --limit 4``, whose ``maps.png`` becomes ``docs/images/demo_maps.png`` and whose table, with the date,
 commit and command, ``benchmarks/results/readme_comparison.md``. The Pareto plot reads the search's Ax snapshot.
 """
@@ -37,12 +38,12 @@ def commit() -> str:
 
 
 def comparison(search: Path) -> None:
-    """The final head and Grad-CAM on the first 4 test views, by `pipeline.compare`."""
+    """The final head and Grad-CAM on the first 4 validation views, by `pipeline.compare`."""
     from pipeline import cli
     from pipeline.compare import main as compare_main
 
     with tempfile.TemporaryDirectory() as folder:
-        argv = ["--head", str(search / "final"), "--split", "test", "--methods", "gradcam,random", "--limit", "4",
+        argv = ["--head", str(search / "final"), "--split", "val", "--methods", "gradcam,random", "--limit", "4",
                 "--out", folder]
         try:
             cli.run(compare_main, argv)
