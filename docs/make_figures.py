@@ -7,7 +7,8 @@ validation photo (its class is trained; the test photos' are not), the search's 
 
 The maps come from the tool itself: ``python -m pipeline.compare --head SEARCH/final --split val --methods
 gradcam,random --limit 4``, whose ``maps.png`` becomes ``docs/images/demo_maps.png`` and whose table, with the date,
-commit and command, ``benchmarks/results/readme_comparison.md``. The Pareto plot reads the search's Ax snapshot.
+commit and command, ``benchmarks/results/readme_comparison.md``; the same on the whole held-out test split gives
+``benchmarks/results/demo_test_comparison.md``. The Pareto plot reads the search's Ax snapshot.
 """
 
 from __future__ import annotations
@@ -37,27 +38,30 @@ def commit() -> str:
                           text=True).stdout.strip()
 
 
-def comparison(search: Path) -> None:
-    """The final head and Grad-CAM on the first 4 validation views, by `pipeline.compare`."""
+def comparison(search: Path, split: str, table: str, limit: int | None = None, image: str | None = None) -> None:
+    """The final head beside Grad-CAM and random maps on ``split`` (its first ``limit`` views), by
+    `pipeline.compare`: its table goes to ``benchmarks/results/TABLE``, its maps to ``docs/images/IMAGE``."""
     from pipeline import cli
     from pipeline.compare import main as compare_main
 
     with tempfile.TemporaryDirectory() as folder:
-        argv = ["--head", str(search / "final"), "--split", "val", "--methods", "gradcam,random", "--limit", "4",
-                "--out", folder]
+        argv = ["--head", str(search / "final"), "--split", split, "--methods", "gradcam,random",
+                *(["--limit", str(limit)] if limit else []), "--out", folder]
         try:
             cli.run(compare_main, argv)
         except SystemExit as stop:
             if stop.code:
                 raise
-        IMAGES.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(folder) / "maps.png", IMAGES / "demo_maps.png")
-        table = (Path(folder) / "comparison.md").read_text()
+        if image:
+            IMAGES.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(folder) / "maps.png", IMAGES / image)
+        scores = (Path(folder) / "comparison.md").read_text()
+    shown = " ".join(["--head", "SEARCH/final", *argv[2:-2]])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "readme_comparison.md").write_text(
+    (RESULTS / table).write_text(
         f"Measured {date.today()} at commit {commit()} on {platform.node()} ({platform.machine()}): "
-        f"`python -m pipeline.compare {' '.join(argv[:-2])}` on the final head of "
-        f"`python -m pipeline.search --experiment experiments/demo.yaml --trials 20`.\n\n{table}")
+        f"`python -m pipeline.compare {shown}`, SEARCH the folder of "
+        f"`python -m pipeline.search --experiment experiments/demo.yaml --trials 20`.\n\n{scores}")
 
 
 def pareto(search: Path) -> None:
@@ -125,11 +129,13 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="the search's MLflow store")
     parser.add_argument("--mlflow-screenshot", action="store_true", help="also the MLflow UI (needs chromium)")
     args = parser.parse_args()
-    comparison(args.search)
+    comparison(args.search, "val", "readme_comparison.md", limit=4, image="demo_maps.png")
+    comparison(args.search, "test", "demo_test_comparison.md")
     pareto(args.search)
     if args.mlflow_screenshot:
         mlflow_screenshot(args.tracking_uri)
-    print(f"wrote {', '.join(str(p) for p in sorted(IMAGES.glob('*.png')))} and {RESULTS / 'readme_comparison.md'}")
+    print(f"wrote {', '.join(str(p) for p in sorted(IMAGES.glob('*.png')))}, {RESULTS / 'readme_comparison.md'} "
+          f"and {RESULTS / 'demo_test_comparison.md'}")
 
 
 if __name__ == "__main__":
