@@ -199,7 +199,10 @@ def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: MapMaker, sett
     with Progress(len(evalset), "ROAD", "images", enabled=progress) as bar:
         for batch in evalset.batches(block_size(settings.batch_size, evalset.device)):
             saliency = maps(batch).to(batch.images.device)
-            finished = lambda done, first=batch.first: bar.update(first + done - bar.done)
+
+            def finished(done: int, first: int = batch.first) -> None:
+                bar.update(first + done - bar.done)
+
             results.put(batch.first, {
                 "correct": road_correct(classify, batch.images, saliency, batch.targets, settings.percentages,
                                         settings.imputer, settings.noise, settings.batch_size, generator, finished),

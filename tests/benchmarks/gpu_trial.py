@@ -213,8 +213,8 @@ def main() -> None:
         if cuda:
             rows.append(("step: compile (first calls, both graphs)", f"{compile_seconds:8.1f} s"))
         overall, steady, compile_total = end_to_end(args, root, device)
-        rows.append(("train_head end to end (training.json)", f"{overall:8.0f} img/s  "
-                                                             f"({steady:.0f} img/s without {compile_total:.1f} s compile)"))
+        rows.append(("train_head end to end (training.json)",
+                     f"{overall:8.0f} img/s  ({steady:.0f} img/s without {compile_total:.1f} s compile)"))
         seconds, measured = road_seconds(args, device)
         scaled = "" if measured == ROAD_PER else f" (measured on {measured}, scaled)"
         rows.append(("ROAD, both orders, 7 percentages", f"{seconds:8.1f} s per {ROAD_PER} images{scaled}"))
