@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from pipeline import quiet
 from pipeline.config import DEVICE_HELP, Imputer

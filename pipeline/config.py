@@ -11,9 +11,10 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, model_validator
@@ -130,7 +131,9 @@ class LossConfig:
             raise UserError(f"loss.lambda_rand = {self.lambda_rand} has no effect with loss.class_subset = "
                             "'reference' (S is the batch's predictions); drop it or use loss.class_subset = 'paper'")
         # The border penalty and power belong to the reference form; the paper's eq. 3 has neither.
-        for key, default in (("border_penalty", REFERENCE_BORDER_PENALTY), ("variation_power", REFERENCE_VARIATION_POWER)):
+        reference_defaults = (("border_penalty", REFERENCE_BORDER_PENALTY),
+                              ("variation_power", REFERENCE_VARIATION_POWER))
+        for key, default in reference_defaults:
             if self.variation == "paper" and getattr(self, key) != default:
                 raise UserError(f"loss.{key} = {getattr(self, key):g} only acts with loss.variation = 'reference' (the "
                                 f"paper's eq. 3 has no such term); set loss.variation=reference or drop loss.{key}")

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 from pipeline import cli
 from pipeline.cli import add_device_argument, add_road_arguments, add_source_arguments, road_overrides

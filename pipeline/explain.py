@@ -9,8 +9,8 @@ row, not an explanation.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -25,7 +25,8 @@ UNTRAINED_MARK = "UNTRAINED"
 
 
 def registered_explainer(uri: str, tracking_uri: str | None) -> tuple[Explainer, int]:
-    """The explainer and its ``min_class_count`` from a registered model URI (``models:/NAME/VERSION`` or ``@ALIAS``)."""
+    """The explainer and its ``min_class_count`` from a registered model URI (``models:/NAME/VERSION`` or
+    ``@ALIAS``)."""
     from pipeline.tracking.serving import load_registered
     from pipeline.tracking.stores import check_tracking_server, resolve_tracking_uri
 
@@ -39,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--head", type=Path, help="folder written by pipeline.train")
     source.add_argument("--model", metavar="URI",
-                        help="a registered explainer, e.g. models:/NAME/VERSION or models:/NAME@ALIAS (a search's choice)")
+                        help="a registered explainer, e.g. models:/NAME/VERSION or models:/NAME@ALIAS "
+                             "(a search's choice)")
     parser.add_argument("images", nargs="+", help="image files or folders of images")
     parser.add_argument("--out", type=Path, default=Path("explanations"), help="output folder")
     parser.add_argument("--class", dest="class_index", type=int, help="explain this class instead of the prediction")

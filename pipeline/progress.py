@@ -41,14 +41,15 @@ class Progress:
         elif self.lines and time.monotonic() - self.last_line >= self.interval_s:
             self.last_line = time.monotonic()
             rate = self.done / max(self.last_line - self.started, 1e-9)
-            print(f"{self.description}: {self.done}/{self.total} {self.unit} ({100 * self.done / max(self.total, 1):.0f} %)"
+            share = 100 * self.done / max(self.total, 1)
+            print(f"{self.description}: {self.done}/{self.total} {self.unit} ({share:.0f} %)"
                   f"{', ' + status if status else ''}, {rate:.3g} {self.unit}/s", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -29,8 +29,8 @@ from pathlib import Path
 from pipeline import cli
 from pipeline.cli import add_device_argument, add_source_arguments
 from pipeline.evaluation.comparison import CA_METHODS, stream_maps
-from pipeline.evaluation.mprt import PROTOCOLS, Level, run_mprt, run_stream_mprt
 from pipeline.evaluation.held_out import check_held_out
+from pipeline.evaluation.mprt import PROTOCOLS, Level, run_mprt, run_stream_mprt
 from pipeline.evaluation.scoring import load_eval_set
 from pipeline.models.randomisation import blocks_for
 from pipeline.reports.plots import sanity_figure

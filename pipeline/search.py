@@ -10,8 +10,9 @@ workers (`pipeline.hpo.ray_pool`); this process alone talks to Ax.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pipeline import cli
 from pipeline import config as configs

@@ -7,8 +7,8 @@ fully resolved ``config.yaml``, which ``python -m pipeline.train --config config
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pipeline import cli
 from pipeline import config as configs

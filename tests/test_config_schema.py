@@ -45,7 +45,8 @@ def test_a_wrong_type_is_one_line_naming_the_key(override, expected):
 @pytest.mark.parametrize("override, expected", [
     ("loss.lamda1=0.3", "unknown key 'loss.lamda1'; valid keys here: area_epsilon, border_penalty, class_subset, "
                         "lambda1, lambda2, lambda3, lambda_area, lambda_rand, variation, variation_power"),
-    ("trian.epochs=2", "unknown key 'trian'; valid keys here: castream, checkpoints, data, evaluation, loss, model, name, train"),
+    ("trian.epochs=2",
+     "unknown key 'trian'; valid keys here: castream, checkpoints, data, evaluation, loss, model, name, train"),
 ])
 def test_an_unknown_key_is_one_line_naming_it_and_the_known_ones(override, expected):
     assert one_line_error([override]) == expected

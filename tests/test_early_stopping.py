@@ -23,7 +23,8 @@ from pipeline.hpo.early_stopping import StoppingRule, replay, stopping_rule
 from pipeline.hpo.folder import PARENT_RUN, SearchFolder
 from pipeline.hpo.search import Search
 from pipeline.hpo.space import load_search_space
-from pipeline.hpo.study import FINISHED, INTERRUPTED, Study, TrialRecord
+from pipeline.hpo.study import INTERRUPTED, Study, TrialRecord
+from pipeline.hpo.trial_state import TrialState
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.search import main as search_main
 from pipeline.training.head_training import train_head
@@ -40,7 +41,7 @@ def scores(morf: float, lerf: float, noise: float = NOISE) -> dict[str, float]:
 
 
 def trial(index: int, final: tuple[float, float], at_50: tuple[float, float], generator: str = "BoTorch",
-          status: str = "completed") -> TrialRecord:
+          status: TrialState = TrialState.COMPLETED) -> TrialRecord:
     return TrialRecord(index, status, {"lambda1": 0.1}, scores(*final), None, generator, {50: scores(*at_50)})
 
 
@@ -71,8 +72,8 @@ def test_a_trial_on_the_front_of_final_scores_goes_on_even_when_checkpoints_beat
 
 
 def test_no_rule_for_sobol_trials_or_without_early_stop_and_rivals_are_the_completed_trials():
-    records = [*RIVALS, trial(3, (0.5, 0.5), (0.5, 0.5), status="running"), trial(4, (0, 0), (0, 0), "Sobol",
-                                                                                   status="running")]
+    records = [*RIVALS, trial(3, (0.5, 0.5), (0.5, 0.5), status=TrialState.RUNNING), trial(4, (0, 0), (0, 0), "Sobol",
+                                                                                   status=TrialState.RUNNING)]
     on = configs.CheckpointConfig(early_stop=True, dominating=3)
     rule = stopping_rule(records, 3, SIGNS, on)
     assert [rival.index for rival in rule.rivals] == [0, 1, 2] and rule.dominating == 3
@@ -105,7 +106,7 @@ def test_a_stopped_trial_is_early_stopped_in_ax_with_its_partial_values_reason_a
     study.stop_early(second, scores(0.6, 0.3), {50: scores(0.6, 0.3)}, "beaten at 50 %")
     for reopened in (study, Study.open(tmp_path, space, seed=1)):
         done, stopped = reopened.records()
-        assert (stopped.status, stopped.reason) == ("early_stopped", "beaten at 50 %")
+        assert (stopped.status, stopped.reason) == (TrialState.EARLY_STOPPED, "beaten at 50 %")
         assert stopped.metrics["road_morf_auc"] == pytest.approx(0.6) and stopped.checkpoints == {50: scores(0.6, 0.3)}
         assert done.checkpoints == {50: scores(0.35, 0.55)} and done.metrics["train_seconds"] == 2.0
         assert reopened.finished_count == 2 and [r.index for r in reopened.pareto()] == [first]
@@ -153,14 +154,15 @@ def scripted_search(tmp_path: Path, parallel: int) -> Search:
 
 def check_stopped_search(search: Search, output: str) -> None:
     records = search.study.records()
-    assert sorted(r.status for r in records) == ["completed"] * 3 + ["early_stopped"], records
-    [stopped] = [r for r in records if r.status == "early_stopped"]
+    assert sorted(r.status for r in records) == [TrialState.COMPLETED] * 3 + [TrialState.EARLY_STOPPED], records
+    [stopped] = [r for r in records if r.status == TrialState.EARLY_STOPPED]
     assert stopped.generator == "BoTorch" and stopped.checkpoints.keys() == {50}
     assert stopped.reason.startswith("at 50 % of training, ")
     assert "scored better on road_morf_auc and road_lerf_auc" in stopped.reason
     assert (stopped.metrics["road_morf_auc"], stopped.metrics["road_lerf_auc"]) == (1.0, 0.0)
     front = [r for r in records if r.checkpoints.get(50, {}).get("road_morf_auc") == 0.0]
-    assert [r.status for r in front] == ["completed"]  # the trial that beats everything at its checkpoints goes on
+    # the trial that beats everything at its checkpoints goes on
+    assert [r.status for r in front] == [TrialState.COMPLETED]
     data = search.study.client._experiment.lookup_data().df
     assert set(data[data.trial_index == stopped.index].step) == {50.0}
     runs = trial_runs(search.options.tracking_uri, search.folder.state[PARENT_RUN])
@@ -215,16 +217,17 @@ def test_a_search_killed_during_a_checkpoint_resumes_without_losing_anything(tmp
     folder = tmp_path / "search" / "killed"
     space = load_search_space(DEFAULT_SEARCH_SPACE)
     before = Study.read(folder, space).records()
-    assert [r.status for r in before] == ["completed", "running"] and before[0].checkpoints.keys() == {50, 75}
+    assert [r.status for r in before] == [TrialState.COMPLETED, TrialState.RUNNING]
+    assert before[0].checkpoints.keys() == {50, 75}
 
     with pytest.raises(SystemExit) as rerun:  # the same command again, in this process (no hang): it resumes
         cli.run(search_main, command[3:])
     assert rerun.value.code == 0, capsys.readouterr()
     after = Study.read(folder, space).records()
     assert after[0] == before[0]  # the completed trial, its checkpoint scores included, is kept as it was
-    assert (after[1].status, after[1].reason) == ("failed", INTERRUPTED)
-    assert sum(r.status in FINISHED for r in after) == 3 and len(after) == 4
-    assert all(r.checkpoints.keys() == {50, 75} for r in after if r.status == "completed")
+    assert (after[1].status, after[1].reason) == (TrialState.FAILED, INTERRUPTED)
+    assert sum(r.status.finished for r in after) == 3 and len(after) == 4
+    assert all(r.checkpoints.keys() == {50, 75} for r in after if r.status == TrialState.COMPLETED)
     runs = trial_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", SearchFolder(folder).state[PARENT_RUN])
     assert runs["trial-001"].info.status == "FAILED" and "interrupted" in runs["trial-001"].data.tags["failure_reason"]
     assert runs["trial-000"].info.status == "FINISHED"

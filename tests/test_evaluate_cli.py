@@ -34,7 +34,8 @@ def test_evaluate_writes_metrics_json_and_a_road_curve(trained_head, tmp_path, m
     assert report["maps"] == maps and report["images"] == 3  # the 12 images whose path hashes into validation
     assert report["held_out"] == {"images": 3, "seen_images": 0, "held_out": True, "split_changes": [],
                                   "unchecked": []}
-    assert {"road_morf_auc", "road_lerf_auc", "road_morf_25", "road_lerf_75", "ad_15", "ic_50"} <= report["metrics"].keys()
+    expected = {"road_morf_auc", "road_lerf_auc", "road_morf_25", "road_lerf_75", "ad_15", "ic_50"}
+    assert expected <= report["metrics"].keys()
     assert report["road"]["percentages"] == [25, 50, 75]
     assert Image.open(out.with_suffix(".png")).size[0] > 100
     assert "MoRF AUC" in capsys.readouterr().out

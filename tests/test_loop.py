@@ -13,6 +13,7 @@ from pipeline.errors import UserError
 from pipeline.hpo.loop import TrialListener, TrialLoop
 from pipeline.hpo.pools import Finished
 from pipeline.hpo.study import INTERRUPTED, AwaitingData, TrialRecord
+from pipeline.hpo.trial_state import TrialState
 from pipeline.hpo.trial_worker import TrialResult
 
 
@@ -26,23 +27,24 @@ class FakeStudy:
 
     def next_trial(self) -> tuple[int, dict[str, Any]]:
         index = len(self.trials)
-        running = any(trial["status"] == "running" for trial in self.trials.values())
+        running = any(trial["status"] == TrialState.RUNNING for trial in self.trials.values())
         if index in self.awaiting and running:
             self.awaiting.discard(index)
             raise AwaitingData("wait")
-        self.trials[index] = {"status": "running", "metrics": {}, "reason": None, "parameters": {"x": index / 10}}
+        self.trials[index] = {"status": TrialState.RUNNING, "metrics": {}, "reason": None,
+                              "parameters": {"x": index / 10}}
         return index, dict(self.trials[index]["parameters"])
 
     def complete(self, index: int, metrics: dict[str, float], checkpoints: dict) -> bool:
-        self.trials[index].update(status="completed", metrics=dict(metrics))
+        self.trials[index].update(status=TrialState.COMPLETED, metrics=dict(metrics))
         return True
 
     def stop_early(self, index: int, metrics: dict[str, float], checkpoints: dict, reason: str) -> bool:
-        self.trials[index].update(status="early_stopped", metrics=dict(metrics), reason=reason)
+        self.trials[index].update(status=TrialState.EARLY_STOPPED, metrics=dict(metrics), reason=reason)
         return True
 
     def fail(self, index: int, reason: str) -> None:
-        self.trials[index].update(status="failed", reason=reason)
+        self.trials[index].update(status=TrialState.FAILED, reason=reason)
 
     def records(self) -> list[TrialRecord]:
         return [TrialRecord(index, t["status"], t["parameters"], t["metrics"], t["reason"], "fake")
@@ -50,7 +52,7 @@ class FakeStudy:
 
     @property
     def finished_count(self) -> int:
-        return sum(t["status"] in ("completed", "early_stopped") for t in self.trials.values())
+        return sum(t["status"] in (TrialState.COMPLETED, TrialState.EARLY_STOPPED) for t in self.trials.values())
 
 
 @dataclass
@@ -127,7 +129,8 @@ def loop(study: FakeStudy, pool: FakePool, listeners: list[TrialListener], targe
 def test_failed_trials_are_replaced_and_every_step_is_told_in_order() -> None:
     study, pool, events = FakeStudy(), FakePool(failing={1}), Events()
     loop(study, pool, [events], target=3).run()
-    assert [record.status for record in study.records()] == ["completed", "failed", "completed", "completed"]
+    assert [record.status for record in study.records()] == [TrialState.COMPLETED, TrialState.FAILED,
+                                                             TrialState.COMPLETED, TrialState.COMPLETED]
     assert study.records()[1].reason == "TrainingDiverged: trial 1"
     assert events.calls[:7] == [("started", 0), ("placed", 0), ("result", 0), ("settled:completed", 0),
                                 ("started", 1), ("placed", 1), ("settled:failed", 1)]
@@ -137,7 +140,8 @@ def test_failed_trials_are_replaced_and_every_step_is_told_in_order() -> None:
 def test_a_listener_that_cannot_start_a_trial_fails_it_and_the_search_goes_on() -> None:
     study, pool, events = FakeStudy(), FakePool(), Events(failing_start={0})
     loop(study, pool, [events], target=2).run()
-    assert [record.status for record in study.records()] == ["failed", "completed", "completed"]
+    assert [record.status for record in study.records()] == [TrialState.FAILED, TrialState.COMPLETED,
+                                                             TrialState.COMPLETED]
     assert study.records()[0].reason == "RuntimeError: no MLflow run"
     assert ("placed", 0) not in events.calls and [index for index, _ in pool.submitted] == [1, 2]
 
@@ -147,7 +151,8 @@ def test_three_failures_in_a_row_stop_the_search_in_one_line() -> None:
     with pytest.raises(UserError) as error:
         loop(study, pool, [Events()], target=5).run()
     assert str(error.value).splitlines() == [
-        "3 trials failed in a row (last: TrainingDiverged: trial 3); fix the cause and rerun the same command to resume"]
+        "3 trials failed in a row (last: TrainingDiverged: trial 3); fix the cause and rerun the same command to "
+        "resume"]
     assert study.finished_count == 1 and pool.closed
 
 
@@ -161,7 +166,7 @@ def test_parallel_slots_fill_up_and_never_overshoot_the_target() -> None:
 def test_awaiting_data_waits_for_a_running_trial_instead_of_failing() -> None:
     study, pool = FakeStudy(awaiting={1}), FakePool(slots=2)
     loop(study, pool, [Events()], target=3).run()
-    assert [record.status for record in study.records()] == ["completed"] * 3
+    assert [record.status for record in study.records()] == [TrialState.COMPLETED] * 3
 
 
 def test_an_interrupt_marks_the_trials_in_flight_interrupted_and_tells_the_listeners() -> None:
@@ -169,7 +174,7 @@ def test_an_interrupt_marks_the_trials_in_flight_interrupted_and_tells_the_liste
     with pytest.raises(KeyboardInterrupt):
         loop(study, pool, [events], target=5).run()
     records = study.records()
-    assert [r.status for r in records] == ["completed", "failed", "failed"]
+    assert [r.status for r in records] == [TrialState.COMPLETED, TrialState.FAILED, TrialState.FAILED]
     assert {r.reason for r in records[1:]} == {INTERRUPTED}
     assert ("interrupted", 1) in events.calls and ("interrupted", 2) in events.calls and pool.closed
 
@@ -178,7 +183,7 @@ def test_stopped_trials_count_towards_the_target_and_are_no_failures() -> None:
     study, pool, events = FakeStudy(), FakePool(stopping={1, 2, 3}), Events()
     loop(study, pool, [events], target=5, early_stop=True).run()
     statuses = [record.status for record in study.records()]
-    assert statuses == ["completed", "early_stopped", "early_stopped", "early_stopped", "completed"]
+    assert statuses == [TrialState.COMPLETED, *[TrialState.EARLY_STOPPED] * 3, TrialState.COMPLETED]
     assert study.records()[1].reason == "beaten" and ("settled:early_stopped", 3) in events.calls
 
 

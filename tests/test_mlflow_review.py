@@ -40,9 +40,11 @@ def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(demo_search,
     assert "**Trials**: 3 of 3 completed" in description and "**Pareto set**" in description
     assert parent.data.params["backbone"] == "efficientnet_lite0"
     assert {"best_morf_auc", "best_lerf_auc", "best_lerf_minus_morf"} <= parent.data.metrics.keys()
-    random_morf, centre_lerf = (parent.data.metrics[k] for k in ("random_maps_road_morf_auc", "center_maps_road_lerf_auc"))
-    assert parent.data.metrics["threshold_road_morf_auc"] == max(random_morf, parent.data.metrics["center_maps_road_morf_auc"])
-    assert parent.data.metrics["threshold_road_lerf_auc"] == min(centre_lerf, parent.data.metrics["random_maps_road_lerf_auc"])
+    metrics = parent.data.metrics
+    assert metrics["threshold_road_morf_auc"] == max(metrics["random_maps_road_morf_auc"],
+                                                     metrics["center_maps_road_morf_auc"])
+    assert metrics["threshold_road_lerf_auc"] == min(metrics["center_maps_road_lerf_auc"],
+                                                     metrics["random_maps_road_lerf_auc"])
     assert Study.read(folder.directory, folder.space()).thresholds == {  # what Ax was configured with
         "road_morf_auc": parent.data.metrics["threshold_road_morf_auc"],
         "road_lerf_auc": parent.data.metrics["threshold_road_lerf_auc"]}

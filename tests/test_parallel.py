@@ -30,6 +30,7 @@ from pipeline.hpo.ray_pool import RayPool, SlotSize, crowding_note, slot_size, s
 from pipeline.hpo.search import Search
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import INTERRUPTED, AwaitingData, Study
+from pipeline.hpo.trial_state import TrialState
 from pipeline.locking import search_lock
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.search import main, parse_args
@@ -76,7 +77,8 @@ def test_three_workers_wait_for_ax_run_distinct_trials_on_own_gpus_and_survive_a
     markers = tmp_path / "markers"
     markers.mkdir()
     space_path = tmp_path / "space.yaml"  # a Sobol budget of 2: the third worker must wait for a result
-    space_path.write_text(DEFAULT_SEARCH_SPACE.read_text().replace("initialization_trials: 5", "initialization_trials: 2"))
+    space_path.write_text(DEFAULT_SEARCH_SPACE.read_text().replace("initialization_trials: 5",
+                                                                   "initialization_trials: 2"))
     settings = replace(options(tmp_path, trials=4), parallel=3, space=load_search_space(space_path),
                        space_path=space_path)
     next_trial = Study.next_trial
@@ -94,8 +96,8 @@ def test_three_workers_wait_for_ax_run_distinct_trials_on_own_gpus_and_survive_a
 
     records = search.study.records()
     assert (markers / "ax-waited").exists()
-    assert sorted(r.status for r in records) == ["completed"] * 4 + ["failed"]
-    [failed] = [r for r in records if r.status == "failed"]
+    assert sorted(r.status for r in records) == [TrialState.COMPLETED] * 4 + [TrialState.FAILED]
+    [failed] = [r for r in records if r.status == TrialState.FAILED]
     killed_pid = (markers / "killed").read_text()
     assert failed.index in (0, 1) and f"pid {killed_pid} on" in failed.reason and "died" in failed.reason, failed
     arms = [tuple(sorted(r.parameters.items())) for r in records]
@@ -106,7 +108,7 @@ def test_three_workers_wait_for_ax_run_distinct_trials_on_own_gpus_and_survive_a
     client = MlflowClient(settings.tracking_uri)
     for record in records:
         run = runs[f"trial-{record.index:03d}"]
-        if record.status == "completed":
+        if record.status == TrialState.COMPLETED:
             assert run.info.status == "FINISHED"
             assert run.data.metrics["road_morf_auc"] == pytest.approx(record.metrics["road_morf_auc"])
             assert len(client.get_metric_history(run.info.run_id, "loss")) >= 1  # steps sent back by the worker
@@ -168,7 +170,7 @@ def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_seco
     folder = tmp_path / "search" / "killed"
     space = load_search_space(DEFAULT_SEARCH_SPACE)
     before = Study.read(folder, space).records()
-    running = [r.index for r in before if r.status == "running"]
+    running = [r.index for r in before if r.status == TrialState.RUNNING]
     assert sorted(running) == sorted(in_flight) and len(running) == 2, (before, "".join(output))
 
     # The same command again, run in this process (already connected to the cluster): it resumes.
@@ -176,9 +178,9 @@ def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_seco
         cli.run(main, command[3:])
     assert rerun.value.code == 0, capsys.readouterr()
     records = Study.read(folder, space).records()
-    assert sum(r.status == "completed" for r in records) == 4
-    assert [r.index for r in records if r.status == "failed"] == running
-    assert all(r.reason == INTERRUPTED for r in records if r.status == "failed")
+    assert sum(r.status == TrialState.COMPLETED for r in records) == 4
+    assert [r.index for r in records if r.status == TrialState.FAILED] == running
+    assert all(r.reason == INTERRUPTED for r in records if r.status == TrialState.FAILED)
     arms = [tuple(sorted(r.parameters.items())) for r in records]
     assert len(set(arms)) == len(arms)
     runs = trial_runs(tracking_uri, json.loads((folder / "state.json").read_text())["parent_run_id"])

@@ -12,6 +12,7 @@ import torch
 
 from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
+from pipeline.hpo.trial_state import TrialState
 from pipeline.models.classifiers import build_network
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from tests.toy_models import TOY_SPLIT, write_images
@@ -57,5 +58,5 @@ def test_vgg16_search_runs_two_trials_with_a_weights_file(tmp_path):
                             system_metrics=False)
     search = Search(options)
     search.run()
-    assert [r.status for r in search.study.records()] == ["completed", "completed"]
+    assert [r.status for r in search.study.records()] == [TrialState.COMPLETED, TrialState.COMPLETED]
     assert (tmp_path / "runs" / "vgg16" / "best.yaml").is_file()

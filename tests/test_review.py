@@ -11,17 +11,19 @@ from pipeline import config as configs
 from pipeline.hpo.descriptions import FinalHead, search_alias, search_description, version_description, version_tags
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import TrialRecord
+from pipeline.hpo.trial_state import TrialState
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.tracking.links import experiment_url, review_link
 
-CONFIG = configs.from_dict({"name": "demo", "model": {"backbone": "efficientnet_lite0", "auxiliary": "efficientnet_lite1"},
+CONFIG = configs.from_dict({"name": "demo",
+                            "model": {"backbone": "efficientnet_lite0", "auxiliary": "efficientnet_lite1"},
                             "loss": {"lambda1": 0.09, "lambda2": 0.91, "lambda_area": 2.0},
                             "evaluation": {"percentages": [20, 50, 80]}})
 TEST_SCORES = {"road_morf_auc": 0.2912, "road_lerf_auc": 0.6571, "ad_100": 31.5, "ic_100": 12.5, "class_coverage": 0.75}
 
 
 def record(index: int, morf: float, lerf: float) -> TrialRecord:
-    return TrialRecord(index, "completed", {"lambda1": 0.09, "lambda2": 0.91, "lambda_area": 2.0},
+    return TrialRecord(index, TrialState.COMPLETED, {"lambda1": 0.09, "lambda2": 0.91, "lambda_area": 2.0},
                        {"road_morf_auc": morf, "road_lerf_auc": lerf}, None, "Sobol")
 
 
@@ -64,8 +66,9 @@ def test_version_tags_and_description_say_what_the_version_is() -> None:
                     "road_protocol": "noisy_linear (noise 0.01) imputation, 20/50/80 % removed"}
     description = version_description(head)
     for text in ("**efficientnet_lite0**", "**efficientnet_lite1**", "search `review-demo` (trial 2)",
-                 "λ1 = 0.09, λ2 = 0.91, λ3 = 0, λ_area = 2", "(variation=paper, S=paper)", "the demo photos (384 training",
-                 "1 epoch(s)", "9 images; ROAD: noisy_linear (noise 0.01) imputation", "MoRF AUC 0.2912", "LeRF AUC 0.6571",
+                 "λ1 = 0.09, λ2 = 0.91, λ3 = 0, λ_area = 2", "(variation=paper, S=paper)",
+                 "the demo photos (384 training", "1 epoch(s)", "9 images; ROAD: noisy_linear (noise 0.01) imputation",
+                 "MoRF AUC 0.2912", "LeRF AUC 0.6571",
                  "12 of 1000 classes", "0.75 of the test images", f'load_model("{head.uri}")'):
         assert text in description, text
 
@@ -75,7 +78,8 @@ def test_search_description_grows_from_the_setup_to_the_chosen_head() -> None:
     start = search_description("review-demo", CONFIG, space, 20, [], [])
     for text in ("**P-TAME search `review-demo`**", "`lambda1` → `loss.lambda1`: range [0, 1]",
                  "`lambda_area` → `loss.lambda_area`: choice 0.5, 1, 2", "constraint: lambda1 + lambda2 <= 1",
-                 "road_morf_auc (minimize)", "**ROAD protocol**: noisy_linear (noise 0.01) imputation, 20/50/80 % removed",
+                 "road_morf_auc (minimize)",
+                 "**ROAD protocol**: noisy_linear (noise 0.01) imputation, 20/50/80 % removed",
                  "**Loss**: variation=paper, S=paper", "area_epsilon: 0.0005",
                  "**Trials**: 0 of 20 completed."):
         assert text in start, text
@@ -85,8 +89,8 @@ def test_search_description_grows_from_the_setup_to_the_chosen_head() -> None:
             in search_description("review-demo", with_curves, space, 20, [], []))
     assert "lambda1: 0.09" not in start and "Pareto" not in start and "Chosen" not in start
 
-    failed = TrialRecord(1, "failed", {}, {}, "diverged", "Sobol")
-    stopped = TrialRecord(3, "early_stopped", {}, {}, "beaten", "BoTorch")
+    failed = TrialRecord(1, TrialState.FAILED, {}, {}, "diverged", "Sobol")
+    stopped = TrialRecord(3, TrialState.EARLY_STOPPED, {}, {}, "beaten", "BoTorch")
     trials = [record(0, 0.3, 0.6), failed, record(2, 0.25, 0.55), stopped]
     end = search_description("review-demo", CONFIG, space, 20, trials, [trials[0], trials[2]], final_head())
     assert "**Trials**: 2 of 20 completed, 1 stopped early, 1 failed." in end

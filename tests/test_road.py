@@ -10,7 +10,7 @@ from pipeline import config as configs
 from pipeline.errors import UserError
 from pipeline.metrics import road as road_module
 from pipeline.metrics.inpainting import telea_impute
-from pipeline.metrics.road import ORDERS, RoadResult, removal_masks, road, road_auc, road_masks
+from pipeline.metrics.road import ORDERS, RoadProtocol, RoadResult, removal_masks, road, road_auc, road_masks
 
 SIZE = 16
 
@@ -103,7 +103,7 @@ def test_map_on_the_decisive_region_gives_morf_below_lerf() -> None:
 def test_constant_classifier_is_always_right() -> None:
     images = torch.rand(3, 3, SIZE, SIZE)
     maps = torch.rand(3, SIZE, SIZE)
-    result = road(ConstantClassifier(), images, maps, torch.zeros(3, dtype=torch.long), percentages=(10, 50, 90))
+    result = road(ConstantClassifier(), images, maps, torch.zeros(3, dtype=torch.long), RoadProtocol((10, 50, 90)))
     assert result.morf == result.lerf == [1.0, 1.0, 1.0]
     assert result.morf_auc == pytest.approx(0.95)
     assert result.metrics() == pytest.approx(
@@ -130,7 +130,8 @@ def test_result_metrics_keys() -> None:
 def test_progress_is_reported_per_chunk() -> None:
     seen: list[int] = []
     images, maps = torch.rand(10, 3, 8, 8), torch.rand(10, 8, 8)
-    road(ConstantClassifier(), images, maps, torch.zeros(10, dtype=torch.long), percentages=(50,), progress=seen.append)
+    road(ConstantClassifier(), images, maps, torch.zeros(10, dtype=torch.long), RoadProtocol((50,)),
+         progress=seen.append)
     assert seen[-1] == 10 and seen == sorted(seen)
 
 
@@ -144,7 +145,7 @@ def test_scores_do_not_depend_on_how_many_images_are_imputed_together(monkeypatc
     results = []
     for per_chunk in (3, 12):
         monkeypatch.setattr(road_module, "_IMAGES_PER_CHUNK", per_chunk)
-        results.append(road(classifier, images, maps, targets, noise=0.0))
+        results.append(road(classifier, images, maps, targets, RoadProtocol(noise=0.0)))
     assert results[0] == results[1]
     assert 0 < results[0].morf_auc < results[0].lerf_auc < 1, "the classifier is sensitive to the removed pixels"
 
@@ -161,21 +162,21 @@ def test_telea_road_runs_end_to_end_and_names_its_protocol() -> None:
     classifier = tiny_cnn(0)
     with torch.no_grad():
         targets = classifier(images).argmax(dim=1)
-    result = road(classifier, images, maps, targets, percentages=(10, 30, 50, 70), imputer="telea")
+    result = road(classifier, images, maps, targets, RoadProtocol((10, 30, 50, 70), "telea"))
     assert result.percentages == [10, 30, 50, 70]
     assert all(0 <= score <= 1 for score in result.morf + result.lerf)
     assert result.lerf_auc == pytest.approx(road_auc(result.percentages, result.lerf))
     assert result.protocol == "telea imputation, 10/30/50/70 % removed"
-    by_callable = road(classifier, images, maps, targets, percentages=(10, 30, 50, 70), imputer=telea_impute)
+    by_callable = road(classifier, images, maps, targets, RoadProtocol((10, 30, 50, 70), telea_impute))
     assert by_callable.morf == result.morf
-    noisy = road(classifier, images, maps, targets, percentages=(10, 50))
+    noisy = road(classifier, images, maps, targets, RoadProtocol((10, 50)))
     assert noisy.protocol == "noisy_linear (noise 0.01) imputation, 10/50 % removed"
 
 
 def test_unknown_imputer_is_an_error() -> None:
     images, maps = torch.rand(1, 3, 8, 8), torch.rand(1, 8, 8)
     with pytest.raises(ValueError, match="noisy_linear, telea"):
-        road(ConstantClassifier(), images, maps, torch.zeros(1, dtype=torch.long), imputer="zeros")
+        road(ConstantClassifier(), images, maps, torch.zeros(1, dtype=torch.long), RoadProtocol(imputer="zeros"))
 
 
 def test_unknown_imputer_in_a_config_is_a_one_line_error() -> None:

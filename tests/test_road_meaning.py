@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pipeline.config import EvalConfig
 from pipeline.data.sources import DemoViews
 from pipeline.evaluation.scoring import EvalSet, prepare_eval_set, reference_maps
-from pipeline.metrics.road import RoadResult, road
+from pipeline.metrics.road import RoadProtocol, RoadResult, road
 from pipeline.models.classifiers import load_classifier
 
 # A 3 x 3 grid of half-image patches: 9 passes over the views. (A 7 x 7 grid of quarter-image patches, 49 passes,
@@ -37,8 +37,8 @@ def occlusion_maps(classifier, evalset: EvalSet) -> torch.Tensor:
 def road_score(classifier, evalset: EvalSet, maps: torch.Tensor, settings: EvalConfig) -> RoadResult:
     """ROAD of ``maps`` as a search scores them (`evaluate_maps` makes this call), without the AD/IC it adds."""
     generator = torch.Generator(device=evalset.device).manual_seed(settings.seed)
-    return road(classifier, evalset.first_images(len(evalset)), maps, evalset.targets, settings.percentages,
-                settings.imputer, settings.noise, settings.batch_size, generator)
+    return road(classifier, evalset.first_images(len(evalset)), maps, evalset.targets, RoadProtocol.of(settings),
+                settings.batch_size, generator)
 
 
 @pytest.mark.system

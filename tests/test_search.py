@@ -22,6 +22,7 @@ from pipeline.hpo.folder import SearchFolder
 from pipeline.hpo.search import Search, SearchOptions
 from pipeline.hpo.space import load_search_space
 from pipeline.hpo.study import Study
+from pipeline.hpo.trial_state import TrialState
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.search import main as search_main
 from pipeline.search import parse_args
@@ -60,7 +61,7 @@ def test_a_raising_and_a_nan_trial_are_marked_failed_and_the_search_completes(tm
     search = Search(options(tmp_path, trials=2), trainer=flaky_trainer)
     report = search.run()
     records = search.study.records()
-    assert [r.status for r in records] == ["failed", "failed", "completed", "completed"]
+    assert [r.status for r in records] == [TrialState.FAILED] * 2 + [TrialState.COMPLETED] * 2
     assert "injected failure" in records[0].reason
     assert "TrainingDiverged" in records[1].reason and "nan" in records[1].reason
     directory = tmp_path / "search" / "toy"
@@ -91,7 +92,7 @@ def test_a_search_stops_after_several_failures_in_a_row(tmp_path):
     search = Search(options(tmp_path, trials=2), trainer=broken)
     with pytest.raises(Exception, match="3 trials failed in a row"):
         search.run()
-    assert [r.status for r in search.study.records()] == ["failed"] * 3
+    assert [r.status for r in search.study.records()] == [TrialState.FAILED] * 3
 
 
 @pytest.mark.system
@@ -117,18 +118,18 @@ def test_sigkill_then_rerun_resumes_without_losing_or_duplicating_trials(tmp_pat
     assert configs.load(exported).model.backbone == base["model"]["backbone"]
     assert snapshot.read_bytes() == saved, "exporting must not change the search"
     before = Study.read(snapshot.parent, load_search_space(DEFAULT_SEARCH_SPACE)).records()
-    done_before = [r.index for r in before if r.status == "completed"]
-    assert len(done_before) >= 2 and all(r.status in ("running", "completed") for r in before)
+    done_before = [r.index for r in before if r.status == TrialState.COMPLETED]
+    assert len(done_before) >= 2 and all(r.status in (TrialState.RUNNING, TrialState.COMPLETED) for r in before)
 
     with pytest.raises(SystemExit) as rerun:  # the same command again, run in this process: it resumes
         cli.run(search_main, command[3:])
     assert rerun.value.code == 0, capsys.readouterr()
     records = Study.read(snapshot.parent, load_search_space(DEFAULT_SEARCH_SPACE)).records()
     assert [r.index for r in records] == list(range(len(records)))
-    assert sum(r.status == "completed" for r in records) == 4
-    assert all(r.status in ("completed", "failed") for r in records)
-    assert all(r.status == "completed" for r in records if r.index in done_before)
-    interrupted = [r for r in records if r.status == "failed"]
+    assert sum(r.status == TrialState.COMPLETED for r in records) == 4
+    assert all(r.status in (TrialState.COMPLETED, TrialState.FAILED) for r in records)
+    assert all(r.status == TrialState.COMPLETED for r in records if r.index in done_before)
+    interrupted = [r for r in records if r.status == TrialState.FAILED]
     assert all("interrupted" in r.reason for r in interrupted)
     arms = [tuple(sorted(r.parameters.items())) for r in records]
     assert len(set(arms)) == len(arms)

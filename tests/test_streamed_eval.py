@@ -24,7 +24,7 @@ from pipeline.evaluation.scoring import (
     reference_maps,
 )
 from pipeline.metrics.adic import ad_ic
-from pipeline.metrics.road import road, road_correct
+from pipeline.metrics.road import RoadProtocol, road, road_correct
 from pipeline.models.classifiers import Classifier, Preprocessing
 from pipeline.training.head_training import Workbench, train_head
 from tests.toy_models import TinyClassifier
@@ -48,8 +48,8 @@ def in_memory_scores(classifier: Classifier, evalset: EvalSet, maps: torch.Tenso
     """ROAD and AD/IC with the whole split and all its maps in memory at once, as evaluation worked before."""
     images = evalset.first_images(len(evalset))
     generator = torch.Generator().manual_seed(settings.seed)
-    scores = road(classifier, images, maps, evalset.targets, settings.percentages, settings.imputer, settings.noise,
-                  settings.batch_size, generator).metrics()
+    scores = road(classifier, images, maps, evalset.targets, RoadProtocol.of(settings), settings.batch_size,
+                  generator).metrics()
     return scores | ad_ic(classifier, images, maps, evalset.targets, evalset.probabilities,
                           batch_size=settings.batch_size).metrics()
 
@@ -77,11 +77,11 @@ def test_road_of_a_split_in_parts_of_whole_chunks_equals_road_of_the_whole_split
     maps = reference_maps("random", 12, (SIZE, SIZE), seed=3)
     with torch.no_grad():
         targets = classifier(images).argmax(1)
-    whole = road_correct(classifier, images, maps, targets, (20, 50, 80), noise=0.2,
-                         generator=torch.Generator().manual_seed(1))
+    protocol = RoadProtocol((20, 50, 80), noise=0.2)
+    whole = road_correct(classifier, images, maps, targets, protocol, generator=torch.Generator().manual_seed(1))
     carried = torch.Generator().manual_seed(1)  # one generator for the parts, in the split's order
-    parts = [road_correct(classifier, images[:8], maps[:8], targets[:8], (20, 50, 80), noise=0.2, generator=carried),
-             road_correct(classifier, images[8:], maps[8:], targets[8:], (20, 50, 80), noise=0.2, generator=carried)]
+    parts = [road_correct(classifier, images[:8], maps[:8], targets[:8], protocol, generator=carried),
+             road_correct(classifier, images[8:], maps[8:], targets[8:], protocol, generator=carried)]
     assert torch.equal(torch.cat(parts, dim=2), whole)
     assert 0 < whole.double().mean() < 1, "the toy classifier is sensitive to the removed pixels"
 

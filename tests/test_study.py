@@ -21,6 +21,7 @@ from pipeline.hpo.study import (
     pareto_front,
     trade_off,
 )
+from pipeline.hpo.trial_state import TrialState
 from pipeline.hpo.trial_table import format_table, study_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def synthetic(parameters: dict) -> dict[str, float]:
     return {"road_morf_auc": morf, "road_lerf_auc": lerf, "loss": 1.0}
 
 
-def record(index: int, morf: float, lerf: float, status: str = "completed") -> TrialRecord:
+def record(index: int, morf: float, lerf: float, status: TrialState = TrialState.COMPLETED) -> TrialRecord:
     return TrialRecord(index, status, {"lambda1": 0.2, "lambda2": 0.3}, {"road_morf_auc": morf, "road_lerf_auc": lerf},
                        None, "Sobol")
 
@@ -70,9 +71,9 @@ def test_sobol_then_botorch_within_the_space(tmp_path: Path, space: SearchSpace)
     assert "loss" not in study.client.summarize().columns
     assert records[0].lambda3 == pytest.approx(1 - records[0].parameters["lambda1"] - records[0].parameters["lambda2"])
     front = study.pareto()
-    assert front and all(r.status == "completed" for r in front)
+    assert front and all(r.status == TrialState.COMPLETED for r in front)
     choice = study.select()  # the paper space's rule: the model's prediction
-    assert choice.rule == "predicted" and choice.predicted is not None and choice.record.status == "completed"
+    assert choice.rule == "predicted" and choice.predicted is not None and choice.record.status == TrialState.COMPLETED
     observed = choose(records, SIGNS, "observed", {})
     assert observed.record == max(front, key=lambda r: trade_off(r, SIGNS))
 
@@ -110,18 +111,18 @@ def test_resume_after_kill(tmp_path: Path, space: SearchSpace) -> None:
     resumed = Study.open(tmp_path, space, seed=3)
     records = resumed.records()
     assert [r.index for r in records] == [0, 1, 2]
-    assert [r.status for r in records] == ["completed", "completed", "failed"]
+    assert [r.status for r in records] == [TrialState.COMPLETED, TrialState.COMPLETED, TrialState.FAILED]
     assert records[running].reason == INTERRUPTED
-    assert resumed.finished_count == 2 and sum(r.status == "failed" for r in resumed.records()) == 1
+    assert resumed.finished_count == 2 and sum(r.status == TrialState.FAILED for r in resumed.records()) == 1
     index, _ = resumed.next_trial()
     assert index == 3
 
     reloaded = Study.open(tmp_path, space, seed=3)  # trial 3 was running again: interrupted too
     assert [(r.index, r.status, r.reason) for r in reloaded.records()] == [
-        (0, "completed", None),
-        (1, "completed", None),
-        (2, "failed", INTERRUPTED),
-        (3, "failed", INTERRUPTED),
+        (0, TrialState.COMPLETED, None),
+        (1, TrialState.COMPLETED, None),
+        (2, TrialState.FAILED, INTERRUPTED),
+        (3, TrialState.FAILED, INTERRUPTED),
     ]
     assert reloaded.next_trial()[0] == 4
 
@@ -136,16 +137,17 @@ def test_fail_keeps_reason_and_search_goes_on(tmp_path: Path, space: SearchSpace
     assert study.complete(next_index, synthetic(parameters))
 
     records = Study.open(tmp_path, space, seed=4).records()
-    assert records[index].status == "failed" and records[index].reason == "loss diverged at step 12"
+    assert records[index].status == TrialState.FAILED and records[index].reason == "loss diverged at step 12"
     assert records[nan_index].reason == "non-finite objective: road_morf_auc = nan"
-    assert records[next_index].status == "completed" and records[next_index].metrics["loss"] == 1.0
+    assert records[next_index].status == TrialState.COMPLETED and records[next_index].metrics["loss"] == 1.0
     table = format_table(records, {next_index}, space.objective_names)
     assert "failed: loss diverged at step 12" in table
     lines = table.splitlines()
     assert lines[0].split() == ["trial", "generator", "lambda1", "lambda2", "lambda_area", "lambda3", "MoRF", "LeRF",
                                 "status"]
     assert lines[2 + next_index].startswith("*")
-    assert lines[2 + index].index("failed") == lines[2 + next_index].index("completed") == lines[0].index("status")
+    column = lines[0].index("status")
+    assert lines[2 + index].index(TrialState.FAILED) == lines[2 + next_index].index(TrialState.COMPLETED) == column
     with pytest.raises(ValueError, match="road_lerf_auc"):
         study.complete(study.next_trial()[0], {"road_morf_auc": 0.1})
 
@@ -156,7 +158,7 @@ def test_pareto_and_select_on_hand_made_data() -> None:
         record(1, morf=0.20, lerf=0.70),  # Pareto, LeRF − MoRF = 0.50
         record(2, morf=0.10, lerf=0.40),  # Pareto, 0.30
         record(3, morf=0.40, lerf=0.95),  # Pareto, 0.55  <- best trade-off
-        record(4, morf=0.01, lerf=0.99, status="failed"),  # would dominate all, but failed
+        record(4, morf=0.01, lerf=0.99, status=TrialState.FAILED),  # would dominate all, but failed
     ]
     front = pareto_front(records, SIGNS)
     assert [r.index for r in front] == [1, 2, 3]

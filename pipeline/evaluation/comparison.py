@@ -57,7 +57,7 @@ class ForwardCounter:
         if self.counting:
             self.images += inputs[0].shape[0]
 
-    def __enter__(self) -> "ForwardCounter":
+    def __enter__(self) -> ForwardCounter:
         return self
 
     def __exit__(self, *exc: object) -> None:

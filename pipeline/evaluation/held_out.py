@@ -8,9 +8,9 @@ and then every output marks the scores as seen).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from torch.utils.data import Dataset, Subset
 

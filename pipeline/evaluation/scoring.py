@@ -18,7 +18,7 @@ from pipeline.config import EvalConfig, ExperimentConfig
 from pipeline.data.sources import build_splits, plain_images
 from pipeline.errors import UserError
 from pipeline.metrics.adic import DEFAULT_KEEP, AdIcResult, adic_probabilities, adic_result
-from pipeline.metrics.road import RoadResult, images_per_chunk, road_correct, road_protocol_of, road_result
+from pipeline.metrics.road import RoadProtocol, RoadResult, images_per_chunk, road_correct, road_result
 from pipeline.models.classifiers import Classifier, in_parts
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
@@ -195,21 +195,25 @@ def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: MapMaker, sett
     started = time.perf_counter()
     classify = partial(in_parts, classifier)
     results, shown = PerImage(len(evalset)), []
+    protocol = RoadProtocol.of(settings)
     generator = torch.Generator(device=evalset.device).manual_seed(settings.seed)  # carried across the blocks
     with Progress(len(evalset), "ROAD", "images", enabled=progress) as bar:
         for batch in evalset.batches(block_size(settings.batch_size, evalset.device)):
             saliency = maps(batch).to(batch.images.device)
-            finished = lambda done, first=batch.first: bar.update(first + done - bar.done)
+
+            def finished(done: int, first: int = batch.first) -> None:
+                bar.update(first + done - bar.done)
+
             results.put(batch.first, {
-                "correct": road_correct(classify, batch.images, saliency, batch.targets, settings.percentages,
-                                        settings.imputer, settings.noise, settings.batch_size, generator, finished),
+                "correct": road_correct(classify, batch.images, saliency, batch.targets, protocol,
+                                        settings.batch_size, generator, finished),
                 "masked": adic_probabilities(classify, batch.images, saliency, batch.targets, DEFAULT_KEEP,
                                              settings.batch_size)})
             if also is not None:
                 also(batch, saliency)
             if batch.first < SHOWN_MAPS:  # a copy: a view would keep the whole block's maps alive
                 shown.append(saliency[:SHOWN_MAPS - batch.first].to("cpu", copy=True))
-    evaluation = Evaluation(road_result(settings.percentages, results["correct"], road_protocol_of(settings)),
+    evaluation = Evaluation(road_result(protocol, results["correct"]),
                             adic_result(DEFAULT_KEEP, evalset.probabilities, results["masked"]),
                             len(evalset), time.perf_counter() - started)
     return evaluation, torch.cat(shown)

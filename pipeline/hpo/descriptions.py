@@ -8,6 +8,7 @@ page (``#/experiments/<id>``) opens the runs table of its "Model training" view 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from pipeline import config as configs
 from pipeline.config import DataConfig, ExperimentConfig
 from pipeline.hpo.space import Parameter, SearchSpace
 from pipeline.hpo.study import TrialRecord
+from pipeline.hpo.trial_state import TrialState
 from pipeline.metrics.road import road_protocol_of
 
 ALIAS_PREFIX = "search-"  # only for search names MLflow reserves as aliases ("latest", "v3")
@@ -99,8 +101,8 @@ def version_tags(head: FinalHead) -> dict[str, str]:
     loss = config.loss
     return {"search": head.search, "trial": str(head.trial.index), "backbone": config.model.backbone,
             "auxiliary": config.model.auxiliary, "lambda1": f"{loss.lambda1:.4g}", "lambda2": f"{loss.lambda2:.4g}",
-            "lambda3": f"{loss.variation_weight:.4g}", "lambda_area": f"{loss.lambda_area:.4g}", "loss_form": loss.describe(),
-            "road_protocol": road_protocol_of(config.evaluation)}
+            "lambda3": f"{loss.variation_weight:.4g}", "lambda_area": f"{loss.lambda_area:.4g}",
+            "loss_form": loss.describe(), "road_protocol": road_protocol_of(config.evaluation)}
 
 
 def version_description(head: FinalHead) -> str:
@@ -113,14 +115,17 @@ def version_description(head: FinalHead) -> str:
         f"P-TAME explainer of **{config.model.backbone}** (auxiliary network **{config.model.auxiliary}**, "
         f"masking {config.model.masking}), chosen by search `{head.search}` (trial {head.trial.index}).",
         f"**Training**: loss λ1·CE + λ2·area + λ3·variation ({loss.describe()}) with "
-        f"λ1 = {loss.lambda1:.4g}, λ2 = {loss.lambda2:.4g}, λ3 = {loss.variation_weight:.4g}, λ_area = {loss.lambda_area:.4g}; "
+        f"λ1 = {loss.lambda1:.4g}, λ2 = {loss.lambda2:.4g}, λ3 = {loss.variation_weight:.4g}, "
+        f"λ_area = {loss.lambda_area:.4g}; "
         f"on {_data(config.data)}; {train.epochs} epoch(s), batch size {train.batch_size}, max lr {train.max_lr:g}, "
         f"seed {train.seed}.",
-        f"**Test split** ({head.test_images} images; ROAD: {road_protocol_of(config.evaluation)}): {scores_line(head.test)}.",
+        f"**Test split** ({head.test_images} images; ROAD: {road_protocol_of(config.evaluation)}): "
+        f"{scores_line(head.test)}.",
         f"**Class coverage**: {coverage['classes_trained']} of {coverage['num_classes']} classes were explained at "
         f"least {coverage['min_count']} times in training{on_test}. Maps of the other classes are untrained, "
         "not explanations (`coverage` is False for them).",
-        f"Load: `mlflow.pyfunc.load_model(\"{head.uri}\")` or `python -m pipeline.explain --model {head.uri} photo.jpg`.",
+        f"Load: `mlflow.pyfunc.load_model(\"{head.uri}\")` or "
+        f"`python -m pipeline.explain --model {head.uri} photo.jpg`.",
     ])
 
 
@@ -150,11 +155,10 @@ def search_description(name: str, base: ExperimentConfig, space: SearchSpace, tr
                     if checkpoints.early_stop else "no early stopping")
         lines.append(f"**Checkpoints**: ROAD on the first {checkpoints.images} validation images at "
                      f"{'/'.join(map(str, checkpoints.percentages))} % of training; {stopping} (`checkpoints`).")
-    counts = {status: sum(record.status == status for record in records)
-              for status in ("completed", "early_stopped", "failed")}
-    lines.append(f"**Trials**: {counts['completed']} of {trials} completed"
-                 + (f", {counts['early_stopped']} stopped early" if counts["early_stopped"] else "")
-                 + (f", {counts['failed']} failed" if counts["failed"] else "") + ".")
+    counts = Counter(record.status for record in records)
+    lines.append(f"**Trials**: {counts[TrialState.COMPLETED]} of {trials} completed"
+                 + (f", {counts[TrialState.EARLY_STOPPED]} stopped early" if counts[TrialState.EARLY_STOPPED] else "")
+                 + (f", {counts[TrialState.FAILED]} failed" if counts[TrialState.FAILED] else "") + ".")
     if pareto:
         lines.append("**Pareto set** (validation):\n" + "\n".join(f"- {_trial(r, objectives)}" for r in pareto))
     if final is not None:

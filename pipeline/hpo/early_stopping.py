@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from pipeline.config import CheckpointConfig
 from pipeline.hpo.study import TrialRecord, dominates
+from pipeline.hpo.trial_state import TrialState
 
 INITIAL_DESIGN = "Sobol"  # `TrialRecord.generator` of the initial trials, never stopped
 
@@ -62,7 +63,7 @@ def stopping_rule(records: Sequence[TrialRecord], index: int, signs: Mapping[str
     belongs to the initial design."""
     if not settings.early_stop or records[index].generator == INITIAL_DESIGN:
         return None
-    rivals = tuple(record for record in records if record.status == "completed")
+    rivals = tuple(record for record in records if record.status is TrialState.COMPLETED)
     return StoppingRule(dict(signs), settings.dominating, rivals)
 
 
@@ -74,7 +75,7 @@ def replay(records: Sequence[TrialRecord], signs: Mapping[str, float], dominatin
     kept: list[TrialRecord] = []
     stopped: dict[int, int] = {}
     for record in records:
-        if record.status != "completed":
+        if record.status is not TrialState.COMPLETED:
             continue
         if record.generator != INITIAL_DESIGN:
             rule = StoppingRule(signs, dominating, tuple(kept))

@@ -26,7 +26,8 @@ from pipeline.errors import UserError
 from pipeline.hpo.space import SearchSpace, load_search_space
 
 DEFAULT_ROOT = Path("runs/search")  # --out of every command that names a search
-BASE_CONFIG, SPACE, STATE, BEST, METRICS = "base_config.yaml", "search_space.yaml", "state.json", "best.yaml", "metrics.json"
+BASE_CONFIG, SPACE, STATE = "base_config.yaml", "search_space.yaml", "state.json"
+BEST, METRICS = "best.yaml", "metrics.json"
 # state.json keys
 PARENT_RUN, REFERENCES, FINAL_TRIAL, MODEL_VERSION = "parent_run_id", "reference_maps", "final_trial", "model_version"
 

@@ -13,7 +13,8 @@ from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
 from pipeline.hpo.early_stopping import stopping_rule
 from pipeline.hpo.pools import Finished, StepLog, TrialPool
-from pipeline.hpo.study import FINISHED, INTERRUPTED, AwaitingData, Study, TrialRecord
+from pipeline.hpo.study import INTERRUPTED, AwaitingData, Study, TrialRecord
+from pipeline.hpo.trial_state import TrialState
 from pipeline.hpo.trial_worker import TrialResult, failure_reason
 
 
@@ -102,12 +103,12 @@ class TrialLoop:
             except Exception as error:
                 failure = failure_reason(error)
         record = self.study.records()[done.index]
-        if failure is not None and record.status == "running":
+        if failure is not None and record.status is TrialState.RUNNING:
             self.study.fail(done.index, failure)
             record = self.study.records()[done.index]
         for listener in self.listeners:
             listener.settled(record, time.perf_counter() - started)
-        self._failures_in_row = 0 if record.status in FINISHED else self._failures_in_row + 1
+        self._failures_in_row = 0 if record.status.finished else self._failures_in_row + 1
         if self._failures_in_row >= self.max_failures_in_row:
             raise UserError(f"{self._failures_in_row} trials failed in a row (last: {record.reason}); fix the "
                             "cause and rerun the same command to resume")

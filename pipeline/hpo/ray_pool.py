@@ -14,9 +14,10 @@ import math
 import os
 import re
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import ray
 from ray.exceptions import AuthenticationError, RayError, RayTaskError

@@ -10,6 +10,7 @@ from pipeline.hpo.folder import SearchFolder
 from pipeline.hpo.loop import TrialListener
 from pipeline.hpo.pools import StepLog
 from pipeline.hpo.study import INTERRUPTED, Study, TrialRecord
+from pipeline.hpo.trial_state import TrialState
 from pipeline.hpo.trial_worker import TrialResult
 from pipeline.tracking.runs import RunLog, Tracker
 
@@ -55,9 +56,9 @@ class TrialRuns(TrialListener):
 
     def settled(self, record: TrialRecord, seconds: float) -> None:
         run = self.runs.pop(record.index, None)
-        if run is not None and record.status == "completed":
+        if run is not None and record.status is TrialState.COMPLETED:
             run.finish()
-        elif run is not None and record.status == "early_stopped":
+        elif run is not None and record.status is TrialState.EARLY_STOPPED:
             run.stop(record.reason or record.status)
         elif run is not None:
             run.fail(record.reason or record.status)
@@ -75,7 +76,7 @@ class SearchProgress(TrialListener):
         self.describe = describe
 
     def settled(self, record: TrialRecord, seconds: float) -> None:
-        done = [r for r in self.study.records() if r.status == "completed"]
+        done = [r for r in self.study.records() if r.status is TrialState.COMPLETED]
         if done:
             morf = [r.metrics["road_morf_auc"] for r in done]
             lerf = [r.metrics["road_lerf_auc"] for r in done]
@@ -97,7 +98,7 @@ class Console(TrialListener):
 
     def settled(self, record: TrialRecord, seconds: float) -> None:
         params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.parameters.items())
-        if record.status == "completed":
+        if record.status is TrialState.COMPLETED:
             outcome = _scores(record.metrics)
         else:
             outcome = f"{record.status.upper()}: {record.reason}"

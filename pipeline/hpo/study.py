@@ -8,15 +8,17 @@ killed search resumes where it stopped. Nothing here knows about training, torch
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pipeline.atomic import replace_atomically
 from pipeline.errors import UserError
 from pipeline.hpo import ax_seam
 from pipeline.hpo.space import SearchSpace
+from pipeline.hpo.trial_state import TrialState
 
 if TYPE_CHECKING:
     from ax.api import Client
@@ -31,7 +33,6 @@ GENERATION_THREADS = 1
 INTERRUPTED = "interrupted: the process stopped while this trial was running"
 _EXTRA_METRICS = "extra_metrics"  # run-metadata key for metrics that Ax does not model
 _CHECKPOINTS = "checkpoints"  # run-metadata key for the scores during training, by percentage
-FINISHED = ("completed", "early_stopped")  # the statuses that count towards --trials
 _GENERATOR_NAMES = {"Sobol": "Sobol", "MBM": "BoTorch", "Uniform": "uniform"}
 
 
@@ -42,11 +43,11 @@ class AwaitingData(Exception):
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One trial as the rest of the pipeline sees it. ``status``: running, completed, early_stopped, failed, ...
-    ``checkpoints``: its scores during training by percentage of the training done."""
+    """One trial as the rest of the pipeline sees it. ``checkpoints``: its scores during training by percentage of
+    the training done."""
 
     index: int
-    status: str
+    status: TrialState
     parameters: dict[str, Any]
     metrics: dict[str, float]
     reason: str | None
@@ -69,7 +70,7 @@ def pareto_front(records: Sequence[TrialRecord], signs: Mapping[str, float]) -> 
     scored = [
         (record, [signs[name] * record.metrics[name] for name in signs])
         for record in records
-        if record.status == "completed" and all(name in record.metrics for name in signs)
+        if record.status is TrialState.COMPLETED and all(name in record.metrics for name in signs)
     ]
     return [record for record, score in scored if not any(dominates(other, score) for _, other in scored)]
 
@@ -119,7 +120,7 @@ class Study:
             return study
         study = cls(_load_client(path, space, thresholds), space, path)
         ax_seam.set_random_seed(study._client, seed)
-        running = [record.index for record in study.records() if record.status == "running"]
+        running = [record.index for record in study.records() if record.status is TrialState.RUNNING]
         for index in running:
             study._client.mark_trial_failed(index, failed_reason=INTERRUPTED)
         if running:
@@ -213,7 +214,7 @@ class Study:
     @property
     def finished_count(self) -> int:
         """Completed and early-stopped trials: what ``--trials`` counts."""
-        return sum(record.status in FINISHED for record in self.records())
+        return sum(record.status.finished for record in self.records())
 
     def pareto(self) -> list[TrialRecord]:
         """The observed non-dominated completed trials under the space's objective directions."""
@@ -232,7 +233,7 @@ class Study:
     def predicted_trade_offs(self) -> tuple[dict[int, float], str | None]:
         """Trial index -> LeRF − MoRF as Ax's model predicts it, for the completed trials on the model-predicted
         Pareto front (`model_front`); empty, with the reason, when no model could be fit."""
-        completed = [record for record in self.records() if record.status == "completed"]
+        completed = [record for record in self.records() if record.status is TrialState.COMPLETED]
         if len(completed) < 2:
             return {}, "no model prediction from fewer than 2 completed trials"
         try:
@@ -297,7 +298,7 @@ def trial_records(experiment: Experiment) -> list[TrialRecord]:
     metrics: dict[int, dict[str, float]] = {}
     for row in experiment.lookup_data().df.itertuples(index=False):
         metrics.setdefault(int(row.trial_index), {})[str(row.metric_name)] = float(row.mean)
-    return [TrialRecord(index=trial.index, status=trial.status.name.lower(), parameters=dict(trial.arm.parameters),
+    return [TrialRecord(index=trial.index, status=TrialState.of_ax(trial.status), parameters=dict(trial.arm.parameters),
                         metrics={**trial.run_metadata.get(_EXTRA_METRICS, {}), **metrics.get(trial.index, {})},
                         reason=trial.status_reason, generator=_generator_name(trial.generator_run),
                         checkpoints={int(percentage): scores for percentage, scores
@@ -345,7 +346,7 @@ def choose(records: Sequence[TrialRecord], signs: Mapping[str, float], rule: str
     ``predicted``, the trial on the model-predicted front with the largest predicted one (the observed rule when
     there is no prediction, with ``note`` saying so). A noisy trial that looks best only by luck wins the observed
     rule; the model pools nearby trials, which the replays in tests/benchmarks/search_quality.py weigh."""
-    completed = {record.index for record in records if record.status == "completed"}
+    completed = {record.index for record in records if record.status is TrialState.COMPLETED}
     predicted = {index: value for index, value in predicted.items() if index in completed}
     if rule == "predicted" and predicted:
         index = max(predicted, key=predicted.__getitem__)
@@ -367,11 +368,11 @@ def choose_trial(records: Sequence[TrialRecord], signs: Mapping[str, float], tri
         if not front:
             raise UserError("no trial has completed yet, so there is no configuration to select; run more trials")
         return max(front, key=lambda record: trade_off(record, signs))
-    completed = [record.index for record in records if record.status == "completed"]
+    completed = [record.index for record in records if record.status is TrialState.COMPLETED]
     if not 0 <= trial < len(records):
         raise UserError(f"--select {trial}: no such trial; completed trials are {completed}")
     record = records[trial]
-    if record.status != "completed":
+    if record.status is not TrialState.COMPLETED:
         why = f" ({record.reason})" if record.reason else ""
         raise UserError(f"--select {trial}: that trial is {record.status}{why}; pick a completed one: {completed}")
     return record

@@ -3,7 +3,8 @@ the reference maps (and which of them set an objective threshold) below."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pipeline.hpo.study import Study, TrialRecord
 

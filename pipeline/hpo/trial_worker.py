@@ -14,9 +14,9 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from pipeline.config import ExperimentConfig
 from pipeline.evaluation.scoring import EvalSet, Evaluation, evaluate_head, prepare_eval_set

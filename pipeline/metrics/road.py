@@ -71,17 +71,46 @@ def road_auc(percentages: Sequence[int], scores: Sequence[float]) -> float:
     return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]))
 
 
-def road_protocol(imputer: str | Imputer, percentages: Sequence[int], noise: float) -> str:
-    """What a ROAD score was measured with, e.g. "telea imputation, 10/30/50/70 % removed"."""
-    name = imputer if isinstance(imputer, str) else getattr(imputer, "__name__", type(imputer).__name__)
-    if name == "noisy_linear":
-        name += f" (noise {noise:g})"
-    return f"{name} imputation, {'/'.join(str(int(p)) for p in percentages)} % removed"
+@dataclass(frozen=True)
+class RoadProtocol:
+    """What a ROAD score is measured with: the removed percentages (both orders, MoRF and LeRF, at each) and the
+    imputer, with its noise when it is "noisy_linear". One object, passed whole and named in every output
+    (``describe``)."""
+
+    percentages: tuple[int, ...] = DEFAULT_PERCENTAGES
+    imputer: str | Imputer = "noisy_linear"
+    noise: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "percentages", tuple(int(p) for p in self.percentages))
+
+    @classmethod
+    def of(cls, settings: EvalConfig) -> RoadProtocol:
+        """The protocol an experiment config's ``evaluation`` section scores with."""
+        return cls(tuple(settings.percentages), settings.imputer, settings.noise)
+
+    def describe(self) -> str:
+        """E.g. "telea imputation, 10/30/50/70 % removed"."""
+        imputer = self.imputer
+        name = imputer if isinstance(imputer, str) else getattr(imputer, "__name__", type(imputer).__name__)
+        if name == "noisy_linear":
+            name += f" (noise {self.noise:g})"
+        return f"{name} imputation, {'/'.join(map(str, self.percentages))} % removed"
+
+    def imputer_drawing_from(self, generator: torch.Generator | None) -> Imputer:
+        """The imputer as a callable; "noisy_linear" draws its noise from ``generator``."""
+        if callable(self.imputer):
+            return self.imputer
+        if self.imputer == "noisy_linear":
+            return partial(noisy_linear_impute, noise=self.noise, generator=generator)
+        if self.imputer == "telea":
+            return telea_impute
+        raise ValueError(f"imputer must be one of {', '.join(IMPUTERS)} or a callable, got {self.imputer!r}")
 
 
 def road_protocol_of(settings: EvalConfig) -> str:
-    """The ROAD protocol an experiment config's ``evaluation`` section scores with, as ``road_protocol`` words it."""
-    return road_protocol(settings.imputer, settings.percentages, settings.noise)
+    """The ROAD protocol an experiment config's ``evaluation`` section scores with, in words."""
+    return RoadProtocol.of(settings).describe()
 
 
 def images_per_chunk(device: torch.device) -> int:
@@ -89,20 +118,9 @@ def images_per_chunk(device: torch.device) -> int:
     return _IMAGES_PER_CHUNK if device.type == "cpu" else _ACCELERATOR_IMAGES_PER_CHUNK
 
 
-def resolve_imputer(imputer: str | Imputer, noise: float, generator: torch.Generator | None) -> Imputer:
-    """An imputer by name ("noisy_linear" uses ``noise`` and ``generator``), or the callable itself."""
-    if callable(imputer):
-        return imputer
-    if imputer == "noisy_linear":
-        return partial(noisy_linear_impute, noise=noise, generator=generator)
-    if imputer == "telea":
-        return telea_impute
-    raise ValueError(f"imputer must be one of {', '.join(IMPUTERS)} or a callable, got {imputer!r}")
-
-
 @dataclass
 class RoadResult:
-    """Accuracy per removed percentage for both orders, their AUCs, and the protocol (``road_protocol``)."""
+    """Accuracy per removed percentage for both orders, their AUCs, and the protocol (`RoadProtocol.describe`)."""
 
     percentages: list[int]
     morf: list[float]
@@ -125,9 +143,7 @@ def road_correct(
     images: torch.Tensor,
     maps: torch.Tensor,
     targets: torch.Tensor,
-    percentages: Sequence[int] = DEFAULT_PERCENTAGES,
-    imputer: str | Imputer = "noisy_linear",
-    noise: float = 0.01,
+    protocol: RoadProtocol = RoadProtocol(),
     batch_size: int = 32,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
@@ -135,13 +151,12 @@ def road_correct(
     """Bool [orders, percentages, B] on the CPU: whether ``classify`` (pixel-space images -> logits) still predicts
     ``targets`` [B] on ``images`` [B, C, H, W] with the pixels ranked by ``maps`` [B, H, W] removed and imputed.
 
-    ``imputer`` is one of IMPUTERS or a callable like ``telea_impute``; ``noise`` and ``generator`` apply to
-    "noisy_linear" only. The noise is drawn chunk by chunk, in the images' order, so a split scored in blocks of
-    whole chunks with one generator draws what the whole split scored at once draws. ``progress``, if given, is
-    called with the number of images finished after every chunk.
+    ``generator`` feeds the noise of a "noisy_linear" ``protocol``. The noise is drawn chunk by chunk, in the
+    images' order, so a split scored in blocks of whole chunks with one generator draws what the whole split scored
+    at once draws. ``progress``, if given, is called with the number of images finished after every chunk.
     """
-    percentages = [int(p) for p in percentages]
-    impute = resolve_imputer(imputer, noise, generator)
+    percentages = protocol.percentages
+    impute = protocol.imputer_drawing_from(generator)
     per_chunk = images_per_chunk(images.device)
     variants = len(ORDERS) * len(percentages)
     parts = [torch.zeros(len(ORDERS), len(percentages), 0, dtype=torch.bool)]
@@ -159,12 +174,13 @@ def road_correct(
     return torch.cat(parts, dim=2)
 
 
-def road_result(percentages: Sequence[int], correct: torch.Tensor, protocol: str) -> RoadResult:
+def road_result(protocol: RoadProtocol, correct: torch.Tensor) -> RoadResult:
     """Accuracy per order and percentage of ``correct`` [orders, percentages, N] (``road_correct`` of a whole
     split, in any batches), and the AUCs."""
-    percentages = [int(p) for p in percentages]
+    percentages = list(protocol.percentages)
     morf, lerf = (correct.sum(dim=2).double() / correct.shape[2]).tolist()
-    return RoadResult(percentages, morf, lerf, road_auc(percentages, morf), road_auc(percentages, lerf), protocol)
+    return RoadResult(percentages, morf, lerf, road_auc(percentages, morf), road_auc(percentages, lerf),
+                      protocol.describe())
 
 
 def road(
@@ -172,9 +188,7 @@ def road(
     images: torch.Tensor,
     maps: torch.Tensor,
     targets: torch.Tensor,
-    percentages: Sequence[int] = DEFAULT_PERCENTAGES,
-    imputer: str | Imputer = "noisy_linear",
-    noise: float = 0.01,
+    protocol: RoadProtocol = RoadProtocol(),
     batch_size: int = 32,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
@@ -184,6 +198,5 @@ def road(
     ``maps`` [N, H, W] are saliency maps at image resolution, ``targets`` [N] the classifier's
     predictions on the clean images.
     """
-    correct = road_correct(classify, images, maps, targets, percentages, imputer, noise, batch_size, generator,
-                           progress)
-    return road_result(percentages, correct, road_protocol(imputer, percentages, noise))
+    correct = road_correct(classify, images, maps, targets, protocol, batch_size, generator, progress)
+    return road_result(protocol, correct)

@@ -8,7 +8,7 @@ requested layer, so the unused tail of the network costs nothing. Token outputs 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

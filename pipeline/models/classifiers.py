@@ -8,9 +8,10 @@ own model. An optional weights file replaces the library's weights for any of th
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,7 +62,7 @@ class FrozenNetwork(nn.Module):
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True) -> "FrozenNetwork":
+    def train(self, mode: bool = True) -> FrozenNetwork:
         return super().train(False)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ class ClassCoverage:
     min_count: int = DEFAULT_MIN_COUNT
 
     @classmethod
-    def of(cls, head: AttentionHead, min_count: int = DEFAULT_MIN_COUNT) -> "ClassCoverage":
+    def of(cls, head: AttentionHead, min_count: int = DEFAULT_MIN_COUNT) -> ClassCoverage:
         return cls(head.target_counts.detach().cpu(), head.subset_counts.detach().cpu(), min_count)
 
     @property

@@ -8,7 +8,7 @@ steps, concat, fuse) to float round-off.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

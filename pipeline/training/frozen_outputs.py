@@ -11,7 +11,7 @@ CPU only, up to FEATURE_BYTES (on a GPU the auxiliary pass costs less than holdi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

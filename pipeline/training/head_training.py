@@ -41,7 +41,7 @@ class Workbench:
         return SplitRecord.of(self.splits)
 
     @classmethod
-    def load(cls, config: ExperimentConfig) -> "Workbench":
+    def load(cls, config: ExperimentConfig) -> Workbench:
         device = resolve_device(config.train.device)
         models = load_models(config.model, device)
         splits = build_splits(config.data, models.classifier.preprocessing.input_size)

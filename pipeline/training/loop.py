@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Iterable
 
 import torch
 
@@ -17,8 +17,8 @@ from pipeline.models.explainer import Explainer
 from pipeline.models.head import activate
 from pipeline.progress import Progress
 from pipeline.training.checkpoints import Checkpoints, run_checkpoint
-from pipeline.training.frozen_outputs import FrozenOutputs
 from pipeline.training.compiled import CompiledNetwork, compile_enabled
+from pipeline.training.frozen_outputs import FrozenOutputs
 from pipeline.training.loss import LossTerms, class_subset, ptame_loss, reference_class_subset
 from pipeline.training.masking import mask_images
 

@@ -31,7 +31,7 @@ from pipeline.config import EvalConfig
 from pipeline.data.sources import plain_images
 from pipeline.evaluation.scoring import evaluate_maps, prepare_eval_set, reference_maker, reference_maps
 from pipeline.metrics.adic import ad_ic
-from pipeline.metrics.road import road
+from pipeline.metrics.road import RoadProtocol, road
 from pipeline.models.classifiers import Classifier, Preprocessing
 from tests.benchmarks.gpu_trial import synthetic_photo
 
@@ -77,8 +77,8 @@ def evaluate(folder: Path, count: int, in_memory: bool, options: argparse.Namesp
     if in_memory:
         images = evalset.first_images(count)
         maps = reference_maps(options.maps, count, evalset.size, settings.seed)
-        metrics = road(classifier, images, maps, evalset.targets, settings.percentages, settings.imputer,
-                       settings.noise, settings.batch_size, torch.Generator().manual_seed(settings.seed)).metrics()
+        metrics = road(classifier, images, maps, evalset.targets, RoadProtocol.of(settings), settings.batch_size,
+                       torch.Generator().manual_seed(settings.seed)).metrics()
         metrics |= ad_ic(classifier, images, maps, evalset.targets, evalset.probabilities,
                          batch_size=settings.batch_size).metrics()
     else:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain s
 from pipeline import config as configs
 from pipeline.evaluation.scoring import evaluate_head, prepare_eval_set
 from pipeline.metrics.adic import ad_ic
-from pipeline.metrics.road import road
+from pipeline.metrics.road import RoadProtocol, road
 from pipeline.training.head_training import Workbench, train_head
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,8 +57,8 @@ def main() -> None:
             maps = torch.cat([explainer.explain(part, classes).saliency for part, classes in
                               zip(images.split(settings.batch_size), evalset.targets.split(settings.batch_size))])
         generator = torch.Generator().manual_seed(settings.seed)
-        scores = road(classifier, images, maps, evalset.targets, settings.percentages, settings.imputer,
-                      settings.noise, settings.batch_size, generator).metrics()
+        scores = road(classifier, images, maps, evalset.targets, RoadProtocol.of(settings), settings.batch_size,
+                      generator).metrics()
         return scores | ad_ic(classifier, images, maps, evalset.targets, evalset.probabilities,
                               batch_size=settings.batch_size).metrics()
 

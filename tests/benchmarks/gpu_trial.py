@@ -42,7 +42,7 @@ from pipeline import config as configs  # noqa: E402
 from pipeline.config import EvalConfig, LossConfig, ModelConfig  # noqa: E402
 from pipeline.data.batches import DeviceBatches
 from pipeline.data.sources import image_folder, train_transform
-from pipeline.metrics.road import road  # noqa: E402
+from pipeline.metrics.road import RoadProtocol, road  # noqa: E402
 from pipeline.models.loading import build_explainer, load_models
 from pipeline.training.compiled import CompiledNetwork  # noqa: E402
 from pipeline.training.head_training import Workbench, train_head
@@ -172,8 +172,8 @@ def road_seconds(args, device: torch.device) -> tuple[float, int]:
         targets = torch.cat([models.classifier(batch).argmax(1) for batch in images.split(settings.batch_size)])
     synchronize(device)
     started = time.perf_counter()
-    road(models.classifier, images, maps, targets, settings.percentages, settings.imputer, settings.noise,
-         settings.batch_size, torch.Generator(device=device).manual_seed(0))
+    road(models.classifier, images, maps, targets, RoadProtocol.of(settings), settings.batch_size,
+         torch.Generator(device=device).manual_seed(0))
     synchronize(device)
     return (time.perf_counter() - started) * ROAD_PER / args.road_images, args.road_images
 
@@ -213,8 +213,8 @@ def main() -> None:
         if cuda:
             rows.append(("step: compile (first calls, both graphs)", f"{compile_seconds:8.1f} s"))
         overall, steady, compile_total = end_to_end(args, root, device)
-        rows.append(("train_head end to end (training.json)", f"{overall:8.0f} img/s  "
-                                                             f"({steady:.0f} img/s without {compile_total:.1f} s compile)"))
+        rows.append(("train_head end to end (training.json)",
+                     f"{overall:8.0f} img/s  ({steady:.0f} img/s without {compile_total:.1f} s compile)"))
         seconds, measured = road_seconds(args, device)
         scaled = "" if measured == ROAD_PER else f" (measured on {measured}, scaled)"
         rows.append(("ROAD, both orders, 7 percentages", f"{seconds:8.1f} s per {ROAD_PER} images{scaled}"))

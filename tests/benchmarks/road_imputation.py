@@ -181,7 +181,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     images = make_batch(args.batch, args.size, generator)
     maps = smooth_maps(args.batch, args.size, generator)
-    print(f"{args.batch} images x {len(PERCENTAGES)} percentages, {args.size}x{args.size}, MoRF, {args.threads} threads")
+    print(f"{args.batch} images x {len(PERCENTAGES)} percentages, {args.size}x{args.size}, MoRF, "
+          f"{args.threads} threads")
     time_batched(images[:2], removal_masks(maps[:2], 0.5, "morf"), device)  # warm-up
 
     # Interleaved per percentage so that both sides see the same machine load.

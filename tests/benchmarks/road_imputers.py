@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a plain s
 
 from pipeline.data.sources import build_splits
 from pipeline.evaluation.scoring import head_maps, prepare_eval_set
-from pipeline.metrics.road import _IMAGES_PER_CHUNK, resolve_imputer, road_masks
+from pipeline.metrics.road import _IMAGES_PER_CHUNK, RoadProtocol, road_masks
 from pipeline.training.saved_head import load_explainer
 
 
@@ -55,7 +55,8 @@ def main() -> None:
     costs = {}
     with torch.inference_mode():
         for name in ("noisy_linear", "telea"):
-            impute = resolve_imputer(name, settings.noise, torch.Generator().manual_seed(settings.seed))
+            impute = RoadProtocol(imputer=name, noise=settings.noise).imputer_drawing_from(
+                torch.Generator().manual_seed(settings.seed))
             costs[name] = min(seconds_per_image(impute, images, masks) for _ in range(args.repeats))
             print(f"{name}: {costs[name] * 1000:.2f} ms per imputed image")
     print(f"telea / noisy_linear: {costs['telea'] / costs['noisy_linear']:.3f}")

@@ -65,7 +65,8 @@ def main() -> None:
     base = configs.apply_overrides(configs.read_yaml(REPO / "experiments" / "demo.yaml"), args.overrides)
     with tempfile.TemporaryDirectory() as folder:
         options = SearchOptions(name="overhead", trials=args.trials, base=base,
-                                space=load_search_space(DEFAULT_SEARCH_SPACE), space_path=DEFAULT_SEARCH_SPACE, seed=12345,
+                                space=load_search_space(DEFAULT_SEARCH_SPACE), space_path=DEFAULT_SEARCH_SPACE,
+                                seed=12345,
                                 directory=Path(folder) / "search", tracking_uri=f"sqlite:///{folder}/mlflow.db",
                                 progress=False)
         started = time.perf_counter()
@@ -78,7 +79,8 @@ def main() -> None:
         print(f"  {label:42s} {seconds:8.1f} s  {100 * seconds / total:5.1f}%")
     print(f"  {'other (setup, data loading, final run, analyses)':42s} {other:8.1f} s  {100 * other / total:5.1f}%")
     trial_time = work + spent[LOGGING]
-    print(f"MLflow logging and plots add {100 * spent[LOGGING] / (trial_time - spent[LOGGING]):.1f}% to the trials' work")
+    share = 100 * spent[LOGGING] / (trial_time - spent[LOGGING])
+    print(f"MLflow logging and plots add {share:.1f}% to the trials' work")
     print(f"overhead share (everything but training steps and evaluation): {100 * (1 - work / total):.1f}%")
 
 

@@ -272,7 +272,8 @@ def main() -> None:
     references = {"the search's thresholds": thresholds,
                   "the landscape's worst observed values": {MORF: float(outputs[:, 0].max()),
                                                             LERF: float(outputs[:, 1].min())}}
-    optimal = {name: hypervolume([(m, l) for _, m, l in everywhere], point) for name, point in references.items()}
+    pairs = [(morf, lerf) for _, morf, lerf in everywhere]
+    optimal = {name: hypervolume(pairs, point) for name, point in references.items()}
     best_point, best_morf, best_lerf = max(everywhere, key=lambda item: item[2] - item[1])
     paper_morf, paper_lerf = surrogate(PAPER_POINT)
     print(f"{len(inputs)} real trials; leave-one-out {loo}; noise {noise}; thresholds {thresholds}; "

@@ -86,7 +86,8 @@ def main() -> None:
             run()
             times[name].append((time.perf_counter() - start) * 1000 / args.batch)
     base = statistics.median(times["bare work"])
-    print(f"{args.backbone} backbone, {args.auxiliary} auxiliary, batch {args.batch}, CPU, {args.repeats} interleaved repeats")
+    print(f"{args.backbone} backbone, {args.auxiliary} auxiliary, batch {args.batch}, CPU, "
+          f"{args.repeats} interleaved repeats")
     for name, values in times.items():
         median = statistics.median(values)
         extra = "" if name == "bare work" else f"   overhead vs bare work: {100 * (median / base - 1):+.0f}%"
