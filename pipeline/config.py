@@ -7,6 +7,7 @@ key (``loss.lambda1``) and says how to fix it. Rules that tie keys together rais
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -407,17 +408,30 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``--set`` overrides to nested dicts (a copy); unknown keys are caught by ``from_dict``."""
-    merged = yaml.safe_load(yaml.safe_dump(values))
+    merged = copy.deepcopy(values)
     for text in overrides:
         path, value = parse_override(text)
-        node = merged
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UserError(f"--set {text!r}: '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
+        _set(merged, path, value, f"--set {text!r}")
     return merged
+
+
+def with_values(values: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dicts (a copy) with dotted keys set to typed values, e.g. ``{"loss.lambda1": 0.3}``: no text on the
+    way, so a float arrives bit for bit; unknown keys are caught by ``from_dict``."""
+    merged = copy.deepcopy(values)
+    for key, value in settings.items():
+        _set(merged, key.split("."), value, repr(key))
+    return merged
+
+
+def _set(values: dict[str, Any], path: Sequence[str], value: Any, where: str) -> None:
+    node = values
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"{where}: '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
 
 
 def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.hpo.space import load_search_space
+from pipeline.hpo.trial_configs import trial_config
+from pipeline.resources import DEFAULT_SEARCH_SPACE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,11 +45,8 @@ def test_paper_space_loads() -> None:
     assert constraint.weights == {"lambda1": 1.0, "lambda2": 1.0} and constraint.bound == 1.0
     area = space.parameters[2]
     assert area.values == (0.5, 1.0, 2.0) and area.ordered and area.value_type == "float"
-    assert space.overrides({"lambda1": 0.3, "lambda2": 0.25, "lambda_area": 2.0}) == [
-        "loss.lambda1=0.3",
-        "loss.lambda2=0.25",
-        "loss.lambda_area=2.0",
-    ]
+    assert space.config_values({"lambda1": 0.3, "lambda2": 0.25, "lambda_area": 2.0}) == {
+        "loss.lambda1": 0.3, "loss.lambda2": 0.25, "loss.lambda_area": 2.0}
     assert space.contains({"lambda1": 0.5, "lambda2": 0.5, "lambda_area": 1.0})
     assert not space.contains({"lambda1": 0.6, "lambda2": 0.5, "lambda_area": 1.0})
     assert not space.contains({"lambda1": 0.1, "lambda2": 0.5, "lambda_area": 3.0})
@@ -58,8 +58,8 @@ def test_defaults_log_scale_and_ge_constraint(tmp_path: Path) -> None:
     assert space.parameters[3].log_scale and space.parameters[3].bounds == (1e-5, 1e-3)
     (constraint,) = space.constraints
     assert constraint.weights == {"lambda1": -1.0, "lambda2": -1.0} and constraint.bound == -0.2
-    overrides = space.overrides({"lambda1": 0.3, "lambda2": 0.2, "lambda_area": 1.0, "max_lr": 1e-4})
-    assert overrides[-1] == "train.max_lr=0.0001"
+    values = space.config_values({"lambda1": 0.3, "lambda2": 0.2, "lambda_area": 1.0, "max_lr": 1e-4})
+    assert values["train.max_lr"] == 1e-4
 
 
 @pytest.mark.parametrize(
@@ -134,3 +134,18 @@ def test_generation_strategy_is_sobol_then_a_cheaper_mbm() -> None:
     assert spec.generator_gen_kwargs == {"model_gen_options": BOTORCH_GEN_OPTIONS}
     assert spec.generator_gen_kwargs["model_gen_options"] is not BOTORCH_GEN_OPTIONS  # a copy per strategy
     assert "surrogate_spec" in spec.generator_kwargs  # the rest of Ax's "fast" MBM is kept
+
+
+def test_a_trials_floats_reach_its_config_bit_for_bit() -> None:
+    space = load_search_space(DEFAULT_SEARCH_SPACE)
+    awkward = {"lambda1": 0.1 + 0.2, "lambda2": math.nextafter(1 / 3, 1.0), "lambda_area": 0.5}
+    config = trial_config({"name": "typed"}, space, awkward)
+    assert config.loss.lambda1.hex() == awkward["lambda1"].hex()
+    assert config.loss.lambda2.hex() == awkward["lambda2"].hex()
+    assert config.loss.lambda_area == 0.5 and config.name == "typed"
+
+
+def test_a_trial_value_under_a_key_that_is_not_a_section_names_the_key() -> None:
+    space = load_search_space(DEFAULT_SEARCH_SPACE)
+    with pytest.raises(UserError, match="'loss.lambda1': 'loss' is not a section"):
+        trial_config({"loss": 3}, space, {"lambda1": 0.2, "lambda2": 0.2, "lambda_area": 1.0})

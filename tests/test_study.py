@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load as load_config
 from pipeline.errors import UserError
 from pipeline.hpo.space import SearchSpace, load_search_space
 from pipeline.hpo.study import (
@@ -21,6 +20,7 @@ from pipeline.hpo.study import (
     pareto_front,
     trade_off,
 )
+from pipeline.hpo.trial_configs import trial_config
 from pipeline.hpo.trial_state import TrialState
 from pipeline.hpo.trial_table import format_table, study_table
 
@@ -243,7 +243,7 @@ def test_another_space_with_log_scale_learning_rate(tmp_path: Path) -> None:
     for _ in range(3):
         _, parameters = study.next_trial()
         assert space.contains(parameters) and parameters["lambda1"] >= 0.6 - 1e-9
-        config = load_config(overrides=space.overrides(parameters))  # the overrides round-trip exactly
+        config = trial_config({}, space, parameters)
         assert (config.loss.lambda1, config.loss.lambda2) == (parameters["lambda1"], parameters["lambda2"])
         assert (config.train.max_lr, config.train.batch_size) == (parameters["max_lr"], parameters["batch_size"])
 

@@ -147,13 +147,10 @@ class SearchSpace:
                                                                    self.seed if seed is None else seed))
 
 
-    def overrides(self, parameters: Mapping[str, Any]) -> list[str]:
-        """A trial's parameters as experiment-config overrides: ``["loss.lambda1=0.3", ...]``."""
-        return [f"{parameter.key}={_format_value(parameters[parameter.name])}" for parameter in self.parameters]
-
-
-def _format_value(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
+    def config_values(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's parameters by experiment-config key, as typed as Ax gave them: ``{"loss.lambda1": 0.3, ...}``
+        (for `pipeline.config.with_values`)."""
+        return {parameter.key: parameters[parameter.name] for parameter in self.parameters}
 
 
 def _name(value: str) -> str:

@@ -13,7 +13,7 @@ from pipeline.hpo.space import SearchSpace
 
 def trial_config(base: dict[str, Any], space: SearchSpace, parameters: dict[str, Any]) -> ExperimentConfig:
     """The base experiment with the trial's parameters applied (validated like any config)."""
-    return configs.from_dict(configs.apply_overrides(base, space.overrides(parameters)))
+    return configs.from_dict(configs.with_values(base, space.config_values(parameters)))
 
 
 def run_params(config: ExperimentConfig) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def check_space_fits(base: dict[str, Any], space: SearchSpace) -> None:
     for parameter in space.parameters:
         for value in parameter.values or parameter.bounds[:1]:
             try:
-                configs.from_dict(configs.apply_overrides(base, [f"{parameter.key}={value!r}"]))
+                configs.from_dict(configs.with_values(base, {parameter.key: value}))
             except UserError as error:
                 raise UserError(f"search space {space.name!r} sets {parameter.key} = {value!r}, which the "
                                 f"experiment config does not accept: {error}") from None
