@@ -5,6 +5,7 @@ streams through, timed and with their forward passes counted, and are scored by 
 from __future__ import annotations
 
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,16 @@ from pipeline.baselines.cam import CAM_METHODS, CamMethod
 from pipeline.baselines.rise import RiseSettings, rise_saliency
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
-from pipeline.evaluation.scoring import Batch, EvalSet, MapMaker, PerImage, evaluate_maps, head_maps, reference_maker
+from pipeline.evaluation.scoring import (
+    Batch,
+    EvalSet,
+    MapKind,
+    MapMaker,
+    PerImage,
+    evaluate_maps,
+    head_maps,
+    reference_maker,
+)
 from pipeline.metrics.faithfulness import faithfulness_probabilities, faithfulness_result
 from pipeline.models.castream import CAStreamModel
 from pipeline.models.classifiers import Classifier
@@ -104,24 +114,58 @@ def head_methods(heads: Sequence[tuple[Path, Explainer, ExperimentConfig]]) -> l
     return methods
 
 
+@dataclass(frozen=True)
+class BaselineInputs:
+    """What every baseline is built from: the explained classifier, the CAM target layer asked for (None: the
+    backbone's default), the batch size and RISE's settings."""
+
+    classifier: Classifier
+    target_layer: str | None
+    batch_size: int
+    rise: RiseSettings
+
+
+BaselineBuilder = Callable[[str, BaselineInputs], Method]
+BASELINES: dict[str, BaselineBuilder] = {}  # `compare --methods` names -> the builder of that row
+
+
+def baseline(*names: str) -> Callable[[BaselineBuilder], BaselineBuilder]:
+    """Register a builder of baseline rows under ``names``: a new baseline is one decorated function."""
+    def register(builder: BaselineBuilder) -> BaselineBuilder:
+        for name in names:
+            if name in BASELINES:
+                raise ValueError(f"baseline {name!r} is registered twice")
+            BASELINES[name] = builder
+        return builder
+    return register
+
+
+@baseline(*CAM_METHODS)
+def _cam_row(name: str, inputs: BaselineInputs) -> Method:
+    cam = CamMethod(name, inputs.classifier, inputs.target_layer, inputs.batch_size)
+    return Method(name, "baseline", cam.resolution, lambda batch: cam(batch.images, batch.targets),
+                  inputs.classifier, target_layer=cam.layer_name)
+
+
+@baseline("rise")
+def _rise_row(name: str, inputs: BaselineInputs) -> Method:
+    return Method(name, "baseline", inputs.rise.cells ** 2,
+                  lambda batch: rise_saliency(inputs.classifier, batch.images, batch.targets, inputs.rise),
+                  inputs.classifier)
+
+
+@baseline("random", "center")
+def _reference_row(name: str, inputs: BaselineInputs) -> Method:
+    return Method(name, "reference", inputs.classifier.preprocessing.input_size ** 2,
+                  reference_maker(typing.cast(MapKind, name)), None)
+
+
 def baseline_methods(names: Sequence[str], classifier: Classifier, target_layer: str | None, batch_size: int,
                      rise: RiseSettings) -> list[Method]:
-    """The requested baselines; CAM target layers are resolved (and checked) here, before any work."""
-    methods = []
-    for name in names:
-        if name in CAM_METHODS:
-            cam = CamMethod(name, classifier, target_layer, batch_size)
-            methods.append(Method(name, "baseline", cam.resolution,
-                                  lambda batch, cam=cam: cam(batch.images, batch.targets), classifier,
-                                  target_layer=cam.layer_name))
-        elif name == "rise":
-            methods.append(Method(name, "baseline", rise.cells ** 2,
-                                  lambda batch: rise_saliency(classifier, batch.images, batch.targets, rise),
-                                  classifier))
-        else:
-            methods.append(Method(name, "reference", classifier.preprocessing.input_size ** 2, reference_maker(name),
-                                  None))
-    return methods
+    """The requested baselines, by their registered builders; CAM target layers are resolved (and checked) here,
+    before any work."""
+    inputs = BaselineInputs(classifier, target_layer, batch_size, rise)
+    return [BASELINES[name](name, inputs) for name in names]
 
 
 CA_METHODS = ("gradcam", "gradcam++", "scorecam")
@@ -232,7 +276,7 @@ def load_heads(directories: Sequence[Path], device: str, overrides: Sequence[str
     return heads
 
 
-METHODS = (*CAM_METHODS, "rise", "random", "center")
+METHODS = tuple(BASELINES)  # in registration order: the CAM family, rise, random, center
 
 
 Kind = Literal["head", "baseline", "reference", "ca-stream"]
