@@ -18,9 +18,9 @@ from torch import nn
 
 from pipeline.errors import UserError
 
-# On the CPU, `in_parts` runs a network on parts of this many images: each image's outputs (and input gradients)
-# are bit-identical to one pass over the whole batch, and small parts stay in cache (EfficientNet-Lite0's forward
-# and backward per image against part size on the 2-core machine: tests/benchmarks/cpu_parts.py).
+# On the CPU, `in_parts` runs a network on parts of this many images: small parts stay in cache, and for
+# EfficientNet-Lite0 on the 2-core machine each image's outputs and input gradients were bit-identical to one pass
+# over the whole batch with parts of 4, 8 or 16 (not 2) (tests/benchmarks/cpu_parts.py).
 CPU_PART_IMAGES = 4
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
