@@ -105,6 +105,20 @@ def test_two_processes_creating_a_new_sqlite_store_at_once_both_succeed(tmp_path
     assert [err for _, err in results] == ["", ""]
 
 
+def test_a_local_stores_artifacts_live_beside_its_database_not_in_the_working_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="a b/c")
+    run_id = tracker.start_search("search", {"x": 1})
+    tracker.client.log_text(run_id, "kept", "note.txt")
+    location = tracker.client.get_experiment(tracker.experiment_id).artifact_location
+    assert location == (tmp_path / "mlruns" / "a_b_c").as_uri()
+    assert (tmp_path / "mlruns" / "a_b_c" / run_id / "artifacts" / "note.txt").read_text() == "kept"
+    assert not any(elsewhere.iterdir())
+
+
 def test_a_missing_database_folder_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="folder of the MLflow database .*missing.* does not exist") as error:
         Tracker(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")

@@ -22,7 +22,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.tracking.mlflow_seam import DESCRIPTION_TAG, LIMITS
-from pipeline.tracking.stores import is_tracking_server, resolve_tracking_uri, store_creation_lock
+from pipeline.tracking.stores import (
+    is_tracking_server,
+    local_artifact_location,
+    resolve_tracking_uri,
+    store_creation_lock,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -178,7 +183,7 @@ class Tracker:
         found = self.client.get_experiment_by_name(name)
         if found is None:
             try:
-                return self.client.create_experiment(name)
+                return self.client.create_experiment(name, local_artifact_location(self.tracking_uri, name))
             except MlflowException:  # created meanwhile by another process
                 found = self.client.get_experiment_by_name(name)
                 if found is None:

@@ -1,5 +1,6 @@
 """Where runs go: the tracking URI (explicit, ``$MLFLOW_TRACKING_URI`` or MLflow's default), a quick health check of a
-tracking server, and a lock around the first use of a new local SQLite store."""
+tracking server, a lock around the first use of a new local SQLite store, and where a local store's artifacts
+live."""
 
 from __future__ import annotations
 
@@ -45,14 +46,30 @@ def _connection_problem(error: MlflowException) -> str:
     return found.group(1) if found else text.splitlines()[0]
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a local SQLite tracking URI; None for a server or an in-memory database."""
+    database = make_url(uri).database if uri.startswith("sqlite:") else None
+    return Path(database) if database and database != ":memory:" else None
+
+
+def local_artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a local SQLite store keeps its artifacts: ``mlruns/<experiment>`` beside the
+    database, not MLflow's default ``./mlruns`` in whatever folder the process started in. None (MLflow decides)
+    for a tracking server."""
+    database = _sqlite_file(uri)
+    if database is None:
+        return None
+    folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
+    return (database.resolve().parent / "mlruns" / folder).as_uri()
+
+
 def store_creation_lock(uri: str) -> AbstractContextManager[None]:
     """For a local SQLite store, an exclusive lock on ``<database>.lock`` beside it: the first use of a new
     database creates MLflow's tables, and two processes doing that at once (two searches started together in
     a new folder) fail with "table ... already exists"."""
-    database = make_url(uri).database if uri.startswith("sqlite:") else None
-    if not database or database == ":memory:":
+    path = _sqlite_file(uri)
+    if path is None:
         return nullcontext()
-    path = Path(database)
     if not path.parent.is_dir():
         raise UserError(f"the folder of the MLflow database {path} does not exist; create it or give another "
                         "--tracking-uri")
