@@ -34,8 +34,9 @@ DEMO_SEARCH = Path("runs/search/demo-efficientnet_lite0-efficientnet_lite1-ptame
 
 
 def commit() -> str:
-    return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def comparison(search: Path, split: str, table: str, limit: int | None = None, image: str | None = None) -> None:
@@ -45,8 +46,17 @@ def comparison(search: Path, split: str, table: str, limit: int | None = None, i
     from pipeline.compare import main as compare_main
 
     with tempfile.TemporaryDirectory() as folder:
-        argv = ["--head", str(search / "final"), "--split", split, "--methods", "gradcam,random",
-                *(["--limit", str(limit)] if limit else []), "--out", folder]
+        argv = [
+            "--head",
+            str(search / "final"),
+            "--split",
+            split,
+            "--methods",
+            "gradcam,random",
+            *(["--limit", str(limit)] if limit else []),
+            "--out",
+            folder,
+        ]
         try:
             cli.run(compare_main, argv)
         except SystemExit as stop:
@@ -61,7 +71,8 @@ def comparison(search: Path, split: str, table: str, limit: int | None = None, i
     (RESULTS / table).write_text(
         f"Measured {date.today()} at commit {commit()} on {platform.node()} ({platform.machine()}): "
         f"`python -m pipeline.compare {shown}`, SEARCH the folder of "
-        f"`python -m pipeline.search --experiment experiments/demo.yaml --trials 20`.\n\n{scores}")
+        f"`python -m pipeline.search --experiment experiments/demo.yaml --trials 20`.\n\n{scores}"
+    )
 
 
 def pareto(search: Path) -> None:
@@ -82,11 +93,22 @@ def pareto(search: Path) -> None:
     front = {r.index for r in study.pareto()}
     chosen = json.loads((search / "metrics.json").read_text())["trial"]
     figure, axis = plt.subplots(figsize=(5.2, 4.0))
-    axis.scatter([r.metrics["road_morf_auc"] for r in records], [r.metrics["road_lerf_auc"] for r in records],
-                 c=["tab:blue" if r.index in front else "lightgrey" for r in records], s=28, label="trials")
+    axis.scatter(
+        [r.metrics["road_morf_auc"] for r in records],
+        [r.metrics["road_lerf_auc"] for r in records],
+        c=["tab:blue" if r.index in front else "lightgrey" for r in records],
+        s=28,
+        label="trials",
+    )
     best = next(r for r in records if r.index == chosen)
-    axis.scatter([best.metrics["road_morf_auc"]], [best.metrics["road_lerf_auc"]], marker="*", s=220,
-                 c="tab:red", label=f"final head (trial {chosen})")
+    axis.scatter(
+        [best.metrics["road_morf_auc"]],
+        [best.metrics["road_lerf_auc"]],
+        marker="*",
+        s=220,
+        c="tab:red",
+        label=f"final head (trial {chosen})",
+    )
     for name, value in study.thresholds.items():
         (axis.axvline if name == "road_morf_auc" else axis.axhline)(value, color="grey", linestyle=":", linewidth=1)
     axis.set_xlabel("ROAD MoRF AUC (lower is better)")
@@ -106,18 +128,46 @@ def free_port() -> int:
 def mlflow_screenshot(tracking_uri: str) -> None:
     """The search's experiment in the MLflow UI, by headless Chromium (Debian's ``chromium`` package)."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
-                               "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(12)
         url = f"http://127.0.0.1:{port}/#/experiments/1?workflowType=machine_learning"
         with tempfile.TemporaryDirectory() as profile:
-            subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                            "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,900",
-                            "--virtual-time-budget=15000", f"--screenshot={IMAGES / 'mlflow_search.png'}", url],
-                           check=True, timeout=120)
+            subprocess.run(
+                [
+                    "chromium",
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    f"--user-data-dir={profile}",
+                    "--window-size=1400,900",
+                    "--virtual-time-budget=15000",
+                    f"--screenshot={IMAGES / 'mlflow_search.png'}",
+                    url,
+                ],
+                check=True,
+                timeout=120,
+            )
     finally:
         server.terminate()
         server.wait()
@@ -134,8 +184,10 @@ def main() -> None:
     pareto(args.search)
     if args.mlflow_screenshot:
         mlflow_screenshot(args.tracking_uri)
-    print(f"wrote {', '.join(str(p) for p in sorted(IMAGES.glob('*.png')))}, {RESULTS / 'readme_comparison.md'} "
-          f"and {RESULTS / 'demo_test_comparison.md'}")
+    print(
+        f"wrote {', '.join(str(p) for p in sorted(IMAGES.glob('*.png')))}, {RESULTS / 'readme_comparison.md'} "
+        f"and {RESULTS / 'demo_test_comparison.md'}"
+    )
 
 
 if __name__ == "__main__":

@@ -43,20 +43,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = config.castream
     target = describe_target(config)
     run = cli.start_tracking(args, "castream", {"target": target, "config": configs.to_dict(config)})
-    print(f"training a CA-Stream: backbone {config.model.backbone}, target {target}, "
-          f"{settings.epochs} epoch(s) of {settings.optimizer} lr {settings.lr:g} "
-          f"weight decay {settings.weight_decay:g}")
+    print(
+        f"training a CA-Stream: backbone {config.model.backbone}, target {target}, "
+        f"{settings.epochs} epoch(s) of {settings.optimizer} lr {settings.lr:g} "
+        f"weight decay {settings.weight_decay:g}"
+    )
     with run if run is not None else contextlib.nullcontext():  # a failure marks the MLflow run FAILED
         trained = train_stream(config, progress=not args.no_progress, on_step=run.log_step if run else None)
         summary = trained.summary
-        print(f"stream at {trained.model.layout.describe()}: {summary.parameters:,} parameters "
-              f"({summary.trained_parameters:,} trained); trained {summary.steps} steps ({summary.images} images) "
-              f"in {summary.seconds:.1f} s, loss per epoch {', '.join(f'{loss:.4f}' for loss in summary.losses)}")
+        print(
+            f"stream at {trained.model.layout.describe()}: {summary.parameters:,} parameters "
+            f"({summary.trained_parameters:,} trained); trained {summary.steps} steps ({summary.images} images) "
+            f"in {summary.seconds:.1f} s, loss per epoch {', '.join(f'{loss:.4f}' for loss in summary.losses)}"
+        )
         evaluate_splits(trained)
         for split, values in summary.evaluation.items():
             accuracy = f", accuracy {values['accuracy']:.4f}" if "accuracy" in values else ""
-            print(f"{split}: top-1 agreement with {config.model.backbone} {values['top1_agreement']:.4f} "
-                  f"on {values['images']} images{accuracy}")
+            print(
+                f"{split}: top-1 agreement with {config.model.backbone} {values['top1_agreement']:.4f} "
+                f"on {values['images']} images{accuracy}"
+            )
         files = save_stream(trained, out)
         if run is not None:
             run.log_metrics(summary_metrics(summary.as_dict()))

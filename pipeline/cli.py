@@ -20,11 +20,22 @@ if TYPE_CHECKING:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--experiment FILE`` / ``--config FILE`` and repeatable ``--set key=value``."""
-    parser.add_argument("--experiment", "--config", dest="experiment", metavar="FILE",
-                        help="experiment YAML: a file (e.g. a resolved config.yaml) or a packaged experiment "
-                             "(experiments/demo.yaml or demo, vgg16, paper/tab1_vgg16, ...)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set loss.lambda1=0.3 (repeatable)")
+    parser.add_argument(
+        "--experiment",
+        "--config",
+        dest="experiment",
+        metavar="FILE",
+        help="experiment YAML: a file (e.g. a resolved config.yaml) or a packaged experiment "
+        "(experiments/demo.yaml or demo, vgg16, paper/tab1_vgg16, ...)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set loss.lambda1=0.3 (repeatable)",
+    )
 
 
 def user_message(error: UserError) -> str:
@@ -60,8 +71,10 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 def coverage_line(coverage: ClassCoverage) -> str:
     """One console line on how many classes have trained maps."""
     counts = coverage.summary()
-    return (f"class coverage: {counts['classes_trained']} of {counts['num_classes']} classes were explained at least "
-            f"{counts['min_count']} times in training; maps of the other classes are untrained, not explanations")
+    return (
+        f"class coverage: {counts['classes_trained']} of {counts['num_classes']} classes were explained at least "
+        f"{counts['min_count']} times in training; maps of the other classes are untrained, not explanations"
+    )
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,20 +83,33 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--split", choices=["val", "test"], help="the config's validation or test split")
     source.add_argument("--images", nargs="+", help="image files or folders of images")
     parser.add_argument("--limit", type=int, help="use only the first N images")
-    parser.add_argument("--allow-changed-split", action="store_true",
-                        help="score a --split whose images changed since the model was trained (its splits.json)")
-    parser.add_argument("--allow-seen", action="store_true",
-                        help="score images the model trained or was selected on; every output marks them seen")
+    parser.add_argument(
+        "--allow-changed-split",
+        action="store_true",
+        help="score a --split whose images changed since the model was trained (its splits.json)",
+    )
+    parser.add_argument(
+        "--allow-seen",
+        action="store_true",
+        help="score images the model trained or was selected on; every output marks them seen",
+    )
 
 
 def add_road_arguments(parser: argparse.ArgumentParser) -> None:
     """``--imputer`` and ``--percentages``: the ROAD protocol, overriding the head's ``evaluation`` config."""
-    parser.add_argument("--imputer", choices=typing.get_args(Imputer),
-                        help="ROAD imputer: noisy_linear (ROAD paper) or telea (OpenCV inpainting, P-TAME paper's "
-                             "Table 1); default: the head's evaluation.imputer")
-    parser.add_argument("--percentages", type=int, nargs="+", metavar="P",
-                        help="ROAD removal percentages, e.g. 10 30 50 70 (P-TAME paper); "
-                             "default: the head's evaluation.percentages")
+    parser.add_argument(
+        "--imputer",
+        choices=typing.get_args(Imputer),
+        help="ROAD imputer: noisy_linear (ROAD paper) or telea (OpenCV inpainting, P-TAME paper's "
+        "Table 1); default: the head's evaluation.imputer",
+    )
+    parser.add_argument(
+        "--percentages",
+        type=int,
+        nargs="+",
+        metavar="P",
+        help="ROAD removal percentages, e.g. 10 30 50 70 (P-TAME paper); default: the head's evaluation.percentages",
+    )
 
 
 def road_overrides(args: argparse.Namespace) -> list[str]:
@@ -97,8 +123,9 @@ def road_overrides(args: argparse.Namespace) -> list[str]:
 def add_tracking_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """``--tracking-uri URI`` and ``--search NAME`` (nest the run under that search's parent run)."""
     parser.add_argument("--tracking-uri", help=f"log {what} to MLflow here")
-    parser.add_argument("--search", help="nest the MLflow run under this search's parent run "
-                                         "(runs/search/NAME or a folder)")
+    parser.add_argument(
+        "--search", help="nest the MLflow run under this search's parent run (runs/search/NAME or a folder)"
+    )
 
 
 def check_tracking(args: argparse.Namespace) -> None:
@@ -134,5 +161,7 @@ def start_tracking(args: argparse.Namespace, name: str, params: dict[str, typing
     try:
         return tracker.start_run(name, params, {"role": name}, parent_run_id=parent)
     except MlflowException as error:
-        raise UserError(f"cannot log to {tracker.tracking_uri}: {str(error).splitlines()[0]}; pass the "
-                        "--tracking-uri the search used") from None
+        raise UserError(
+            f"cannot log to {tracker.tracking_uri}: {str(error).splitlines()[0]}; pass the "
+            "--tracking-uri the search used"
+        ) from None

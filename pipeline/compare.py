@@ -61,12 +61,16 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-/]+", "_", name.replace("+", "p")).strip("_")
 
 
-def log_comparison(run: RunLog, rows: Sequence[Row], contributions: dict[str, list[LayerContribution]],
-                   files: Sequence[Path]) -> None:
+def log_comparison(
+    run: RunLog, rows: Sequence[Row], contributions: dict[str, list[LayerContribution]], files: Sequence[Path]
+) -> None:
     metrics = {}
     for row in rows:
-        values = row.metrics | {"resolution": row.resolution, "forward_passes": row.forward_passes,
-                                "seconds_per_image": row.seconds_per_image}
+        values = row.metrics | {
+            "resolution": row.resolution,
+            "forward_passes": row.forward_passes,
+            "seconds_per_image": row.seconds_per_image,
+        }
         values |= {key: getattr(row, key) for key in ("coverage", "agreement") if getattr(row, key) is not None}
         metrics |= {f"{metric_key(row.method)}.{key}": value for key, value in values.items()}
     for name, entries in contributions.items():
@@ -78,13 +82,21 @@ def log_comparison(run: RunLog, rows: Sequence[Row], contributions: dict[str, li
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("--head", required=True, action="append", type=Path,
-                        help="folder written by pipeline.train (repeatable; all must explain the same backbone)")
+    parser.add_argument(
+        "--head",
+        required=True,
+        action="append",
+        type=Path,
+        help="folder written by pipeline.train (repeatable; all must explain the same backbone)",
+    )
     add_source_arguments(parser)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
-    parser.add_argument("--ca-stream", type=Path,
-                        help="add the CA rows of this CA-Stream (pipeline.castream's folder): ca-<CAM> for the "
-                             "Grad-CAM, Grad-CAM++ and Score-CAM of --methods, and ca-attention")
+    parser.add_argument(
+        "--ca-stream",
+        type=Path,
+        help="add the CA rows of this CA-Stream (pipeline.castream's folder): ca-<CAM> for the "
+        "Grad-CAM, Grad-CAM++ and Score-CAM of --methods, and ca-attention",
+    )
     parser.add_argument("--target-layer", help="module of the backbone the CAMs read (default: the backbone's preset)")
     parser.add_argument("--rise-masks", type=int, default=RiseSettings.masks, help="RISE's N (default 8000)")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="output folder")
@@ -107,8 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(road_notes), flush=True)
     classifier = first.classifier
     rise = RiseSettings(masks=args.rise_masks, batch_size=config.evaluation.batch_size)
-    methods = head_methods(heads) + baseline_methods(args.methods, classifier, args.target_layer,
-                                                     config.evaluation.batch_size, rise)
+    methods = head_methods(heads) + baseline_methods(
+        args.methods, classifier, args.target_layer, config.evaluation.batch_size, rise
+    )
     if args.ca_stream:
         stream = load_stream_for(args.ca_stream, config, args.device)
         methods += stream_methods(stream, args.methods, args.target_layer, config.evaluation.batch_size)
@@ -116,11 +129,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     trained = [directory for directory, _, _ in heads] + ([args.ca_stream] if args.ca_stream else [])
     held_out = check_held_out(trained, evalset.dataset, args.split, args.allow_changed_split, args.allow_seen)
     layers = {m.name: m.target_layer for m in methods if m.target_layer is not None}
-    header = {"backbone": config.model.backbone, "source": args.split or "images", "images": len(evalset),
-              "held_out": held_out.to_json(),
-              "heads": [str(directory) for directory, _, _ in heads], "methods": args.methods,
-              "target_layers": layers, "rise": asdict(rise), "road_protocol": road_protocol_of(config.evaluation),
-              "ca_stream": str(args.ca_stream) if args.ca_stream else None}
+    header = {
+        "backbone": config.model.backbone,
+        "source": args.split or "images",
+        "images": len(evalset),
+        "held_out": held_out.to_json(),
+        "heads": [str(directory) for directory, _, _ in heads],
+        "methods": args.methods,
+        "target_layers": layers,
+        "rise": asdict(rise),
+        "road_protocol": road_protocol_of(config.evaluation),
+        "ca_stream": str(args.ca_stream) if args.ca_stream else None,
+    }
     run = cli.start_tracking(args, "comparison", header)
     with run if run is not None else contextlib.nullcontext():  # a failure marks the MLflow run FAILED
         rows, maps = [], {}
@@ -128,10 +148,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for method in methods:
             row, maps[method.name] = run_method(method, classifier, evalset, config)
             rows.append(row)
-            print(f"{method.name}: {row.seconds_per_image:.3f} s and {_passes(row)} forward passes per map, "
-                  f"scored in {row.details['scoring_seconds']:.1f} s", flush=True)
-        contributions = {m.name: layer_contributions(m.explainer, m.config.evaluation.min_class_count)
-                         for m in methods if m.explainer is not None}
+            print(
+                f"{method.name}: {row.seconds_per_image:.3f} s and {_passes(row)} forward passes per map, "
+                f"scored in {row.details['scoring_seconds']:.1f} s",
+                flush=True,
+            )
+        contributions = {
+            m.name: layer_contributions(m.explainer, m.config.evaluation.min_class_count)
+            for m in methods
+            if m.explainer is not None
+        }
         notes = conventions(evalset, rise, layers, ca_stream=args.ca_stream is not None) + road_notes
         if held_out.note:
             notes.insert(0, held_out.note)

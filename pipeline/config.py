@@ -81,8 +81,10 @@ class DataConfig:
     @model_validator(mode="after")
     def _root_given(self) -> DataConfig:
         if self.dataset != "demo" and not self.root:
-            raise UserError(f"data.root is required for data.dataset = {self.dataset!r}; "
-                            "set it with --set data.root=/path/to/images or use data.dataset=demo")
+            raise UserError(
+                f"data.root is required for data.dataset = {self.dataset!r}; "
+                "set it with --set data.root=/path/to/images or use data.dataset=demo"
+            )
         return self
 
 
@@ -129,15 +131,21 @@ class LossConfig:
                 "lambda3 = 1 - lambda1 - lambda2 would be negative; lower one of them (or give loss.lambda3)"
             )
         if self.lambda_rand is not None and self.class_subset == "reference":
-            raise UserError(f"loss.lambda_rand = {self.lambda_rand} has no effect with loss.class_subset = "
-                            "'reference' (S is the batch's predictions); drop it or use loss.class_subset = 'paper'")
+            raise UserError(
+                f"loss.lambda_rand = {self.lambda_rand} has no effect with loss.class_subset = "
+                "'reference' (S is the batch's predictions); drop it or use loss.class_subset = 'paper'"
+            )
         # The border penalty and power belong to the reference form; the paper's eq. 3 has neither.
-        reference_defaults = (("border_penalty", REFERENCE_BORDER_PENALTY),
-                              ("variation_power", REFERENCE_VARIATION_POWER))
+        reference_defaults = (
+            ("border_penalty", REFERENCE_BORDER_PENALTY),
+            ("variation_power", REFERENCE_VARIATION_POWER),
+        )
         for key, default in reference_defaults:
             if self.variation == "paper" and getattr(self, key) != default:
-                raise UserError(f"loss.{key} = {getattr(self, key):g} only acts with loss.variation = 'reference' (the "
-                                f"paper's eq. 3 has no such term); set loss.variation=reference or drop loss.{key}")
+                raise UserError(
+                    f"loss.{key} = {getattr(self, key):g} only acts with loss.variation = 'reference' (the "
+                    f"paper's eq. 3 has no such term); set loss.variation=reference or drop loss.{key}"
+                )
         return self
 
 
@@ -166,8 +174,10 @@ class EvalConfig:
     or "telea" (OpenCV inpainting, the P-TAME paper's Table 1; ``noise`` does not apply)."""
 
     percentages: list[Annotated[Int, Field(gt=0, lt=100)]] = Field(
-        default_factory=lambda: [10, 20, 30, 40, 50, 70, 90], min_length=1,
-        description="removal percentages strictly between 0 and 100, e.g. [10, 20, 30, 40, 50, 70, 90]")
+        default_factory=lambda: [10, 20, 30, 40, 50, 70, 90],
+        min_length=1,
+        description="removal percentages strictly between 0 and 100, e.g. [10, 20, 30, 40, 50, 70, 90]",
+    )
     imputer: Imputer = "noisy_linear"
     noise: Float = 0.01
     batch_size: Int = Field(32, ge=1)
@@ -191,8 +201,10 @@ class CheckpointConfig:
     """
 
     at: list[Annotated[Int, Field(gt=0, lt=100)]] | None = Field(
-        None, description="percentages of training strictly between 0 and 100, increasing; [] turns checkpoints off; "
-                          "left out: [50, 75] with early_stop, none without")
+        None,
+        description="percentages of training strictly between 0 and 100, increasing; [] turns checkpoints off; "
+        "left out: [50, 75] with early_stop, none without",
+    )
     images: Int = Field(256, ge=1, description="the first validation images, scored at every checkpoint")
     early_stop: Bool = False
     dominating: Int = Field(2, ge=1, description="completed trials that must beat a trial to stop it")
@@ -208,11 +220,12 @@ class CheckpointConfig:
     def _increasing(self) -> CheckpointConfig:
         at = self.percentages
         if any(later <= earlier for earlier, later in zip(at, at[1:])):
-            raise UserError(f"checkpoints.at = {at}: give distinct percentages in increasing order, "
-                            "e.g. [50, 75]")
+            raise UserError(f"checkpoints.at = {at}: give distinct percentages in increasing order, e.g. [50, 75]")
         if self.early_stop and not at:
-            raise UserError("checkpoints.early_stop = true needs checkpoints to stop at; set checkpoints.at, "
-                            "e.g. [50, 75], or leave it out")
+            raise UserError(
+                "checkpoints.early_stop = true needs checkpoints to stop at; set checkpoints.at, "
+                "e.g. [50, 75], or leave it out"
+            )
         return self
 
 
@@ -240,8 +253,7 @@ class CAStreamConfig:
     weight_decay: Float = Field(1e-4, ge=0)
     momentum: Float = Field(0.9, ge=0, lt=1, description="SGD only")
     target: Literal["auto", "labels", "prediction"] = "auto"
-    top1_weight: Float = Field(0.1, gt=0, le=1,
-                               description="prediction target: softmax moved this share to the top-1")
+    top1_weight: Float = Field(0.1, gt=0, le=1, description="prediction target: softmax moved this share to the top-1")
     train_last_projection: Bool = False
     points: list[str] | None = Field(None, description="module names, or null for the backbone's preset")
     pool: str | None = Field(None, description="the global pooling module, or null for the backbone's preset")
@@ -296,12 +308,13 @@ def _locate(root: type, loc: tuple[Any, ...]) -> tuple[str, Any, Any]:
         fields, origin, args = _fields(tp), typing.get_origin(tp), typing.get_args(tp)
         if item in fields:
             key, info, tp = f"{key}.{item}".lstrip("."), fields[item], fields[item].annotation
-        elif origin is dict and loc[position + 1:] == ("[key]",):  # the mapping's key itself is bad
+        elif origin is dict and loc[position + 1 :] == ("[key]",):  # the mapping's key itself is bad
             return key, _bare(args[0]), info
         elif origin is dict or (isinstance(item, int) and origin in (list, tuple)):
             key, tp = (f"{key}.{item}", args[1]) if origin is dict else (f"{key}[{item}]", args[0])
-        elif member := next((m for m in args if any(item in typing.get_args(f.annotation)
-                                                    for f in _fields(m).values())), None):
+        elif member := next(
+            (m for m in args if any(item in typing.get_args(f.annotation) for f in _fields(m).values())), None
+        ):
             tp = member  # a tagged union's member, labelled by its Literal tag
         else:
             break
@@ -323,8 +336,10 @@ def user_error(error: ValidationError, root: type, prefix: str = "") -> UserErro
         unknown = f"{key}.{first['loc'][-1]}".lstrip(".")
         message = f"unknown key '{unknown}'; valid keys here: {', '.join(sorted(_fields(tp)))}"
     elif kind in _RELATIONS:
-        low, high = (next((getattr(m, name) for m in getattr(info, "metadata", ()) if hasattr(m, name)), None)
-                     for name in ("ge", "le"))
+        low, high = (
+            next((getattr(m, name) for m in getattr(info, "metadata", ()) if hasattr(m, name)), None)
+            for name in ("ge", "le")
+        )
         if low is not None and high is not None:
             message = f"{key} = {value} is outside [{low:g}, {high:g}]; choose a value in [{low:g}, {high:g}]"
         elif context == {"gt": 0}:
@@ -374,8 +389,9 @@ class _Loader(yaml.SafeLoader):
     which YAML 1.1 reads as strings."""
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                              list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -33,8 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_source_arguments(parser)
     parser.add_argument("--maps", choices=["head", "random", "center"], default="head")
     parser.add_argument("--out", type=Path, default=Path("evaluation.json"), help="metrics JSON (+ .png curve)")
-    parser.add_argument("--min-count", type=int, help="training images a class needs to count as trained "
-                                                       "(default: the head's evaluation.min_class_count)")
+    parser.add_argument(
+        "--min-count",
+        type=int,
+        help="training images a class needs to count as trained (default: the head's evaluation.min_class_count)",
+    )
     add_road_arguments(parser)
     add_device_argument(parser)
     args = parser.parse_args(argv)
@@ -46,12 +49,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     held_out = check_held_out([args.head], evalset.dataset, args.split, args.allow_changed_split, args.allow_seen)
     evaluation, _ = evaluate_head(explainer, evalset, config.evaluation, args.maps, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = evaluation.to_json() | {"maps": args.maps, "head": str(args.head), "split": args.split or "images",
-                                     "held_out": held_out.to_json(), "evaluation": asdict(config.evaluation)}
+    report = evaluation.to_json() | {
+        "maps": args.maps,
+        "head": str(args.head),
+        "split": args.split or "images",
+        "held_out": held_out.to_json(),
+        "evaluation": asdict(config.evaluation),
+    }
     args.out.write_text(json.dumps(report, indent=2))
-    curve = road_curve(evaluation.road.percentages, evaluation.road.morf, evaluation.road.lerf,
-                       evaluation.road.morf_auc, evaluation.road.lerf_auc, args.out.with_suffix(".png"),
-                       title=f"ROAD, {args.maps} maps, {config.model.backbone}\n{evaluation.road.protocol}")
+    curve = road_curve(
+        evaluation.road.percentages,
+        evaluation.road.morf,
+        evaluation.road.lerf,
+        evaluation.road.morf_auc,
+        evaluation.road.lerf_auc,
+        args.out.with_suffix(".png"),
+        title=f"ROAD, {args.maps} maps, {config.model.backbone}\n{evaluation.road.protocol}",
+    )
     print(summary_line(evaluation))
     if held_out.note:
         print(held_out.note)

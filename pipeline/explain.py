@@ -39,17 +39,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.explain", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--head", type=Path, help="folder written by pipeline.train")
-    source.add_argument("--model", metavar="URI",
-                        help="a registered explainer, e.g. models:/NAME/VERSION or models:/NAME@ALIAS "
-                             "(a search's choice)")
+    source.add_argument(
+        "--model",
+        metavar="URI",
+        help="a registered explainer, e.g. models:/NAME/VERSION or models:/NAME@ALIAS (a search's choice)",
+    )
     parser.add_argument("images", nargs="+", help="image files or folders of images")
     parser.add_argument("--out", type=Path, default=Path("explanations"), help="output folder")
     parser.add_argument("--class", dest="class_index", type=int, help="explain this class instead of the prediction")
-    parser.add_argument("--min-count", type=int, help="training images a class needs to count as trained "
-                                                       "(default: the head's evaluation.min_class_count)")
+    parser.add_argument(
+        "--min-count",
+        type=int,
+        help="training images a class needs to count as trained (default: the head's evaluation.min_class_count)",
+    )
     add_device_argument(parser)
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI for --model "
-                                               "(default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI for --model (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    )
     args = parser.parse_args(argv)
     if args.head is not None:
         explainer, config = load_explainer(args.head, args.device)
@@ -76,8 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{path}: {title} -> {written}")
         if not bool(result.trained[0]):
             count = int(explainer.head.target_counts[target])
-            print(f"  warning: class {target} was explained {count} time(s) in training (< {min_count}); "
-                  "this map is the head's untrained initial row, not an explanation")
+            print(
+                f"  warning: class {target} was explained {count} time(s) in training (< {min_count}); "
+                "this map is the head's untrained initial row, not an explanation"
+            )
     return 0
 
 

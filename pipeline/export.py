@@ -18,8 +18,9 @@ from pipeline.hpo.folder import DEFAULT_ROOT, SearchFolder
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="the search's name")
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
-                        help=f"folder holding searches (default {DEFAULT_ROOT})")
+    parser.add_argument(
+        "--root", type=Path, default=DEFAULT_ROOT, help=f"folder holding searches (default {DEFAULT_ROOT})"
+    )
     parser.add_argument("--out", type=Path, help="output YAML (default: <search>/export/best.yaml)")
     parser.add_argument("--select", type=int, metavar="TRIAL", help="export this trial instead of the best")
     args = parser.parse_args(argv)

@@ -25,8 +25,10 @@ def search_lock(directory: Path, name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = path.read_text().strip() or "another process"
-            raise UserError(f"search {name!r} is already running ({holder}) in {directory}; wait for it to "
-                            "finish or stop it, then rerun this command to resume") from None
+            raise UserError(
+                f"search {name!r} is already running ({holder}) in {directory}; wait for it to "
+                "finish or stop it, then rerun this command to resume"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")

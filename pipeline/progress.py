@@ -19,8 +19,15 @@ class Progress:
     at most every ``interval_s`` seconds (a short run prints none). ``enabled=False``: silent.
     """
 
-    def __init__(self, total: int, description: str, unit: str, enabled: bool = True,
-                 stream: TextIO | None = None, interval_s: float = LOG_INTERVAL_S):
+    def __init__(
+        self,
+        total: int,
+        description: str,
+        unit: str,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        interval_s: float = LOG_INTERVAL_S,
+    ):
         self.total, self.description, self.unit = total, description, unit
         self.stream = stream or sys.stdout
         self.interval_s = interval_s
@@ -42,8 +49,12 @@ class Progress:
             self.last_line = time.monotonic()
             rate = self.done / max(self.last_line - self.started, 1e-9)
             share = 100 * self.done / max(self.total, 1)
-            print(f"{self.description}: {self.done}/{self.total} {self.unit} ({share:.0f} %)"
-                  f"{', ' + status if status else ''}, {rate:.3g} {self.unit}/s", file=self.stream, flush=True)
+            print(
+                f"{self.description}: {self.done}/{self.total} {self.unit} ({share:.0f} %)"
+                f"{', ' + status if status else ''}, {rate:.3g} {self.unit}/s",
+                file=self.stream,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

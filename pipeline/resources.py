@@ -31,8 +31,10 @@ def _resolve(path: str | Path, folder: Path, kind: str) -> Path:
         for candidate in (folder / name, folder / f"{name}.yaml"):
             if candidate.is_file():
                 return candidate
-    raise UserError(f"{kind} file {str(path)!r} does not exist, nor is it a packaged {kind}; give a YAML file "
-                    f"or one of: {', '.join(packaged_names(folder))}")
+    raise UserError(
+        f"{kind} file {str(path)!r} does not exist, nor is it a packaged {kind}; give a YAML file "
+        f"or one of: {', '.join(packaged_names(folder))}"
+    )
 
 
 def experiment_file(path: str | Path) -> Path:

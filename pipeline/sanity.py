@@ -38,17 +38,21 @@ from pipeline.training.saved_head import load_explainer
 from pipeline.training.stream_training import load_stream
 
 FIGURE_IMAGES = 3
-STREAM_PROTOCOL = ("the trained stream is kept on the randomised backbone: its maps change through the randomised "
-                   "features and the class the backbone predicts")
+STREAM_PROTOCOL = (
+    "the trained stream is kept on the randomised backbone: its maps change through the randomised "
+    "features and the class the backbone predicts"
+)
 
 
 def _line(level: Level) -> str:
     unchanged = level.level > 0 and level.values_changed == 0
     warning = "  (the fresh weights equal the loaded ones: nothing changed)" if unchanged else ""
-    return (f"level {level.level:2d}  randomised up to {level.block:<22} SSIM {level.ssim_mean:.3f} ± "
-            f"{level.ssim_std:.3f}  predictions changed {level.predictions_changed:6.1%}  "
-            f"coverage {'   n/a' if level.coverage is None else format(level.coverage, '6.1%')}  "
-            f"{level.seconds:6.1f} s{warning}")
+    return (
+        f"level {level.level:2d}  randomised up to {level.block:<22} SSIM {level.ssim_mean:.3f} ± "
+        f"{level.ssim_std:.3f}  predictions changed {level.predictions_changed:6.1%}  "
+        f"coverage {'   n/a' if level.coverage is None else format(level.coverage, '6.1%')}  "
+        f"{level.seconds:6.1f} s{warning}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,20 +60,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     explained = parser.add_mutually_exclusive_group(required=True)
     explained.add_argument("--head", type=Path, help="folder written by pipeline.train")
     explained.add_argument("--ca-stream", type=Path, help="folder written by pipeline.castream")
-    parser.add_argument("--ca-maps", choices=["attention", *CA_METHODS], default="attention",
-                        help="the CA-Stream's maps to test (default: its raw last-stage attention)")
+    parser.add_argument(
+        "--ca-maps",
+        choices=["attention", *CA_METHODS],
+        default="attention",
+        help="the CA-Stream's maps to test (default: its raw last-stage attention)",
+    )
     parser.add_argument("--target-layer", help="CAM layer for --ca-maps gradcam/gradcam++/scorecam (default: preset)")
     add_source_arguments(parser)
     parser.add_argument("--protocol", choices=list(PROTOCOLS), default="reevaluate")
-    parser.add_argument("--blocks", help="comma-separated backbone blocks, input first; '+' joins modules "
-                                         "(default: the backbone's preset)")
+    parser.add_argument(
+        "--blocks",
+        help="comma-separated backbone blocks, input first; '+' joins modules (default: the backbone's preset)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random backbone weights")
     parser.add_argument("--out", type=Path, default=Path("sanity"), help="output folder")
     add_device_argument(parser)
     args = parser.parse_args(argv)
     if args.ca_stream and args.protocol != "reevaluate":
-        parser.error(f"--protocol {args.protocol} with --ca-stream: a stream is tested with its trained weights kept "
-                     "(--protocol reevaluate)")
+        parser.error(
+            f"--protocol {args.protocol} with --ca-stream: a stream is tested with its trained weights kept "
+            "(--protocol reevaluate)"
+        )
     if args.ca_stream:
         stream, config = load_stream(args.ca_stream, args.device)
         classifier = stream.classifier
@@ -79,16 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         classifier = explainer.classifier
     blocks = blocks_for(config.model.backbone, classifier.network, args.blocks)
     evalset = load_eval_set(classifier, config, args.split, args.images, args.limit)
-    held_out = check_held_out([args.ca_stream or args.head], evalset.dataset, args.split, args.allow_changed_split,
-                              args.allow_seen)
+    held_out = check_held_out(
+        [args.ca_stream or args.head], evalset.dataset, args.split, args.allow_changed_split, args.allow_seen
+    )
     if held_out.note:
         print(held_out.note)
     what = f"CA-Stream {args.ca_maps} maps" if args.ca_stream else "head maps"
     description = STREAM_PROTOCOL if args.ca_stream else PROTOCOLS[args.protocol]
     print(f"MPRT of {what}, protocol {args.protocol}: {description}")
-    print(f"cascading bottom-up randomisation of {config.model.backbone} over {len(blocks)} blocks: "
-          + "; ".join(f"{b.label} = {'+'.join(b.modules)}" for b in blocks))
+    print(
+        f"cascading bottom-up randomisation of {config.model.backbone} over {len(blocks)} blocks: "
+        + "; ".join(f"{b.label} = {'+'.join(b.modules)}" for b in blocks)
+    )
     started = time.perf_counter()
+
     def report(level: Level) -> None:
         print(_line(level), flush=True)
 
@@ -99,19 +115,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"sanity_{args.protocol}"
-    report = {"protocol": args.protocol, "protocol_description": description,
-              "order": "bottom-up, cascading", "similarity": "SSIM (skimage, 7x7 window, data range 1)",
-              "head": str(args.head) if args.head else None,
-              "ca_stream": {"folder": str(args.ca_stream), "maps": args.ca_maps} if args.ca_stream else None,
-              "backbone": config.model.backbone, "source": args.split or "images",
-              "held_out": held_out.to_json(), "images": len(evalset), "seed": args.seed, "seconds": round(seconds, 1),
-              "levels": [asdict(level) for level in levels]}
+    report = {
+        "protocol": args.protocol,
+        "protocol_description": description,
+        "order": "bottom-up, cascading",
+        "similarity": "SSIM (skimage, 7x7 window, data range 1)",
+        "head": str(args.head) if args.head else None,
+        "ca_stream": {"folder": str(args.ca_stream), "maps": args.ca_maps} if args.ca_stream else None,
+        "backbone": config.model.backbone,
+        "source": args.split or "images",
+        "held_out": held_out.to_json(),
+        "images": len(evalset),
+        "seed": args.seed,
+        "seconds": round(seconds, 1),
+        "levels": [asdict(level) for level in levels],
+    }
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     shown = slice(0, min(FIGURE_IMAGES, len(evalset)))
-    figure = sanity_figure([level.block for level in levels], [level.ssim_mean for level in levels],
-                           [level.ssim_std for level in levels], evalset.first_images(FIGURE_IMAGES),
-                           [level_maps[shown] for level_maps in maps], stem.with_suffix(".png"),
-                           title=f"MPRT ({args.protocol}) of {what}, {config.model.backbone}, {len(evalset)} images")
+    figure = sanity_figure(
+        [level.block for level in levels],
+        [level.ssim_mean for level in levels],
+        [level.ssim_std for level in levels],
+        evalset.first_images(FIGURE_IMAGES),
+        [level_maps[shown] for level_maps in maps],
+        stem.with_suffix(".png"),
+        title=f"MPRT ({args.protocol}) of {what}, {config.model.backbone}, {len(evalset)} images",
+    )
     print(f"{len(levels)} levels in {seconds:.1f} s; wrote {stem.with_suffix('.json')} and {figure}")
     return 0
 

@@ -27,8 +27,7 @@ SCHEMA_FILE = EXPERIMENTS / "experiment.schema.json"
 
 def experiment_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of an experiment YAML file, from `ExperimentConfig`."""
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            **TypeAdapter(ExperimentConfig).json_schema()}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **TypeAdapter(ExperimentConfig).json_schema()}
 
 
 def schema_text() -> str:
@@ -45,8 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.out.write_text(schema_text())
     except OSError as error:
-        raise UserError(f"cannot write the schema to {str(args.out)!r}: {error.strerror}; pass --out to a writable "
-                        "file in an existing folder") from None
+        raise UserError(
+            f"cannot write the schema to {str(args.out)!r}: {error.strerror}; pass --out to a writable "
+            "file in an existing folder"
+        ) from None
     print(f"wrote {args.out}")
     return 0
 

@@ -26,14 +26,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = configs.load(experiment_file(args.experiment) if args.experiment else None, args.overrides)
     out = args.out or Path("runs") / config.name
-    print(f"training a P-TAME head: backbone {config.model.backbone}, auxiliary {config.model.auxiliary}, "
-          f"λ1={config.loss.lambda1:g} λ2={config.loss.lambda2:g} λ3={config.loss.variation_weight:g} "
-          f"λ_area={config.loss.lambda_area:g}, {config.loss.describe()}")
+    print(
+        f"training a P-TAME head: backbone {config.model.backbone}, auxiliary {config.model.auxiliary}, "
+        f"λ1={config.loss.lambda1:g} λ2={config.loss.lambda2:g} λ3={config.loss.variation_weight:g} "
+        f"λ_area={config.loss.lambda_area:g}, {config.loss.describe()}"
+    )
     trained = train_head(config, progress=not args.no_progress)
     save_head(trained, out)
     summary = trained.summary
-    print(f"trained {summary.steps} steps ({summary.images} images) in {summary.seconds:.1f} s, "
-          f"final loss {summary.last.get('loss', float('nan')):.4f}; wrote {out}/{HEAD_FILE} and {out}/{CONFIG_FILE}")
+    print(
+        f"trained {summary.steps} steps ({summary.images} images) in {summary.seconds:.1f} s, "
+        f"final loss {summary.last.get('loss', float('nan')):.4f}; wrote {out}/{HEAD_FILE} and {out}/{CONFIG_FILE}"
+    )
     print(coverage_line(trained.coverage))
     return 0
 

@@ -54,16 +54,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Keep the tiers honest: a test that uses the server, Ray or the demo search command is marked ``system``;
     keep the workers' schedule right: a test of the demo search is in one of DEMO_SEARCH_FILES; and run the files
     with slow tests first."""
-    wrong = [item.nodeid for item in items
-             if item.get_closest_marker("system") is None and SYSTEM_FIXTURES & set(item.fixturenames)]
+    wrong = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("system") is None and SYSTEM_FIXTURES & set(item.fixturenames)
+    ]
     if wrong:
-        raise pytest.UsageError("mark these tests @pytest.mark.system (they use a server, Ray or a command): "
-                                + ", ".join(wrong))
-    elsewhere = [item.nodeid for item in items
-                 if "demo_search" in item.fixturenames and item.path.name not in DEMO_SEARCH_FILES]
+        raise pytest.UsageError(
+            "mark these tests @pytest.mark.system (they use a server, Ray or a command): " + ", ".join(wrong)
+        )
+    elsewhere = [
+        item.nodeid for item in items if "demo_search" in item.fixturenames and item.path.name not in DEMO_SEARCH_FILES
+    ]
     if elsewhere:
-        raise pytest.UsageError("add these tests' files to DEMO_SEARCH_FILES in tests/conftest.py: "
-                                + ", ".join(elsewhere))
+        raise pytest.UsageError(
+            "add these tests' files to DEMO_SEARCH_FILES in tests/conftest.py: " + ", ".join(elsewhere)
+        )
     with_slow_tests = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in with_slow_tests)  # long files first: no worker waits at the end
 
@@ -85,8 +91,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Without pytest-xdist, launch the MLflow server in the background as soon as the selected tests are known to
     need it, so that it starts while the tests before the first one that uses it run. (An xdist worker collects
     every test, and launches it only when one of its tests asks.)"""
-    if "PYTEST_XDIST_WORKER" not in os.environ and any("mlflow_server" in item.fixturenames
-                                                           for item in session.items):
+    if "PYTEST_XDIST_WORKER" not in os.environ and any("mlflow_server" in item.fixturenames for item in session.items):
         _launch_server()
 
 
@@ -145,8 +150,13 @@ class DemoSearch:
 
 
 # Per trial two training steps of 8 views, 9 validation views, ROAD at one percentage.
-DEMO_SEARCH_SETTINGS = ["data.demo_train_views=16", "train.batch_size=8", "data.demo_eval_views=9",
-                        "evaluation.percentages=[50]", "evaluation.min_class_count=2"]
+DEMO_SEARCH_SETTINGS = [
+    "data.demo_train_views=16",
+    "train.batch_size=8",
+    "data.demo_eval_views=9",
+    "evaluation.percentages=[50]",
+    "evaluation.min_class_count=2",
+]
 
 
 @pytest.fixture(scope="session")
@@ -158,12 +168,29 @@ def demo_search(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) ->
     (test_registered_explainer)."""
     root = tmp_path_factory.mktemp("demo_search")
     space = root / "ptame.yaml"  # the paper's space, with BoTorch from the third trial
-    space.write_text((REPO / "search_spaces" / "ptame.yaml").read_text().replace("initialization_trials: 5\n",
-                                                                                  "initialization_trials: 2\n"))
+    space.write_text(
+        (REPO / "search_spaces" / "ptame.yaml")
+        .read_text()
+        .replace("initialization_trials: 5\n", "initialization_trials: 2\n")
+    )
     name = "review"
-    command = [sys.executable, "-m", "pipeline.search", "--experiment", str(REPO / "experiments" / "demo.yaml"),
-               "--space", str(space), "--trials", "3", "--name", name, "--out", str(root / "runs"),
-               "--tracking-uri", mlflow_server]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.search",
+        "--experiment",
+        str(REPO / "experiments" / "demo.yaml"),
+        "--space",
+        str(space),
+        "--trials",
+        "3",
+        "--name",
+        name,
+        "--out",
+        str(root / "runs"),
+        "--tracking-uri",
+        mlflow_server,
+    ]
     for override in DEMO_SEARCH_SETTINGS:
         command += ["--set", override]
     env = os.environ | {"PYTHONPATH": str(REPO), "PYTHONWARNINGS": "default"}  # warnings would show, if raised

@@ -78,8 +78,14 @@ def test_the_efficientnet_lite_preset_reads_a_7x7_map():
 
 
 @pytest.mark.system  # builds the paper's real backbones
-@pytest.mark.parametrize("backbone, layer, grid", [("vgg16", "features.30", (7, 7)), ("resnet50", "layer4.2", (7, 7)),
-                                                    ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", (14, 14))])
+@pytest.mark.parametrize(
+    "backbone, layer, grid",
+    [
+        ("vgg16", "features.30", (7, 7)),
+        ("resnet50", "layer4.2", (7, 7)),
+        ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", (14, 14)),
+    ],
+)
 def test_paper_backbone_presets(backbone, layer, grid):
     cam = CamMethod("gradcam", load_classifier(backbone, weights="random"))
     assert (cam.layer_name, cam.grid, cam.tokens) == (layer, grid, backbone == "vit_b_16")

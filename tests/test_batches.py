@@ -57,8 +57,14 @@ def encoded(image: Image.Image, fmt: str, **options) -> bytes:
 @pytest.fixture
 def odd_folder(tmp_path: Path) -> Path:
     """ImageNet-like ``.JPEG`` files in two classes: plain, progressive, grayscale and CMYK JPEGs and a PNG."""
-    kinds = [("JPEG", "RGB", {}), ("PNG", "RGB", {}), ("JPEG", "CMYK", {}), ("JPEG", "L", {}),
-             ("JPEG", "RGB", {"progressive": True}), ("JPEG", "RGB", {"exif": b"Exif\x00\x00" + bytes(2000)})]
+    kinds = [
+        ("JPEG", "RGB", {}),
+        ("PNG", "RGB", {}),
+        ("JPEG", "CMYK", {}),
+        ("JPEG", "L", {}),
+        ("JPEG", "RGB", {"progressive": True}),
+        ("JPEG", "RGB", {"exif": b"Exif\x00\x00" + bytes(2000)}),
+    ]
     for index, (fmt, mode, options) in enumerate(kinds * 2):
         folder = tmp_path / f"n0{index % 2}"
         folder.mkdir(exist_ok=True)
@@ -72,8 +78,13 @@ def test_nvjpeg_eligibility_is_read_from_the_content_not_the_name(odd_folder):
         content = path.read_bytes()
         with Image.open(path) as image:
             verdicts[(image.format, image.mode, "progressive" in image.info)] = nvjpeg_can_decode(as_tensor(content))
-    assert verdicts == {("JPEG", "RGB", False): True, ("JPEG", "RGB", True): True, ("JPEG", "L", False): True,
-                        ("JPEG", "CMYK", False): False, ("PNG", "RGB", False): False}
+    assert verdicts == {
+        ("JPEG", "RGB", False): True,
+        ("JPEG", "RGB", True): True,
+        ("JPEG", "L", False): True,
+        ("JPEG", "CMYK", False): False,
+        ("PNG", "RGB", False): False,
+    }
     assert jpeg_frame(encoded(photo(0).convert("CMYK"), "JPEG")) == (0xC0, 8, 4)
     assert jpeg_frame(b"\xff\xd8\xff") is None and jpeg_frame(b"GIF89a") is None
 
@@ -88,10 +99,15 @@ def test_views_have_the_input_size_and_range_and_come_from_the_resized_image():
     assert resized.shape[-2] == shorter
     offsets, flips = set(), 0
     for view in views:
-        found = [(top, left, flip) for top in range(resized.shape[-2] - size + 1)
-                 for left in range(resized.shape[-1] - size + 1) for flip in (False, True)
-                 if torch.allclose((view.flip(-1) if flip else view),
-                                   resized[:, top: top + size, left: left + size], atol=1e-6)]
+        found = [
+            (top, left, flip)
+            for top in range(resized.shape[-2] - size + 1)
+            for left in range(resized.shape[-1] - size + 1)
+            for flip in (False, True)
+            if torch.allclose(
+                (view.flip(-1) if flip else view), resized[:, top : top + size, left : left + size], atol=1e-6
+            )
+        ]
         assert len(found) == 1, "every view is one crop (maybe flipped) of the resized image"
         offsets.add(found[0][:2])
         flips += found[0][2]
@@ -131,6 +147,7 @@ def test_decoded_pixels_equal_pil_for_every_kind_of_file(odd_folder):
 
 def png_16_bit(pixels: np.ndarray) -> bytes:
     """A 16-bit RGB PNG of ``pixels`` (uint16 [H, W, 3]); PIL writes no such file."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -143,8 +160,10 @@ def png_16_bit(pixels: np.ndarray) -> bytes:
 def test_16_bit_pngs_and_animations_decode_to_8_bit_first_frames_like_pil(tmp_path):
     deep = (np.random.default_rng(0).random((20, 30, 3)) * 65535).astype(np.uint16)
     frames = [photo(seed, 20, 30) for seed in (1, 2)]
-    files = {"deep.png": png_16_bit(deep),
-             "moving.gif": encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])}
+    files = {
+        "deep.png": png_16_bit(deep),
+        "moving.gif": encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+    }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
         (image,) = decode_batch([as_tensor(content)], [str(tmp_path / name)], CPU)
@@ -193,9 +212,24 @@ def test_a_truncated_jpeg_read_by_loader_workers_is_still_one_line_from_the_cli(
         broken.write_bytes(broken.read_bytes()[:700])
     model = [f"--set=model.{key}={value}" for key, value in TOY_MODEL.items()]
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.train", *model, "--set=data.dataset=folder", f"--set=data.root={odd_folder}",
-         "--set=data.num_workers=2", "--set=train.batch_size=2", "--no-progress", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=ROOT, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pipeline.train",
+            *model,
+            "--set=data.dataset=folder",
+            f"--set=data.root={odd_folder}",
+            "--set=data.num_workers=2",
+            "--set=train.batch_size=2",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: cannot read image '{odd_folder}/n0") and line.endswith("remove or replace the file")
@@ -210,8 +244,9 @@ def test_a_folder_of_png_cmyk_and_grayscale_files_named_jpeg_trains_on_the_devic
     explainer = build_explainer(toy_models, ModelConfig(**TOY_MODEL), seed=0)
     before = [p.detach().clone() for p in explainer.head.parameters()]
     loaded = DeviceBatches(image_folder(odd_folder, train_transform(32)), 4, 32, CPU, seed=0)
-    summary = train(explainer, loaded, len(loaded), configs.LossConfig(), TrainConfig(compile=False), CPU,
-                    progress=False)
+    summary = train(
+        explainer, loaded, len(loaded), configs.LossConfig(), TrainConfig(compile=False), CPU, progress=False
+    )
     assert summary.steps == 3 and summary.images == 12 and np.isfinite(summary.last["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, explainer.head.parameters()))
 
@@ -320,8 +355,9 @@ def test_compiled_and_eager_training_give_the_same_loss(toy_models):
     results = {}
     for compile_ in (False, True):
         explainer = build_explainer(toy_models, ModelConfig(**TOY_MODEL), seed=0)
-        summary = train(explainer, batches, len(batches), configs.LossConfig(), TrainConfig(compile=compile_), CPU,
-                        progress=False)
+        summary = train(
+            explainer, batches, len(batches), configs.LossConfig(), TrainConfig(compile=compile_), CPU, progress=False
+        )
         results[compile_] = summary, torch.cat([p.detach().flatten() for p in explainer.head.parameters()])
     (eager, eager_weights), (fast, fast_weights) = results[False], results[True]
     assert fast.compile_seconds > 0 and eager.compile_seconds == 0

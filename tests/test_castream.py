@@ -33,10 +33,13 @@ TINY_LAYOUT = StreamLayout(tuple(TINY_RESNET_STREAM["points"]), TINY_RESNET_STRE
 
 
 def toy_config(tmp_path: Path, **castream) -> Path:
-    values = {"name": "toy-stream", "model": {"backbone": TINY_RESNET},
-              "data": {"dataset": "demo", "demo_train_views": 16, "demo_eval_views": 9},
-              "train": {"batch_size": 8, "device": "cpu"},
-              "castream": {**TINY_RESNET_STREAM, "lr": 0.01, **castream}}
+    values = {
+        "name": "toy-stream",
+        "model": {"backbone": TINY_RESNET},
+        "data": {"dataset": "demo", "demo_train_views": 16, "demo_eval_views": 9},
+        "train": {"batch_size": 8, "device": "cpu"},
+        "castream": {**TINY_RESNET_STREAM, "lr": 0.01, **castream},
+    }
     path = tmp_path / "stream.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
@@ -62,10 +65,14 @@ def test_an_untrained_stream_gives_the_backbones_logits(single_thread):
 
 
 @pytest.mark.system  # builds the networks at 224 px and runs them in float64 (10-50 s each here)
-@pytest.mark.parametrize("backbone, widths, parameters", [
-    ("resnet50", [64, 256, 512, 1024, 2048], 6_969_152),
-    ("efficientnet_lite0", [32, 16, 24, 40, 80, 112, 192, 320, 1280], 2_148_336),
-    ("timm:convnext_atto", [40, 80, 160, 320, 320], 273_240)])  # the token goes through the head's LayerNorm
+@pytest.mark.parametrize(
+    "backbone, widths, parameters",
+    [
+        ("resnet50", [64, 256, 512, 1024, 2048], 6_969_152),
+        ("efficientnet_lite0", [32, 16, 24, 40, 80, 112, 192, 320, 1280], 2_148_336),
+        ("timm:convnext_atto", [40, 80, 160, 320, 320], 273_240),
+    ],
+)  # the token goes through the head's LayerNorm
 def test_an_untrained_stream_reproduces_resnet50_lite0_and_convnext(backbone, widths, parameters):
     model = CAStreamModel(load_classifier(backbone, "random"), preset_layout(backbone))
     assert model.stream.widths == widths
@@ -127,8 +134,18 @@ def test_only_the_stream_trains_and_the_backbone_statistics_do_not_move(tmp_path
 def test_the_command_saves_a_weights_only_stream_that_loads_back(tmp_path, capsys, single_thread):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as stop:
-        cli.run(castream_main, ["--experiment", str(toy_config(tmp_path)), "--set", "castream.epochs=2",
-                                "--out", str(out), "--no-progress"])
+        cli.run(
+            castream_main,
+            [
+                "--experiment",
+                str(toy_config(tmp_path)),
+                "--set",
+                "castream.epochs=2",
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+        )
     assert stop.value.code == 0
     printed = capsys.readouterr().out
     assert "test: top-1 agreement with tests.toy_models:tiny_resnet" in printed
@@ -148,8 +165,20 @@ def test_the_command_logs_params_steps_agreement_and_the_stream_to_mlflow(tmp_pa
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(SystemExit) as stop:
-        cli.run(castream_main, ["--experiment", str(toy_config(tmp_path)), "--set", "castream.epochs=2",
-                                "--out", str(tmp_path / "out"), "--no-progress", "--tracking-uri", uri])
+        cli.run(
+            castream_main,
+            [
+                "--experiment",
+                str(toy_config(tmp_path)),
+                "--set",
+                "castream.epochs=2",
+                "--out",
+                str(tmp_path / "out"),
+                "--no-progress",
+                "--tracking-uri",
+                uri,
+            ],
+        )
     assert stop.value.code == 0, capsys.readouterr().err
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("ptame").experiment_id], "tags.role = 'castream'")[0]
@@ -238,8 +267,13 @@ def test_with_the_identity_last_projection_grad_cam_on_the_stream_is_grad_cam_on
         attention = model.run(batch).attentions[-1]
     assert attention.flatten(1).amin(1).max() < 0.1  # far from uniform (1/4 on the 2x2 grid)
     targets = model(batch).argmax(1)
-    maps = {name: (CamMethod(name, model.classifier, "layer4", model=model)(batch, targets),
-                   CamMethod(name, model.classifier, "layer4")(batch, targets)) for name in ("gradcam", "gradcam++")}
+    maps = {
+        name: (
+            CamMethod(name, model.classifier, "layer4", model=model)(batch, targets),
+            CamMethod(name, model.classifier, "layer4")(batch, targets),
+        )
+        for name in ("gradcam", "gradcam++")
+    }
     torch.testing.assert_close(*maps["gradcam"], atol=1e-5, rtol=1e-4)
     assert (maps["gradcam++"][0] - maps["gradcam++"][1]).abs().max() > 0.01
 
@@ -252,8 +286,9 @@ def compare(argv: list[str], capsys) -> tuple[int, str]:
 
 
 @pytest.mark.slow  # trains a toy head and two toy streams, then five comparison rows (about 20 s)
-def test_compare_ca_rows_score_like_pipeline_evaluate_and_refuse_another_backbones_stream(tmp_path, capsys,
-                                                                                           single_thread):
+def test_compare_ca_rows_score_like_pipeline_evaluate_and_refuse_another_backbones_stream(
+    tmp_path, capsys, single_thread
+):
     # a stream that moves away from GAP, its last projection trained as in the paper (else Grad-CAM would not change)
     experiment = toy_config(tmp_path, epochs=3, lr=0.05, top1_weight=1.0, train_last_projection=True)
     values = yaml.safe_load(experiment.read_text())
@@ -265,14 +300,38 @@ def test_compare_ca_rows_score_like_pipeline_evaluate_and_refuse_another_backbon
             cli.run(command, ["--experiment", str(experiment), "--out", str(tmp_path / out), "--no-progress"])
         assert stop.value.code == 0
 
-    code, printed = compare(["--head", str(tmp_path / "head"), "--ca-stream", str(tmp_path / "stream"), "--split",
-                             "val", "--limit", "4", "--methods", "gradcam,gradcam++,scorecam", "--target-layer",
-                             "layer4", "--out", str(tmp_path / "out")], capsys)
+    code, printed = compare(
+        [
+            "--head",
+            str(tmp_path / "head"),
+            "--ca-stream",
+            str(tmp_path / "stream"),
+            "--split",
+            "val",
+            "--limit",
+            "4",
+            "--methods",
+            "gradcam,gradcam++,scorecam",
+            "--target-layer",
+            "layer4",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capsys,
+    )
     assert code == 0, printed
     report = json.loads((tmp_path / "out" / "comparison.json").read_text())
     rows = {row["method"]: row for row in report["rows"]}
-    assert list(rows) == ["P-TAME (head)", "gradcam", "gradcam++", "scorecam", "ca-gradcam", "ca-gradcam++",
-                          "ca-scorecam", "ca-attention"]
+    assert list(rows) == [
+        "P-TAME (head)",
+        "gradcam",
+        "gradcam++",
+        "scorecam",
+        "ca-gradcam",
+        "ca-gradcam++",
+        "ca-scorecam",
+        "ca-attention",
+    ]
     assert {rows[name]["kind"] for name in list(rows)[4:]} == {"ca-stream"}
     assert [rows[name]["forward_passes"] for name in ("gradcam", "ca-gradcam", "ca-attention")] == [1, 1, 1]
     assert rows["ca-scorecam"]["forward_passes"] == rows["scorecam"]["forward_passes"] == 1 + 512  # per channel
@@ -286,25 +345,53 @@ def test_compare_ca_rows_score_like_pipeline_evaluate_and_refuse_another_backbon
     evalset = load_eval_set(explainer.classifier, config, "val", limit=4)
     images = evalset.first_images(len(evalset))
     agreement = float((model(images).argmax(1) == evalset.targets).float().mean())
-    maps = {"ca-gradcam": CamMethod("gradcam", model.classifier, "layer4", model=model)(images, evalset.targets),
-            "ca-attention": stream_attention_maps(model, images, 32)}
+    maps = {
+        "ca-gradcam": CamMethod("gradcam", model.classifier, "layer4", model=model)(images, evalset.targets),
+        "ca-attention": stream_attention_maps(model, images, 32),
+    }
     gap = CamMethod("gradcam", model.classifier, "layer4")(images, evalset.targets)
     assert (maps["ca-gradcam"] - gap).abs().max() > 0.01, "the stream changes Grad-CAM's map"
     for name, saliency in maps.items():
-        evaluation, _ = evaluate_maps(explainer.classifier, evalset,
-                                      lambda batch, saliency=saliency: saliency[batch.first:batch.first + len(batch)],
-                                      config.evaluation)
+        evaluation, _ = evaluate_maps(
+            explainer.classifier,
+            evalset,
+            lambda batch, saliency=saliency: saliency[batch.first : batch.first + len(batch)],
+            config.evaluation,
+        )
         scores = evaluation.road.metrics() | evaluation.adic.metrics()
         assert scores == pytest.approx({key: rows[name]["metrics"][key] for key in scores}), name
         assert rows[name]["agreement"] == pytest.approx(agreement)
 
     other = tiny_resnet_weights(tmp_path / "other.pt")
     with pytest.raises(SystemExit):
-        cli.run(castream_main, ["--experiment", str(experiment), "--out", str(tmp_path / "other"), "--no-progress",
-                                "--set", f"model.backbone_weights={other}"])
+        cli.run(
+            castream_main,
+            [
+                "--experiment",
+                str(experiment),
+                "--out",
+                str(tmp_path / "other"),
+                "--no-progress",
+                "--set",
+                f"model.backbone_weights={other}",
+            ],
+        )
     capsys.readouterr()
-    code, printed = compare(["--head", str(tmp_path / "head"), "--ca-stream", str(tmp_path / "other"), "--split",
-                             "val", "--methods", "random", "--out", str(tmp_path / "out2")], capsys)
+    code, printed = compare(
+        [
+            "--head",
+            str(tmp_path / "head"),
+            "--ca-stream",
+            str(tmp_path / "other"),
+            "--split",
+            "val",
+            "--methods",
+            "random",
+            "--out",
+            str(tmp_path / "out2"),
+        ],
+        capsys,
+    )
     error = printed.splitlines()[-1]  # after the line naming the ROAD protocol
     assert code == 2 and error.startswith("error: --ca-stream ")
     assert f"was trained for tests.toy_models:tiny_resnet (weights {other}), but the heads explain" in error
@@ -326,12 +413,37 @@ def tiny_resnet_weights(path: Path) -> Path:
 def test_sanity_runs_on_a_streams_maps_and_refuses_retraining_it(tmp_path, capsys, single_thread):
     weights = tiny_resnet_weights(tmp_path / "weights.pt")  # so that randomising changes every block
     with pytest.raises(SystemExit) as stop:
-        cli.run(castream_main, ["--experiment", str(toy_config(tmp_path, lr=0.05)), "--out", str(tmp_path / "stream"),
-                                "--no-progress", "--set", f"model.backbone_weights={weights}"])
+        cli.run(
+            castream_main,
+            [
+                "--experiment",
+                str(toy_config(tmp_path, lr=0.05)),
+                "--out",
+                str(tmp_path / "stream"),
+                "--no-progress",
+                "--set",
+                f"model.backbone_weights={weights}",
+            ],
+        )
     assert stop.value.code == 0
     with pytest.raises(SystemExit) as stop:
-        cli.run(sanity_main, ["--ca-stream", str(tmp_path / "stream"), "--ca-maps", "gradcam++", "--target-layer",
-                              "layer4", "--split", "val", "--limit", "4", "--out", str(tmp_path / "sanity")])
+        cli.run(
+            sanity_main,
+            [
+                "--ca-stream",
+                str(tmp_path / "stream"),
+                "--ca-maps",
+                "gradcam++",
+                "--target-layer",
+                "layer4",
+                "--split",
+                "val",
+                "--limit",
+                "4",
+                "--out",
+                str(tmp_path / "sanity"),
+            ],
+        )
     printed = capsys.readouterr().out
     assert stop.value.code == 0, printed
     report = json.loads((tmp_path / "sanity" / "sanity_reevaluate.json").read_text())

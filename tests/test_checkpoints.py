@@ -11,8 +11,14 @@ from pipeline.training.checkpoints import Checkpoints, StopTraining
 from pipeline.training.head_training import Workbench, train_head
 from tests.toy_models import TOY_MODEL, toy_base, write_images
 
-CONFIG = configs.from_dict({"model": TOY_MODEL, "data": {"demo_train_views": 24, "demo_eval_views": 8},
-                            "train": {"batch_size": 4}, "evaluation": {"percentages": [20, 50, 80]}})
+CONFIG = configs.from_dict(
+    {
+        "model": TOY_MODEL,
+        "data": {"demo_train_views": 24, "demo_eval_views": 8},
+        "train": {"batch_size": 4},
+        "evaluation": {"percentages": [20, 50, 80]},
+    }
+)
 
 
 def test_scoring_at_checkpoints_leaves_the_trained_head_bit_identical(tmp_path):

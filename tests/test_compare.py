@@ -29,8 +29,19 @@ BASELINES = "gradcam,rise,random"
 
 def train(tmp_path, experiment, name: str, *overrides: str):
     with pytest.raises(SystemExit) as stop:
-        cli.run(train_main, ["--experiment", str(experiment), "--out", str(tmp_path / name), "--no-progress",
-                             "--set", "evaluation.percentages=[25, 50, 75]", *overrides])
+        cli.run(
+            train_main,
+            [
+                "--experiment",
+                str(experiment),
+                "--out",
+                str(tmp_path / name),
+                "--no-progress",
+                "--set",
+                "evaluation.percentages=[25, 50, 75]",
+                *overrides,
+            ],
+        )
     assert stop.value.code == 0
     return tmp_path / name
 
@@ -42,9 +53,11 @@ def heads(tmp_path_factory):
     experiment = toy_experiment(tmp_path, write_images(tmp_path / "images"))
     torch.manual_seed(5)
     torch.save(TinyClassifier().state_dict(), tmp_path / "other.pt")
-    return (train(tmp_path, experiment, "a"), train(tmp_path, experiment, "b", "--set", "loss.lambda1=0.8",
-                                                    "--set", "loss.lambda2=0.1"),
-            train(tmp_path, experiment, "other", "--set", f"model.backbone_weights={tmp_path / 'other.pt'}"))
+    return (
+        train(tmp_path, experiment, "a"),
+        train(tmp_path, experiment, "b", "--set", "loss.lambda1=0.8", "--set", "loss.lambda2=0.1"),
+        train(tmp_path, experiment, "other", "--set", f"model.backbone_weights={tmp_path / 'other.pt'}"),
+    )
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -63,9 +76,29 @@ def test_a_comparison_scores_heads_and_baselines_alike_and_nests_under_a_search(
     folder.start("toy", {"name": "toy"}, DEFAULT_SEARCH_SPACE)
     folder.update_state(**{PARENT_RUN: parent})
 
-    code, out, err = run(["--head", str(heads[0]), "--head", str(heads[1]), "--split", "val", "--methods", BASELINES,
-                          "--target-layer", "features.7", "--rise-masks", "40", "--out", "out",
-                          "--tracking-uri", uri, "--search", "toy"], capsys)
+    code, out, err = run(
+        [
+            "--head",
+            str(heads[0]),
+            "--head",
+            str(heads[1]),
+            "--split",
+            "val",
+            "--methods",
+            BASELINES,
+            "--target-layer",
+            "features.7",
+            "--rise-masks",
+            "40",
+            "--out",
+            "out",
+            "--tracking-uri",
+            uri,
+            "--search",
+            "toy",
+        ],
+        capsys,
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "comparison.json").read_text())
     rows = {row["method"]: row for row in report["rows"]}
@@ -73,13 +106,20 @@ def test_a_comparison_scores_heads_and_baselines_alike_and_nests_under_a_search(
     assert [rows[m]["kind"] for m in rows] == ["head", "head", "baseline", "baseline", "reference"]
     assert (rows["P-TAME (a)"]["forward_passes"], rows["P-TAME (a)"]["auxiliary_passes"]) == (1, 1)
     assert (rows["gradcam"]["forward_passes"], rows["rise"]["forward_passes"], rows["random"]["forward_passes"]) == (
-        1, 40, 0)
+        1,
+        40,
+        0,
+    )
     assert (rows["P-TAME (a)"]["resolution"], rows["gradcam"]["resolution"], rows["rise"]["resolution"]) == (
-        32 * 32, 8 * 8, 7 * 7)
+        32 * 32,
+        8 * 8,
+        7 * 7,
+    )
     assert 0 <= rows["P-TAME (a)"]["coverage"] <= 1 and rows["gradcam"]["coverage"] is None
     for row in rows.values():
-        assert {"ad_100", "ic_15", "road_morf_auc", "road_lerf_auc", "ag", "insertion_auc", "deletion_auc"} <= \
-            row["metrics"].keys()
+        assert {"ad_100", "ic_15", "road_morf_auc", "road_lerf_auc", "ag", "insertion_auc", "deletion_auc"} <= row[
+            "metrics"
+        ].keys()
     assert report["target_layers"] == {"gradcam": "features.7"} and report["rise"]["masks"] == 40
     for name in ("P-TAME (a)", "P-TAME (b)"):
         assert sum(entry["contribution"] for entry in report["contributions"][name]) == pytest.approx(1)
@@ -107,8 +147,12 @@ def test_a_comparison_scores_heads_and_baselines_alike_and_nests_under_a_search(
     client = MlflowClient(uri)
     child = client.search_runs([tracker.experiment_id], filter_string="tags.role = 'comparison'")[0]
     assert child.data.tags["mlflow.parentRunId"] == parent and child.info.status == "FINISHED"
-    assert {"gradcam.road_morf_auc", "rise.deletion_auc", "P-TAME_a.coverage", "P-TAME_b.contribution.stage1"} <= \
-        child.data.metrics.keys()
+    assert {
+        "gradcam.road_morf_auc",
+        "rise.deletion_auc",
+        "P-TAME_a.coverage",
+        "P-TAME_b.contribution.stage1",
+    } <= child.data.metrics.keys()
     artifacts = {item.path for item in client.list_artifacts(child.info.run_id, "comparison")}
     assert {"comparison/comparison.md", "comparison/comparison.json", "comparison/maps.png"} <= artifacts
 
@@ -120,13 +164,16 @@ def test_training_json_carries_the_layer_contributions(heads):
     assert [e["channel_share"] for e in entries] == pytest.approx([8 / 36, 12 / 36, 16 / 36])
 
 
-@pytest.mark.parametrize("arguments, expected", [
-    (["--methods", "gradcam,gradcam+++"], "unknown method 'gradcam+++' in --methods; choose from gradcam,"),
-    (["--methods", "gradcam", "--target-layer", "features.99"], "has no layer 'features.99'; pass --target-layer"),
-    (["--methods", "gradcam"], "no target-layer preset for backbone 'tests.toy_models:tiny_classifier'"),
-    (["--methods", "random", "--search", "nowhere"], "no search 'nowhere'"),
-    (["--methods", "random", "--limit", "0"], "--limit 0"),
-])
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (["--methods", "gradcam,gradcam+++"], "unknown method 'gradcam+++' in --methods; choose from gradcam,"),
+        (["--methods", "gradcam", "--target-layer", "features.99"], "has no layer 'features.99'; pass --target-layer"),
+        (["--methods", "gradcam"], "no target-layer preset for backbone 'tests.toy_models:tiny_classifier'"),
+        (["--methods", "random", "--search", "nowhere"], "no search 'nowhere'"),
+        (["--methods", "random", "--limit", "0"], "--limit 0"),
+    ],
+)
 def test_bad_input_is_one_line(heads, tmp_path, capsys, arguments, expected):
     code, _, err = run(["--head", str(heads[0]), "--split", "val", "--out", str(tmp_path / "x"), *arguments], capsys)
     assert code == 2 and expected in err and len(err.splitlines()) == 1
@@ -143,9 +190,12 @@ def test_heads_of_different_road_protocols_are_scored_under_the_first_heads_and_
     paper = ["evaluation.imputer=telea", "evaluation.percentages=[10, 30, 50, 70]"]
     first, same, default = configs.load(overrides=paper), configs.load(overrides=paper), configs.load()
     assert protocol_notes([(Path("a"), None, first), (Path("b"), None, same)]) == [
-        "ROAD protocol of every row: telea imputation, 10/30/50/70 % removed."]
+        "ROAD protocol of every row: telea imputation, 10/30/50/70 % removed."
+    ]
     scored, mixed = protocol_notes([(Path("a"), None, first), (Path("c"), None, default)])
     assert scored == "ROAD protocol of every row: telea imputation, 10/30/50/70 % removed."
-    assert mixed.startswith("The heads' configs name different ROAD protocols: "
-                            "c (noisy_linear (noise 0.01) imputation, 10/20/30/40/50/70/90 % removed) differ")
+    assert mixed.startswith(
+        "The heads' configs name different ROAD protocols: "
+        "c (noisy_linear (noise 0.01) imputation, 10/20/30/40/50/70/90 % removed) differ"
+    )
     assert "--imputer/--percentages" in mixed

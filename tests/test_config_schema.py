@@ -30,37 +30,54 @@ def one_line_error(overrides: list[str]) -> str:
     return message
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.max_lr=fast", "train.max_lr: expected float, got 'fast'"),
-    ("train.max_lr='1e-4'", "train.max_lr: expected float, got '1e-4'"),  # a quoted number is a string
-    ("train.batch_size=2.5", "train.batch_size: expected int, got 2.5"),
-    ("train.epochs=yes", "train.epochs: expected int, got True"),
-    ("evaluation.percentages=[10, x]", "evaluation.percentages[1]: expected int, got 'x'"),
-    ("loss=0.5", "loss: expected a mapping, got 0.5"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.max_lr=fast", "train.max_lr: expected float, got 'fast'"),
+        ("train.max_lr='1e-4'", "train.max_lr: expected float, got '1e-4'"),  # a quoted number is a string
+        ("train.batch_size=2.5", "train.batch_size: expected int, got 2.5"),
+        ("train.epochs=yes", "train.epochs: expected int, got True"),
+        ("evaluation.percentages=[10, x]", "evaluation.percentages[1]: expected int, got 'x'"),
+        ("loss=0.5", "loss: expected a mapping, got 0.5"),
+    ],
+)
 def test_a_wrong_type_is_one_line_naming_the_key(override, expected):
     assert one_line_error([override]) == expected
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("loss.lamda1=0.3", "unknown key 'loss.lamda1'; valid keys here: area_epsilon, border_penalty, class_subset, "
-                        "lambda1, lambda2, lambda3, lambda_area, lambda_rand, variation, variation_power"),
-    ("trian.epochs=2",
-     "unknown key 'trian'; valid keys here: castream, checkpoints, data, evaluation, loss, model, name, train"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "loss.lamda1=0.3",
+            "unknown key 'loss.lamda1'; valid keys here: area_epsilon, border_penalty, class_subset, "
+            "lambda1, lambda2, lambda3, lambda_area, lambda_rand, variation, variation_power",
+        ),
+        (
+            "trian.epochs=2",
+            "unknown key 'trian'; valid keys here: castream, checkpoints, data, evaluation, loss, model, name, train",
+        ),
+    ],
+)
 def test_an_unknown_key_is_one_line_naming_it_and_the_known_ones(override, expected):
     assert one_line_error([override]) == expected
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("loss.lambda1=1.5", "loss.lambda1 = 1.5 is outside [0, 1]; choose a value in [0, 1]"),
-    ("loss.lambda2=-0.25", "loss.lambda2 = -0.25 is outside [0, 1]; choose a value in [0, 1]"),
-    ("loss.lambda_area=0", "loss.lambda_area = 0 must be positive (paper: 0.5, 1 or 2)"),
-    ("loss.lambda_rand=0", "loss.lambda_rand = 0 must be >= 1 (or null for the batch size)"),
-    ("train.batch_size=0", "train.batch_size = 0 must be >= 1"),
-    ("evaluation.percentages=[10, 100]", "evaluation.percentages[1] = 100 must be < 100 (removal percentages "
-                                         "strictly between 0 and 100, e.g. [10, 20, 30, 40, 50, 70, 90])"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("loss.lambda1=1.5", "loss.lambda1 = 1.5 is outside [0, 1]; choose a value in [0, 1]"),
+        ("loss.lambda2=-0.25", "loss.lambda2 = -0.25 is outside [0, 1]; choose a value in [0, 1]"),
+        ("loss.lambda_area=0", "loss.lambda_area = 0 must be positive (paper: 0.5, 1 or 2)"),
+        ("loss.lambda_rand=0", "loss.lambda_rand = 0 must be >= 1 (or null for the batch size)"),
+        ("train.batch_size=0", "train.batch_size = 0 must be >= 1"),
+        (
+            "evaluation.percentages=[10, 100]",
+            "evaluation.percentages[1] = 100 must be < 100 (removal percentages "
+            "strictly between 0 and 100, e.g. [10, 20, 30, 40, 50, 70, 90])",
+        ),
+    ],
+)
 def test_an_out_of_range_value_is_one_line_naming_the_key(override, expected):
     assert one_line_error([override]) == expected
 
@@ -82,12 +99,18 @@ def test_config_imports_nothing_above_it():
 def test_a_bad_constraint_is_one_line_naming_the_key(tmp_path):
     space = (ROOT / "search_spaces" / "ptame.yaml").read_text()
     path = tmp_path / "space.yaml"
-    path.write_text(space.replace('constraints: ["lambda1 + lambda2 <= 1"]',
-                                  'constraints: ["lambda1 + lambda2 <= 1", "lambda1 + lamda2 <= 1"]'))
+    path.write_text(
+        space.replace(
+            'constraints: ["lambda1 + lambda2 <= 1"]',
+            'constraints: ["lambda1 + lambda2 <= 1", "lambda1 + lamda2 <= 1"]',
+        )
+    )
     with pytest.raises(UserError) as error:
         load_search_space(path)
-    assert str(error.value) == (f"search space {path}: constraints[1]: 'lambda1 + lamda2 <= 1' names 'lamda2', "
-                                "which is not a parameter of this space")
+    assert str(error.value) == (
+        f"search space {path}: constraints[1]: 'lambda1 + lamda2 <= 1' names 'lamda2', "
+        "which is not a parameter of this space"
+    )
     path.write_text(space.replace('"lambda1 + lambda2 <= 1"', "{lambda1: 1}"))
     with pytest.raises(UserError) as error:
         load_search_space(path)
@@ -96,15 +119,19 @@ def test_a_bad_constraint_is_one_line_naming_the_key(tmp_path):
 
 def test_a_bad_parameter_spec_is_one_line_naming_the_key(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         parameters:
           lambda1: {key: loss.lambda1, type: range, bounds: [0.0, 1.0], values: [0.5]}
         objectives: {road_morf_auc: minimize}
-    """))
+    """)
+    )
     with pytest.raises(UserError) as error:
         load_search_space(path)
-    assert str(error.value) == (f"search space {path}: unknown key 'parameters.lambda1.values'; "
-                                "valid keys here: bounds, key, scale, type, value_type")
+    assert str(error.value) == (
+        f"search space {path}: unknown key 'parameters.lambda1.values'; "
+        "valid keys here: bounds, key, scale, type, value_type"
+    )
 
 
 def test_the_packaged_schema_is_what_the_command_writes(tmp_path, capsys):
@@ -134,13 +161,16 @@ def test_the_schema_accepts_every_packaged_experiment_and_editors_find_it(valida
         assert (folder / hint.removeprefix(prefix)).resolve() == SCHEMA_FILE.resolve()
 
 
-@pytest.mark.parametrize("change, where", [
-    ({"loss": {"lamda1": 0.3}}, "'lamda1' was unexpected"),
-    ({"train": {"max_lr": "1e-4"}}, "'1e-4' is not of type 'number'"),
-    ({"evaluation": {"percentages": [10, "50"]}}, "'50' is not of type 'integer'"),
-    ({"loss": {"lambda1": 1.5}}, "1.5 is greater than the maximum of 1"),
-    ({"data": {"decode": "gpux"}}, "'gpux' is not one of ['auto', 'cpu', 'gpu']"),
-])
+@pytest.mark.parametrize(
+    "change, where",
+    [
+        ({"loss": {"lamda1": 0.3}}, "'lamda1' was unexpected"),
+        ({"train": {"max_lr": "1e-4"}}, "'1e-4' is not of type 'number'"),
+        ({"evaluation": {"percentages": [10, "50"]}}, "'50' is not of type 'integer'"),
+        ({"loss": {"lambda1": 1.5}}, "1.5 is greater than the maximum of 1"),
+        ({"data": {"decode": "gpux"}}, "'gpux' is not one of ['auto', 'cpu', 'gpu']"),
+    ],
+)
 def test_the_schema_rejects_unknown_keys_and_wrong_types(validator, change, where):
     values = configs.read_yaml(EXPERIMENTS / "demo.yaml")
     for section, entries in change.items():

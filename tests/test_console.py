@@ -42,6 +42,10 @@ def test_torchs_cuda_toolkit_notice_stays_off_the_console(tmp_path):
     env = os.environ | {"PYTHONPATH": str(REPO), "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
     plain = subprocess.run([sys.executable, "-c", importer], env=env, capture_output=True, text=True)
     assert "No CUDA runtime is found" in plain.stderr  # the notice exists, so the check below can fail
-    quiet = subprocess.run([sys.executable, "-c", f"from pipeline import quiet; quiet.quiet_libraries(); {importer}"],
-                           env=env, capture_output=True, text=True)
+    quiet = subprocess.run(
+        [sys.executable, "-c", f"from pipeline import quiet; quiet.quiet_libraries(); {importer}"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert quiet.returncode == 0 and quiet.stderr == ""

@@ -17,12 +17,23 @@ from pipeline.training.loss import area_loss, class_subset, ptame_loss, variatio
 from pipeline.training.masking import mask_images
 from tests.toy_models import TOY_MODEL
 
-CPU_PRESETS = ["resnet18", "resnet50", "mobilenet_v3_small", "mnasnet0_5",
-               "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+CPU_PRESETS = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v3_small",
+    "mnasnet0_5",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+]
 EXPECTED_CHANNELS = {
-    "resnet18": [64, 128, 256, 512], "resnet50": [512, 1024, 2048], "mobilenet_v3_small": [96, 96, 96, 576],
-    "mnasnet0_5": [160, 1280, 1280, 1280], "efficientnet_lite0": [24, 40, 112, 320],
-    "efficientnet_lite1": [24, 40, 112, 320], "efficientnet_lite2": [24, 48, 120, 352],
+    "resnet18": [64, 128, 256, 512],
+    "resnet50": [512, 1024, 2048],
+    "mobilenet_v3_small": [96, 96, 96, 576],
+    "mnasnet0_5": [160, 1280, 1280, 1280],
+    "efficientnet_lite0": [24, 40, 112, 320],
+    "efficientnet_lite1": [24, 40, 112, 320],
+    "efficientnet_lite2": [24, 48, 120, 352],
 }
 
 

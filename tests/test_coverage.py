@@ -27,8 +27,9 @@ pytestmark = [pytest.mark.system, pytest.mark.slow]  # trains and runs the real 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workbench, Path]:
     """A demo head trained on 96 views (6 steps); a class is trained once explained 3 times."""
-    config = configs.load(REPO / "experiments" / "demo.yaml",
-                          ["data.demo_train_views=96", "evaluation.min_class_count=3"])
+    config = configs.load(
+        REPO / "experiments" / "demo.yaml", ["data.demo_train_views=96", "evaluation.min_class_count=3"]
+    )
     bench = Workbench.load(config)
     head = save_head(train_head(config, bench, progress=False), tmp_path_factory.mktemp("demo") / "head")
     return bench, head
@@ -41,8 +42,12 @@ def other_photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
     folder = tmp_path_factory.mktemp("others")
     grey = {"clock": data.clock(), "coins": data.coins(), "moon": data.moon(), "brick": data.brick()}
-    photos = {"hubble": data.hubble_deep_field(), "tissue": data.immunohistochemistry(), "retina": data.retina(),
-              "colorwheel": data.colorwheel()} | {name: np.repeat(g[..., None], 3, -1) for name, g in grey.items()}
+    photos = {
+        "hubble": data.hubble_deep_field(),
+        "tissue": data.immunohistochemistry(),
+        "retina": data.retina(),
+        "colorwheel": data.colorwheel(),
+    } | {name: np.repeat(g[..., None], 3, -1) for name, g in grey.items()}
     paths = [folder / f"{name}.png" for name in photos]
     for path, photo in zip(paths, photos.values()):
         Image.fromarray(photo).save(path)
@@ -76,8 +81,10 @@ def test_images_of_other_classes_get_low_coverage_and_are_flagged(demo, other_ph
     _, head = demo
     out = tmp_path / "others.json"
     with pytest.raises(SystemExit) as stop:
-        cli.run(evaluate_main, ["--head", str(head), "--images", *map(str, other_photos), "--out", str(out),
-                                "--percentages", "50"])  # one ROAD percentage: the coverage is what counts here
+        cli.run(
+            evaluate_main,
+            ["--head", str(head), "--images", *map(str, other_photos), "--out", str(out), "--percentages", "50"],
+        )  # one ROAD percentage: the coverage is what counts here
     assert stop.value.code == 0
     report = json.loads(out.read_text())
     assert report["class_coverage"] <= 0.25 and len(report["per_image"]) == len(other_photos)
@@ -87,8 +94,10 @@ def test_images_of_other_classes_get_low_coverage_and_are_flagged(demo, other_ph
     chelsea = tmp_path / "chelsea.png"
     Image.fromarray(demo_photos()["chelsea"]).save(chelsea)
     with pytest.raises(SystemExit) as stop:
-        cli.run(explain_main, ["--head", str(head), str(chelsea), *map(str, other_photos[:2]),
-                               "--out", str(tmp_path / "maps")])
+        cli.run(
+            explain_main,
+            ["--head", str(head), str(chelsea), *map(str, other_photos[:2]), "--out", str(tmp_path / "maps")],
+        )
     assert stop.value.code == 0
     lines = capsys.readouterr().out.splitlines()
     by_image = {Path(line.split(":")[0]).stem: line for line in lines if not line.startswith(" ")}

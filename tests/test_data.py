@@ -92,8 +92,9 @@ def search_args(*argv: str) -> argparse.Namespace:
     return parse_args(["--trials", "1", *argv])
 
 
-@pytest.mark.parametrize("dataset, wanted", [("imagenet", "your ImageNet folder (with train/ and val/)"),
-                                             ("folder", "your image folder")])
+@pytest.mark.parametrize(
+    "dataset, wanted", [("imagenet", "your ImageNet folder (with train/ and val/)"), ("folder", "your image folder")]
+)
 def test_a_missing_data_root_names_what_to_point_it_at(tmp_path, dataset, wanted):
     with pytest.raises(UserError) as error:
         build_splits(DataConfig(dataset=dataset, root=str(tmp_path / "missing")), 32)

@@ -15,8 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 COMMAND = re.compile(r"(?:\.venv/bin/)?python -m (pipeline\.\w+)((?:[^`|\n\\]|\\\n)*)")
 # An argparse error that means the command as shown would not run: a flag or choice that does not exist.
-WRONG = ("unrecognized arguments", "invalid choice", "ambiguous option", "expected one argument",
-         "the following arguments are required", "one of the arguments", "not allowed with argument")
+WRONG = (
+    "unrecognized arguments",
+    "invalid choice",
+    "ambiguous option",
+    "expected one argument",
+    "the following arguments are required",
+    "one of the arguments",
+    "not allowed with argument",
+)
 
 
 class Parsed(Exception):

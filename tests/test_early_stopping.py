@@ -40,26 +40,39 @@ def scores(morf: float, lerf: float, noise: float = NOISE) -> dict[str, float]:
     return {"road_morf_auc": morf, "road_morf_auc_se": noise, "road_lerf_auc": lerf, "road_lerf_auc_se": noise}
 
 
-def trial(index: int, final: tuple[float, float], at_50: tuple[float, float], generator: str = "BoTorch",
-          status: TrialState = TrialState.COMPLETED) -> TrialRecord:
+def trial(
+    index: int,
+    final: tuple[float, float],
+    at_50: tuple[float, float],
+    generator: str = "BoTorch",
+    status: TrialState = TrialState.COMPLETED,
+) -> TrialRecord:
     return TrialRecord(index, status, {"lambda1": 0.1}, scores(*final), None, generator, {50: scores(*at_50)})
 
 
-RIVALS = (trial(0, (0.30, 0.65), (0.34, 0.62), "Sobol"), trial(1, (0.32, 0.64), (0.35, 0.61), "Sobol"),
-          trial(2, (0.45, 0.70), (0.46, 0.68), "Sobol"))
+RIVALS = (
+    trial(0, (0.30, 0.65), (0.34, 0.62), "Sobol"),
+    trial(1, (0.32, 0.64), (0.35, 0.61), "Sobol"),
+    trial(2, (0.45, 0.70), (0.46, 0.68), "Sobol"),
+)
 
 
 def test_a_trial_beaten_by_enough_completed_trials_by_more_than_the_noise_stops():
     rule = StoppingRule(SIGNS, 2, RIVALS)
     reason = rule.reason(50, scores(0.47, 0.55))  # trial 2's MoRF at 50 % is better by less than the noise
-    assert reason.startswith("at 50 % of training, 2 completed trials (0, 1) scored better on road_morf_auc and "
-                             "road_lerf_auc by more than the noise")
+    assert reason.startswith(
+        "at 50 % of training, 2 completed trials (0, 1) scored better on road_morf_auc and "
+        "road_lerf_auc by more than the noise"
+    )
 
 
-@pytest.mark.parametrize("at_50, why", [
-    ((0.37, 0.58), "only trial 0 beats it: trial 1's MoRF is better by 0.02, within the noise hypot(0.02, 0.02)"),
-    ((0.33, 0.30), "no rival's MoRF at 50 % is better"),
-])
+@pytest.mark.parametrize(
+    "at_50, why",
+    [
+        ((0.37, 0.58), "only trial 0 beats it: trial 1's MoRF is better by 0.02, within the noise hypot(0.02, 0.02)"),
+        ((0.33, 0.30), "no rival's MoRF at 50 % is better"),
+    ],
+)
 def test_a_trial_within_the_noise_or_beaten_by_too_few_goes_on(at_50, why):
     assert StoppingRule(SIGNS, 2, RIVALS).reason(50, scores(*at_50)) is None, why
 
@@ -72,8 +85,11 @@ def test_a_trial_on_the_front_of_final_scores_goes_on_even_when_checkpoints_beat
 
 
 def test_no_rule_for_sobol_trials_or_without_early_stop_and_rivals_are_the_completed_trials():
-    records = [*RIVALS, trial(3, (0.5, 0.5), (0.5, 0.5), status=TrialState.RUNNING), trial(4, (0, 0), (0, 0), "Sobol",
-                                                                                   status=TrialState.RUNNING)]
+    records = [
+        *RIVALS,
+        trial(3, (0.5, 0.5), (0.5, 0.5), status=TrialState.RUNNING),
+        trial(4, (0, 0), (0, 0), "Sobol", status=TrialState.RUNNING),
+    ]
     on = configs.CheckpointConfig(early_stop=True, dominating=3)
     rule = stopping_rule(records, 3, SIGNS, on)
     assert [rival.index for rival in rule.rivals] == [0, 1, 2] and rule.dominating == 3
@@ -82,8 +98,12 @@ def test_no_rule_for_sobol_trials_or_without_early_stop_and_rivals_are_the_compl
 
 
 def test_replay_stops_in_index_order_against_the_trials_it_kept():
-    records = [*RIVALS, trial(3, (0.70, 0.20), (0.60, 0.30)), trial(4, (0.31, 0.64), (0.35, 0.61)),
-               trial(5, (0.75, 0.25), (0.62, 0.31))]
+    records = [
+        *RIVALS,
+        trial(3, (0.70, 0.20), (0.60, 0.30)),
+        trial(4, (0.31, 0.64), (0.35, 0.61)),
+        trial(5, (0.75, 0.25), (0.62, 0.31)),
+    ]
     assert replay(records, SIGNS, 2) == {3: 50, 5: 50}
     assert replay(records, SIGNS, 4) == {5: 50}  # trial 4 completes and is the fourth rival for trial 5
 
@@ -141,10 +161,12 @@ def _claim(path: Path) -> bool:
 
 def scripted_search(tmp_path: Path, parallel: int) -> Search:
     space_path = tmp_path / "space.yaml"  # two Sobol trials, then BoTorch
-    space_path.write_text(DEFAULT_SEARCH_SPACE.read_text().replace("initialization_trials: 5",
-                                                                   "initialization_trials: 2"))
-    settings = dataclasses.replace(options(tmp_path, trials=4), parallel=parallel, space=load_search_space(space_path),
-                                   space_path=space_path)
+    space_path.write_text(
+        DEFAULT_SEARCH_SPACE.read_text().replace("initialization_trials: 5", "initialization_trials: 2")
+    )
+    settings = dataclasses.replace(
+        options(tmp_path, trials=4), parallel=parallel, space=load_search_space(space_path), space_path=space_path
+    )
     settings.base["checkpoints"] = {"early_stop": True, "dominating": 1}
     settings.base["train"]["batch_size"] = 1  # 6 steps: the checkpoints at 50 and 75 % fall on steps 3 and 4
     markers = tmp_path / "markers"
@@ -202,9 +224,23 @@ def test_a_search_killed_during_a_checkpoint_resumes_without_losing_anything(tmp
     base["train"]["batch_size"] = 1  # 6 steps: checkpoints at steps 3 and 4
     experiment = tmp_path / "toy.yaml"
     experiment.write_text(yaml.safe_dump(base))
-    command = [sys.executable, "-m", "pipeline.search", "--experiment", str(experiment), "--trials", "3",
-               "--name", "killed", "--out", str(tmp_path / "search"), "--no-progress", "--early-stop",
-               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.search",
+        "--experiment",
+        str(experiment),
+        "--trials",
+        "3",
+        "--name",
+        "killed",
+        "--out",
+        str(tmp_path / "search"),
+        "--no-progress",
+        "--early-stop",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
     hanging = tmp_path / "hanging"  # trial 0 scores at 50 %, 75 % and at the end; trial 1's checkpoint at 50 % hangs
     env = os.environ | {"PYTHONPATH": str(REPO), "TOY_HANG_AT": "4", "TOY_HANG_FILE": str(hanging)}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -15,18 +15,22 @@ from tests.test_adic import SCALE, MeanClassifier, sigmoid
 
 def ramp_image(side: int) -> torch.Tensor:
     """[1, 3, side, side]: pixel j (row-major) has the value j / (side² - 1) in every channel."""
-    return (torch.arange(side * side, dtype=torch.float32) / (side * side - 1)).view(1, 1, side, side).expand(
-        1, 3, side, side).clone()
+    return (
+        (torch.arange(side * side, dtype=torch.float32) / (side * side - 1))
+        .view(1, 1, side, side)
+        .expand(1, 3, side, side)
+        .clone()
+    )
 
 
 def hand_blur(image: np.ndarray) -> np.ndarray:
     """Gaussian blur, kernel 11, sigma 5, reflect padding: separable, written out with numpy."""
     offsets = np.arange(11) - 5
-    kernel = np.exp(-offsets ** 2 / (2 * 5.0 ** 2))
+    kernel = np.exp(-(offsets**2) / (2 * 5.0**2))
     kernel /= kernel.sum()
     padded = np.pad(image, 5, mode="reflect")
-    rows = np.stack([padded[i:i + 11].T @ kernel for i in range(image.shape[0])])
-    return np.stack([rows[:, j:j + 11] @ kernel for j in range(image.shape[1])], axis=1)
+    rows = np.stack([padded[i : i + 11].T @ kernel for i in range(image.shape[0])])
+    return np.stack([rows[:, j : j + 11] @ kernel for j in range(image.shape[1])], axis=1)
 
 
 def trapezoid(fractions: list[float], scores: list[float]) -> float:
@@ -83,7 +87,7 @@ def test_insertion_puts_the_most_salient_pixels_back_into_the_blurred_image() ->
     for count in (0, 36, 72, 108, 144):
         inserted = blurred.copy()
         inserted[order[:count]] = pixels.ravel()[order[:count]]
-        expected.append(sigmoid(SCALE * (inserted ** 2).mean()))
+        expected.append(sigmoid(SCALE * (inserted**2).mean()))
     assert curve.scores == pytest.approx(expected, rel=1e-5)
     assert curve.auc == pytest.approx(trapezoid([0, 0.25, 0.5, 0.75, 1], expected), rel=1e-5)
     assert curve.scores[0] != pytest.approx(curve.scores[-1])  # the blur changed the score

@@ -31,8 +31,14 @@ def head_weights(trained) -> torch.Tensor:
 
 
 def test_later_runs_on_a_workbench_reuse_every_output_and_train_the_same_head():
-    config = configs.from_dict({"model": TOY_MODEL, "data": {"demo_train_views": 24}, "train": {"batch_size": 4},
-                                "loss": {"lambda1": 0.4, "lambda2": 0.5}})
+    config = configs.from_dict(
+        {
+            "model": TOY_MODEL,
+            "data": {"demo_train_views": 24},
+            "train": {"batch_size": 4},
+            "loss": {"lambda1": 0.4, "lambda2": 0.5},
+        }
+    )
     bench = Workbench.load(config)
     first = train_head(config, bench, progress=False)
     other_loss = configs.from_dict(configs.to_dict(config) | {"loss": {"lambda1": 0.2, "lambda2": 0.3}})

@@ -35,8 +35,19 @@ def head(tmp_path_factory):
     """A toy head trained on a folder of 8 images, and that folder."""
     tmp_path = tmp_path_factory.mktemp("held-out")
     images = write_images(tmp_path / "images")
-    assert run(train_main, "--experiment", str(toy_experiment(tmp_path, images)), "--out", str(tmp_path / "head"),
-               "--no-progress", "--set", "evaluation.percentages=[50]") == 0
+    assert (
+        run(
+            train_main,
+            "--experiment",
+            str(toy_experiment(tmp_path, images)),
+            "--out",
+            str(tmp_path / "head"),
+            "--no-progress",
+            "--set",
+            "evaluation.percentages=[50]",
+        )
+        == 0
+    )
     return tmp_path / "head", images
 
 
@@ -75,8 +86,10 @@ def test_a_changed_test_split_is_refused_then_scored_with_the_flag_and_marked(he
         assert error.count("\n") == 0
         assert f"the test split changed since {directory} was trained: 1 added (first: a/{added.name})" in error
         assert "--allow-changed-split" in error
-        assert run(evaluate_main, "--head", str(directory), "--split", "test", "--out", str(out),
-                   "--allow-changed-split") == 0
+        assert (
+            run(evaluate_main, "--head", str(directory), "--split", "test", "--out", str(out), "--allow-changed-split")
+            == 0
+        )
         held_out = json.loads(out.read_text())["held_out"]
         assert held_out["split_changes"] and held_out["split_changes"][0].endswith(f"1 added (first: a/{added.name})")
         assert "the split changed since training" in capsys.readouterr().out
@@ -90,16 +103,39 @@ def test_seen_images_are_refused_then_scored_with_the_flag_and_marked(head, tmp_
     fresh = tmp_path / "fresh.png"
     Image.new("RGB", (36, 36), (10, 200, 30)).save(fresh)
     out = tmp_path / "evaluation.json"
-    assert run(evaluate_main, "--head", str(directory), "--images", str(fresh), str(trained_on), "--out",
-               str(out)) == 2
+    assert run(evaluate_main, "--head", str(directory), "--images", str(fresh), str(trained_on), "--out", str(out)) == 2
     error = capsys.readouterr().err
     assert f"1 of the 2 images to score were trained or selected on by {directory} (first: {trained_on})" in error
     assert "--allow-seen" in error
-    assert run(compare_main, "--head", str(directory), "--images", str(trained_on), "--methods", "random",
-               "--out", str(tmp_path / "comparison")) == 2
+    assert (
+        run(
+            compare_main,
+            "--head",
+            str(directory),
+            "--images",
+            str(trained_on),
+            "--methods",
+            "random",
+            "--out",
+            str(tmp_path / "comparison"),
+        )
+        == 2
+    )
     assert "trained or selected on" in capsys.readouterr().err
-    assert run(evaluate_main, "--head", str(directory), "--images", str(fresh), str(trained_on), "--out", str(out),
-               "--allow-seen") == 0
+    assert (
+        run(
+            evaluate_main,
+            "--head",
+            str(directory),
+            "--images",
+            str(fresh),
+            str(trained_on),
+            "--out",
+            str(out),
+            "--allow-seen",
+        )
+        == 0
+    )
     held_out = json.loads(out.read_text())["held_out"]
     assert (held_out["seen_images"], held_out["held_out"]) == (1, False)
     assert "SEEN: 1 of 2 scored images were trained or selected on" in capsys.readouterr().out
@@ -108,8 +144,9 @@ def test_seen_images_are_refused_then_scored_with_the_flag_and_marked(head, tmp_
 
 
 def test_a_demo_photo_saved_to_a_file_is_recognised_by_its_pixels(tmp_path):
-    record = SplitRecord.of(build_splits(configs.DataConfig(dataset="demo", demo_train_views=14,
-                                                            demo_eval_views=2), 32))
+    record = SplitRecord.of(
+        build_splits(configs.DataConfig(dataset="demo", demo_train_views=14, demo_eval_views=2), 32)
+    )
     trained, held_out = DEMO_SPLITS["train"][0], DEMO_SPLITS["test"][0]
     assert [e["source"] for e in record.splits["val"]] == list(DEMO_SPLITS["val"])
     for name in (trained, held_out):
@@ -117,13 +154,21 @@ def test_a_demo_photo_saved_to_a_file_is_recognised_by_its_pixels(tmp_path):
     assert [e["source"] for e in record.splits["test"]] == list(DEMO_SPLITS["test"])
     assert record.splits["train"][0]["sha256"] == pixel_digest(demo_photos()[trained])
     assert seen_images(record, [tmp_path / f"{trained}.png", tmp_path / f"{held_out}.png"]) == [
-        tmp_path / f"{trained}.png"]
+        tmp_path / f"{trained}.png"
+    ]
 
 
 def test_a_search_refuses_to_resume_on_changed_data(tmp_path):
     images = write_images(tmp_path / "images")
-    options = SearchOptions(name="toy", trials=1, base=toy_base(images), space=load_search_space(DEFAULT_SEARCH_SPACE),
-                            space_path=DEFAULT_SEARCH_SPACE, seed=0, directory=tmp_path / "runs" / "toy")
+    options = SearchOptions(
+        name="toy",
+        trials=1,
+        base=toy_base(images),
+        space=load_search_space(DEFAULT_SEARCH_SPACE),
+        space_path=DEFAULT_SEARCH_SPACE,
+        seed=0,
+        directory=tmp_path / "runs" / "toy",
+    )
     first = Search(options)
     first.bench = Workbench.load(first.base_config)
     first.folder.directory.mkdir(parents=True)
@@ -132,6 +177,9 @@ def test_a_search_refuses_to_resume_on_changed_data(tmp_path):
     added = a_file_in_the_test_split(images, "later")
     again = Search(options)
     again.bench = Workbench.load(again.base_config)
-    with pytest.raises(UserError, match=rf"the data of search 'toy' changed since it started \(test: 1 added "
-                                        rf"\(first: a/{added.name}\)\)"):
+    with pytest.raises(
+        UserError,
+        match=rf"the data of search 'toy' changed since it started \(test: 1 added "
+        rf"\(first: a/{added.name}\)\)",
+    ):
         again._record_splits()

@@ -199,11 +199,11 @@ def test_chunks_on_a_gpu_have_one_size_unless_free_memory_is_short(monkeypatch: 
 
 
 def test_all_of_roads_masks_in_one_chunk_match_exact_solve(
-        small_photos: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_photos: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An accelerator's plan: holes of every size, padded to the largest crop, solved as one chunk."""
     maps = torch.rand(2, 96, 96, generator=torch.Generator().manual_seed(6))
     masks = torch.cat([removal_masks(maps, p / 100, order) for order in ("morf", "lerf") for p in (10, 50, 90)])
     monkeypatch.setattr(imputation, "_CHUNK_VALUES", 2**40)
     assert len(imputation._plan_chunks(masks, 3, imputation._CHUNK_VALUES, workers=1)) == 1
     assert_matches_exact_solve(small_photos.repeat(6, 1, 1, 1), masks)
-

@@ -67,8 +67,9 @@ def test_keeps_dtype_and_takes_one_channel() -> None:
         assert torch.equal(result[0], torch.from_numpy(expected).float() / 255)
 
 
-@pytest.mark.parametrize("shape, removed_shape", [((2, 3, 8, 8), (2, 8, 7)), ((2, 2, 8, 8), (2, 8, 8)),
-                                                  ((3, 8, 8), (3, 8))])
+@pytest.mark.parametrize(
+    "shape, removed_shape", [((2, 3, 8, 8), (2, 8, 7)), ((2, 2, 8, 8), (2, 8, 8)), ((3, 8, 8), (3, 8))]
+)
 def test_bad_shapes_raise(shape, removed_shape) -> None:
     with pytest.raises(ValueError):
         telea_impute(torch.rand(shape), torch.zeros(removed_shape, dtype=torch.bool))

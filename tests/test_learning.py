@@ -28,8 +28,8 @@ def synthetic_batch(count: int, generator: torch.Generator) -> tuple[torch.Tenso
     where = torch.zeros(count, SIZE, SIZE, dtype=torch.bool)
     corners = torch.randint(0, SIZE - OBJECT + 1, (count, 2), generator=generator)
     for i, (top, left) in enumerate(corners.tolist()):
-        images[i, :, top:top + OBJECT, left:left + OBJECT] = COLOURS[labels[i]].view(3, 1, 1)
-        where[i, top:top + OBJECT, left:left + OBJECT] = True
+        images[i, :, top : top + OBJECT, left : left + OBJECT] = COLOURS[labels[i]].view(3, 1, 1)
+        where[i, top : top + OBJECT, left : left + OBJECT] = True
     return images, labels, where
 
 

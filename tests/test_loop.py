@@ -31,8 +31,12 @@ class FakeStudy:
         if index in self.awaiting and running:
             self.awaiting.discard(index)
             raise AwaitingData("wait")
-        self.trials[index] = {"status": TrialState.RUNNING, "metrics": {}, "reason": None,
-                              "parameters": {"x": index / 10}}
+        self.trials[index] = {
+            "status": TrialState.RUNNING,
+            "metrics": {},
+            "reason": None,
+            "parameters": {"x": index / 10},
+        }
         return index, dict(self.trials[index]["parameters"])
 
     def complete(self, index: int, metrics: dict[str, float], checkpoints: dict) -> bool:
@@ -47,8 +51,10 @@ class FakeStudy:
         self.trials[index].update(status=TrialState.FAILED, reason=reason)
 
     def records(self) -> list[TrialRecord]:
-        return [TrialRecord(index, t["status"], t["parameters"], t["metrics"], t["reason"], "fake")
-                for index, t in sorted(self.trials.items())]
+        return [
+            TrialRecord(index, t["status"], t["parameters"], t["metrics"], t["reason"], "fake")
+            for index, t in sorted(self.trials.items())
+        ]
 
     @property
     def finished_count(self) -> int:
@@ -86,8 +92,14 @@ class FakePool:
         if index in self.failing:
             return [Finished(index, failure=f"TrainingDiverged: trial {index}")]
         if index in self.stopping:
-            return [Finished(index, result=TrialResult({"road_morf_auc": 0.6, "road_lerf_auc": 0.3}, {},
-                                                       checkpoints={50: {}}, stopped="beaten"))]
+            return [
+                Finished(
+                    index,
+                    result=TrialResult(
+                        {"road_morf_auc": 0.6, "road_lerf_auc": 0.3}, {}, checkpoints={50: {}}, stopped="beaten"
+                    ),
+                )
+            ]
         return [Finished(index, result=TrialResult({"road_morf_auc": 0.3, "road_lerf_auc": 0.6}, {}))]
 
     def close(self) -> None:
@@ -120,8 +132,9 @@ class Events(TrialListener):
         self.calls.append(("interrupted", index))
 
 
-def loop(study: FakeStudy, pool: FakePool, listeners: list[TrialListener], target: int,
-         early_stop: bool = False) -> TrialLoop:
+def loop(
+    study: FakeStudy, pool: FakePool, listeners: list[TrialListener], target: int, early_stop: bool = False
+) -> TrialLoop:
     config = configs.from_dict({"checkpoints": {"early_stop": early_stop}})
     return TrialLoop(study, pool, lambda parameters: config, listeners, target, max_failures_in_row=3)
 
@@ -129,19 +142,33 @@ def loop(study: FakeStudy, pool: FakePool, listeners: list[TrialListener], targe
 def test_failed_trials_are_replaced_and_every_step_is_told_in_order() -> None:
     study, pool, events = FakeStudy(), FakePool(failing={1}), Events()
     loop(study, pool, [events], target=3).run()
-    assert [record.status for record in study.records()] == [TrialState.COMPLETED, TrialState.FAILED,
-                                                             TrialState.COMPLETED, TrialState.COMPLETED]
+    assert [record.status for record in study.records()] == [
+        TrialState.COMPLETED,
+        TrialState.FAILED,
+        TrialState.COMPLETED,
+        TrialState.COMPLETED,
+    ]
     assert study.records()[1].reason == "TrainingDiverged: trial 1"
-    assert events.calls[:7] == [("started", 0), ("placed", 0), ("result", 0), ("settled:completed", 0),
-                                ("started", 1), ("placed", 1), ("settled:failed", 1)]
+    assert events.calls[:7] == [
+        ("started", 0),
+        ("placed", 0),
+        ("result", 0),
+        ("settled:completed", 0),
+        ("started", 1),
+        ("placed", 1),
+        ("settled:failed", 1),
+    ]
     assert pool.submitted[0] == (0, "steps-0") and pool.closed  # the listener's step log went to the pool
 
 
 def test_a_listener_that_cannot_start_a_trial_fails_it_and_the_search_goes_on() -> None:
     study, pool, events = FakeStudy(), FakePool(), Events(failing_start={0})
     loop(study, pool, [events], target=2).run()
-    assert [record.status for record in study.records()] == [TrialState.FAILED, TrialState.COMPLETED,
-                                                             TrialState.COMPLETED]
+    assert [record.status for record in study.records()] == [
+        TrialState.FAILED,
+        TrialState.COMPLETED,
+        TrialState.COMPLETED,
+    ]
     assert study.records()[0].reason == "RuntimeError: no MLflow run"
     assert ("placed", 0) not in events.calls and [index for index, _ in pool.submitted] == [1, 2]
 
@@ -151,8 +178,8 @@ def test_three_failures_in_a_row_stop_the_search_in_one_line() -> None:
     with pytest.raises(UserError) as error:
         loop(study, pool, [Events()], target=5).run()
     assert str(error.value).splitlines() == [
-        "3 trials failed in a row (last: TrainingDiverged: trial 3); fix the cause and rerun the same command to "
-        "resume"]
+        "3 trials failed in a row (last: TrainingDiverged: trial 3); fix the cause and rerun the same command to resume"
+    ]
     assert study.finished_count == 1 and pool.closed
 
 

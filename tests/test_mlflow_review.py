@@ -41,13 +41,16 @@ def test_a_demo_search_over_http_leaves_everything_a_reviewer_needs(demo_search,
     assert parent.data.params["backbone"] == "efficientnet_lite0"
     assert {"best_morf_auc", "best_lerf_auc", "best_lerf_minus_morf"} <= parent.data.metrics.keys()
     metrics = parent.data.metrics
-    assert metrics["threshold_road_morf_auc"] == max(metrics["random_maps_road_morf_auc"],
-                                                     metrics["center_maps_road_morf_auc"])
-    assert metrics["threshold_road_lerf_auc"] == min(metrics["center_maps_road_lerf_auc"],
-                                                     metrics["random_maps_road_lerf_auc"])
+    assert metrics["threshold_road_morf_auc"] == max(
+        metrics["random_maps_road_morf_auc"], metrics["center_maps_road_morf_auc"]
+    )
+    assert metrics["threshold_road_lerf_auc"] == min(
+        metrics["center_maps_road_lerf_auc"], metrics["random_maps_road_lerf_auc"]
+    )
     assert Study.read(folder.directory, folder.space()).thresholds == {  # what Ax was configured with
         "road_morf_auc": parent.data.metrics["threshold_road_morf_auc"],
-        "road_lerf_auc": parent.data.metrics["threshold_road_lerf_auc"]}
+        "road_lerf_auc": parent.data.metrics["threshold_road_lerf_auc"],
+    }
     parent_artifacts = artifact_paths(client, parent.info.run_id)
     assert "search_space/ptame.yaml" in parent_artifacts and "best.yaml" in parent_artifacts
     assert "ax/ax_experiment.json" in parent_artifacts

@@ -73,14 +73,17 @@ def wait_for_ax_then_kill_the_first(markers: Path, config, bench, **kwargs):
 @pytest.mark.system
 @pytest.mark.slow
 def test_three_workers_wait_for_ax_run_distinct_trials_on_own_gpus_and_survive_a_killed_worker(
-        ray_address, tmp_path, monkeypatch):
+    ray_address, tmp_path, monkeypatch
+):
     markers = tmp_path / "markers"
     markers.mkdir()
     space_path = tmp_path / "space.yaml"  # a Sobol budget of 2: the third worker must wait for a result
-    space_path.write_text(DEFAULT_SEARCH_SPACE.read_text().replace("initialization_trials: 5",
-                                                                   "initialization_trials: 2"))
-    settings = replace(options(tmp_path, trials=4), parallel=3, space=load_search_space(space_path),
-                       space_path=space_path)
+    space_path.write_text(
+        DEFAULT_SEARCH_SPACE.read_text().replace("initialization_trials: 5", "initialization_trials: 2")
+    )
+    settings = replace(
+        options(tmp_path, trials=4), parallel=3, space=load_search_space(space_path), space_path=space_path
+    )
     next_trial = Study.next_trial
 
     def noting_the_wait(study):
@@ -113,7 +116,9 @@ def test_three_workers_wait_for_ax_run_distinct_trials_on_own_gpus_and_survive_a
             assert run.data.metrics["road_morf_auc"] == pytest.approx(record.metrics["road_morf_auc"])
             assert len(client.get_metric_history(run.info.run_id, "loss")) >= 1  # steps sent back by the worker
             assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "plots")) == [
-                "plots/explanations.png", "plots/road_curve.png"]
+                "plots/explanations.png",
+                "plots/road_curve.png",
+            ]
         else:
             assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == failed.reason
     gpus = [runs[name].data.tags["worker.cuda_visible_devices"] for name in ("trial-000", "trial-001")]
@@ -122,8 +127,21 @@ def test_three_workers_wait_for_ax_run_distinct_trials_on_own_gpus_and_survive_a
 
 
 def search_command(experiment: Path, tmp_path: Path, name: str, trials: int, *options: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.search", "--experiment", str(experiment), "--trials", str(trials),
-            "--name", name, "--out", str(tmp_path / "search"), "--no-progress", *options]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.search",
+        "--experiment",
+        str(experiment),
+        "--trials",
+        str(trials),
+        "--name",
+        name,
+        "--out",
+        str(tmp_path / "search"),
+        "--no-progress",
+        *options,
+    ]
 
 
 def toy_experiment(tmp_path: Path, images: int = 8, model: dict | None = None) -> Path:
@@ -136,18 +154,31 @@ def toy_experiment(tmp_path: Path, images: int = 8, model: dict | None = None) -
 @pytest.mark.system
 @pytest.mark.slow
 def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_second_search_is_refused(
-        ray_address, tmp_path, capsys):
+    ray_address, tmp_path, capsys
+):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # Trials of several seconds (the trial's one training step waits SLOW_STEP_S and leaves the CPU to the other
     # processes), so that the second worker is ready long before the first trial ends.
     slow = TOY_MODEL | {"backbone": "tests.toy_models:slow_tiny_classifier"}
-    command = search_command(toy_experiment(tmp_path, model=slow), tmp_path, "killed", 4, "--parallel", "2",
-                             "--ray-address", ray_address, "--tracking-uri", tracking_uri)
-    first = subprocess.Popen(command, cwd=REPO, env=command_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    command = search_command(
+        toy_experiment(tmp_path, model=slow),
+        tmp_path,
+        "killed",
+        4,
+        "--parallel",
+        "2",
+        "--ray-address",
+        ray_address,
+        "--tracking-uri",
+        tracking_uri,
+    )
+    first = subprocess.Popen(
+        command, cwd=REPO, env=command_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     output = [first.stdout.readline()]  # "search 'killed': ..." just before it takes the folder's lock
-    second = subprocess.Popen(command, cwd=REPO, env=command_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(
+        command, cwd=REPO, env=command_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     in_flight: set[int] = set()
     completed = 0
     while first.poll() is None:
@@ -192,16 +223,29 @@ def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_seco
 
 @pytest.mark.system
 @pytest.mark.slow
-def test_two_searches_at_once_log_every_run_and_artifact_to_one_tracking_server(ray_address, mlflow_server, tmp_path,
-                                                                                 capsys):
+def test_two_searches_at_once_log_every_run_and_artifact_to_one_tracking_server(
+    ray_address, mlflow_server, tmp_path, capsys
+):
     """Two search commands at once: one joins the session's Ray cluster, packing two trials per GPU, and runs in this
     process (connected to that cluster; test_killing_... runs a command that joins it from outside); the other runs
     as a user runs it and starts its own Ray. Both send their workers' steps straight to the server."""
     uri = mlflow_server
     experiment = toy_experiment(tmp_path)
     commands = {
-        "joined": search_command(experiment, tmp_path, "joined", 3, "--parallel", "2", "--gpus-per-trial", "0.5",
-                                 "--ray-address", ray_address, "--tracking-uri", uri),
+        "joined": search_command(
+            experiment,
+            tmp_path,
+            "joined",
+            3,
+            "--parallel",
+            "2",
+            "--gpus-per-trial",
+            "0.5",
+            "--ray-address",
+            ray_address,
+            "--tracking-uri",
+            uri,
+        ),
         "own-ray": search_command(experiment, tmp_path, "own-ray", 3, "--parallel", "2", "--tracking-uri", uri),
     }
     as_a_user = {k: v for k, v in command_env().items() if k != "RAY_AUTH_MODE"}  # Ray's own default
@@ -234,21 +278,26 @@ def test_two_searches_at_once_log_every_run_and_artifact_to_one_tracking_server(
             assert run.info.status == "FINISHED", run_name
             assert len(client.get_metric_history(run_id, "loss")) >= 1, run_name
             assert [a.path for a in client.list_artifacts(run_id, "plots")] == [
-                "plots/explanations.png", "plots/road_curve.png"], run_name
+                "plots/explanations.png",
+                "plots/road_curve.png",
+            ], run_name
             if run_name.startswith("trial"):
                 assert {"road_morf_auc", "road_lerf_auc", "ad_100"} <= set(run.data.metrics), run_name
                 assert run.data.tags.get("worker.cuda_visible_devices") in gpus[name], run_name
         assert client.list_artifacts(runs["final-head"].info.run_id, "head")
 
 
-@pytest.mark.parametrize(("nodes", "parallel", "gpus", "expected"), [
-    ([{"CPU": 2}], 2, None, SlotSize(0.0, 1, 1)),
-    ([{"CPU": 2}], 3, None, SlotSize(0.0, 2 / 3, 1)),
-    ([{"CPU": 16}, {"CPU": 8}], 4, 0, SlotSize(0.0, 6, 6)),
-    ([{"CPU": 16, "GPU": 8}], 8, None, SlotSize(1.0, 2.0, 2)),
-    ([{"CPU": 16, "GPU": 4}], 8, 0.5, SlotSize(0.5, 2.0, 2)),
-    ([{"CPU": 32, "GPU": 4}, {"CPU": 8, "GPU": 2}], 6, 2, SlotSize(2.0, 8.0, 8)),
-])
+@pytest.mark.parametrize(
+    ("nodes", "parallel", "gpus", "expected"),
+    [
+        ([{"CPU": 2}], 2, None, SlotSize(0.0, 1, 1)),
+        ([{"CPU": 2}], 3, None, SlotSize(0.0, 2 / 3, 1)),
+        ([{"CPU": 16}, {"CPU": 8}], 4, 0, SlotSize(0.0, 6, 6)),
+        ([{"CPU": 16, "GPU": 8}], 8, None, SlotSize(1.0, 2.0, 2)),
+        ([{"CPU": 16, "GPU": 4}], 8, 0.5, SlotSize(0.5, 2.0, 2)),
+        ([{"CPU": 32, "GPU": 4}, {"CPU": 8, "GPU": 2}], 6, 2, SlotSize(2.0, 8.0, 8)),
+    ],
+)
 def test_slot_size(nodes, parallel, gpus, expected):
     assert slot_size(nodes, parallel, gpus) == expected
 
@@ -256,9 +305,11 @@ def test_slot_size(nodes, parallel, gpus, expected):
 def test_more_gpu_workers_than_fit_at_once_are_noted_with_the_share_that_fits():
     one_gpu = [{"CPU": 16, "GPU": 1}]
     note = crowding_note(one_gpu, 2, slot_size(one_gpu, 2, None))
-    assert note == ("note: --parallel 2 with 1 GPU per trial: the cluster's 1 GPU(s) run 1 trial(s) at a time, the "
-                    "other workers wait; --gpus-per-trial 0.5 shares the GPUs between all of them (if the models "
-                    "fit in memory)")
+    assert note == (
+        "note: --parallel 2 with 1 GPU per trial: the cluster's 1 GPU(s) run 1 trial(s) at a time, the "
+        "other workers wait; --gpus-per-trial 0.5 shares the GPUs between all of them (if the models "
+        "fit in memory)"
+    )
     assert crowding_note(one_gpu, 2, slot_size(one_gpu, 2, 0.5)) is None
     two_nodes = [{"CPU": 32, "GPU": 4}, {"CPU": 8, "GPU": 2}]
     assert slots_at_once(two_nodes, slot_size(two_nodes, 3, 2)) == 3
@@ -281,17 +332,23 @@ def test_a_pool_wanting_more_gpus_than_a_node_has_stops_before_starting_workers(
     assert ray.is_initialized()  # it joined the module's Ray, so it leaves it connected
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    (["--parallel", "0"], "--parallel 0: give the number of trials to run at once, at least 1"),
-    (["--gpus-per-trial", "0.5"], "--gpus-per-trial 0.5 sizes Ray workers; add --parallel N"),
-    (["--parallel", "2", "--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5: a trial trains on one GPU; give 1, "),
-    (["--parallel", "2", "--gpus-per-trial", "2"], r"--gpus-per-trial 2: .* use more GPUs with --parallel N \(N "
-                                                   r"trials at once, one GPU each\)"),
-    (["--gpus-per-trial", "2"], "--gpus-per-trial 2: a trial trains on one GPU"),
-    (["--parallel", "2", "--gpus-per-trial", "-1"], "--gpus-per-trial -1: a trial trains on one GPU"),
-    (["--parallel", "2", "--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: nothing answers there"),
-    (["--parallel", "2", "--ray-address", "ray://127.0.0.1:1"], "--ray-address ray://127.0.0.1:1: nothing answers"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--parallel", "0"], "--parallel 0: give the number of trials to run at once, at least 1"),
+        (["--gpus-per-trial", "0.5"], "--gpus-per-trial 0.5 sizes Ray workers; add --parallel N"),
+        (["--parallel", "2", "--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5: a trial trains on one GPU; give 1, "),
+        (
+            ["--parallel", "2", "--gpus-per-trial", "2"],
+            r"--gpus-per-trial 2: .* use more GPUs with --parallel N \(N "
+            r"trials at once, one GPU each\)",
+        ),
+        (["--gpus-per-trial", "2"], "--gpus-per-trial 2: a trial trains on one GPU"),
+        (["--parallel", "2", "--gpus-per-trial", "-1"], "--gpus-per-trial -1: a trial trains on one GPU"),
+        (["--parallel", "2", "--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: nothing answers there"),
+        (["--parallel", "2", "--ray-address", "ray://127.0.0.1:1"], "--ray-address ray://127.0.0.1:1: nothing answers"),
+    ],
+)
 def test_bad_parallel_options_stop_with_one_line(arguments, message):
     with pytest.raises(UserError, match=message) as error:
         main(["--data", "demo", "--trials", "2", *arguments])

@@ -73,9 +73,7 @@ def test_save_overlay_keeps_image_resolution(tmp_path) -> None:
         assert png.size == (160, 120 + plots.TITLE_BAND_PX)
 
 
-@pytest.mark.parametrize(
-    "percentages", [[10, 20, 30, 40, 50, 70, 90], [0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9]]
-)
+@pytest.mark.parametrize("percentages", [[10, 20, 30, 40, 50, 70, 90], [0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9]])
 def test_road_curve_png(tmp_path, percentages) -> None:
     morf = [0.6, 0.4, 0.3, 0.2, 0.15, 0.1, 0.05]
     lerf = [0.95, 0.93, 0.9, 0.85, 0.8, 0.6, 0.3]

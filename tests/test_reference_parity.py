@@ -93,8 +93,9 @@ def test_loss_uses_the_configured_form_and_an_explicit_lambda3():
     ce = torch.nn.functional.cross_entropy(logits, targets).item()
     paper = ptame_loss(logits, targets, MAPS, LossConfig(lambda1=0.2, lambda2=0.5, lambda_area=1.0, area_epsilon=0))
     assert paper.total.item() == pytest.approx(0.2 * ce + 0.5 * 0.5 + 0.3 * 0.375)
-    reference = LossConfig(lambda1=0.07, lambda2=0.98, lambda3=1e-4, lambda_area=1.0, area_epsilon=0,
-                           variation="reference")
+    reference = LossConfig(
+        lambda1=0.07, lambda2=0.98, lambda3=1e-4, lambda_area=1.0, area_epsilon=0, variation="reference"
+    )
     terms = ptame_loss(logits, targets, MAPS, reference)
     assert terms.variation.item() == pytest.approx(1.2)
     assert terms.total.item() == pytest.approx(0.07 * ce + 0.98 * 0.5 + 1e-4 * 1.2)
@@ -106,8 +107,10 @@ def test_reference_class_subset_keeps_duplicates():
     assert torch.equal(classes, targets) and torch.equal(classes[position], targets)
 
 
-@pytest.mark.parametrize("override, allowed", [("loss.variation=smooth", "'paper', 'reference'"),
-                                               ("loss.class_subset=random", "'paper', 'reference'")])
+@pytest.mark.parametrize(
+    "override, allowed",
+    [("loss.variation=smooth", "'paper', 'reference'"), ("loss.class_subset=random", "'paper', 'reference'")],
+)
 def test_an_unknown_loss_form_is_a_one_line_error_naming_the_choices(override, allowed):
     with pytest.raises(UserError) as error:
         configs.load(None, [override])
@@ -134,8 +137,14 @@ def test_an_explicit_lambda3_lifts_the_sum_to_one_rule():
 
 
 def test_the_six_published_runs_are_there():
-    assert [path.stem for path in PAPER_RUNS] == ["tab1_resnet50", "tab1_vgg16", "tab1_vit_b_16",
-                                                  "tab2_mnasnet", "tab2_mobilenetv3", "tab2_resnet18"]
+    assert [path.stem for path in PAPER_RUNS] == [
+        "tab1_resnet50",
+        "tab1_vgg16",
+        "tab1_vit_b_16",
+        "tab2_mnasnet",
+        "tab2_mobilenetv3",
+        "tab2_resnet18",
+    ]
 
 
 @pytest.mark.parametrize("path", PAPER_RUNS, ids=lambda path: path.stem)
@@ -157,10 +166,26 @@ def test_the_authors_evaluation_lists_are_disjoint_2000_image_samples_of_imagene
 def test_the_authors_sweep_loads_and_fits_the_reference_loss_form():
     space = load_search_space(ROOT / "search_spaces" / "reference.yaml")
     assert space.thresholds == {"road_morf_auc": 0.36, "road_lerf_auc": 0.60}
-    assert space.contains({"max_lr": 1e-4, "weight_decay": 1e-3, "lambda1": 0.1, "lambda2": 0.8,
-                           "border_penalty": 0.3, "lambda_area": 0.5})
-    assert not space.contains({"max_lr": 1e-4, "weight_decay": 1e-3, "lambda1": 0.1, "lambda2": 0.7,
-                               "border_penalty": 0.3, "lambda_area": 0.5})
+    assert space.contains(
+        {
+            "max_lr": 1e-4,
+            "weight_decay": 1e-3,
+            "lambda1": 0.1,
+            "lambda2": 0.8,
+            "border_penalty": 0.3,
+            "lambda_area": 0.5,
+        }
+    )
+    assert not space.contains(
+        {
+            "max_lr": 1e-4,
+            "weight_decay": 1e-3,
+            "lambda1": 0.1,
+            "lambda2": 0.7,
+            "border_penalty": 0.3,
+            "lambda_area": 0.5,
+        }
+    )
     paper_run = configs.read_yaml(PAPER_RUNS[0])
     with pytest.raises(UserError, match="fixes loss.lambda3 = 0.0; add --set loss.lambda3=null"):
         check_space_fits(paper_run, space)
@@ -172,7 +197,8 @@ def test_the_authors_sweep_loads_and_fits_the_reference_loss_form():
 def test_thresholds_must_name_every_objective(tmp_path):
     text = (ROOT / "search_spaces" / "reference.yaml").read_text()
     path = tmp_path / "space.yaml"
-    path.write_text(text.replace("thresholds: {road_morf_auc: 0.36, road_lerf_auc: 0.60}",
-                                 "thresholds: {road_morf_auc: 0.36}"))
+    path.write_text(
+        text.replace("thresholds: {road_morf_auc: 0.36, road_lerf_auc: 0.60}", "thresholds: {road_morf_auc: 0.36}")
+    )
     with pytest.raises(UserError, match="thresholds: give one threshold per objective"):
         load_search_space(path)

@@ -55,9 +55,14 @@ def test_the_registered_explainer_runs_in_a_fresh_process_and_matches_the_explai
         inputs.append(tmp_path / f"photo_{index}.npy")
         np.save(inputs[-1], photo[None])
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": uri}
-    result = subprocess.run([sys.executable, "-c", LOADER, f"models:/{name}/{version}",
-                             *map(str, inputs)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", LOADER, f"models:/{name}/{version}", *map(str, inputs)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     signature = json.loads(result.stdout.strip().splitlines()[-1])
     assert "uint8" in signature["inputs"] and "saliency" in signature["outputs"]
@@ -97,8 +102,9 @@ def test_the_registered_model_is_pickle_free_code_with_the_head_and_config(regis
 def test_weights_files_travel_as_artifacts(tmp_path):
     weights = tmp_path / "lite1.pt"
     torch.save({"x": torch.zeros(1)}, weights)
-    config = configs.load(Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml",
-                          [f"model.auxiliary_weights={weights}"])
+    config = configs.load(
+        Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml", [f"model.auxiliary_weights={weights}"]
+    )
     artifacts = model_artifacts(tmp_path / "head", config)
     assert artifacts["auxiliary_weights"] == str(weights) and "backbone_weights" not in artifacts
     assert not any(r.startswith("efficientnet-lite1") for r in requirements(config))
@@ -111,8 +117,18 @@ def test_explain_takes_the_registered_model_and_rejects_unknown_ones(registered,
     photo = tmp_path / "coffee.png"
     Image.fromarray(demo_photos()["coffee"]).save(photo)
     with pytest.raises(SystemExit) as stop:
-        cli.run(explain_main, ["--model", f"models:/{name}/{version}", "--tracking-uri", uri,
-                               str(photo), "--out", str(tmp_path / "maps")])
+        cli.run(
+            explain_main,
+            [
+                "--model",
+                f"models:/{name}/{version}",
+                "--tracking-uri",
+                uri,
+                str(photo),
+                "--out",
+                str(tmp_path / "maps"),
+            ],
+        )
     assert stop.value.code == 0
     assert "coffee.png: " in capsys.readouterr().out and (tmp_path / "maps" / "coffee.png").is_file()
     for model in (f"models:/{name}/99", "models:/no-such-model/1"):

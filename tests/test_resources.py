@@ -23,10 +23,16 @@ def test_the_clones_folders_are_links_to_the_packaged_files():
     assert packaged_names(SEARCH_SPACES) == ["ptame", "reference"]
 
 
-@pytest.mark.parametrize("given, packaged", [
-    ("experiments/demo.yaml", "demo.yaml"), ("demo", "demo.yaml"), ("demo.yaml", "demo.yaml"),
-    ("experiments/paper/tab1_vgg16.yaml", "paper/tab1_vgg16.yaml"), ("paper/tab1_vgg16", "paper/tab1_vgg16.yaml"),
-])
+@pytest.mark.parametrize(
+    "given, packaged",
+    [
+        ("experiments/demo.yaml", "demo.yaml"),
+        ("demo", "demo.yaml"),
+        ("demo.yaml", "demo.yaml"),
+        ("experiments/paper/tab1_vgg16.yaml", "paper/tab1_vgg16.yaml"),
+        ("paper/tab1_vgg16", "paper/tab1_vgg16.yaml"),
+    ],
+)
 def test_documented_experiment_paths_work_from_any_directory(tmp_path, monkeypatch, given, packaged):
     monkeypatch.chdir(tmp_path)
     assert experiment_file(given) == EXPERIMENTS / packaged
@@ -72,16 +78,18 @@ def test_an_installed_wheel_runs_from_an_empty_directory(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
 
     def run(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *argv], cwd=empty, env=env, capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run([sys.executable, *argv], cwd=empty, env=env, capture_output=True, text=True, timeout=300)
 
-    resolved = run("-c", "import pipeline.search as s; from pipeline import config as c, resources as r; "
-                         "from pipeline.hpo.space import load_search_space as load\n"
-                         "print(s.__file__)\n"
-                         "print(load(r.search_space_file(r.DEFAULT_SEARCH_SPACE)).name)\n"
-                         "print(load(r.search_space_file('search_spaces/reference.yaml')).name)\n"
-                         "print(c.load(r.experiment_file('experiments/demo.yaml')).model.backbone)\n"
-                         "print(c.load(r.experiment_file('experiments/paper/tab1_vgg16.yaml')).model.backbone)\n")
+    resolved = run(
+        "-c",
+        "import pipeline.search as s; from pipeline import config as c, resources as r; "
+        "from pipeline.hpo.space import load_search_space as load\n"
+        "print(s.__file__)\n"
+        "print(load(r.search_space_file(r.DEFAULT_SEARCH_SPACE)).name)\n"
+        "print(load(r.search_space_file('search_spaces/reference.yaml')).name)\n"
+        "print(c.load(r.experiment_file('experiments/demo.yaml')).model.backbone)\n"
+        "print(c.load(r.experiment_file('experiments/paper/tab1_vgg16.yaml')).model.backbone)\n",
+    )
     assert resolved.returncode == 0, resolved.stderr
     where, *names = resolved.stdout.split()
     assert where.startswith(str(site)) and names == ["ptame", "reference", "efficientnet_lite0", "vgg16"]

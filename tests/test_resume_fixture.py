@@ -30,8 +30,10 @@ def test_the_saved_search_reads_back_as_written(folder: SearchFolder) -> None:
     assert [asdict(record) for record in study.records()] == EXPECTED
     assert [record["status"] for record in EXPECTED] == ["completed"] * 2 + ["failed"] + ["completed"] * 3 + ["running"]
     assert study.thresholds == {"road_morf_auc": 0.42, "road_lerf_auc": 0.45}
-    assert folder.state[PARENT_RUN] == "0123456789abcdef" and set(folder.state[REFERENCES]) == {"random maps",
-                                                                                                 "centred blob"}
+    assert folder.state[PARENT_RUN] == "0123456789abcdef" and set(folder.state[REFERENCES]) == {
+        "random maps",
+        "centred blob",
+    }
 
 
 @pytest.mark.slow  # a BoTorch generation
@@ -52,6 +54,7 @@ def test_export_reads_the_saved_search(folder: SearchFolder, capsys: pytest.Capt
     best = export(folder)
     config = configs.load(best)
     chosen = Study.read(folder.directory, folder.space()).select().record
-    assert (config.loss.lambda1, config.loss.lambda2) == pytest.approx((chosen.parameters["lambda1"],
-                                                                        chosen.parameters["lambda2"]))
+    assert (config.loss.lambda1, config.loss.lambda2) == pytest.approx(
+        (chosen.parameters["lambda1"], chosen.parameters["lambda2"])
+    )
     assert "random maps" in capsys.readouterr().out  # the reference rows under the trial table

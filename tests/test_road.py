@@ -130,8 +130,9 @@ def test_result_metrics_keys() -> None:
 def test_progress_is_reported_per_chunk() -> None:
     seen: list[int] = []
     images, maps = torch.rand(10, 3, 8, 8), torch.rand(10, 8, 8)
-    road(ConstantClassifier(), images, maps, torch.zeros(10, dtype=torch.long), RoadProtocol((50,)),
-         progress=seen.append)
+    road(
+        ConstantClassifier(), images, maps, torch.zeros(10, dtype=torch.long), RoadProtocol((50,)), progress=seen.append
+    )
     assert seen[-1] == 10 and seen == sorted(seen)
 
 
@@ -148,7 +149,6 @@ def test_scores_do_not_depend_on_how_many_images_are_imputed_together(monkeypatc
         results.append(road(classifier, images, maps, targets, RoadProtocol(noise=0.0)))
     assert results[0] == results[1]
     assert 0 < results[0].morf_auc < results[0].lerf_auc < 1, "the classifier is sensitive to the removed pixels"
-
 
 
 def tiny_cnn(seed: int) -> nn.Module:

@@ -28,7 +28,7 @@ def occlusion_maps(classifier, evalset: EvalSet) -> torch.Tensor:
     for i, top in enumerate(starts):
         for j, left in enumerate(starts):
             hidden = images.clone()
-            hidden[:, :, top:top + PATCH, left:left + PATCH] = 0.5
+            hidden[:, :, top : top + PATCH, left : left + PATCH] = 0.5
             probability = classifier(hidden).softmax(1).gather(1, targets[:, None])[:, 0]
             maps[:, i, j] = clean - probability
     return F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
@@ -37,8 +37,15 @@ def occlusion_maps(classifier, evalset: EvalSet) -> torch.Tensor:
 def road_score(classifier, evalset: EvalSet, maps: torch.Tensor, settings: EvalConfig) -> RoadResult:
     """ROAD of ``maps`` as a search scores them (`evaluate_maps` makes this call), without the AD/IC it adds."""
     generator = torch.Generator(device=evalset.device).manual_seed(settings.seed)
-    return road(classifier, evalset.first_images(len(evalset)), maps, evalset.targets, RoadProtocol.of(settings),
-                settings.batch_size, generator)
+    return road(
+        classifier,
+        evalset.first_images(len(evalset)),
+        maps,
+        evalset.targets,
+        RoadProtocol.of(settings),
+        settings.batch_size,
+        generator,
+    )
 
 
 @pytest.mark.system
@@ -50,7 +57,9 @@ def test_random_maps_tie_and_an_occlusion_map_separates_morf_from_lerf():
     settings = EvalConfig(percentages=[20, 50, 80])  # random maps 0.667 / 0.681, occlusion 0.308 / 0.722 (measured)
     random = road_score(classifier, evalset, reference_maps("random", VIEWS, (224, 224)), settings)
     occlusion = road_score(classifier, evalset, occlusion_maps(classifier, evalset), settings)
-    print(f"random maps: MoRF {random.morf_auc:.3f} LeRF {random.lerf_auc:.3f}; "
-          f"occlusion maps: MoRF {occlusion.morf_auc:.3f} LeRF {occlusion.lerf_auc:.3f}")
+    print(
+        f"random maps: MoRF {random.morf_auc:.3f} LeRF {random.lerf_auc:.3f}; "
+        f"occlusion maps: MoRF {occlusion.morf_auc:.3f} LeRF {occlusion.lerf_auc:.3f}"
+    )
     assert abs(random.morf_auc - random.lerf_auc) < 0.08
     assert occlusion.lerf_auc - occlusion.morf_auc > 0.15

@@ -29,9 +29,20 @@ def toy_head(tmp_path_factory):
     torch.save(TinyClassifier().state_dict(), tmp_path / "backbone.pt")
     experiment = toy_experiment(tmp_path, write_images(tmp_path / "images"))
     with pytest.raises(SystemExit) as stop:
-        cli.run(train_main, ["--experiment", str(experiment), "--out", str(tmp_path / "head"), "--no-progress",
-                             "--set", f"model.backbone_weights={tmp_path / 'backbone.pt'}",
-                             "--set", "evaluation.min_class_count=1"])
+        cli.run(
+            train_main,
+            [
+                "--experiment",
+                str(experiment),
+                "--out",
+                str(tmp_path / "head"),
+                "--no-progress",
+                "--set",
+                f"model.backbone_weights={tmp_path / 'backbone.pt'}",
+                "--set",
+                "evaluation.min_class_count=1",
+            ],
+        )
     assert stop.value.code == 0
     return tmp_path / "head"
 
@@ -58,7 +69,9 @@ def test_unknown_blocks_are_user_errors():
     with pytest.raises(UserError, match="hold no weights"):
         blocks_for("toy", network, "features.2")  # a ReLU
     assert [b.modules for b in blocks_for("toy", network, "features.0+features.1,fc")] == [
-        ("features.0", "features.1"), ("fc",)]
+        ("features.0", "features.1"),
+        ("fc",),
+    ]
 
 
 def test_randomisation_is_cumulative_and_restored():
@@ -90,8 +103,19 @@ def test_ssim_is_one_when_nothing_is_randomised_and_drops_when_the_backbone_is(t
 
 def test_the_command_writes_json_and_a_figure(toy_head, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        cli.run(sanity_main, ["--head", str(toy_head), "--split", "val", "--blocks", "features.0+features.1,fc",
-                              "--out", str(tmp_path / "sanity")])
+        cli.run(
+            sanity_main,
+            [
+                "--head",
+                str(toy_head),
+                "--split",
+                "val",
+                "--blocks",
+                "features.0+features.1,fc",
+                "--out",
+                str(tmp_path / "sanity"),
+            ],
+        )
     assert stop.value.code == 0
     report = json.loads((tmp_path / "sanity" / "sanity_reevaluate.json").read_text())
     assert report["protocol"] == "reevaluate" and "only changes which class" in report["protocol_description"]
@@ -100,10 +124,13 @@ def test_the_command_writes_json_and_a_figure(toy_head, tmp_path, capsys):
     assert "protocol reevaluate" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("arguments, expected", [
-    (["--blocks", "features.9"], "'features.9' is not a module of the backbone"),
-    (["--limit", "0"], "--limit 0"),
-])
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (["--blocks", "features.9"], "'features.9' is not a module of the backbone"),
+        (["--limit", "0"], "--limit 0"),
+    ],
+)
 def test_bad_input_is_one_line(toy_head, tmp_path, capsys, arguments, expected):
     with pytest.raises(SystemExit) as stop:
         cli.run(sanity_main, ["--head", str(toy_head), "--split", "val", "--out", str(tmp_path / "s"), *arguments])

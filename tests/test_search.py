@@ -36,9 +36,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def options(tmp_path: Path, trials: int) -> SearchOptions:
     space = load_search_space(DEFAULT_SEARCH_SPACE)
-    return SearchOptions(name="toy", trials=trials, base=toy_base(write_images(tmp_path / "images")), space=space,
-                         space_path=DEFAULT_SEARCH_SPACE, seed=3, directory=tmp_path / "search" / "toy",
-                         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", progress=False, system_metrics=False)
+    return SearchOptions(
+        name="toy",
+        trials=trials,
+        base=toy_base(write_images(tmp_path / "images")),
+        space=space,
+        space_path=DEFAULT_SEARCH_SPACE,
+        seed=3,
+        directory=tmp_path / "search" / "toy",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        progress=False,
+        system_metrics=False,
+    )
 
 
 @pytest.mark.slow  # a whole search in this process: trials, final head, registered model, export
@@ -50,9 +59,11 @@ def test_a_raising_and_a_nan_trial_are_marked_failed_and_the_search_completes(tm
         if calls["count"] == 1:
             raise RuntimeError("injected failure")
         if calls["count"] == 2:
+
             def nan_step(*args, **kw):
                 nan = torch.tensor(float("nan"), requires_grad=True)
                 return LossTerms(nan, nan, nan, nan)
+
             with monkeypatch.context() as patch:
                 patch.setattr(loop, "training_step", nan_step)
                 return train_head(config, bench, **kwargs)
@@ -81,8 +92,10 @@ def test_a_raising_and_a_nan_trial_are_marked_failed_and_the_search_completes(tm
     assert f"trial {report['trial']}, LeRF − MoRF observed {choice['observed_trade_off']:.4f}" in first_line
     exported = export(SearchFolder(directory))
     assert configs.load(exported) == best
-    assert torch.equal(torch.load(exported.with_name("head.pt"), weights_only=True)["fuse.weight"],
-                       torch.load(directory / "final" / "head.pt", weights_only=True)["fuse.weight"])
+    assert torch.equal(
+        torch.load(exported.with_name("head.pt"), weights_only=True)["fuse.weight"],
+        torch.load(directory / "final" / "head.pt", weights_only=True)["fuse.weight"],
+    )
 
 
 def test_a_search_stops_after_several_failures_in_a_row(tmp_path):
@@ -101,9 +114,22 @@ def test_sigkill_then_rerun_resumes_without_losing_or_duplicating_trials(tmp_pat
     base = toy_base(write_images(tmp_path / "images"))
     experiment = tmp_path / "toy.yaml"
     experiment.write_text(yaml.safe_dump(base))
-    command = [sys.executable, "-m", "pipeline.search", "--experiment", str(experiment), "--trials", "4",
-               "--name", "killed", "--out", str(tmp_path / "search"), "--no-progress",
-               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.search",
+        "--experiment",
+        str(experiment),
+        "--trials",
+        "4",
+        "--name",
+        "killed",
+        "--out",
+        str(tmp_path / "search"),
+        "--no-progress",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
     snapshot = tmp_path / "search" / "killed" / "ax_experiment.json"
     env = os.environ | {"PYTHONPATH": str(REPO)}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -148,11 +174,23 @@ def test_a_plain_search_name_is_accepted():
 
 @pytest.mark.system
 def test_an_unreachable_tracking_server_stops_the_search_in_one_line_before_any_work(tmp_path):
-    command = [sys.executable, "-m", "pipeline.search", "--tracking-uri", "http://127.0.0.1:9", "--trials", "1",
-               "--experiment", "experiments/demo.yaml", "--out", str(tmp_path / "runs")]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.search",
+        "--tracking-uri",
+        "http://127.0.0.1:9",
+        "--trials",
+        "1",
+        "--experiment",
+        "experiments/demo.yaml",
+        "--out",
+        str(tmp_path / "runs"),
+    ]
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(REPO)}, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        command, cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300
+    )
     elapsed = time.perf_counter() - started
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.splitlines()

@@ -46,7 +46,10 @@ def test_paper_space_loads() -> None:
     area = space.parameters[2]
     assert area.values == (0.5, 1.0, 2.0) and area.ordered and area.value_type == "float"
     assert space.config_values({"lambda1": 0.3, "lambda2": 0.25, "lambda_area": 2.0}) == {
-        "loss.lambda1": 0.3, "loss.lambda2": 0.25, "loss.lambda_area": 2.0}
+        "loss.lambda1": 0.3,
+        "loss.lambda2": 0.25,
+        "loss.lambda_area": 2.0,
+    }
     assert space.contains({"lambda1": 0.5, "lambda2": 0.5, "lambda_area": 1.0})
     assert not space.contains({"lambda1": 0.6, "lambda2": 0.5, "lambda_area": 1.0})
     assert not space.contains({"lambda1": 0.1, "lambda2": 0.5, "lambda_area": 3.0})
@@ -68,18 +71,30 @@ def test_defaults_log_scale_and_ge_constraint(tmp_path: Path) -> None:
         ("seed: 7", "seed: 7\nsearch: 3", ["search", "unknown key"]),
         ("seed: 7", "seed: [7", ["not valid YAML"]),
         ("seed: 7", "seed: seven", ["seed", "'seven'"]),
-        ("type: range, bounds: [0.0, 1.0]}\n  lambda2", "type: range, bounds: [1.0, 0.0]}\n  lambda2",
-         ["parameters.lambda1.bounds", "[1.0, 0.0]", "inverted"]),
-        ("type: range, bounds: [0.0, 1.0]}\n  lambda2", "type: range, bounds: [0.5, 0.5]}\n  lambda2",
-         ["parameters.lambda1.bounds", "empty"]),
-        ("type: range, bounds: [0.0, 1.0]}\n  lambda2", "type: range, bounds: [0.0]}\n  lambda2",
-         ["parameters.lambda1.bounds", "[lower, upper]"]),
+        (
+            "type: range, bounds: [0.0, 1.0]}\n  lambda2",
+            "type: range, bounds: [1.0, 0.0]}\n  lambda2",
+            ["parameters.lambda1.bounds", "[1.0, 0.0]", "inverted"],
+        ),
+        (
+            "type: range, bounds: [0.0, 1.0]}\n  lambda2",
+            "type: range, bounds: [0.5, 0.5]}\n  lambda2",
+            ["parameters.lambda1.bounds", "empty"],
+        ),
+        (
+            "type: range, bounds: [0.0, 1.0]}\n  lambda2",
+            "type: range, bounds: [0.0]}\n  lambda2",
+            ["parameters.lambda1.bounds", "[lower, upper]"],
+        ),
         ("bounds: [1.0e-5, 1.0e-3]", "bounds: [0.0, 1.0e-3]", ["parameters.max_lr.bounds", "log", "positive"]),
         ("scale: log", "scale: logarithmic", ["parameters.max_lr.scale", "'logarithmic'"]),
         ("values: [0.5, 1, 2]", "values: []", ["parameters.lambda_area.values", "non-empty"]),
         ("values: [0.5, 1, 2]", "values: [0.5, a]", ["parameters.lambda_area.values", "mixes types"]),
-        ("values: [0.5, 1, 2]", "values: [0.5, 1, 2], bounds: [0, 1]",
-         ["parameters.lambda_area.bounds", "unknown key"]),
+        (
+            "values: [0.5, 1, 2]",
+            "values: [0.5, 1, 2], bounds: [0, 1]",
+            ["parameters.lambda_area.bounds", "unknown key"],
+        ),
         ("type: choice", "type: grid", ["parameters.lambda_area.type", "'grid'"]),
         ("key: loss.lambda1", "key: loss.lamda1", ["parameters.lambda1.key", "'lamda1'", "lambda_area"]),
         ("key: loss.lambda1", "key: loss", ["parameters.lambda1.key", "section"]),
@@ -93,12 +108,18 @@ def test_defaults_log_scale_and_ge_constraint(tmp_path: Path) -> None:
         ('"lambda1 + lambda2 <= 1"', '"lambda1 + lambda2 < 1"', ["constraints[0]", "'<='"]),
         ('"lambda1 + lambda2 <= 1"', '"lambda1 + max_lr <= 1"', ["constraints[0]", "'max_lr'", "linear-scale"]),
         ('"lambda1 + lambda2 <= 1"', '"lambda1 + lambda2 >= 3"', ["constraints", "empty", "lambda1 in [0.0, 1.0]"]),
-        ('"lambda1 + lambda2 <= 1"', '"lambda1 + lambda2 <= 1", "lambda1 >= 0.7", "lambda2 >= 0.7"',
-         ["constraints", "cannot be satisfied"]),
+        (
+            '"lambda1 + lambda2 <= 1"',
+            '"lambda1 + lambda2 <= 1", "lambda1 >= 0.7", "lambda2 >= 0.7"',
+            ["constraints", "cannot be satisfied"],
+        ),
         ('"lambda1 + lambda2 <= 1"', '"lambda1 + lambda2 >= 2"', ["constraints", "single boundary point"]),
         ("road_morf_auc: minimize", "road_morf_auc: min", ["objectives.road_morf_auc", "'min'", "'minimize'"]),
-        ("objectives: {road_morf_auc: minimize, road_lerf_auc: maximize}", "objectives: {}",
-         ["objectives", "non-empty"]),
+        (
+            "objectives: {road_morf_auc: minimize, road_lerf_auc: maximize}",
+            "objectives: {}",
+            ["objectives", "non-empty"],
+        ),
     ],
 )
 def test_bad_space_names_the_key(tmp_path: Path, old: str, new: str, expected: list[str]) -> None:

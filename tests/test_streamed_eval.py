@@ -43,20 +43,28 @@ def toy_split(count: int) -> TensorDataset:
     return TensorDataset(images, torch.zeros(count, dtype=torch.long))
 
 
-def in_memory_scores(classifier: Classifier, evalset: EvalSet, maps: torch.Tensor, settings: EvalConfig
-                     ) -> dict[str, float]:
+def in_memory_scores(
+    classifier: Classifier, evalset: EvalSet, maps: torch.Tensor, settings: EvalConfig
+) -> dict[str, float]:
     """ROAD and AD/IC with the whole split and all its maps in memory at once, as evaluation worked before."""
     images = evalset.first_images(len(evalset))
     generator = torch.Generator().manual_seed(settings.seed)
-    scores = road(classifier, images, maps, evalset.targets, RoadProtocol.of(settings), settings.batch_size,
-                  generator).metrics()
-    return scores | ad_ic(classifier, images, maps, evalset.targets, evalset.probabilities,
-                          batch_size=settings.batch_size).metrics()
+    scores = road(
+        classifier, images, maps, evalset.targets, RoadProtocol.of(settings), settings.batch_size, generator
+    ).metrics()
+    return (
+        scores
+        | ad_ic(
+            classifier, images, maps, evalset.targets, evalset.probabilities, batch_size=settings.batch_size
+        ).metrics()
+    )
 
 
 def test_per_image_results_written_block_by_block_equal_the_parts_joined():
-    parts = [{"correct": torch.rand(2, 3, size) > 0.5, "masked": torch.rand(4, size, dtype=torch.float64)}
-             for size in (32, 32, 7)]
+    parts = [
+        {"correct": torch.rand(2, 3, size) > 0.5, "masked": torch.rand(4, size, dtype=torch.float64)}
+        for size in (32, 32, 7)
+    ]
     results, first = PerImage(71), 0
     for part in parts:
         results.put(first, part)
@@ -80,8 +88,10 @@ def test_road_of_a_split_in_parts_of_whole_chunks_equals_road_of_the_whole_split
     protocol = RoadProtocol((20, 50, 80), noise=0.2)
     whole = road_correct(classifier, images, maps, targets, protocol, generator=torch.Generator().manual_seed(1))
     carried = torch.Generator().manual_seed(1)  # one generator for the parts, in the split's order
-    parts = [road_correct(classifier, images[:8], maps[:8], targets[:8], protocol, generator=carried),
-             road_correct(classifier, images[8:], maps[8:], targets[8:], protocol, generator=carried)]
+    parts = [
+        road_correct(classifier, images[:8], maps[:8], targets[:8], protocol, generator=carried),
+        road_correct(classifier, images[8:], maps[8:], targets[8:], protocol, generator=carried),
+    ]
     assert torch.equal(torch.cat(parts, dim=2), whole)
     assert 0 < whole.double().mean() < 1, "the toy classifier is sensitive to the removed pixels"
 
@@ -101,8 +111,10 @@ def test_a_split_streamed_in_blocks_scores_exactly_as_in_memory(kind):
 @pytest.mark.slow
 def test_streamed_evaluation_of_the_demo_equals_the_in_memory_scores():
     """The head's maps; the reference maps (the search's objective thresholds) take the same path, tested above."""
-    config = configs.load(REPO / "experiments" / "demo.yaml", ["data.demo_train_views=32", "data.demo_eval_views=16",
-                                                              "evaluation.batch_size=8"])
+    config = configs.load(
+        REPO / "experiments" / "demo.yaml",
+        ["data.demo_train_views=32", "data.demo_eval_views=16", "evaluation.batch_size=8"],
+    )
     bench = Workbench.load(config)
     explainer = train_head(config, bench, progress=False).explainer
     classifier, settings = explainer.classifier, config.evaluation
@@ -110,8 +122,12 @@ def test_streamed_evaluation_of_the_demo_equals_the_in_memory_scores():
     assert len(evalset) == 16 and block_size(settings.batch_size, evalset.device) == 8  # streamed in two blocks
     images = evalset.first_images(len(evalset))
     with torch.no_grad():
-        head_maps = torch.cat([explainer.explain(part, classes).saliency for part, classes in
-                               zip(images.split(settings.batch_size), evalset.targets.split(settings.batch_size))])
+        head_maps = torch.cat(
+            [
+                explainer.explain(part, classes).saliency
+                for part, classes in zip(images.split(settings.batch_size), evalset.targets.split(settings.batch_size))
+            ]
+        )
     evaluation, shown = evaluate_head(explainer, evalset, settings)
     expected = in_memory_scores(classifier, evalset, head_maps, settings)
     assert {k: v for k, v in evaluation.metrics().items() if k != "class_coverage"} == expected

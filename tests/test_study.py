@@ -42,8 +42,9 @@ def synthetic(parameters: dict) -> dict[str, float]:
 
 
 def record(index: int, morf: float, lerf: float, status: TrialState = TrialState.COMPLETED) -> TrialRecord:
-    return TrialRecord(index, status, {"lambda1": 0.2, "lambda2": 0.3}, {"road_morf_auc": morf, "road_lerf_auc": lerf},
-                       None, "Sobol")
+    return TrialRecord(
+        index, status, {"lambda1": 0.2, "lambda2": 0.3}, {"road_morf_auc": morf, "road_lerf_auc": lerf}, None, "Sobol"
+    )
 
 
 @pytest.mark.slow  # three BoTorch generations
@@ -146,8 +147,17 @@ def test_fail_keeps_reason_and_search_goes_on(tmp_path: Path, space: SearchSpace
     table = format_table(records, {next_index}, space.objective_names)
     assert "failed: loss diverged at step 12" in table
     lines = table.splitlines()
-    assert lines[0].split() == ["trial", "generator", "lambda1", "lambda2", "lambda_area", "lambda3", "MoRF", "LeRF",
-                                "status"]
+    assert lines[0].split() == [
+        "trial",
+        "generator",
+        "lambda1",
+        "lambda2",
+        "lambda_area",
+        "lambda3",
+        "MoRF",
+        "LeRF",
+        "status",
+    ]
     assert lines[2 + next_index].startswith("*")
     column = lines[0].index("status")
     assert lines[2 + index].index(TrialState.FAILED) == lines[2 + next_index].index(TrialState.COMPLETED) == column
@@ -191,14 +201,23 @@ def test_select_through_the_study(tmp_path: Path, space: SearchSpace) -> None:
 
 
 @pytest.mark.slow  # fits Ax's model
-def test_the_predicted_rule_passes_over_a_lucky_noisy_trial_that_the_observed_rule_takes(tmp_path: Path,
-                                                                                       space: SearchSpace) -> None:
+def test_the_predicted_rule_passes_over_a_lucky_noisy_trial_that_the_observed_rule_takes(
+    tmp_path: Path, space: SearchSpace
+) -> None:
     # A poor point observed three times, once with a lucky draw that makes it look best of all; a good region whose
     # trials agree with each other; a few points elsewhere.
     poor, lucky = (0.7, 0.1), (0.20, 0.68)
-    trials = [((0.2, 0.7), (0.250, 0.650)), ((0.22, 0.68), (0.255, 0.645)), ((0.18, 0.72), (0.245, 0.655)),
-              ((0.5, 0.3), (0.300, 0.600)), ((0.05, 0.9), (0.280, 0.620)), ((0.9, 0.05), (0.400, 0.500)),
-              (poor, (0.360, 0.540)), (poor, (0.340, 0.560)), (poor, lucky)]
+    trials = [
+        ((0.2, 0.7), (0.250, 0.650)),
+        ((0.22, 0.68), (0.255, 0.645)),
+        ((0.18, 0.72), (0.245, 0.655)),
+        ((0.5, 0.3), (0.300, 0.600)),
+        ((0.05, 0.9), (0.280, 0.620)),
+        ((0.9, 0.05), (0.400, 0.500)),
+        (poor, (0.360, 0.540)),
+        (poor, (0.340, 0.560)),
+        (poor, lucky),
+    ]
     study = Study.open(tmp_path, dataclasses.replace(space, choice="predicted"), seed=0)
     for (lambda1, lambda2), (morf, lerf) in trials:
         index = study.client.attach_trial({"lambda1": lambda1, "lambda2": lambda2, "lambda_area": 1.0})
@@ -252,8 +271,10 @@ def test_another_space_with_log_scale_learning_rate(tmp_path: Path) -> None:
 
 
 def test_reference_maps_set_the_thresholds_and_sit_under_the_trial_table(tmp_path: Path, space: SearchSpace) -> None:
-    references = {"random maps": {"road_morf_auc": 0.74, "road_lerf_auc": 0.73},
-                  "centred blob": {"road_morf_auc": 0.38, "road_lerf_auc": 0.61}}
+    references = {
+        "random maps": {"road_morf_auc": 0.74, "road_lerf_auc": 0.73},
+        "centred blob": {"road_morf_auc": 0.38, "road_lerf_auc": 0.61},
+    }
     thresholds = objective_thresholds(references, space.objective_signs)
     assert thresholds == {"road_morf_auc": 0.74, "road_lerf_auc": 0.61}  # the worst trivial value of each
     study = Study.open(tmp_path, space, seed=0, thresholds=thresholds)
@@ -272,4 +293,9 @@ def test_small_values_such_as_a_learning_rate_are_not_shown_as_zero():
     from pipeline.hpo.trial_table import _format_cell
 
     assert [_format_cell(value) for value in (1e-5, 4.467e-06, 5.5e-17, 0.29834, -0.0)] == [
-        "1e-05", "4.47e-06", "0.0000", "0.2983", "0.0000"]
+        "1e-05",
+        "4.47e-06",
+        "0.0000",
+        "0.2983",
+        "0.0000",
+    ]

@@ -77,8 +77,7 @@ def test_registered_model_name(backbone: str, auxiliary: str, expected: str) -> 
 
 def test_flatten_params() -> None:
     flat = runs.flatten_params(
-        {"loss": {"lambda1": 0.5, "area": {"exp": 2}}, "layers": ["layer1", "layer2"], "empty": {},
-         "long": "x" * 7000}
+        {"loss": {"lambda1": 0.5, "area": {"exp": 2}}, "layers": ["layer1", "layer2"], "empty": {}, "long": "x" * 7000}
     )
     assert flat["loss.lambda1"] == "0.5" and flat["loss.area.exp"] == "2"
     assert flat["layers"] == "['layer1', 'layer2']" and flat["empty"] == "{}"
@@ -93,8 +92,10 @@ def test_two_processes_creating_a_new_sqlite_store_at_once_both_succeed(tmp_path
     command = [sys.executable, "-c", CREATE_STORE, f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}", str(go)]
     (tmp_path / "new").mkdir()
     env = os.environ | {"PYTHONPATH": str(REPO), "PYTHONWARNINGS": "default"}  # warnings would show, if raised
-    processes = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(2)]
+    processes = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     for process in processes:
         assert process.stdout.readline() == "ready\n", process.communicate()[1]
     go.touch()
@@ -106,7 +107,8 @@ def test_two_processes_creating_a_new_sqlite_store_at_once_both_succeed(tmp_path
 
 
 def test_a_local_stores_artifacts_live_beside_its_database_not_in_the_working_folder(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -167,9 +169,7 @@ def test_a_failing_tracking_server_is_reported_and_a_healthy_one_passes(mlflow_s
 
 
 @pytest.mark.system
-def test_trials_are_nested_with_params_steps_metrics_and_artifacts(
-    tracker: Tracker, tmp_path: Path
-) -> None:
+def test_trials_are_nested_with_params_steps_metrics_and_artifacts(tracker: Tracker, tmp_path: Path) -> None:
     client = MlflowClient(tracker.tracking_uri)
     artifact = tmp_path / "road.txt"
     artifact.write_text("MoRF 0.2\n")
@@ -222,8 +222,9 @@ def test_resume_reopens_search_and_fails_interrupted_trials(tracker: Tracker) ->
     interrupted = tracker.start_trial(0, {"lambda1": 0.3})  # the process "dies" here
     experiment = tracker.client.get_experiment(tracker.experiment_id).name
     resumed = Tracker(tracker.tracking_uri, experiment=experiment)
-    run_id = resumed.start_search("search", {"backbone": "vgg16", "trials": 5, "resumed": True}, {},
-                                  run_id=tracker.search_run_id)
+    run_id = resumed.start_search(
+        "search", {"backbone": "vgg16", "trials": 5, "resumed": True}, {}, run_id=tracker.search_run_id
+    )
     client = MlflowClient(tracker.tracking_uri)
     search = client.get_run(run_id)
     assert run_id == tracker.search_run_id and search.info.status == "RUNNING"
@@ -238,8 +239,14 @@ def test_final_explainer_is_logged_and_registered(
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     name = registry.registered_model_name("tests.toy_models:tiny_classifier", f"toy-{uuid.uuid4().hex[:6]}")
-    config = configs.from_dict({"model": TOY_MODEL, "data": {"demo_train_views": 8}, "train": {"batch_size": 4},
-                                "evaluation": {"min_class_count": 1}})
+    config = configs.from_dict(
+        {
+            "model": TOY_MODEL,
+            "data": {"demo_train_views": 8},
+            "train": {"batch_size": 4},
+            "evaluation": {"min_class_count": 1},
+        }
+    )
     head = save_head(train_head(config, progress=False), tmp_path / "head")
 
     with start_final(tracker, {"loss": {"lambda1": 0.6}}, system_metrics_interval_s=0.5) as final:
@@ -280,24 +287,26 @@ def test_ax_analyses_are_exported_and_logged(
         parameters=[
             RangeParameterConfig(name="lambda1", parameter_type="float", bounds=(0.0, 1.0)),
             RangeParameterConfig(name="lambda2", parameter_type="float", bounds=(0.0, 1.0)),
-            ChoiceParameterConfig(name="lambda_area", parameter_type="float",
-                                  values=[0.5, 1.0, 2.0], is_ordered=True),
+            ChoiceParameterConfig(name="lambda_area", parameter_type="float", values=[0.5, 1.0, 2.0], is_ordered=True),
         ],
         parameter_constraints=["lambda1 + lambda2 <= 1"],
     )
     client.configure_optimization(objective="-road_morf, road_lerf")
     client.configure_generation_strategy(initialization_budget=5, initialize_with_center=False)
     for index, params in client.get_next_trials(max_trials=3).items():
-        client.complete_trial(index, {"road_morf": 0.3 * params["lambda1"] + 0.1,
-                                      "road_lerf": 0.8 - 0.2 * params["lambda2"]})
+        client.complete_trial(
+            index, {"road_morf": 0.3 * params["lambda1"] + 0.1, "road_lerf": 0.8 - 0.2 * params["lambda2"]}
+        )
 
     with caplog.at_level(logging.INFO, logger="pipeline.hpo.analyses"):
         written = log_ax_analyses(tracker, client, tmp_path / "ax")
     names = sorted(path.name for path in written)
-    assert names == ["observed_effects_road_morf_vs_road_lerf.html",
-                     "parallel_coordinates_for_road_lerf.html",
-                     "parallel_coordinates_for_road_morf.html",
-                     "utility_progression.html"]
+    assert names == [
+        "observed_effects_road_morf_vs_road_lerf.html",
+        "parallel_coordinates_for_road_lerf.html",
+        "parallel_coordinates_for_road_morf.html",
+        "utility_progression.html",
+    ]
     assert all(path.stat().st_size > 1000 for path in written)
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == 2 and all("\n" not in line for line in skipped)  # sensitivity x2

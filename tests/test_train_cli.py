@@ -33,8 +33,9 @@ def test_train_writes_a_weights_only_head_and_a_config_that_reproduces_it(tmp_pa
     first = torch.load(tmp_path / "a" / "head.pt", weights_only=True)
     resolved = configs.load(tmp_path / "a" / "config.yaml")
     assert resolved.data.root == str(image_folder) and resolved.loss.lambda2 == 0.3
-    code, _ = exit_with(["--config", str(tmp_path / "a" / "config.yaml"), "--out", str(tmp_path / "b"),
-                         "--no-progress"], capsys)
+    code, _ = exit_with(
+        ["--config", str(tmp_path / "a" / "config.yaml"), "--out", str(tmp_path / "b"), "--no-progress"], capsys
+    )
     assert code == 0
     second = torch.load(tmp_path / "b" / "head.pt", weights_only=True)
     assert first.keys() == second.keys()
@@ -43,8 +44,10 @@ def test_train_writes_a_weights_only_head_and_a_config_that_reproduces_it(tmp_pa
 
 
 def test_a_head_trained_on_another_device_loads_on_the_best_one_here(tmp_path, image_folder, capsys):
-    code, _ = exit_with(["--experiment", str(toy_experiment(tmp_path, image_folder)), "--out", str(tmp_path / "a"),
-                         "--no-progress"], capsys)
+    code, _ = exit_with(
+        ["--experiment", str(toy_experiment(tmp_path, image_folder)), "--out", str(tmp_path / "a"), "--no-progress"],
+        capsys,
+    )
     assert code == 0
     config = tmp_path / "a" / "config.yaml"
     config.write_text(config.read_text().replace("device: auto", "device: cuda"))  # as if trained on a GPU host
@@ -59,13 +62,16 @@ def test_a_head_trained_on_another_device_loads_on_the_best_one_here(tmp_path, i
             load_explainer(tmp_path / "a", "cuda")
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("model.backbone=no_such_net", "unknown model 'no_such_net'"),
-    ("loss.lambda1=1.5", "loss.lambda1 = 1.5 is outside [0, 1]"),
-    ("loss.lambda1=0.8", "loss.lambda1 + loss.lambda2 = 1.1 > 1"),
-    ("loss.colour=3", "unknown key 'loss.colour'"),
-    ("train.batch_size=many", "train.batch_size: expected int, got 'many'"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.backbone=no_such_net", "unknown model 'no_such_net'"),
+        ("loss.lambda1=1.5", "loss.lambda1 = 1.5 is outside [0, 1]"),
+        ("loss.lambda1=0.8", "loss.lambda1 + loss.lambda2 = 1.1 > 1"),
+        ("loss.colour=3", "unknown key 'loss.colour'"),
+        ("train.batch_size=many", "train.batch_size: expected int, got 'many'"),
+    ],
+)
 def test_bad_values_exit_with_a_message_naming_the_problem(tmp_path, image_folder, capsys, override, expected):
     experiment = toy_experiment(tmp_path, image_folder)
     code, err = exit_with(["--experiment", str(experiment), "--set", override], capsys)
@@ -107,8 +113,13 @@ def test_a_weights_file_replaces_the_download(tmp_path):
 
 @pytest.mark.system
 def test_the_real_command_exits_non_zero_with_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipeline.train", "--set", "model.backbone=vgg17"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.train", "--set", "model.backbone=vgg17"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert line.startswith("error: unknown model 'vgg17'")

@@ -25,9 +25,16 @@ class TinyClassifier(nn.Module):
 
     def __init__(self, num_classes: int = 10, pooling: str = "max"):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                                      nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                                      nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
         self.fc = nn.Linear(32, num_classes)
         self.pool = nn.AdaptiveAvgPool2d(1) if pooling == "average" else None
 
@@ -61,8 +68,11 @@ def tiny_features() -> nn.Module:
     return TinyFeatures()
 
 
-TOY_MODEL = {"backbone": "tests.toy_models:tiny_classifier", "auxiliary": "tests.toy_models:tiny_features",
-             "auxiliary_layers": ["stage1", "stage2", "stage3"]}
+TOY_MODEL = {
+    "backbone": "tests.toy_models:tiny_classifier",
+    "auxiliary": "tests.toy_models:tiny_features",
+    "auxiliary_layers": ["stage1", "stage2", "stage3"],
+}
 
 # A training step's masked forward pass of `slow_tiny_classifier` waits this long (a toy trial of 8 images
 # is one step).
@@ -125,7 +135,8 @@ def write_images(root: Path, count: int = 8) -> Path:
         (root / label).mkdir(parents=True, exist_ok=True)
         for i in range(images):
             Image.fromarray((torch.rand(36, 36, 3, generator=generator) * 255).byte().numpy()).save(
-                root / label / f"{i}.png")
+                root / label / f"{i}.png"
+            )
     return root
 
 
@@ -166,8 +177,9 @@ def tiny_vit() -> nn.Module:
     from torchvision.models import VisionTransformer
 
     torch.manual_seed(2)
-    network = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
-                                num_classes=10)
+    network = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10
+    )
     nn.init.normal_(network.heads.head.weight, std=0.5)
     network.preprocessing = TOY_PREPROCESSING
     return network

@@ -24,8 +24,12 @@ from pipeline.errors import UserError
 from pipeline.models.auxiliary import tokens_to_grid
 from pipeline.models.classifiers import Classifier
 
-CAM_METHODS: dict[str, type[BaseCAM]] = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus,
-                                         "scorecam": ScoreCAM, "ablationcam": AblationCAM}
+CAM_METHODS: dict[str, type[BaseCAM]] = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+}
 # The module each backbone's CAMs read, named inside the raw network; --target-layer overrides it.
 TARGET_LAYERS = {
     "vgg16": "features.30",  # features[-1], the last max-pool: 7 x 7 (P-TAME's R = 49); features.29 is 14 x 14
@@ -46,8 +50,10 @@ def target_layer_name(classifier: Classifier, name: str | None = None) -> str:
     stages = getattr(classifier.network, "feature_info", None)
     if stages:
         return stages[-1]["module"]
-    raise UserError(f"no target-layer preset for backbone {classifier.name!r}; pass --target-layer with one of its "
-                    f"module names, e.g. {', '.join(_last_modules(classifier.network))}")
+    raise UserError(
+        f"no target-layer preset for backbone {classifier.name!r}; pass --target-layer with one of its "
+        f"module names, e.g. {', '.join(_last_modules(classifier.network))}"
+    )
 
 
 def _last_modules(network: nn.Module, count: int = 8) -> list[str]:
@@ -58,8 +64,10 @@ def find_layer(classifier: Classifier, name: str) -> nn.Module:
     """The module called ``name`` in the classifier's network, or a UserError listing real names."""
     modules = dict(classifier.network.named_modules())
     if not name or name not in modules:
-        raise UserError(f"backbone {classifier.name!r} has no layer {name!r}; pass --target-layer with one of its "
-                        f"module names, e.g. {', '.join(_last_modules(classifier.network))}")
+        raise UserError(
+            f"backbone {classifier.name!r} has no layer {name!r}; pass --target-layer with one of its "
+            f"module names, e.g. {', '.join(_last_modules(classifier.network))}"
+        )
     return modules[name]
 
 
@@ -67,8 +75,14 @@ class CamMethod:
     """One grad-cam method on one target layer of a frozen classifier; ``model`` (default: the classifier) is the
     network whose scores grad-cam explains, e.g. a CA-Stream model built on the classifier's modules."""
 
-    def __init__(self, method: str, classifier: Classifier, layer: str | None = None, batch_size: int = 32,
-                 model: nn.Module | None = None):
+    def __init__(
+        self,
+        method: str,
+        classifier: Classifier,
+        layer: str | None = None,
+        batch_size: int = 32,
+        model: nn.Module | None = None,
+    ):
         if method not in CAM_METHODS:
             raise UserError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
         self.name = method
@@ -100,8 +114,10 @@ class CamMethod:
             handle.remove()
         if not shapes or len(shapes[0]) not in (3, 4):
             found = list(shapes[0]) if shapes else "never called"
-            raise UserError(f"layer {self.layer_name!r} of {self.classifier.name!r} does not output a feature map "
-                            f"or tokens ({found}); choose another --target-layer")
+            raise UserError(
+                f"layer {self.layer_name!r} of {self.classifier.name!r} does not output a feature map "
+                f"or tokens ({found}); choose another --target-layer"
+            )
         if len(shapes[0]) == 3:
             side = math.isqrt(shapes[0][1])
             return True, (side, side)
@@ -113,8 +129,10 @@ class CamMethod:
         release them, but its ``__exit__`` prints and swallows an IndexError.)"""
         options = {"reshape_transform": tokens_to_grid} if self.tokens else {}
         if self.cam_class is AblationCAM:  # a fresh ablation layer: grad-cam's default instance is shared
-            options |= {"ablation_layer": AblationLayerVit() if self.tokens else AblationLayer(),
-                        "batch_size": self.probe_batch}
+            options |= {
+                "ablation_layer": AblationLayerVit() if self.tokens else AblationLayer(),
+                "batch_size": self.probe_batch,
+            }
         cam = self.cam_class(self.model, [self.layer], **options)
         cam.batch_size = self.probe_batch  # Score-CAM reads it as an attribute
         try:

@@ -45,8 +45,9 @@ class RiseMasks:
         self.size = size
         self.cell = (math.ceil(size[0] / cells), math.ceil(size[1] / cells))
         self.grids = (torch.rand(settings.masks, 1, cells, cells, generator=generator) < settings.keep).float()
-        self.shifts = torch.stack([torch.randint(0, step, (settings.masks,), generator=generator)
-                                   for step in self.cell], dim=1)
+        self.shifts = torch.stack(
+            [torch.randint(0, step, (settings.masks,), generator=generator) for step in self.cell], dim=1
+        )
 
     def __len__(self) -> int:
         return self.grids.shape[0]
@@ -55,22 +56,27 @@ class RiseMasks:
         """Masks [n, H, W] in [0, 1] for the mask indices in ``chunk``."""
         grids, shifts = self.grids[chunk], self.shifts[chunk]
         cells = grids.shape[-1] + 1
-        upsampled = F.interpolate(grids, size=(cells * self.cell[0], cells * self.cell[1]), mode="bilinear",
-                                  align_corners=False)[:, 0]
+        upsampled = F.interpolate(
+            grids, size=(cells * self.cell[0], cells * self.cell[1]), mode="bilinear", align_corners=False
+        )[:, 0]
         rows = shifts[:, :1] + torch.arange(self.size[0])
         cols = shifts[:, 1:] + torch.arange(self.size[1])
         which = torch.arange(grids.shape[0])[:, None, None]
         return upsampled[which, rows[:, :, None], cols[:, None, :]]
 
 
-def rise_saliency(classify: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, targets: torch.Tensor,
-                  settings: RiseSettings = RiseSettings()) -> torch.Tensor:
+def rise_saliency(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    settings: RiseSettings = RiseSettings(),
+) -> torch.Tensor:
     """RISE maps [B, H, W] in [0, 1] of ``targets`` [B] for pixel-space ``images`` [B, 3, H, W]."""
     masks = RiseMasks(settings, tuple(images.shape[-2:]))
     saliency = torch.zeros(images.shape[0], images[0, 0].numel(), dtype=torch.float64, device=images.device)
     with torch.inference_mode():
         for start in range(0, len(masks), settings.batch_size):
-            chunk = masks[start:start + settings.batch_size].to(images.device)
+            chunk = masks[start : start + settings.batch_size].to(images.device)
             flat = chunk.flatten(1).double()
             for index, (image, target) in enumerate(zip(images, targets)):
                 probs = classify(image * chunk[:, None]).softmax(dim=1)[:, target]

@@ -62,15 +62,19 @@ def jpeg_frame(content: bytes | memoryview) -> JpegFrame | None:
         elif marker == 0xDA:  # scan data before any frame header
             return None
         else:
-            at += 2 + int.from_bytes(content[at + 2: at + 4], "big")
+            at += 2 + int.from_bytes(content[at + 2 : at + 4], "big")
     return None
 
 
 def nvjpeg_can_decode(content: torch.Tensor) -> bool:
     """True for file bytes nvJPEG decodes, judged by content (never by file name)."""
     frame = jpeg_frame(memoryview(content.numpy()))
-    return (frame is not None and frame.marker in _NVJPEG_FRAMES and frame.precision == _NVJPEG_PRECISION
-            and frame.components in _NVJPEG_COMPONENTS)
+    return (
+        frame is not None
+        and frame.marker in _NVJPEG_FRAMES
+        and frame.precision == _NVJPEG_PRECISION
+        and frame.components in _NVJPEG_COMPONENTS
+    )
 
 
 def decode_on_cpu(content: torch.Tensor, path: str) -> torch.Tensor:
@@ -110,8 +114,10 @@ def decode_batch(contents: Sequence[torch.Tensor], paths: Sequence[str], device:
     if on_gpu:
         for i, image in zip(on_gpu, _decode_on_gpu([contents[i] for i in on_gpu], device)):
             images[i] = image
-    return [image if image is not None else decode_on_cpu(content, path).to(device)
-            for image, content, path in zip(images, contents, paths)]
+    return [
+        image if image is not None else decode_on_cpu(content, path).to(device)
+        for image, content, path in zip(images, contents, paths)
+    ]
 
 
 def train_views(images: Sequence[torch.Tensor], size: int, generator: torch.Generator) -> torch.Tensor:
@@ -125,7 +131,7 @@ def train_views(images: Sequence[torch.Tensor], size: int, generator: torch.Gene
         height, width = resized.shape[-2:]
         top = int(torch.randint(height - size + 1, (1,), generator=generator))
         left = int(torch.randint(width - size + 1, (1,), generator=generator))
-        view = resized[:, top: top + size, left: left + size]
+        view = resized[:, top : top + size, left : left + size]
         if float(torch.rand(1, generator=generator)) < 0.5:
             view = view.flip(-1)
         views.append(view)
@@ -166,11 +172,25 @@ class DeviceBatches:
     order from another, so the same seed gives the same views.
     """
 
-    def __init__(self, files: ImageFiles, batch_size: int, size: int, device: torch.device, seed: int,
-                 num_workers: int = 0, drop_last: bool = False):
-        self.loader = DataLoader(EncodedFiles(files), batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                                 drop_last=drop_last, collate_fn=_collate,
-                                 generator=torch.Generator().manual_seed(seed))
+    def __init__(
+        self,
+        files: ImageFiles,
+        batch_size: int,
+        size: int,
+        device: torch.device,
+        seed: int,
+        num_workers: int = 0,
+        drop_last: bool = False,
+    ):
+        self.loader = DataLoader(
+            EncodedFiles(files),
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=num_workers,
+            drop_last=drop_last,
+            collate_fn=_collate,
+            generator=torch.Generator().manual_seed(seed),
+        )
         self.views = torch.Generator().manual_seed(seed + 1)
         self.size, self.device = size, device
 
@@ -236,16 +256,21 @@ def decodes_on_device(config: ExperimentConfig, device: torch.device, files: Ima
     (None: held in memory); ``gpu`` where it cannot apply is a UserError."""
     decode = config.data.decode
     if decode == "gpu" and device.type != "cuda":
-        raise UserError(f"data.decode = 'gpu' needs a CUDA device, but training runs on {device}; "
-                        "use data.decode=auto (the GPU when there is one) or data.decode=cpu")
+        raise UserError(
+            f"data.decode = 'gpu' needs a CUDA device, but training runs on {device}; "
+            "use data.decode=auto (the GPU when there is one) or data.decode=cpu"
+        )
     if decode == "gpu" and files is None:
-        raise UserError("data.decode = 'gpu' decodes image files, but this dataset is held in memory (the demo); "
-                        "use data.decode=auto")
+        raise UserError(
+            "data.decode = 'gpu' decodes image files, but this dataset is held in memory (the demo); "
+            "use data.decode=auto"
+        )
     return decode != "cpu" and device.type == "cuda" and files is not None
 
 
-def training_batches(dataset: Dataset, config: ExperimentConfig, size: int,
-                     device: torch.device) -> DataLoader | DeviceBatches:
+def training_batches(
+    dataset: Dataset, config: ExperimentConfig, size: int, device: torch.device
+) -> DataLoader | DeviceBatches:
     """Shuffled training batches of ``dataset`` (seeded with ``train.seed``), the last short one dropped
     unless the split holds a single batch."""
     batch_size, workers, seed = config.train.batch_size, config.data.num_workers, config.train.seed
@@ -253,5 +278,12 @@ def training_batches(dataset: Dataset, config: ExperimentConfig, size: int,
     files = files_of(dataset)
     if decodes_on_device(config, device, files):
         return DeviceBatches(files, batch_size, size, device, seed, workers, drop_last)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=drop_last,
-                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+    )

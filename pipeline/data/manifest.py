@@ -55,8 +55,7 @@ def _demo_entries(dataset: Dataset) -> list[Entry] | None:
     if not isinstance(views, DemoViews):
         return None
     shown = sorted({views.photo_of(i) for i in (indices if indices is not None else range(len(views)))})
-    return [{"source": views.names[p], "sha256": pixel_digest(views.photos[p].permute(1, 2, 0).numpy())}
-            for p in shown]
+    return [{"source": views.names[p], "sha256": pixel_digest(views.photos[p].permute(1, 2, 0).numpy())} for p in shown]
 
 
 def split_entries(dataset: Dataset) -> list[Entry]:
@@ -116,8 +115,11 @@ def changes(recorded: list[Entry], current: list[Entry], part: bool = False) -> 
     before, now = {key(e) for e in recorded}, {key(e) for e in current}
     added = [e for e in current if key(e) not in before]
     removed = [] if part else [e for e in recorded if key(e) not in now]
-    words = [f"{len(found)} {what} (first: {found[0]['source']})"
-             for what, found in (("added", added), ("removed", removed)) if found]
+    words = [
+        f"{len(found)} {what} (first: {found[0]['source']})"
+        for what, found in (("added", added), ("removed", removed))
+        if found
+    ]
     return ", ".join(words) or None
 
 
@@ -130,4 +132,3 @@ def seen_images(record: SplitRecord, paths: Sequence[Path], splits: Sequence[str
     """The ``paths`` whose file or pixels are in the record's ``splits``."""
     known = record.digests(splits)
     return [path for path in paths if image_digests(path) & known]
-

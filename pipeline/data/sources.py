@@ -31,14 +31,27 @@ DATA_ROOTS = {"imagenet": "your ImageNet folder (with train/ and val/)", "folder
 
 def train_transform(size: int) -> Callable:
     """ImageNet-style training views: resize to size/0.875, random crop, horizontal flip."""
-    return v2.Compose([v2.ToImage(), v2.Resize(round(size / 0.875), antialias=True), v2.RandomCrop(size),
-                       v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(round(size / 0.875), antialias=True),
+            v2.RandomCrop(size),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
 
 
 def eval_transform(size: int) -> Callable:
     """Evaluation views: resize to size/0.875, centre crop."""
-    return v2.Compose([v2.ToImage(), v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size),
-                       v2.ToDtype(torch.float32, scale=True)])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(round(size / 0.875), antialias=True),
+            v2.CenterCrop(size),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
 
 
 def read_image(path: Path, content: bytes | None = None) -> Image.Image:
@@ -76,8 +89,9 @@ def files_of(dataset: Dataset) -> ImageFiles | None:
         inner = files_of(dataset.dataset)
         if inner is not None:
             picked = list(dataset.indices)
-            return ImageFiles([inner.paths[i] for i in picked], [inner.labels[i] for i in picked], inner.transform,
-                              inner.root)
+            return ImageFiles(
+                [inner.paths[i] for i in picked], [inner.labels[i] for i in picked], inner.transform, inner.root
+            )
     return None
 
 
@@ -125,17 +139,28 @@ def demo_photos() -> dict[str, np.ndarray]:
     camera = np.repeat(data.camera()[..., None], 3, axis=-1)
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as file:
         hopper = np.array(Image.open(file).convert("RGB"))
-    return {"chelsea": data.chelsea(), "coffee": data.coffee(), "rocket": data.rocket(),
-            "astronaut": data.astronaut(), "motorcycle_left": left, "motorcycle_right": right,
-            "camera": camera, "china": china, "flower": flower, "grace_hopper": hopper}
+    return {
+        "chelsea": data.chelsea(),
+        "coffee": data.coffee(),
+        "rocket": data.rocket(),
+        "astronaut": data.astronaut(),
+        "motorcycle_left": left,
+        "motorcycle_right": right,
+        "camera": camera,
+        "china": china,
+        "flower": flower,
+        "grace_hopper": hopper,
+    }
 
 
 # The demo's photos by split: no photo is in two splits. Only the stereo pair of motorbike photos shares a class, so
 # one trains and the other validates, and the search selects on maps of a trained class; the test photos show
 # classes no training photo shows (docs/data.md gives the evidence and the coverage).
-DEMO_SPLITS = {"train": ("chelsea", "coffee", "rocket", "astronaut", "motorcycle_left", "camera", "china"),
-               "val": ("motorcycle_right",),
-               "test": ("flower", "grace_hopper")}
+DEMO_SPLITS = {
+    "train": ("chelsea", "coffee", "rocket", "astronaut", "motorcycle_left", "camera", "china"),
+    "val": ("motorcycle_right",),
+    "test": ("flower", "grace_hopper"),
+}
 
 
 class DemoViews(Dataset):
@@ -153,8 +178,9 @@ class DemoViews(Dataset):
         self.photos = [torch.from_numpy(np.array(everything[name], copy=True)).permute(2, 0, 1) for name in names]
         self.photo_labels = [list(everything).index(name) for name in names]
         self.count, self.seed, self.random, self.size = count, seed, random, size
-        self.crop = v2.Compose([v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
-                                v2.RandomHorizontalFlip()])
+        self.crop = v2.Compose(
+            [v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        )
         self.centre = v2.Compose([v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)])
         self._views: dict[int, torch.Tensor] = {}
 
@@ -192,7 +218,7 @@ def path_share(relative: str, seed: int) -> float:
     """A file's place in [0, 1): the SHA-256 of ``seed`` and its path relative to the data root. It decides the
     file's split, so adding or removing other files never moves it."""
     digest = hashlib.sha256(f"{seed}:{relative}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2 ** 64
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _relative(files: ImageFiles, index: int) -> str:
@@ -216,9 +242,11 @@ def _split_evaluation(files: ImageFiles, seed: int) -> tuple[list[int], list[int
     val = [item for item in shares if item[0] < 0.5]
     test = [item for item in shares if item[0] >= 0.5]
     if not val or not test:
-        raise UserError(f"{files.root}: the {len(files)} image(s) of val/ all fall into one of validation and test "
-                        f"(split by a hash of each path with data.seed {seed}); add images to val/ (about 10 or "
-                        "more almost always give each split one) or change data.seed")
+        raise UserError(
+            f"{files.root}: the {len(files)} image(s) of val/ all fall into one of validation and test "
+            f"(split by a hash of each path with data.seed {seed}); add images to val/ (about 10 or "
+            "more almost always give each split one) or change data.seed"
+        )
     return _capped(val), _capped(test)
 
 
@@ -233,10 +261,12 @@ def _split_three_ways(files: ImageFiles, seed: int, holdout: float) -> tuple[lis
     empty = [name for name, split in (("training", train), ("validation", val), ("test", test)) if not split]
     if empty:
         needed = max(3, round(3 / holdout))
-        raise UserError(f"{files.root}: {len(files)} image(s) give no {' and no '.join(empty)} image (each file's "
-                        f"split is a hash of its path with data.seed {seed}, {holdout:.0%} each for validation and "
-                        f"test); give about {needed} or more images, raise data.holdout, or use train/ and val/ "
-                        "subfolders")
+        raise UserError(
+            f"{files.root}: {len(files)} image(s) give no {' and no '.join(empty)} image (each file's "
+            f"split is a hash of its path with data.seed {seed}, {holdout:.0%} each for validation and "
+            f"test); give about {needed} or more images, raise data.holdout, or use train/ and val/ "
+            "subfolders"
+        )
     return train, _capped(val), _capped(test)
 
 
@@ -259,8 +289,7 @@ def build_splits(config: DataConfig, size: int) -> Splits:
     if config.dataset == "demo":
         train = DemoViews(size, config.demo_train_views, seed=config.seed, photos=DEMO_SPLITS["train"])
         val = DemoViews(size, config.demo_eval_views, seed=config.seed + 1, random=False, photos=DEMO_SPLITS["val"])
-        test = DemoViews(size, config.demo_eval_views, seed=config.seed + 2, random=False,
-                         photos=DEMO_SPLITS["test"])
+        test = DemoViews(size, config.demo_eval_views, seed=config.seed + 2, random=False, photos=DEMO_SPLITS["test"])
     else:
         root = Path(config.root).expanduser()
         if not root.is_dir():
@@ -272,8 +301,10 @@ def build_splits(config: DataConfig, size: int) -> Splits:
             train = image_folder(train_root, train_transform(size))
             evaluation = image_folder(val_root, eval_transform(size))
             if len(evaluation) != IMAGENET_VAL_SIZE:
-                raise UserError(f"{val_root} holds {len(evaluation)} images, ImageNet's val split has 50000; "
-                                "use data.dataset=folder for other image sets")
+                raise UserError(
+                    f"{val_root} holds {len(evaluation)} images, ImageNet's val split has 50000; "
+                    "use data.dataset=folder for other image sets"
+                )
             val_indices = imagenet_index_list("val", config.index_lists)
             test_indices = imagenet_index_list("test", config.index_lists)
         elif train_root.is_dir() and val_root.is_dir():

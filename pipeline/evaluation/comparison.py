@@ -108,9 +108,18 @@ def head_methods(heads: Sequence[tuple[Path, Explainer, ExperimentConfig]]) -> l
     methods = []
     for name, (_, explainer, config) in zip(names, heads):
         kind = "T-TAME" if config.model.auxiliary == "backbone" else "P-TAME"
-        methods.append(Method(f"{kind} ({name})", "head", head_resolution(explainer),
-                              head_maps(explainer, config.evaluation.batch_size, predict=True),
-                              explainer.classifier, explainer.auxiliary, explainer, config))
+        methods.append(
+            Method(
+                f"{kind} ({name})",
+                "head",
+                head_resolution(explainer),
+                head_maps(explainer, config.evaluation.batch_size, predict=True),
+                explainer.classifier,
+                explainer.auxiliary,
+                explainer,
+                config,
+            )
+        )
     return methods
 
 
@@ -131,37 +140,55 @@ BASELINES: dict[str, BaselineBuilder] = {}  # `compare --methods` names -> the b
 
 def baseline(*names: str) -> Callable[[BaselineBuilder], BaselineBuilder]:
     """Register a builder of baseline rows under ``names``: a new baseline is one decorated function."""
+
     def register(builder: BaselineBuilder) -> BaselineBuilder:
         for name in names:
             if name in BASELINES:
                 raise ValueError(f"baseline {name!r} is registered twice")
             BASELINES[name] = builder
         return builder
+
     return register
 
 
 @baseline(*CAM_METHODS)
 def _cam_row(name: str, inputs: BaselineInputs) -> Method:
     cam = CamMethod(name, inputs.classifier, inputs.target_layer, inputs.batch_size)
-    return Method(name, "baseline", cam.resolution, lambda batch: cam(batch.images, batch.targets),
-                  inputs.classifier, target_layer=cam.layer_name)
+    return Method(
+        name,
+        "baseline",
+        cam.resolution,
+        lambda batch: cam(batch.images, batch.targets),
+        inputs.classifier,
+        target_layer=cam.layer_name,
+    )
 
 
 @baseline("rise")
 def _rise_row(name: str, inputs: BaselineInputs) -> Method:
-    return Method(name, "baseline", inputs.rise.cells ** 2,
-                  lambda batch: rise_saliency(inputs.classifier, batch.images, batch.targets, inputs.rise),
-                  inputs.classifier)
+    return Method(
+        name,
+        "baseline",
+        inputs.rise.cells**2,
+        lambda batch: rise_saliency(inputs.classifier, batch.images, batch.targets, inputs.rise),
+        inputs.classifier,
+    )
 
 
 @baseline("random", "center")
 def _reference_row(name: str, inputs: BaselineInputs) -> Method:
-    return Method(name, "reference", inputs.classifier.preprocessing.input_size ** 2,
-                  reference_maker(typing.cast(MapKind, name)), None)
+    return Method(
+        name,
+        "reference",
+        inputs.classifier.preprocessing.input_size**2,
+        reference_maker(typing.cast(MapKind, name)),
+        None,
+    )
 
 
-def baseline_methods(names: Sequence[str], classifier: Classifier, target_layer: str | None, batch_size: int,
-                     rise: RiseSettings) -> list[Method]:
+def baseline_methods(
+    names: Sequence[str], classifier: Classifier, target_layer: str | None, batch_size: int, rise: RiseSettings
+) -> list[Method]:
     """The requested baselines, by their registered builders; CAM target layers are resolved (and checked) here,
     before any work."""
     inputs = BaselineInputs(classifier, target_layer, batch_size, rise)
@@ -181,8 +208,9 @@ def stream_attention_maps(model: CAStreamModel, images: torch.Tensor, batch_size
     return (maps - low) / (high - low).clamp_min(1e-12)
 
 
-def stream_maps(model: CAStreamModel, name: str, target_layer: str | None, batch_size: int
-                ) -> tuple[StreamMaps, int, str | None]:
+def stream_maps(
+    model: CAStreamModel, name: str, target_layer: str | None, batch_size: int
+) -> tuple[StreamMaps, int, str | None]:
     """Map maker ``name`` of a stream model (``gradcam``, ``gradcam++``, ``scorecam`` on the stream model at the
     backbone's CAM layer, the last conv stage that the stream pools; or ``attention``, class-agnostic), with its
     resolution and CAM layer."""
@@ -190,23 +218,35 @@ def stream_maps(model: CAStreamModel, name: str, target_layer: str | None, batch
         size = model.classifier.preprocessing.input_size
         with torch.no_grad():
             probe = model.run(torch.zeros(1, 3, size, size, device=model.classifier.mean.device))
-        return (lambda images, _classes: stream_attention_maps(model, images, batch_size),
-                probe.attentions[-1][0].numel(), None)
+        return (
+            lambda images, _classes: stream_attention_maps(model, images, batch_size),
+            probe.attentions[-1][0].numel(),
+            None,
+        )
     if name not in CA_METHODS:
         raise UserError(f"no CA-Stream map {name!r}; choose from {', '.join((*CA_METHODS, 'attention'))}")
     cam = CamMethod(name, model.classifier, target_layer, batch_size, model=model)
     return cam, cam.resolution, cam.layer_name
 
 
-def stream_methods(model: CAStreamModel, names: Sequence[str], target_layer: str | None, batch_size: int
-                   ) -> list[Method]:
+def stream_methods(
+    model: CAStreamModel, names: Sequence[str], target_layer: str | None, batch_size: int
+) -> list[Method]:
     """The CA rows: those of Grad-CAM, Grad-CAM++ and Score-CAM that ``names`` asks for, and ca-attention."""
     methods = []
     for name in [name for name in CA_METHODS if name in names] + ["attention"]:
         make, resolution, layer = stream_maps(model, name, target_layer, batch_size)
-        methods.append(Method(f"ca-{name}", "ca-stream", resolution,
-                              lambda batch, make=make: make(batch.images, batch.targets), model.classifier,
-                              target_layer=layer, stream=model))
+        methods.append(
+            Method(
+                f"ca-{name}",
+                "ca-stream",
+                resolution,
+                lambda batch, make=make: make(batch.images, batch.targets),
+                model.classifier,
+                target_layer=layer,
+                stream=model,
+            )
+        )
     return methods
 
 
@@ -217,13 +257,15 @@ def stream_agreement(model: CAStreamModel, evalset: EvalSet, batch_size: int) ->
     return agreeing / len(evalset)
 
 
-def run_method(method: Method, classifier: Classifier, evalset: EvalSet, settings: ExperimentConfig
-               ) -> tuple[Row, torch.Tensor]:
+def run_method(
+    method: Method, classifier: Classifier, evalset: EvalSet, settings: ExperimentConfig
+) -> tuple[Row, torch.Tensor]:
     """Make each block's maps (timed, forward passes counted) and score them like every other row; returns the row
     and the maps of the split's first images."""
     count, batch_size = len(evalset), settings.evaluation.batch_size
     making, faithful = 0.0, PerImage(count)
     with ForwardCounter(method.backbone) as backbone, ForwardCounter(method.auxiliary) as auxiliary:
+
         def make(batch: Batch) -> torch.Tensor:
             nonlocal making
             started = time.perf_counter()
@@ -236,8 +278,10 @@ def run_method(method: Method, classifier: Classifier, evalset: EvalSet, setting
             return maps
 
         def score_faithfulness(batch: Batch, maps: torch.Tensor) -> None:
-            faithful.put(batch.first, faithfulness_probabilities(classifier, batch.images, maps, batch.targets,
-                                                                 batch_size=batch_size))
+            faithful.put(
+                batch.first,
+                faithfulness_probabilities(classifier, batch.images, maps, batch.targets, batch_size=batch_size),
+            )
 
         started = time.perf_counter()
         evaluation, shown = evaluate_maps(classifier, evalset, make, settings.evaluation, also=score_faithfulness)
@@ -245,34 +289,52 @@ def run_method(method: Method, classifier: Classifier, evalset: EvalSet, setting
     measures = faithfulness_result(evalset.probabilities, faithful.columns, evalset.size)
     coverage = None
     if method.explainer is not None:
-        coverage = ClassCoverage.of(method.explainer.head, method.config.evaluation.min_class_count
-                                    ).fraction(evalset.targets)
+        coverage = ClassCoverage.of(method.explainer.head, method.config.evaluation.min_class_count).fraction(
+            evalset.targets
+        )
     agreement = None
     if method.stream is not None:
         agreement = stream_agreement(method.stream, evalset, settings.evaluation.batch_size)
-    row = Row(method.name, method.kind, evaluation.metrics() | measures.metrics(), method.resolution,
-              backbone.images / count, auxiliary.images / count if method.auxiliary is not None else None,
-              making / count, coverage, agreement,
-              {"road": asdict(evaluation.road), "adic": asdict(evaluation.adic),
-               "insertion": asdict(measures.insertion), "deletion": asdict(measures.deletion),
-               "scoring_seconds": round(scoring, 3)})
+    row = Row(
+        method.name,
+        method.kind,
+        evaluation.metrics() | measures.metrics(),
+        method.resolution,
+        backbone.images / count,
+        auxiliary.images / count if method.auxiliary is not None else None,
+        making / count,
+        coverage,
+        agreement,
+        {
+            "road": asdict(evaluation.road),
+            "adic": asdict(evaluation.adic),
+            "insertion": asdict(measures.insertion),
+            "deletion": asdict(measures.deletion),
+            "scoring_seconds": round(scoring, 3),
+        },
+    )
     return row, shown
 
 
-def load_heads(directories: Sequence[Path], device: str, overrides: Sequence[str] = ()
-               ) -> list[tuple[Path, Explainer, ExperimentConfig]]:
+def load_heads(
+    directories: Sequence[Path], device: str, overrides: Sequence[str] = ()
+) -> list[tuple[Path, Explainer, ExperimentConfig]]:
     """Every head (``overrides`` as ``--set``), checked to explain the same backbone (same name and weights)."""
     if len(set(map(Path.resolve, directories))) < len(directories):
         raise UserError("the same --head folder is given twice; give each head once")
     heads = [(directory, *load_explainer(directory, device, overrides)) for directory in directories]
     first_dir, _, first = heads[0]
     for directory, _, config in heads[1:]:
-        mine, theirs = (first.model.backbone, first.model.backbone_weights), (config.model.backbone,
-                                                                              config.model.backbone_weights)
+        mine, theirs = (
+            (first.model.backbone, first.model.backbone_weights),
+            (config.model.backbone, config.model.backbone_weights),
+        )
         if mine != theirs:
-            raise UserError(f"the heads explain different backbones: {first_dir} explains {mine[0]} "
-                            f"(weights {mine[1] or 'library'}), {directory} explains {theirs[0]} "
-                            f"(weights {theirs[1] or 'library'}); compare heads of one backbone at a time")
+            raise UserError(
+                f"the heads explain different backbones: {first_dir} explains {mine[0]} "
+                f"(weights {mine[1] or 'library'}), {directory} explains {theirs[0]} "
+                f"(weights {theirs[1] or 'library'}); compare heads of one backbone at a time"
+            )
     return heads
 
 
@@ -288,7 +350,9 @@ def load_stream_for(directory: Path, config: ExperimentConfig, device: str) -> C
     mine = (config.model.backbone, config.model.backbone_weights)
     theirs = (stream_config.model.backbone, stream_config.model.backbone_weights)
     if mine != theirs:
-        raise UserError(f"--ca-stream {directory} was trained for {theirs[0]} (weights {theirs[1] or 'library'}), but "
-                        f"the heads explain {mine[0]} (weights {mine[1] or 'library'}); train a stream for that "
-                        "backbone with `python -m pipeline.castream`")
+        raise UserError(
+            f"--ca-stream {directory} was trained for {theirs[0]} (weights {theirs[1] or 'library'}), but "
+            f"the heads explain {mine[0]} (weights {mine[1] or 'library'}); train a stream for that "
+            "backbone with `python -m pipeline.castream`"
+        )
     return model

@@ -38,18 +38,24 @@ class HeldOut:
         """One line for outputs whose scores are not on held-out images, or None."""
         parts = []
         if self.seen:
-            parts.append(f"SEEN: {self.seen} of {self.images} scored images were trained or selected on "
-                         "(--allow-seen); these are not held-out scores")
+            parts.append(
+                f"SEEN: {self.seen} of {self.images} scored images were trained or selected on "
+                "(--allow-seen); these are not held-out scores"
+            )
         if self.changed:
             parts.append(f"the split changed since training ({'; '.join(self.changed)}; --allow-changed-split)")
         if self.unchecked:
-            parts.append(f"not checked: {', '.join(self.unchecked)} has no splits.json (trained before split "
-                         "records)")
+            parts.append(f"not checked: {', '.join(self.unchecked)} has no splits.json (trained before split records)")
         return "; ".join(parts) or None
 
     def to_json(self) -> dict:
-        return {"images": self.images, "seen_images": self.seen, "held_out": self.seen == 0,
-                "split_changes": self.changed or [], "unchecked": self.unchecked or []}
+        return {
+            "images": self.images,
+            "seen_images": self.seen,
+            "held_out": self.seen == 0,
+            "split_changes": self.changed or [],
+            "unchecked": self.unchecked or [],
+        }
 
 
 def _limited(dataset: Dataset) -> bool:
@@ -57,8 +63,9 @@ def _limited(dataset: Dataset) -> bool:
     return isinstance(dataset, Subset) and isinstance(dataset.indices, range) and dataset.indices.start == 0
 
 
-def check_held_out(folders: Sequence[Path], dataset: Dataset, split: str | None, allow_changed: bool = False,
-                   allow_seen: bool = False) -> HeldOut:
+def check_held_out(
+    folders: Sequence[Path], dataset: Dataset, split: str | None, allow_changed: bool = False, allow_seen: bool = False
+) -> HeldOut:
     """Check ``dataset`` (the config's ``split``, or hand-given images when ``split`` is None) against the split
     record of each model folder; a refusal is a UserError naming the folder, what changed or was seen, and the
     flag that accepts it."""
@@ -74,8 +81,10 @@ def check_held_out(folders: Sequence[Path], dataset: Dataset, split: str | None,
             change = changes(record.splits[split], current, part=_limited(dataset))
             if change is not None:
                 if not allow_changed:
-                    raise UserError(f"the {split} split changed since {folder} was trained: {change}; its scores "
-                                    "would not be comparable; pass --allow-changed-split to score it anyway")
+                    raise UserError(
+                        f"the {split} split changed since {folder} was trained: {change}; its scores "
+                        "would not be comparable; pass --allow-changed-split to score it anyway"
+                    )
                 outcome.changed = [*(outcome.changed or []), f"{folder}: {change}"]
             known = record.digests(learnt_on)
             seen = [entry["source"] for entry in current if entry["sha256"] in known]
@@ -84,8 +93,10 @@ def check_held_out(folders: Sequence[Path], dataset: Dataset, split: str | None,
             seen = [str(path) for path in seen_images(record, files.paths if files else [], learnt_on)]
         if seen:
             if not allow_seen:
-                raise UserError(f"{len(seen)} of the {len(dataset)} images to score were trained or selected on by "
-                                f"{folder} (first: {seen[0]}); pass --allow-seen to score them anyway (the scores are "
-                                "then marked seen)")
+                raise UserError(
+                    f"{len(seen)} of the {len(dataset)} images to score were trained or selected on by "
+                    f"{folder} (first: {seen[0]}); pass --allow-seen to score them anyway (the scores are "
+                    "then marked seen)"
+                )
             outcome.seen = max(outcome.seen, len(seen))
     return outcome

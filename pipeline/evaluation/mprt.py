@@ -26,9 +26,9 @@ from pipeline.training.head_training import Workbench, train_head
 
 PROTOCOLS: dict[str, str] = {
     "reevaluate": "the trained head is kept; the randomised backbone only changes which class is explained "
-                  "(P-TAME's reference code)",
+    "(P-TAME's reference code)",
     "retrain": "a new head is trained against each randomised backbone (the test that matters for a trained "
-               "explainer); level 0 retrains on the intact backbone with the same seed",
+    "explainer); level 0 retrains on the intact backbone with the same seed",
 }
 
 
@@ -48,14 +48,18 @@ class Maps:
 def explain_predictions(explainer: Explainer, evalset: EvalSet, batch_size: int, min_count: int) -> Maps:
     """Maps of the classes the explainer's backbone predicts now, for the split streamed ``batch_size`` at a time."""
     parts = [explainer.explain(batch.images, min_count=min_count) for batch in evalset.batches(batch_size)]
-    return Maps(torch.cat([p.saliency for p in parts]).cpu(), torch.cat([p.classes for p in parts]).cpu(),
-                torch.cat([p.trained for p in parts]).cpu())
+    return Maps(
+        torch.cat([p.saliency for p in parts]).cpu(),
+        torch.cat([p.classes for p in parts]).cpu(),
+        torch.cat([p.trained for p in parts]).cpu(),
+    )
 
 
 def ssim(original: torch.Tensor, other: torch.Tensor) -> np.ndarray:
     """SSIM per image of maps [N, H, W] in [0, 1] (skimage's 7 x 7 window, data range 1)."""
-    return np.array([structural_similarity(a.double().numpy(), b.double().numpy(), data_range=1.0)
-                     for a, b in zip(original, other)])
+    return np.array(
+        [structural_similarity(a.double().numpy(), b.double().numpy(), data_range=1.0) for a, b in zip(original, other)]
+    )
 
 
 @dataclass
@@ -76,10 +80,18 @@ class Level:
 
 def _level(index: int, block: Block | None, changed: int, original: Maps, maps: Maps, seconds: float) -> Level:
     scores = ssim(original.saliency, maps.saliency)
-    return Level(index, block.label if block else ORIGINAL, list(block.modules) if block else [], changed,
-                 float(scores.mean()), float(scores.std()), scores.round(6).tolist(),
-                 float((maps.classes != original.classes).double().mean()),
-                 None if maps.trained is None else float(maps.trained.double().mean()), round(seconds, 3))
+    return Level(
+        index,
+        block.label if block else ORIGINAL,
+        list(block.modules) if block else [],
+        changed,
+        float(scores.mean()),
+        float(scores.std()),
+        scores.round(6).tolist(),
+        float((maps.classes != original.classes).double().mean()),
+        None if maps.trained is None else float(maps.trained.double().mean()),
+        round(seconds, 3),
+    )
 
 
 def head_factory(protocol: Protocol, explainer: Explainer, config: ExperimentConfig) -> Callable[[], Explainer]:
@@ -87,14 +99,22 @@ def head_factory(protocol: Protocol, explainer: Explainer, config: ExperimentCon
     if protocol == "reevaluate":
         return lambda: explainer
     head = explainer.head
-    models = Models(explainer.classifier, explainer.auxiliary, head.num_classes, head.channels,
-                    explainer.classifier.mean.device)
+    models = Models(
+        explainer.classifier, explainer.auxiliary, head.num_classes, head.channels, explainer.classifier.mean.device
+    )
     bench = Workbench(models, build_splits(config.data, explainer.classifier.preprocessing.input_size), config)
     return lambda: train_head(config, bench, progress=False).explainer
 
 
-def cascade(network: nn.Module, backbone: str, blocks: Sequence[Block], seed: int, original: Maps,
-            explain: Callable[[], Maps], report: Callable[[Level], None]) -> tuple[list[Level], list[torch.Tensor]]:
+def cascade(
+    network: nn.Module,
+    backbone: str,
+    blocks: Sequence[Block],
+    seed: int,
+    original: Maps,
+    explain: Callable[[], Maps],
+    report: Callable[[Level], None],
+) -> tuple[list[Level], list[torch.Tensor]]:
     """Randomise ``network`` block by block (cumulatively, the weights restored afterwards) and compare
     ``explain()``'s maps at every level, the intact one first, with ``original``."""
     levels, maps = [], []
@@ -109,20 +129,39 @@ def cascade(network: nn.Module, backbone: str, blocks: Sequence[Block], seed: in
     return levels, maps
 
 
-def run_mprt(explainer: Explainer, config: ExperimentConfig, evalset: EvalSet, blocks: Sequence[Block],
-             protocol: Protocol, seed: int = 0, report: Callable[[Level], None] = lambda level: None
-             ) -> tuple[list[Level], list[torch.Tensor]]:
+def run_mprt(
+    explainer: Explainer,
+    config: ExperimentConfig,
+    evalset: EvalSet,
+    blocks: Sequence[Block],
+    protocol: Protocol,
+    seed: int = 0,
+    report: Callable[[Level], None] = lambda level: None,
+) -> tuple[list[Level], list[torch.Tensor]]:
     """SSIM of the original maps to the maps at every level; returns the levels and each level's maps."""
     batch, min_count = config.evaluation.batch_size, config.evaluation.min_class_count
     original = explain_predictions(explainer, evalset, batch, min_count)
     next_head = head_factory(protocol, explainer, config)
-    return cascade(explainer.classifier.network, config.model.backbone, blocks, seed, original,
-                   lambda: explain_predictions(next_head(), evalset, batch, min_count), report)
+    return cascade(
+        explainer.classifier.network,
+        config.model.backbone,
+        blocks,
+        seed,
+        original,
+        lambda: explain_predictions(next_head(), evalset, batch, min_count),
+        report,
+    )
 
 
-def run_stream_mprt(model: CAStreamModel, make_maps: StreamMaps, config: ExperimentConfig, evalset: EvalSet,
-                    blocks: Sequence[Block], seed: int = 0, report: Callable[[Level], None] = lambda level: None
-                    ) -> tuple[list[Level], list[torch.Tensor]]:
+def run_stream_mprt(
+    model: CAStreamModel,
+    make_maps: StreamMaps,
+    config: ExperimentConfig,
+    evalset: EvalSet,
+    blocks: Sequence[Block],
+    seed: int = 0,
+    report: Callable[[Level], None] = lambda level: None,
+) -> tuple[list[Level], list[torch.Tensor]]:
     """The MPRT of a CA-Stream's maps (``reevaluate``: the trained stream kept on the randomised backbone); each
     level explains the class the backbone predicts then."""
 

@@ -40,8 +40,9 @@ class Batch:
         return self.targets.numel()
 
 
-def image_batches(dataset: Dataset, size: int, device: torch.device, num_workers: int = 0
-                  ) -> Iterator[tuple[int, torch.Tensor]]:
+def image_batches(
+    dataset: Dataset, size: int, device: torch.device, num_workers: int = 0
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(index of the first image, images on ``device``) for ``dataset`` in order, ``size`` images at a time."""
     loader = DataLoader(dataset, batch_size=size, num_workers=num_workers, pin_memory=device.type == "cuda")
     first = 0
@@ -68,7 +69,7 @@ class EvalSet:
     def batches(self, size: int) -> Iterator[Batch]:
         """The split in order, ``size`` images at a time, on the device."""
         for first, images in image_batches(self.dataset, size, self.device, self.num_workers):
-            yield Batch(first, images, self.targets[first:first + images.shape[0]].to(self.device))
+            yield Batch(first, images, self.targets[first : first + images.shape[0]].to(self.device))
 
     def first_images(self, count: int) -> torch.Tensor:
         """The first ``count`` images, on the CPU (for figures)."""
@@ -76,8 +77,9 @@ class EvalSet:
 
 
 @torch.no_grad()
-def prepare_eval_set(classifier: Classifier, dataset: Dataset, batch_size: int = 32,
-                     limit: int | None = None, num_workers: int = 0) -> EvalSet:
+def prepare_eval_set(
+    classifier: Classifier, dataset: Dataset, batch_size: int = 32, limit: int | None = None, num_workers: int = 0
+) -> EvalSet:
     """Classify a split once, streaming it (``num_workers`` loader processes)."""
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
@@ -110,21 +112,22 @@ class PerImage:
         for name, part in parts.items():
             if name not in self.columns:
                 self.columns[name] = part.new_empty(*part.shape[:-1], self.count)
-            self.columns[name][..., first:first + part.shape[-1]] = part
+            self.columns[name][..., first : first + part.shape[-1]] = part
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.columns[name]
 
 
-def reference_maps(kind: MapKind, count: int, size: tuple[int, int], seed: int = 0,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def reference_maps(
+    kind: MapKind, count: int, size: tuple[int, int], seed: int = 0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Trivial maps of ``count`` images: uniform noise per pixel (drawn with ``generator``, else a new one seeded
     with ``seed``), or a centred Gaussian blob."""
     if kind == "random":
         return torch.rand(count, *size, generator=generator or torch.Generator().manual_seed(seed))
     rows = torch.linspace(-1, 1, size[0]).view(-1, 1)
     cols = torch.linspace(-1, 1, size[1]).view(1, -1)
-    return torch.exp(-(rows ** 2 + cols ** 2) / 0.5).expand(count, *size).clone()
+    return torch.exp(-(rows**2 + cols**2) / 0.5).expand(count, *size).clone()
 
 
 def reference_maker(kind: MapKind, seed: int = 0) -> MapMaker:
@@ -136,6 +139,7 @@ def reference_maker(kind: MapKind, seed: int = 0) -> MapMaker:
         if batch.first == 0:
             generator.manual_seed(seed)
         return reference_maps(kind, len(batch), tuple(batch.images.shape[-2:]), seed, generator)
+
     return make
 
 
@@ -147,8 +151,13 @@ def head_maps(explainer: Explainer, batch_size: int = 32, predict: bool = False)
 
     @torch.no_grad()
     def make(batch: Batch) -> torch.Tensor:
-        return torch.cat([explain(images, classes)
-                          for images, classes in zip(batch.images.split(batch_size), batch.targets.split(batch_size))])
+        return torch.cat(
+            [
+                explain(images, classes)
+                for images, classes in zip(batch.images.split(batch_size), batch.targets.split(batch_size))
+            ]
+        )
+
     return make
 
 
@@ -179,17 +188,29 @@ class Evaluation:
         return self.road.metrics() | self.adic.metrics() | coverage
 
     def to_json(self) -> dict:
-        report = {"metrics": self.metrics(), "road": asdict(self.road), "adic": asdict(self.adic),
-                  "images": self.images, "seconds": round(self.seconds, 3)}
+        report = {
+            "metrics": self.metrics(),
+            "road": asdict(self.road),
+            "adic": asdict(self.adic),
+            "images": self.images,
+            "seconds": round(self.seconds, 3),
+        }
         if self.trained is not None:
-            report |= {"class_coverage": self.class_coverage,
-                       "per_image": [{"class": c, "trained": t} for c, t in zip(self.classes, self.trained)]}
+            report |= {
+                "class_coverage": self.class_coverage,
+                "per_image": [{"class": c, "trained": t} for c, t in zip(self.classes, self.trained)],
+            }
         return report
 
 
-def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: MapMaker, settings: EvalConfig,
-                  progress: bool = False, also: Callable[[Batch, torch.Tensor], None] | None = None
-                  ) -> tuple[Evaluation, torch.Tensor]:
+def evaluate_maps(
+    classifier: Classifier,
+    evalset: EvalSet,
+    maps: MapMaker,
+    settings: EvalConfig,
+    progress: bool = False,
+    also: Callable[[Batch, torch.Tensor], None] | None = None,
+) -> tuple[Evaluation, torch.Tensor]:
     """ROAD (both orders, every percentage) and AD/IC of the maps ``maps`` makes for each block of ``evalset``;
     ``also``, if given, gets every block with its maps. Returns the evaluation and the first SHOWN_MAPS maps."""
     started = time.perf_counter()
@@ -204,30 +225,48 @@ def evaluate_maps(classifier: Classifier, evalset: EvalSet, maps: MapMaker, sett
             def finished(done: int, first: int = batch.first) -> None:
                 bar.update(first + done - bar.done)
 
-            results.put(batch.first, {
-                "correct": road_correct(classify, batch.images, saliency, batch.targets, protocol,
-                                        settings.batch_size, generator, finished),
-                "masked": adic_probabilities(classify, batch.images, saliency, batch.targets, DEFAULT_KEEP,
-                                             settings.batch_size)})
+            results.put(
+                batch.first,
+                {
+                    "correct": road_correct(
+                        classify,
+                        batch.images,
+                        saliency,
+                        batch.targets,
+                        protocol,
+                        settings.batch_size,
+                        generator,
+                        finished,
+                    ),
+                    "masked": adic_probabilities(
+                        classify, batch.images, saliency, batch.targets, DEFAULT_KEEP, settings.batch_size
+                    ),
+                },
+            )
             if also is not None:
                 also(batch, saliency)
             if batch.first < SHOWN_MAPS:  # a copy: a view would keep the whole block's maps alive
-                shown.append(saliency[:SHOWN_MAPS - batch.first].to("cpu", copy=True))
-    evaluation = Evaluation(road_result(protocol, results["correct"]),
-                            adic_result(DEFAULT_KEEP, evalset.probabilities, results["masked"]),
-                            len(evalset), time.perf_counter() - started)
+                shown.append(saliency[: SHOWN_MAPS - batch.first].to("cpu", copy=True))
+    evaluation = Evaluation(
+        road_result(protocol, results["correct"]),
+        adic_result(DEFAULT_KEEP, evalset.probabilities, results["masked"]),
+        len(evalset),
+        time.perf_counter() - started,
+    )
     return evaluation, torch.cat(shown)
 
 
-def evaluate_head(explainer: Explainer, evalset: EvalSet, settings: EvalConfig, maps: MapKind = "head",
-                  progress: bool = False) -> tuple[Evaluation, torch.Tensor]:
+def evaluate_head(
+    explainer: Explainer, evalset: EvalSet, settings: EvalConfig, maps: MapKind = "head", progress: bool = False
+) -> tuple[Evaluation, torch.Tensor]:
     """Evaluate the head's maps (or reference maps); returns the evaluation and the first SHOWN_MAPS maps.
 
     For the head's maps the evaluation also records which images' classes the head was trained on."""
     if maps != "head":
         return evaluate_maps(explainer.classifier, evalset, reference_maker(maps, settings.seed), settings, progress)
-    evaluation, shown = evaluate_maps(explainer.classifier, evalset, head_maps(explainer, settings.batch_size),
-                                      settings, progress)
+    evaluation, shown = evaluate_maps(
+        explainer.classifier, evalset, head_maps(explainer, settings.batch_size), settings, progress
+    )
     evaluation.classes = evalset.targets.tolist()
     evaluation.trained = ClassCoverage.of(explainer.head, settings.min_class_count).covered(evalset.targets).tolist()
     return evaluation, shown
@@ -235,21 +274,30 @@ def evaluate_head(explainer: Explainer, evalset: EvalSet, settings: EvalConfig, 
 
 def summary_line(evaluation: Evaluation) -> str:
     metrics = evaluation.metrics()
-    line = (f"ROAD ({evaluation.road.protocol}): MoRF AUC {metrics['road_morf_auc']:.4f} (lower is better), "
-            f"LeRF AUC {metrics['road_lerf_auc']:.4f} "
-            f"(higher is better), AD@100 {metrics['ad_100']:.1f}, IC@100 {metrics['ic_100']:.1f} "
-            f"on {evaluation.images} images in {evaluation.seconds:.1f} s")
+    line = (
+        f"ROAD ({evaluation.road.protocol}): MoRF AUC {metrics['road_morf_auc']:.4f} (lower is better), "
+        f"LeRF AUC {metrics['road_lerf_auc']:.4f} "
+        f"(higher is better), AD@100 {metrics['ad_100']:.1f}, IC@100 {metrics['ic_100']:.1f} "
+        f"on {evaluation.images} images in {evaluation.seconds:.1f} s"
+    )
     if evaluation.trained is not None:
         untrained = evaluation.trained.count(False)
         line += f"; class coverage {evaluation.class_coverage:.2f}"
         if untrained:
-            line += (f" ({untrained} image(s) explained by a class the head was not trained on: "
-                     "their maps are untrained, see per_image in the JSON)")
+            line += (
+                f" ({untrained} image(s) explained by a class the head was not trained on: "
+                "their maps are untrained, see per_image in the JSON)"
+            )
     return line
 
 
-def load_eval_set(classifier: Classifier, config: ExperimentConfig, split: str | None,
-                  images: Sequence[str] | None = None, limit: int | None = None) -> EvalSet:
+def load_eval_set(
+    classifier: Classifier,
+    config: ExperimentConfig,
+    split: str | None,
+    images: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> EvalSet:
     """The config's ``split`` ("val" or "test"), or the image files and folders ``images``, classified once; only
     the first ``limit`` images when given."""
     if limit is not None and limit < 1:

@@ -13,8 +13,9 @@ from pipeline.tracking.runs import Tracker
 _log = logging.getLogger(__name__)
 
 
-def log_ax_analyses(tracker: Tracker, client: Any, directory: str | Path,
-                    include_plotlyjs: bool | str = "cdn") -> list[Path]:
+def log_ax_analyses(
+    tracker: Tracker, client: Any, directory: str | Path, include_plotlyjs: bool | str = "cdn"
+) -> list[Path]:
     """Export Ax's analyses of ``client`` (`ax_seam.analysis_figures`) as HTML into ``directory`` and log them
     under "ax/". An analysis that errors or lacks data is skipped with a one-line note in the log. The HTML
     loads plotly.js from its CDN (``include_plotlyjs=True`` embeds it, ~4 MB per file)."""

@@ -94,9 +94,15 @@ def generation_strategy(method: str, initialization_trials: int, seed: int) -> G
     from ax.generation_strategy.generator_spec import GeneratorSpec
 
     if method == "uniform":  # independent uniform points, a baseline for the search's evidence
-        return GenerationStrategy(name="Uniform", nodes=[GenerationNode(
-            name="Uniform", generator_specs=[GeneratorSpec(generator_enum=Generators.UNIFORM,
-                                                           generator_kwargs={"seed": seed})])])
+        return GenerationStrategy(
+            name="Uniform",
+            nodes=[
+                GenerationNode(
+                    name="Uniform",
+                    generator_specs=[GeneratorSpec(generator_enum=Generators.UNIFORM, generator_kwargs={"seed": seed})],
+                )
+            ],
+        )
     strategy = choose_generation_strategy(
         GenerationStrategyDispatchStruct(
             method=method,

@@ -42,14 +42,18 @@ class StoppingRule:
         beaten_by = [rival.index for rival in self.rivals if self._beats(rival.checkpoints.get(percentage), scores)]
         if len(beaten_by) < self.dominating or self._on_front(scores):
             return None
-        return (f"at {percentage} % of training, {len(beaten_by)} completed trials ({', '.join(map(str, beaten_by))}) "
-                f"scored better on {' and '.join(self.signs)} by more than the noise")
+        return (
+            f"at {percentage} % of training, {len(beaten_by)} completed trials ({', '.join(map(str, beaten_by))}) "
+            f"scored better on {' and '.join(self.signs)} by more than the noise"
+        )
 
     def _beats(self, rival: Mapping[str, float] | None, scores: Mapping[str, float]) -> bool:
         if rival is None or not all(name in rival and noise_key(name) in rival for name in self.signs):
             return False
-        return all(sign * (rival[name] - scores[name]) > math.hypot(rival[noise_key(name)], scores[noise_key(name)])
-                   for name, sign in self.signs.items())
+        return all(
+            sign * (rival[name] - scores[name]) > math.hypot(rival[noise_key(name)], scores[noise_key(name)])
+            for name, sign in self.signs.items()
+        )
 
     def _on_front(self, scores: Mapping[str, float]) -> bool:
         mine = [sign * scores[name] for name, sign in self.signs.items()]
@@ -57,8 +61,9 @@ class StoppingRule:
         return not any(dominates(final, mine) for final in finals)
 
 
-def stopping_rule(records: Sequence[TrialRecord], index: int, signs: Mapping[str, float],
-                  settings: CheckpointConfig) -> StoppingRule | None:
+def stopping_rule(
+    records: Sequence[TrialRecord], index: int, signs: Mapping[str, float], settings: CheckpointConfig
+) -> StoppingRule | None:
     """The rule for trial ``index`` against the completed trials now; None when early stopping is off or the trial
     belongs to the initial design."""
     if not settings.early_stop or records[index].generator == INITIAL_DESIGN:
@@ -79,8 +84,14 @@ def replay(records: Sequence[TrialRecord], signs: Mapping[str, float], dominatin
             continue
         if record.generator != INITIAL_DESIGN:
             rule = StoppingRule(signs, dominating, tuple(kept))
-            stop = next((percentage for percentage, scores in sorted(record.checkpoints.items())
-                         if rule.reason(percentage, scores)), None)
+            stop = next(
+                (
+                    percentage
+                    for percentage, scores in sorted(record.checkpoints.items())
+                    if rule.reason(percentage, scores)
+                ),
+                None,
+            )
             if stop is not None:
                 stopped[record.index] = stop
                 continue

@@ -1,12 +1,12 @@
 """A search's folder, ``--out/NAME``: everything a search keeps on disk, and the one place that knows the layout.
 
-    base_config.yaml     the experiment it was started with (a rerun must pass the same)
-    search_space.yaml    a copy of its search space
-    ax_experiment.json   Ax's snapshot (`pipeline.hpo.study`)
-    state.json           the rest: the MLflow parent run, the reference maps' scores, the final head's trial
-    splits.json          what each split holds (`pipeline.data.manifest`); a resume on changed data is refused
-    trials/NNN/          each trial's plots
-    final/               the final head (``head.pt``, ``config.yaml``, ``splits.json``, ...), best.yaml, metrics.json
+base_config.yaml     the experiment it was started with (a rerun must pass the same)
+search_space.yaml    a copy of its search space
+ax_experiment.json   Ax's snapshot (`pipeline.hpo.study`)
+state.json           the rest: the MLflow parent run, the reference maps' scores, the final head's trial
+splits.json          what each split holds (`pipeline.data.manifest`); a resume on changed data is refused
+trials/NNN/          each trial's plots
+final/               the final head (``head.pt``, ``config.yaml``, ``splits.json``, ...), best.yaml, metrics.json
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ def search_name(base: ExperimentConfig, space: SearchSpace) -> str:
 def check_search_name(name: str) -> None:
     """A search name is a folder name under ``--out``, never a path: no separator, not empty, ``.`` or ``..``."""
     if name in ("", ".", "..") or "/" in name or "\\" in name:
-        raise UserError(f"--name {name!r} is not a search name: give a plain name without '/' or '\\' "
-                        "(the search lives in --out/NAME; choose the folder with --out)")
+        raise UserError(
+            f"--name {name!r} is not a search name: give a plain name without '/' or '\\' "
+            "(the search lives in --out/NAME; choose the folder with --out)"
+        )
 
 
 class SearchFolder:
@@ -58,16 +60,20 @@ class SearchFolder:
         for directory in (Path(search), root / search):
             if (directory / BASE_CONFIG).is_file():
                 return cls(directory)
-        raise UserError(f"no search {str(search)!r}: neither {search} nor {root / search} holds one; give the --name "
-                        "of a search run from this folder (and --root if it used another --out), or its folder")
+        raise UserError(
+            f"no search {str(search)!r}: neither {search} nor {root / search} holds one; give the --name "
+            "of a search run from this folder (and --root if it used another --out), or its folder"
+        )
 
     def start(self, name: str, base: dict[str, Any], space_path: Path) -> None:
         """Create the folder for a new search, or check that a resumed one was started with the same config."""
         self.directory.mkdir(parents=True, exist_ok=True)
         base_path = self.directory / BASE_CONFIG
         if base_path.is_file() and configs.read_yaml(base_path) != base:
-            raise UserError(f"search {name!r} was started with another experiment config ({base_path}); rerun "
-                            "with the same options or choose a new --name")
+            raise UserError(
+                f"search {name!r} was started with another experiment config ({base_path}); rerun "
+                "with the same options or choose a new --name"
+            )
         base_path.write_text(yaml.safe_dump(base, sort_keys=False))
         shutil.copyfile(space_path, self.directory / SPACE)
 

@@ -45,8 +45,15 @@ class TrialLoop:
     started as soon as a slot frees up, with its early-stopping rule (`stopping_rule`) when the config asks for one.
     Failed trials are recorded and replaced; ``max_failures_in_row`` failures in a row stop the search."""
 
-    def __init__(self, study: Study, pool: TrialPool, make_config: Callable[[dict[str, Any]], ExperimentConfig],
-                 listeners: Sequence[TrialListener], target: int, max_failures_in_row: int = 3) -> None:
+    def __init__(
+        self,
+        study: Study,
+        pool: TrialPool,
+        make_config: Callable[[dict[str, Any]], ExperimentConfig],
+        listeners: Sequence[TrialListener],
+        target: int,
+        max_failures_in_row: int = 3,
+    ) -> None:
         self.study = study
         self.pool = pool
         self.make_config = make_config
@@ -110,8 +117,10 @@ class TrialLoop:
             listener.settled(record, time.perf_counter() - started)
         self._failures_in_row = 0 if record.status.finished else self._failures_in_row + 1
         if self._failures_in_row >= self.max_failures_in_row:
-            raise UserError(f"{self._failures_in_row} trials failed in a row (last: {record.reason}); fix the "
-                            "cause and rerun the same command to resume")
+            raise UserError(
+                f"{self._failures_in_row} trials failed in a row (last: {record.reason}); fix the "
+                "cause and rerun the same command to resume"
+            )
 
     def _abandon(self) -> None:
         """The search stops with trials in flight: record them as interrupted now, as a resume would. Best effort,

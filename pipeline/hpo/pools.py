@@ -36,8 +36,9 @@ class TrialPool(Protocol):
     def free_slots(self) -> int:
         """How many more trials can start now."""
 
-    def submit(self, index: int, config: ExperimentConfig, steps: StepLog | None,
-               rule: StoppingRule | None = None) -> dict[str, str]:
+    def submit(
+        self, index: int, config: ExperimentConfig, steps: StepLog | None, rule: StoppingRule | None = None
+    ) -> dict[str, str]:
         """Start trial ``index``, its steps logged to ``steps`` where the pool can (else they come back in its
         result), stopped at a checkpoint where ``rule`` says so; returns where it runs (host, pid, device, ...)."""
 
@@ -58,16 +59,16 @@ class InProcessPool:
     def free_slots(self) -> int:
         return 0 if self._job else 1
 
-    def submit(self, index: int, config: ExperimentConfig, steps: StepLog | None,
-               rule: StoppingRule | None = None) -> dict[str, str]:
+    def submit(
+        self, index: int, config: ExperimentConfig, steps: StepLog | None, rule: StoppingRule | None = None
+    ) -> dict[str, str]:
         self._job = (index, config, steps, rule)
         return self.worker.where
 
     def wait(self) -> list[Finished]:
         (index, config, steps, rule), self._job = self._job, None
         try:
-            return [Finished(index, result=self.worker.run(index, config, on_step=steps and steps.log_step,
-                                                           rule=rule))]
+            return [Finished(index, result=self.worker.run(index, config, on_step=steps and steps.log_step, rule=rule))]
         except Exception as error:  # a failing trial must not end the search
             return [Finished(index, failure=failure_reason(error))]
 

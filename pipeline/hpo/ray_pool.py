@@ -63,13 +63,17 @@ def slot_size(nodes: Sequence[Mapping[str, float]], parallel: int, gpus_per_tria
     if gpus_per_trial > 0:
         if not gpu_nodes:
             cores = sum(node.get("CPU", 0) for node in nodes)
-            raise UserError(f"--gpus-per-trial {gpus_per_trial:g}: the Ray cluster has no GPUs ({cores:g} CPU cores "
-                            "in all); leave out --gpus-per-trial to run each trial on CPU cores")
+            raise UserError(
+                f"--gpus-per-trial {gpus_per_trial:g}: the Ray cluster has no GPUs ({cores:g} CPU cores "
+                "in all); leave out --gpus-per-trial to run each trial on CPU cores"
+            )
         fitting = [node for node in gpu_nodes if node["GPU"] >= gpus_per_trial]
         if not fitting:
             most = max(node["GPU"] for node in gpu_nodes)
-            raise UserError(f"--gpus-per-trial {gpus_per_trial:g}: no node of the Ray cluster has that many GPUs "
-                            f"(the most on one node is {most:g}); ask for at most {most:g}")
+            raise UserError(
+                f"--gpus-per-trial {gpus_per_trial:g}: no node of the Ray cluster has that many GPUs "
+                f"(the most on one node is {most:g}); ask for at most {most:g}"
+            )
         cpus = min(node.get("CPU", 0) / node["GPU"] for node in fitting) * gpus_per_trial
         return SlotSize(gpus_per_trial, cpus, max(1, math.floor(cpus)))
     share = sum(node.get("CPU", 0) for node in nodes) / parallel
@@ -79,6 +83,7 @@ def slot_size(nodes: Sequence[Mapping[str, float]], parallel: int, gpus_per_tria
 
 def slots_at_once(nodes: Sequence[Mapping[str, float]], size: SlotSize) -> int:
     """How many slots of ``size`` the nodes hold at the same time (each node fills whole slots)."""
+
     def fitting(node: Mapping[str, float]) -> int:
         by_cpu = math.floor(node.get("CPU", 0) / size.cpus + 1e-9) if size.cpus else math.inf
         by_gpu = math.floor(node.get("GPU", 0) / size.gpus + 1e-9) if size.gpus else math.inf
@@ -95,9 +100,11 @@ def crowding_note(nodes: Sequence[Mapping[str, float]], parallel: int, size: Slo
     if fit >= parallel:
         return None
     gpus = sum(node.get("GPU", 0) for node in nodes)
-    return (f"note: --parallel {parallel} with {size.gpus:g} GPU per trial: the cluster's {gpus:g} GPU(s) run "
-            f"{fit} trial(s) at a time, the other workers wait; --gpus-per-trial {gpus / parallel:g} shares the "
-            "GPUs between all of them (if the models fit in memory)")
+    return (
+        f"note: --parallel {parallel} with {size.gpus:g} GPU per trial: the cluster's {gpus:g} GPU(s) run "
+        f"{fit} trial(s) at a time, the other workers wait; --gpus-per-trial {gpus / parallel:g} shares the "
+        "GPUs between all of them (if the models fit in memory)"
+    )
 
 
 def check_reachable(address: str) -> None:
@@ -110,9 +117,11 @@ def check_reachable(address: str) -> None:
         with socket.create_connection((host, int(port or DEFAULT_PORTS[kind])), timeout=CONNECT_TIMEOUT_S):
             pass
     except (OSError, ValueError) as error:
-        raise UserError(f"--ray-address {address}: nothing answers there ({error}); use the address that "
-                        "`ray start --head` printed, 'auto' on a node of the cluster, or leave out "
-                        "--ray-address to start Ray on this machine") from None
+        raise UserError(
+            f"--ray-address {address}: nothing answers there ({error}); use the address that "
+            "`ray start --head` printed, 'auto' on a node of the cluster, or leave out "
+            "--ray-address to start Ray on this machine"
+        ) from None
 
 
 def connect(address: str | None) -> bool:
@@ -128,12 +137,17 @@ def connect(address: str | None) -> bool:
         return True
     check_reachable(address)
     try:
-        ray.init(address=address, logging_level=logging.WARNING,
-                 runtime_env={"py_modules": [str(Path(pipeline.__file__).parent)]})
+        ray.init(
+            address=address,
+            logging_level=logging.WARNING,
+            runtime_env={"py_modules": [str(Path(pipeline.__file__).parent)]},
+        )
     except (ConnectionError, ValueError) as error:
         if isinstance(error.__cause__, AuthenticationError):
-            raise UserError(f"--ray-address {address}: the cluster refused this process's token; set RAY_AUTH_MODE"
-                            "=token and give the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
+            raise UserError(
+                f"--ray-address {address}: the cluster refused this process's token; set RAY_AUTH_MODE"
+                "=token and give the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+            ) from None
         raise UserError(f"--ray-address {address}: {error}") from None
     return True
 
@@ -155,8 +169,9 @@ class TrialActor:
         """Host, pid, device and CUDA_VISIBLE_DEVICES of this worker (its answer also means "ready")."""
         return self.worker.where
 
-    def run(self, index: int, config: ExperimentConfig, run_id: str | None,
-            rule: StoppingRule | None = None) -> TrialResult:
+    def run(
+        self, index: int, config: ExperimentConfig, run_id: str | None, rule: StoppingRule | None = None
+    ) -> TrialResult:
         """Run one trial, stopped where ``rule`` says; with a ``run_id`` (tracking server) its steps go straight to
         that MLflow run."""
         if run_id is None:
@@ -184,8 +199,15 @@ class _Slot:
 class RayPool:
     """``parallel`` Ray workers; `submit` hands a trial to a free one, `wait` collects what finished."""
 
-    def __init__(self, base: dict[str, Any], trainer: Trainer, parallel: int, gpus_per_trial: float | None,
-                 address: str | None, tracking_uri: str | None) -> None:
+    def __init__(
+        self,
+        base: dict[str, Any],
+        trainer: Trainer,
+        parallel: int,
+        gpus_per_trial: float | None,
+        address: str | None,
+        tracking_uri: str | None,
+    ) -> None:
         """``tracking_uri``: a tracking server the workers log steps to directly; None keeps them off MLflow."""
         self._owns_connection = connect(address)
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
@@ -195,13 +217,17 @@ class RayPool:
             self._disconnect()
             raise
         self._actor_class = ray.remote(TrialActor).options(
-            num_cpus=self.size.cpus, num_gpus=self.size.gpus, max_restarts=0, max_task_retries=0)
+            num_cpus=self.size.cpus, num_gpus=self.size.gpus, max_restarts=0, max_task_retries=0
+        )
         self._arguments = (base, trainer, self.size.threads, tracking_uri)
         self.direct_logging = tracking_uri is not None
         self.slots = [self._start(number) for number in range(parallel)]
         self._running: dict[Any, _Slot] = {}
-        print(f"Ray: {parallel} workers of {self.size} each, on {len(nodes)} node{'s' * (len(nodes) > 1)}; "
-              "each loads the models and data once", flush=True)
+        print(
+            f"Ray: {parallel} workers of {self.size} each, on {len(nodes)} node{'s' * (len(nodes) > 1)}; "
+            "each loads the models and data once",
+            flush=True,
+        )
         if note := crowding_note(nodes, parallel, self.size):
             print(note, flush=True)
 
@@ -212,8 +238,9 @@ class RayPool:
     def free_slots(self) -> int:
         return sum(slot.where is not None and slot.trial is None for slot in self.slots)
 
-    def submit(self, index: int, config: ExperimentConfig, steps: StepLog | None,
-               rule: StoppingRule | None = None) -> dict[str, str]:
+    def submit(
+        self, index: int, config: ExperimentConfig, steps: StepLog | None, rule: StoppingRule | None = None
+    ) -> dict[str, str]:
         slot = next(slot for slot in self.slots if slot.where is not None and slot.trial is None)
         reference = slot.actor.run.remote(index, config, steps.run_id if self.direct_logging and steps else None, rule)
         slot.trial = index
@@ -227,8 +254,11 @@ class RayPool:
         done, _ = ray.wait([*self._running, *loading], num_returns=1, timeout=STALL_NOTICE_S)
         if not done and not self._running:
             free = ray.available_resources()
-            print(f"waiting for Ray resources: {len(loading)} workers of {self.size} each have not started; "
-                  f"the cluster has {free.get('GPU', 0):g} GPU and {free.get('CPU', 0):g} CPU free", flush=True)
+            print(
+                f"waiting for Ray resources: {len(loading)} workers of {self.size} each have not started; "
+                f"the cluster has {free.get('GPU', 0):g} GPU and {free.get('CPU', 0):g} CPU free",
+                flush=True,
+            )
         finished = []
         for reference in done:
             if reference in loading:
@@ -255,8 +285,11 @@ class RayPool:
         except RayError as error:  # the worker died (killed, out of memory, node lost): replace it
             self.slots[slot.number] = self._start(slot.number)
             where = slot.where or {}
-            return Finished(index, failure=f"worker {slot.number} (pid {where.get('pid')} on {where.get('host')}) "
-                                           f"died: {_death_summary(error)}")
+            return Finished(
+                index,
+                failure=f"worker {slot.number} (pid {where.get('pid')} on {where.get('host')}) "
+                f"died: {_death_summary(error)}",
+            )
 
     def close(self) -> None:
         """Stop the workers (a trial still running is abandoned) and leave Ray if we joined it."""

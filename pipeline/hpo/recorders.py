@@ -22,8 +22,9 @@ class TrialRuns(TrialListener):
     """A child MLflow run per trial (params, steps, metrics, checkpoint curves, plots, where it ran, outcome); its
     plots also go to the trial's folder. A trial stopped early ends KILLED with the reason in a tag."""
 
-    def __init__(self, tracker: Tracker, folder: SearchFolder,
-                 run_params: Callable[[ExperimentConfig], dict[str, Any]]) -> None:
+    def __init__(
+        self, tracker: Tracker, folder: SearchFolder, run_params: Callable[[ExperimentConfig], dict[str, Any]]
+    ) -> None:
         self.tracker = tracker
         self.folder = folder
         self.run_params = run_params
@@ -47,8 +48,14 @@ class TrialRuns(TrialListener):
         if result.stopped is None:
             curves[FINAL_PERCENT] = result.metrics
         for percentage, scores in sorted(curves.items()):
-            run.log_metrics({CHECKPOINT_PREFIX + name: value for name, value in scores.items()
-                             if name in ("road_morf_auc", "road_lerf_auc")}, step=percentage)
+            run.log_metrics(
+                {
+                    CHECKPOINT_PREFIX + name: value
+                    for name, value in scores.items()
+                    if name in ("road_morf_auc", "road_lerf_auc")
+                },
+                step=percentage,
+            )
         folder = self.folder.trial(index)
         for name, png in result.plots.items():
             (folder / name).write_bytes(png)
@@ -80,9 +87,14 @@ class SearchProgress(TrialListener):
         if done:
             morf = [r.metrics["road_morf_auc"] for r in done]
             lerf = [r.metrics["road_lerf_auc"] for r in done]
-            self.tracker.log_search_metrics({"best_morf_auc": min(morf), "best_lerf_auc": max(lerf),
-                                             "best_lerf_minus_morf": max(b - a for a, b in zip(morf, lerf))},
-                                            step=len(done))
+            self.tracker.log_search_metrics(
+                {
+                    "best_morf_auc": min(morf),
+                    "best_lerf_auc": max(lerf),
+                    "best_lerf_minus_morf": max(b - a for a, b in zip(morf, lerf)),
+                },
+                step=len(done),
+            )
         self.describe()
 
 
@@ -102,11 +114,13 @@ class Console(TrialListener):
             outcome = _scores(record.metrics)
         else:
             outcome = f"{record.status.upper()}: {record.reason}"
-        during = "; ".join(f"{percentage} %: {_scores(scores)}"
-                           for percentage, scores in sorted(record.checkpoints.items()))
+        during = "; ".join(
+            f"{percentage} %: {_scores(scores)}" for percentage, scores in sorted(record.checkpoints.items())
+        )
         during = f" [{during}]" if during else ""
-        print(f"trial {record.index:3d} [{record.generator}] {params} -> {outcome}{during} ({seconds:.0f} s)",
-              flush=True)
+        print(
+            f"trial {record.index:3d} [{record.generator}] {params} -> {outcome}{during} ({seconds:.0f} s)", flush=True
+        )
 
 
 def _scores(metrics: dict[str, float]) -> str:

@@ -81,15 +81,25 @@ class Search:
         self.bench = Workbench.load(base)
         self.folder.start(options.name, options.base, options.space_path)
         self._record_splits()
-        self.val_set = prepare_eval_set(self.bench.models.classifier, self.bench.splits.val, base.evaluation.batch_size,
-                                        num_workers=base.data.num_workers)
+        self.val_set = prepare_eval_set(
+            self.bench.models.classifier,
+            self.bench.splits.val,
+            base.evaluation.batch_size,
+            num_workers=base.data.num_workers,
+        )
         self.tracker = Tracker(options.tracking_uri)
         protocol = road_protocol_of(base.evaluation)
         run_id = self.tracker.start_search(
-            options.name, self._parent_params(),
-            tags={"search": options.name, "backbone": base.model.backbone, "auxiliary": base.model.auxiliary,
-                  "road_protocol": protocol},
-            run_id=self.folder.state.get(PARENT_RUN))
+            options.name,
+            self._parent_params(),
+            tags={
+                "search": options.name,
+                "backbone": base.model.backbone,
+                "auxiliary": base.model.auxiliary,
+                "road_protocol": protocol,
+            },
+            run_id=self.folder.state.get(PARENT_RUN),
+        )
         self.folder.update_state(**{PARENT_RUN: run_id})
         print(review_link(self.tracker.tracking_uri, self.tracker.experiment_id), flush=True)
         self.tracker.log_search_artifact(options.space_path, "search_space")
@@ -97,9 +107,14 @@ class Search:
         thresholds = self._thresholds(self.references)
         source = "the search space" if options.space.thresholds else "trivial maps on the validation split"
         print(f"ROAD protocol of every trial: {protocol}")
-        print(f"objective thresholds from {source}: "
-              + ", ".join(f"{name} {'>=' if sign > 0 else '<='} {thresholds[name]:.4f}"
-                          for name, sign in options.space.objective_signs.items() if name in thresholds))
+        print(
+            f"objective thresholds from {source}: "
+            + ", ".join(
+                f"{name} {'>=' if sign > 0 else '<='} {thresholds[name]:.4f}"
+                for name, sign in options.space.objective_signs.items()
+                if name in thresholds
+            )
+        )
         ax_seam.quiet_ax()
         self.study = Study.open(options.directory, options.space, options.seed, thresholds)
         self._describe()
@@ -109,12 +124,17 @@ class Search:
         refused, since its trials would be scored on other images."""
         record, recorded = self.bench.split_record, SplitRecord.read(self.folder.directory)
         if recorded is not None:
-            changed = {name: change for name in SPLIT_NAMES
-                       if (change := changes(recorded.splits[name], record.splits[name])) is not None}
+            changed = {
+                name: change
+                for name in SPLIT_NAMES
+                if (change := changes(recorded.splits[name], record.splits[name])) is not None
+            }
             if changed:
-                raise UserError(f"the data of search {self.options.name!r} changed since it started ("
-                                + "; ".join(f"{name}: {change}" for name, change in changed.items())
-                                + "); restore it, or start a new search with another --name")
+                raise UserError(
+                    f"the data of search {self.options.name!r} changed since it started ("
+                    + "; ".join(f"{name}: {change}" for name, change in changed.items())
+                    + "); restore it, or start a new search with another --name"
+                )
         record.write(self.folder.directory)
 
     def _reference_scores(self) -> dict[str, dict[str, float]]:
@@ -124,14 +144,22 @@ class Search:
         if cached is not None:
             return cached
         evaluation, classifier = self.base_config.evaluation, self.bench.models.classifier
-        scores = {label: evaluate_maps(classifier, self.val_set, reference_maker(kind, evaluation.seed), evaluation
-                                       )[0].road.metrics()
-                  for kind, label in REFERENCE_MAPS.items()}
+        scores = {
+            label: evaluate_maps(classifier, self.val_set, reference_maker(kind, evaluation.seed), evaluation)[
+                0
+            ].road.metrics()
+            for kind, label in REFERENCE_MAPS.items()
+        }
         self.folder.update_state(**{REFERENCES: scores})
-        self.tracker.log_search_metrics({f"{kind}_maps_{name}": value for kind, label in REFERENCE_MAPS.items()
-                                         for name, value in scores[label].items()}
-                                        | {f"threshold_{name}": value
-                                           for name, value in self._thresholds(scores).items()}, step=0)
+        self.tracker.log_search_metrics(
+            {
+                f"{kind}_maps_{name}": value
+                for kind, label in REFERENCE_MAPS.items()
+                for name, value in scores[label].items()
+            }
+            | {f"threshold_{name}": value for name, value in self._thresholds(scores).items()},
+            step=0,
+        )
         return scores
 
     def _thresholds(self, references: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -140,17 +168,31 @@ class Search:
 
     def _parent_params(self) -> dict[str, Any]:
         base = self.base_config
-        return {"backbone": base.model.backbone, "auxiliary": base.model.auxiliary,
-                "data": base.data.dataset if base.data.dataset == "demo" else base.data.root,
-                "search_space": self.options.space.name, "seed": self.options.seed,
-                "trials": self.options.trials, "epochs_per_trial": base.train.epochs,
-                "batch_size": base.train.batch_size, "base": configs.to_dict(base)}
+        return {
+            "backbone": base.model.backbone,
+            "auxiliary": base.model.auxiliary,
+            "data": base.data.dataset if base.data.dataset == "demo" else base.data.root,
+            "search_space": self.options.space.name,
+            "seed": self.options.seed,
+            "trials": self.options.trials,
+            "epochs_per_trial": base.train.epochs,
+            "batch_size": base.train.batch_size,
+            "base": configs.to_dict(base),
+        }
 
     def _describe(self, final: FinalHead | None = None) -> None:
         """Refresh the search run's description: setup, trials so far, Pareto set, and the final head if any."""
-        self.tracker.describe_search(search_description(
-            self.options.name, self.base_config, self.options.space, self.options.trials, self.study.records(),
-            self.study.pareto(), final))
+        self.tracker.describe_search(
+            search_description(
+                self.options.name,
+                self.base_config,
+                self.options.space,
+                self.options.trials,
+                self.study.records(),
+                self.study.pareto(),
+                final,
+            )
+        )
 
     def _trial_pool(self) -> TrialPool:
         """This process for one trial at a time, else Ray workers (Ray is imported only then)."""
@@ -162,17 +204,31 @@ class Search:
         if torch.cuda.is_available():  # hand the GPU memory cached by the reference maps' ROAD to the workers
             torch.cuda.empty_cache()
         uri = self.tracker.tracking_uri
-        return RayPool(options.base, self.trainer, options.parallel, options.gpus_per_trial, options.ray_address,
-                       tracking_uri=uri if is_tracking_server(uri) else None)
+        return RayPool(
+            options.base,
+            self.trainer,
+            options.parallel,
+            options.gpus_per_trial,
+            options.ray_address,
+            tracking_uri=uri if is_tracking_server(uri) else None,
+        )
 
     def run_trials(self) -> None:
         """Run trials until ``trials`` have completed (`TrialLoop`), recorded in MLflow, the folder and the console."""
         options = self.options
-        listeners = [TrialRuns(self.tracker, self.folder, run_params),
-                     SearchProgress(self.tracker, self.study, self._describe), Console(options.uses_ray)]
-        TrialLoop(self.study, self._trial_pool(), lambda parameters: trial_config(options.base, options.space,
-                                                                                   parameters),
-                  listeners, options.trials, options.max_failures_in_row).run()
+        listeners = [
+            TrialRuns(self.tracker, self.folder, run_params),
+            SearchProgress(self.tracker, self.study, self._describe),
+            Console(options.uses_ray),
+        ]
+        TrialLoop(
+            self.study,
+            self._trial_pool(),
+            lambda parameters: trial_config(options.base, options.space, parameters),
+            listeners,
+            options.trials,
+            options.max_failures_in_row,
+        ).run()
 
     def finish(self) -> dict[str, Any]:
         """Report the trials, train the chosen configuration, evaluate it on the test split, export, register."""
@@ -183,18 +239,30 @@ class Search:
         choice = self.study.select(self.options.select)
         chosen = choice.record
         config = trial_config(self.options.base, self.options.space, chosen.parameters)
-        print(f"final head: trial {chosen.index} ({', '.join(f'{k}={v:.4g}' for k, v in chosen.parameters.items())}),"
-              f" {choice.describe()}")
-        report, evaluation, head = train_final_head(self.options.name, choice, config, self.bench, self.trainer,
-                                                    self.tracker, self.folder, self.options.progress,
-                                                    self.options.system_metrics)
+        print(
+            f"final head: trial {chosen.index} ({', '.join(f'{k}={v:.4g}' for k, v in chosen.parameters.items())}),"
+            f" {choice.describe()}"
+        )
+        report, evaluation, head = train_final_head(
+            self.options.name,
+            choice,
+            config,
+            self.bench,
+            self.trainer,
+            self.tracker,
+            self.folder,
+            self.options.progress,
+            self.options.system_metrics,
+        )
         self.tracker.log_search_artifact(self.folder.best)
         self.tracker.log_search_artifact(self.folder.metrics)
         self.folder.update_state(**{FINAL_TRIAL: chosen.index, MODEL_VERSION: head.version})
         self._describe(head)
         print(f"test split: {summary_line(evaluation)}")
-        print(f"exported {self.folder.best} (reproduce: python -m pipeline.train --config {self.folder.best}), "
-              f"head {self.folder.final / 'head.pt'}, registered as models:/{head.model}/{head.version} and {head.uri}")
+        print(
+            f"exported {self.folder.best} (reproduce: python -m pipeline.train --config {self.folder.best}), "
+            f"head {self.folder.final / 'head.pt'}, registered as models:/{head.model}/{head.version} and {head.uri}"
+        )
         print(review_link(self.tracker.tracking_uri, self.tracker.experiment_id))
         return report
 

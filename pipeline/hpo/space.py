@@ -114,9 +114,7 @@ class SearchSpace:
     @property
     def objective_string(self) -> str:
         """Ax's objective syntax, e.g. ``"-road_morf_auc, road_lerf_auc"`` (``-`` = minimise)."""
-        return ", ".join(
-            ("-" if direction == "minimize" else "") + name for name, direction in self.objectives.items()
-        )
+        return ", ".join(("-" if direction == "minimize" else "") + name for name, direction in self.objectives.items())
 
     def contains(self, parameters: Mapping[str, Any]) -> bool:
         """Whether a point lies in the bounds and choices and satisfies every constraint."""
@@ -140,12 +138,14 @@ class SearchSpace:
             parameter_constraints=[constraint.text for constraint in self.constraints],
             name=self.name,
         )
-        bounds = [f"{name} {'>=' if self.objectives[name] == 'maximize' else '<='} {value!r}"
-                  for name, value in (thresholds or {}).items()]
+        bounds = [
+            f"{name} {'>=' if self.objectives[name] == 'maximize' else '<='} {value!r}"
+            for name, value in (thresholds or {}).items()
+        ]
         client.configure_optimization(objective=self.objective_string, outcome_constraints=bounds or None)
-        client.set_generation_strategy(ax_seam.generation_strategy(self.method, self.initialization_trials,
-                                                                   self.seed if seed is None else seed))
-
+        client.set_generation_strategy(
+            ax_seam.generation_strategy(self.method, self.initialization_trials, self.seed if seed is None else seed)
+        )
 
     def config_values(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
         """A trial's parameters by experiment-config key, as typed as Ax gave them: ``{"loss.lambda1": 0.3, ...}``
@@ -167,8 +167,10 @@ MEASUREMENT_KEYS = ("data.", "evaluation.", "checkpoints.", "model.backbone")
 def _config_key(value: str) -> str:
     """Check that ``value`` is a dotted path to a value field of `ExperimentConfig` that a search may change."""
     if value.startswith(MEASUREMENT_KEYS):
-        raise ValueError(f"{value!r} decides what trials are measured on or by, so trials would not be comparable; "
-                         "a search space searches training settings only (loss.*, train.*, model.auxiliary, ...)")
+        raise ValueError(
+            f"{value!r} decides what trials are measured on or by, so trials would not be comparable; "
+            "a search space searches training settings only (loss.*, train.*, model.auxiliary, ...)"
+        )
     section: Any = ExperimentConfig
     for depth, part in enumerate(value.split(".")):
         if not dataclasses.is_dataclass(section):
@@ -293,6 +295,8 @@ def _parse_constraint(fail: Fail, text: str, key: str, parameters: dict[str, Par
         raise fail(key, f"{text!r} is not linear in the parameters; write e.g. 'lambda1 + 2*lambda2 <= 1'")
     weights = {name: float(polynomial.coeff_monomial(symbol)) for name, symbol in symbols.items()}
     return LinearConstraint(text.strip(), weights, -float(polynomial.coeff_monomial(1)))
+
+
 def _check_feasible(fail: Fail, parameters: dict[str, Parameter], constraints: list[LinearConstraint]) -> None:
     """Reject constraints that leave no interior point in the bounds (Sobol could never sample one).
 
@@ -343,12 +347,24 @@ def load_search_space(path: str | Path) -> SearchSpace:
     for key in keys:
         if keys.count(key) > 1:
             raise fail("parameters", f"several parameters set the config key {key!r}; give each its own key")
-    constraints = [_parse_constraint(fail, text, f"constraints[{index}]", parameters)
-                   for index, text in enumerate(spec.constraints or [])]
+    constraints = [
+        _parse_constraint(fail, text, f"constraints[{index}]", parameters)
+        for index, text in enumerate(spec.constraints or [])
+    ]
     _check_feasible(fail, parameters, constraints)
     if spec.thresholds is not None and set(spec.thresholds) != set(spec.objectives):
-        raise fail("thresholds", f"give one threshold per objective ({', '.join(spec.objectives)}), "
-                                 f"got {', '.join(spec.thresholds)}")
-    return SearchSpace(name=spec.name or path.stem, seed=spec.seed, parameters=tuple(parameters.values()),
-                       constraints=tuple(constraints), objectives=spec.objectives, thresholds=spec.thresholds,
-                       initialization_trials=spec.initialization_trials, method=spec.method, choice=spec.choice)
+        raise fail(
+            "thresholds",
+            f"give one threshold per objective ({', '.join(spec.objectives)}), got {', '.join(spec.thresholds)}",
+        )
+    return SearchSpace(
+        name=spec.name or path.stem,
+        seed=spec.seed,
+        parameters=tuple(parameters.values()),
+        constraints=tuple(constraints),
+        objectives=spec.objectives,
+        thresholds=spec.thresholds,
+        initialization_trials=spec.initialization_trials,
+        method=spec.method,
+        choice=spec.choice,
+    )

@@ -95,8 +95,9 @@ class Study:
         self.read_only = False
 
     @classmethod
-    def open(cls, directory: Path, space: SearchSpace, seed: int,
-             thresholds: Mapping[str, float] | None = None) -> Study:
+    def open(
+        cls, directory: Path, space: SearchSpace, seed: int, thresholds: Mapping[str, float] | None = None
+    ) -> Study:
         """Start a new search in ``directory`` or resume the one saved there.
 
         ``thresholds``: the objective thresholds (reference point) a new search is configured with; a
@@ -161,8 +162,9 @@ class Study:
         self._save()
         return index, dict(parameters)
 
-    def complete(self, index: int, metrics: Mapping[str, float],
-                 checkpoints: Mapping[int, Mapping[str, float]] | None = None) -> bool:
+    def complete(
+        self, index: int, metrics: Mapping[str, float], checkpoints: Mapping[int, Mapping[str, float]] | None = None
+    ) -> bool:
         """Record a finished trial's metrics (and its ``checkpoints``' scores) and save; returns whether the trial
         was completed.
 
@@ -176,8 +178,9 @@ class Study:
         self._save()
         return True
 
-    def stop_early(self, index: int, metrics: Mapping[str, float], checkpoints: Mapping[int, Mapping[str, float]],
-                   reason: str) -> bool:
+    def stop_early(
+        self, index: int, metrics: Mapping[str, float], checkpoints: Mapping[int, Mapping[str, float]], reason: str
+    ) -> bool:
         """Record a trial stopped at its last checkpoint: its scores there become its (partial) values in Ax, at
         that percentage as the progression, and the trial is EARLY_STOPPED with ``reason``; saves. Ax fits an
         early-stopped trial's last values like a completed trial's, so the model learns that its region is poor.
@@ -191,8 +194,9 @@ class Study:
         self._save()
         return True
 
-    def _split(self, index: int, metrics: Mapping[str, float],
-               checkpoints: Mapping[int, Mapping[str, float]] | None) -> dict[str, float] | None:
+    def _split(
+        self, index: int, metrics: Mapping[str, float], checkpoints: Mapping[int, Mapping[str, float]] | None
+    ) -> dict[str, float] | None:
         """The objectives for Ax, the rest kept in the trial's run metadata (`keep_in_metadata`); None when a
         non-finite objective failed the trial."""
         objectives, reason = objective_values(self.space, index, metrics)
@@ -241,8 +245,9 @@ class Study:
                 predictions = ax_seam.model_predictions(self._client, [record.parameters for record in completed])
         except Exception as error:  # a model that fails to fit
             return {}, f"no model prediction ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
-        return model_front({record.index: prediction for record, prediction in zip(completed, predictions)},
-                           self.space.objective_signs), None
+        return model_front(
+            {record.index: prediction for record, prediction in zip(completed, predictions)}, self.space.objective_signs
+        ), None
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -269,8 +274,9 @@ def _load_client(path: Path, space: SearchSpace, thresholds: Mapping[str, float]
     return client
 
 
-def objective_values(space: SearchSpace, index: int,
-                     metrics: Mapping[str, float]) -> tuple[dict[str, float], str | None]:
+def objective_values(
+    space: SearchSpace, index: int, metrics: Mapping[str, float]
+) -> tuple[dict[str, float], str | None]:
     """Trial ``index``'s objectives as floats, and the reason to fail it when one is NaN or infinite (a diverged
     run), else None. Raises ValueError when an objective is missing."""
     values = {name: float(metrics[name]) for name in space.objective_names if name in metrics}
@@ -283,12 +289,19 @@ def objective_values(space: SearchSpace, index: int,
     return values, None
 
 
-def keep_in_metadata(trial: BaseTrial, space: SearchSpace, metrics: Mapping[str, float],
-                     checkpoints: Mapping[int, Mapping[str, float]] | None) -> None:
+def keep_in_metadata(
+    trial: BaseTrial,
+    space: SearchSpace,
+    metrics: Mapping[str, float],
+    checkpoints: Mapping[int, Mapping[str, float]] | None,
+) -> None:
     """Keep a trial's finite extra metrics and its checkpoint scores in its run metadata (read by `trial_records`):
     only the objectives go to Ax's model, each extra metric would be one more GP output to fit."""
-    extras = {name: float(value) for name, value in metrics.items()
-              if name not in space.objectives and math.isfinite(float(value))}
+    extras = {
+        name: float(value)
+        for name, value in metrics.items()
+        if name not in space.objectives and math.isfinite(float(value))
+    }
     stored = {str(percentage): dict(scores) for percentage, scores in (checkpoints or {}).items()}
     trial.update_run_metadata({_EXTRA_METRICS: extras, _CHECKPOINTS: stored})
 
@@ -298,12 +311,20 @@ def trial_records(experiment: Experiment) -> list[TrialRecord]:
     metrics: dict[int, dict[str, float]] = {}
     for row in experiment.lookup_data().df.itertuples(index=False):
         metrics.setdefault(int(row.trial_index), {})[str(row.metric_name)] = float(row.mean)
-    return [TrialRecord(index=trial.index, status=TrialState.of_ax(trial.status), parameters=dict(trial.arm.parameters),
-                        metrics={**trial.run_metadata.get(_EXTRA_METRICS, {}), **metrics.get(trial.index, {})},
-                        reason=trial.status_reason, generator=_generator_name(trial.generator_run),
-                        checkpoints={int(percentage): scores for percentage, scores
-                                     in trial.run_metadata.get(_CHECKPOINTS, {}).items()})
-            for _, trial in sorted(experiment.trials.items())]
+    return [
+        TrialRecord(
+            index=trial.index,
+            status=TrialState.of_ax(trial.status),
+            parameters=dict(trial.arm.parameters),
+            metrics={**trial.run_metadata.get(_EXTRA_METRICS, {}), **metrics.get(trial.index, {})},
+            reason=trial.status_reason,
+            generator=_generator_name(trial.generator_run),
+            checkpoints={
+                int(percentage): scores for percentage, scores in trial.run_metadata.get(_CHECKPOINTS, {}).items()
+            },
+        )
+        for _, trial in sorted(experiment.trials.items())
+    ]
 
 
 @dataclass(frozen=True)
@@ -319,16 +340,25 @@ class Choice:
 
     def describe(self) -> str:
         """One line, e.g. "the largest model-predicted LeRF − MoRF on the predicted Pareto front (trial 7): ..."."""
-        words = {"observed": "the largest observed LeRF − MoRF on the observed Pareto set",
-                 "predicted": "the largest model-predicted LeRF − MoRF on the model-predicted Pareto front",
-                 "selected": "chosen with --select"}[self.rule]
+        words = {
+            "observed": "the largest observed LeRF − MoRF on the observed Pareto set",
+            "predicted": "the largest model-predicted LeRF − MoRF on the model-predicted Pareto front",
+            "selected": "chosen with --select",
+        }[self.rule]
         predicted = "n/a" if self.predicted is None else f"{self.predicted:.4f}"
-        return (f"{words}: trial {self.record.index}, LeRF − MoRF observed {self.observed:.4f}, predicted {predicted}"
-                + (f" ({self.note})" if self.note else ""))
+        return (
+            f"{words}: trial {self.record.index}, LeRF − MoRF observed {self.observed:.4f}, predicted {predicted}"
+            + (f" ({self.note})" if self.note else "")
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"rule": self.rule, "trial": self.record.index, "observed_trade_off": self.observed,
-                "predicted_trade_off": self.predicted, "note": self.note}
+        return {
+            "rule": self.rule,
+            "trial": self.record.index,
+            "observed_trade_off": self.observed,
+            "predicted_trade_off": self.predicted,
+            "note": self.note,
+        }
 
 
 def model_front(predicted: Mapping[int, Mapping[str, float]], signs: Mapping[str, float]) -> dict[int, float]:
@@ -336,12 +366,20 @@ def model_front(predicted: Mapping[int, Mapping[str, float]], signs: Mapping[str
     in-sample predicted Pareto front; the objective thresholds play no part, so a front exists where no trial beats
     them)."""
     signed = {index: [sign * values[name] for name, sign in signs.items()] for index, values in predicted.items()}
-    return {index: sum(score) for index, score in signed.items()
-            if not any(dominates(other, score) for other in signed.values())}
+    return {
+        index: sum(score)
+        for index, score in signed.items()
+        if not any(dominates(other, score) for other in signed.values())
+    }
 
 
-def choose(records: Sequence[TrialRecord], signs: Mapping[str, float], rule: str,
-           predicted: Mapping[int, float], note: str | None = None) -> Choice:
+def choose(
+    records: Sequence[TrialRecord],
+    signs: Mapping[str, float],
+    rule: str,
+    predicted: Mapping[int, float],
+    note: str | None = None,
+) -> Choice:
     """The final choice by ``rule``: ``observed``, the Pareto trial with the largest observed `trade_off`;
     ``predicted``, the trial on the model-predicted front with the largest predicted one (the observed rule when
     there is no prediction, with ``note`` saying so). A noisy trial that looks best only by luck wins the observed
@@ -354,8 +392,13 @@ def choose(records: Sequence[TrialRecord], signs: Mapping[str, float], rule: str
         return Choice(record, rule, trade_off(record, signs), predicted[index], note)
     record = choose_trial(records, signs)
     if rule == "predicted":
-        return Choice(record, "observed", trade_off(record, signs), predicted.get(record.index),
-                      f"the observed rule: {note or 'no trial on the model-predicted front'}")
+        return Choice(
+            record,
+            "observed",
+            trade_off(record, signs),
+            predicted.get(record.index),
+            f"the observed rule: {note or 'no trial on the model-predicted front'}",
+        )
     if note is None and record.index not in predicted:
         note = "not on the model-predicted front"
     return Choice(record, rule, trade_off(record, signs), predicted.get(record.index), note)
@@ -396,8 +439,9 @@ def _generator_name(generator_run: Any) -> str:
     return _GENERATOR_NAMES.get(node, node or "manual")
 
 
-def _check_same_space(client: Client, space: SearchSpace, path: Path,
-                      thresholds: Mapping[str, float] | None = None) -> None:
+def _check_same_space(
+    client: Client, space: SearchSpace, path: Path, thresholds: Mapping[str, float] | None = None
+) -> None:
     """Raise a `UserError` when the saved search used other parameters, constraints or objectives, or
     (when ``thresholds`` is given) other objective thresholds."""
     from ax.api import Client
@@ -433,7 +477,8 @@ def objective_thresholds(references: Mapping[str, Mapping[str, float]], signs: M
     """The reference point: per objective, the worst value any reference map scored (``signs``: +1 maximise).
 
     A trial adds hypervolume only where it beats every trivial map on every objective."""
-    return {name: (min if sign > 0 else max)(scores[name] for scores in references.values())
-            for name, sign in signs.items() if all(name in scores for scores in references.values())}
-
-
+    return {
+        name: (min if sign > 0 else max)(scores[name] for scores in references.values())
+        for name, sign in signs.items()
+        if all(name in scores for scores in references.values())
+    }

@@ -18,8 +18,11 @@ def trial_config(base: dict[str, Any], space: SearchSpace, parameters: dict[str,
 
 def run_params(config: ExperimentConfig) -> dict[str, Any]:
     """What a trial's or the final head's run logs besides the searched parameters: λ3, the loss form, the config."""
-    return {"lambda3": config.loss.variation_weight, "loss_form": config.loss.describe(),
-            "config": configs.to_dict(config)}
+    return {
+        "lambda3": config.loss.variation_weight,
+        "loss_form": config.loss.describe(),
+        "config": configs.to_dict(config),
+    }
 
 
 def check_space_fits(base: dict[str, Any], space: SearchSpace) -> None:
@@ -31,12 +34,16 @@ def check_space_fits(base: dict[str, Any], space: SearchSpace) -> None:
     searched = {parameter.key for parameter in space.parameters}
     fixed = (base.get("loss") or {}).get("lambda3")
     if fixed is not None and searched & {"loss.lambda1", "loss.lambda2"}:
-        raise UserError(f"search space {space.name!r} searches loss.lambda1/lambda2 (lambda3 = 1 - lambda1 - lambda2) "
-                        f"but the experiment config fixes loss.lambda3 = {fixed}; add --set loss.lambda3=null")
+        raise UserError(
+            f"search space {space.name!r} searches loss.lambda1/lambda2 (lambda3 = 1 - lambda1 - lambda2) "
+            f"but the experiment config fixes loss.lambda3 = {fixed}; add --set loss.lambda3=null"
+        )
     for parameter in space.parameters:
         for value in parameter.values or parameter.bounds[:1]:
             try:
                 configs.from_dict(configs.with_values(base, {parameter.key: value}))
             except UserError as error:
-                raise UserError(f"search space {space.name!r} sets {parameter.key} = {value!r}, which the "
-                                f"experiment config does not accept: {error}") from None
+                raise UserError(
+                    f"search space {space.name!r} sets {parameter.key} = {value!r}, which the "
+                    f"experiment config does not accept: {error}"
+                ) from None

@@ -16,6 +16,7 @@ def study_table(study: Study, references: Mapping[str, Mapping[str, float]] | No
     front = {record.index for record in study.pareto()}
     return format_table(study.records(), front, study.space.objective_names, references, study.thresholds)
 
+
 def format_table(
     records: Sequence[TrialRecord],
     pareto_indices: set[int] | Sequence[int],
@@ -41,8 +42,11 @@ def format_table(
         rows.append(row)
     separator = len(rows)
     for label, scores in (references or {}).items():
-        sets = [_COLUMN_LABELS.get(name, name) for name in objectives
-                if thresholds and name in thresholds and scores.get(name) == thresholds[name]]
+        sets = [
+            _COLUMN_LABELS.get(name, name)
+            for name in objectives
+            if thresholds and name in thresholds and scores.get(name) == thresholds[name]
+        ]
         status = "reference" + (f", objective threshold for {' and '.join(sets)}" if sets else "")
         row = ["", "-", label, *["-"] * (len(parameter_names) + with_lambda3)]
         rows.append(row + [_format_cell(scores.get(name)) for name in objectives] + [status])

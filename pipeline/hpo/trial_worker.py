@@ -72,8 +72,9 @@ def checkpoint_scores(evaluation: Evaluation) -> dict[str, float]:
 class TrialWorker:
     """Runs trials in one process on models, data and a validation set loaded once."""
 
-    def __init__(self, bench: Workbench, val_set: EvalSet, trainer: Trainer = train_head,
-                 progress: bool = False) -> None:
+    def __init__(
+        self, bench: Workbench, val_set: EvalSet, trainer: Trainer = train_head, progress: bool = False
+    ) -> None:
         self.bench = bench
         self.val_set = val_set
         self.trainer = trainer
@@ -87,8 +88,9 @@ class TrialWorker:
     def load(cls, base: ExperimentConfig, trainer: Trainer = train_head, progress: bool = False) -> TrialWorker:
         """Load the frozen models, the data and the classified validation split of ``base``."""
         bench = Workbench.load(base)
-        val_set = prepare_eval_set(bench.models.classifier, bench.splits.val, base.evaluation.batch_size,
-                                   num_workers=base.data.num_workers)
+        val_set = prepare_eval_set(
+            bench.models.classifier, bench.splits.val, base.evaluation.batch_size, num_workers=base.data.num_workers
+        )
         return cls(bench, val_set, trainer, progress)
 
     def checkpoint_set(self, images: int) -> EvalSet:
@@ -97,13 +99,22 @@ class TrialWorker:
         if images >= len(self.val_set):
             return self.val_set
         if self._checkpoint_set is None or len(self._checkpoint_set) != min(images, len(self.bench.splits.val)):
-            self._checkpoint_set = prepare_eval_set(self.bench.models.classifier, self.bench.splits.val,
-                                                    self.bench.config.evaluation.batch_size, limit=images,
-                                                    num_workers=self.bench.config.data.num_workers)
+            self._checkpoint_set = prepare_eval_set(
+                self.bench.models.classifier,
+                self.bench.splits.val,
+                self.bench.config.evaluation.batch_size,
+                limit=images,
+                num_workers=self.bench.config.data.num_workers,
+            )
         return self._checkpoint_set
 
-    def run(self, index: int, config: ExperimentConfig, on_step: StepCallback | None = None,
-            rule: StoppingRule | None = None) -> TrialResult:
+    def run(
+        self,
+        index: int,
+        config: ExperimentConfig,
+        on_step: StepCallback | None = None,
+        rule: StoppingRule | None = None,
+    ) -> TrialResult:
         """Train and evaluate trial ``index``, stopped at a checkpoint where ``rule`` says so; steps go to ``on_step``
         when given, else into the result."""
         started = time.perf_counter()
@@ -122,20 +133,26 @@ class TrialWorker:
 
         plan = Checkpoints(config.checkpoints.percentages, score) if config.checkpoints.percentages else None
         try:
-            trained = self.trainer(config, self.bench, on_step=on_step or record, progress=self.progress,
-                                   checkpoints=plan)
+            trained = self.trainer(
+                config, self.bench, on_step=on_step or record, progress=self.progress, checkpoints=plan
+            )
         except StopTraining as stop:
             at = max(checkpoints)
             scores = {name: value for name, value in checkpoints[at].items() if name != "seconds"}
-            metrics = scores | {"stopped_at_percent": float(at),
-                                "checkpoint_seconds": sum(c["seconds"] for c in checkpoints.values())}
+            metrics = scores | {
+                "stopped_at_percent": float(at),
+                "checkpoint_seconds": sum(c["seconds"] for c in checkpoints.values()),
+            }
             return TrialResult(metrics, {}, steps, time.perf_counter() - started, checkpoints, str(stop))
         evaluation, maps = evaluate_head(trained.explainer, self.val_set, config.evaluation)
         summary = trained.summary
-        metrics = evaluation.metrics() | {"train_seconds": summary.seconds, "eval_seconds": evaluation.seconds,
-                                          "train_images_per_second": summary.images_per_second,
-                                          "compile_seconds": summary.compile_seconds,
-                                          "checkpoint_seconds": summary.checkpoint_seconds}
+        metrics = evaluation.metrics() | {
+            "train_seconds": summary.seconds,
+            "eval_seconds": evaluation.seconds,
+            "train_images_per_second": summary.images_per_second,
+            "compile_seconds": summary.compile_seconds,
+            "checkpoint_seconds": summary.checkpoint_seconds,
+        }
         with tempfile.TemporaryDirectory() as folder:
             paths = grid_and_curve(self.val_set, maps, evaluation, trained, Path(folder), f"trial {index}")
             plots = {path.name: path.read_bytes() for path in paths}

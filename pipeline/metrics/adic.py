@@ -71,7 +71,8 @@ def masked_probabilities(
 ) -> torch.Tensor:
     """Target probabilities on ``images`` multiplied in pixel space by ``kept_maps(maps, keep)``."""
     return target_probabilities(
-        classify, lambda chunk: images[chunk] * kept_maps(maps[chunk], keep)[:, None], targets, batch_size)
+        classify, lambda chunk: images[chunk] * kept_maps(maps[chunk], keep)[:, None], targets, batch_size
+    )
 
 
 def adic_probabilities(

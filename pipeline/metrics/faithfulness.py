@@ -98,14 +98,20 @@ def causal_probabilities(
             if mode == "deletion":
                 return torch.where(top, torch.zeros_like(image), image)
             return torch.where(top, image, insertion_substrate(image))
+
         return blend
 
-    return torch.stack([target_probabilities(classify, changed(count), targets, batch_size)
-                        for count in causal_counts(*images.shape[-2:], step)])
+    return torch.stack(
+        [
+            target_probabilities(classify, changed(count), targets, batch_size)
+            for count in causal_counts(*images.shape[-2:], step)
+        ]
+    )
 
 
-def curve_of(mode: CausalMode, size: tuple[int, int], probabilities: torch.Tensor, step: int | None = None
-             ) -> CausalCurve:
+def curve_of(
+    mode: CausalMode, size: tuple[int, int], probabilities: torch.Tensor, step: int | None = None
+) -> CausalCurve:
     """The mean curve of ``causal_probabilities`` [steps + 1, N] of a whole split (in any batches), and its AUC."""
     counts = causal_counts(*size, step)
     fractions = [count / (size[0] * size[1]) for count in counts]
@@ -123,8 +129,12 @@ def causal_curve(
     batch_size: int = 32,
 ) -> CausalCurve:
     """Insertion or Deletion curve of ``classify`` (pixel-space images -> logits) for maps [N, H, W]."""
-    return curve_of(mode, tuple(images.shape[-2:]),
-                    causal_probabilities(classify, images, maps, targets, mode, step, batch_size), step)
+    return curve_of(
+        mode,
+        tuple(images.shape[-2:]),
+        causal_probabilities(classify, images, maps, targets, mode, step, batch_size),
+        step,
+    )
 
 
 @dataclass
@@ -151,17 +161,24 @@ def faithfulness_probabilities(
     """Per image (last axis): the target probability with the whole map applied ("masked", [B]) and after every
     Insertion and Deletion step ([steps + 1, B] each)."""
     maps = maps.to(images.device)
-    return {"masked": masked_probabilities(classify, images, maps, targets, 1.0, batch_size),
-            **{mode: causal_probabilities(classify, images, maps, targets, mode, step, batch_size)
-               for mode in ("insertion", "deletion")}}
+    return {
+        "masked": masked_probabilities(classify, images, maps, targets, 1.0, batch_size),
+        **{
+            mode: causal_probabilities(classify, images, maps, targets, mode, step, batch_size)
+            for mode in ("insertion", "deletion")
+        },
+    }
 
 
-def faithfulness_result(clean_probs: torch.Tensor, probabilities: dict[str, torch.Tensor], size: tuple[int, int],
-                        step: int | None = None) -> FaithfulnessResult:
+def faithfulness_result(
+    clean_probs: torch.Tensor, probabilities: dict[str, torch.Tensor], size: tuple[int, int], step: int | None = None
+) -> FaithfulnessResult:
     """AG, Insertion and Deletion from ``faithfulness_probabilities`` of a whole split (in any batches)."""
-    return FaithfulnessResult(average_gain(clean_probs, probabilities["masked"]),
-                              curve_of("insertion", size, probabilities["insertion"], step),
-                              curve_of("deletion", size, probabilities["deletion"], step))
+    return FaithfulnessResult(
+        average_gain(clean_probs, probabilities["masked"]),
+        curve_of("insertion", size, probabilities["insertion"], step),
+        curve_of("deletion", size, probabilities["deletion"], step),
+    )
 
 
 def faithfulness(
@@ -174,5 +191,9 @@ def faithfulness(
     batch_size: int = 32,
 ) -> FaithfulnessResult:
     """AG, Insertion and Deletion of maps [N, H, W] in [0, 1] for the clean predictions ``targets``."""
-    return faithfulness_result(clean_probs, faithfulness_probabilities(classify, images, maps, targets, step,
-                                                                       batch_size), tuple(images.shape[-2:]), step)
+    return faithfulness_result(
+        clean_probs,
+        faithfulness_probabilities(classify, images, maps, targets, step, batch_size),
+        tuple(images.shape[-2:]),
+        step,
+    )

@@ -97,9 +97,11 @@ def _plan_chunks(removed: torch.Tensor, channels: int, budget: int, workers: int
     chunks: list[_Chunk] = []
     for index, crop_height, crop_width, top, left in needs:
         chunk = chunks[-1] if chunks else None
-        if chunk is None or (len(chunk.crops) + 1) * channels * max(chunk.height, crop_height) * max(
-            chunk.width, crop_width
-        ) > budget:
+        if (
+            chunk is None
+            or (len(chunk.crops) + 1) * channels * max(chunk.height, crop_height) * max(chunk.width, crop_width)
+            > budget
+        ):
             chunk = _Chunk(crop_height, crop_width, [])
             chunks.append(chunk)
         chunk.height, chunk.width = max(chunk.height, crop_height), max(chunk.width, crop_width)

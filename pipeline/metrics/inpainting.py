@@ -37,7 +37,8 @@ def telea_impute(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
 
     def inpaint(index: int) -> None:
         inpainted[index] = cv2.inpaint(pixels[index], holes[index], INPAINT_RADIUS, cv2.INPAINT_TELEA).reshape(
-            pixels.shape[1:])
+            pixels.shape[1:]
+        )
 
     with ThreadPoolExecutor(max(1, min(len(pixels), torch.get_num_threads()))) as pool:
         list(pool.map(inpaint, range(len(pixels))))

@@ -44,7 +44,7 @@ def _ranking(maps: torch.Tensor, order: str) -> torch.Tensor:
 def _first_removed(ranking: torch.Tensor, fraction: float) -> torch.Tensor:
     """Bool [B, H*W], True at the first round(fraction * H * W) pixels of each ``ranking``."""
     removed = torch.zeros(ranking.shape, dtype=torch.bool, device=ranking.device)
-    return removed.scatter_(1, ranking[:, :round(fraction * ranking.shape[1])], True)
+    return removed.scatter_(1, ranking[:, : round(fraction * ranking.shape[1])], True)
 
 
 def removal_masks(maps: torch.Tensor, fraction: float, order: str) -> torch.Tensor:
@@ -60,8 +60,9 @@ def road_masks(maps: torch.Tensor, percentages: Sequence[int]) -> torch.Tensor:
     """Bool [orders, percentages, B, H, W]: ``removal_masks`` of ``maps`` for every order and percentage (one sort
     per order)."""
     rankings = [_ranking(maps, order) for order in ORDERS]
-    return torch.stack([torch.stack([_first_removed(ranking, p / 100) for p in percentages])
-                        for ranking in rankings]).view(len(ORDERS), len(percentages), *maps.shape)
+    return torch.stack(
+        [torch.stack([_first_removed(ranking, p / 100) for p in percentages]) for ranking in rankings]
+    ).view(len(ORDERS), len(percentages), *maps.shape)
 
 
 def road_auc(percentages: Sequence[int], scores: Sequence[float]) -> float:
@@ -179,8 +180,9 @@ def road_result(protocol: RoadProtocol, correct: torch.Tensor) -> RoadResult:
     split, in any batches), and the AUCs."""
     percentages = list(protocol.percentages)
     morf, lerf = (correct.sum(dim=2).double() / correct.shape[2]).tolist()
-    return RoadResult(percentages, morf, lerf, road_auc(percentages, morf), road_auc(percentages, lerf),
-                      protocol.describe())
+    return RoadResult(
+        percentages, morf, lerf, road_auc(percentages, morf), road_auc(percentages, lerf), protocol.describe()
+    )
 
 
 def road(

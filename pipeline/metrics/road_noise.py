@@ -17,11 +17,16 @@ from pipeline.metrics.road import road_auc
 
 def trapezoid_weights(percentages: Sequence[int]) -> list[float]:
     """The weight of each percentage's accuracy in `road_auc` (the endpoints' constant part left out)."""
-    return [road_auc(percentages, [1.0 if other == index else 0.0 for other in range(len(percentages))])
-            - road_auc(percentages, [0.0] * len(percentages)) for index in range(len(percentages))]
+    return [
+        road_auc(percentages, [1.0 if other == index else 0.0 for other in range(len(percentages))])
+        - road_auc(percentages, [0.0] * len(percentages))
+        for index in range(len(percentages))
+    ]
 
 
 def auc_standard_error(percentages: Sequence[int], accuracies: Sequence[float], images: int) -> float:
     """An upper bound of the standard error of `road_auc` (``percentages``, ``accuracies``) over ``images`` images."""
-    return sum(weight * math.sqrt(max(accuracy * (1 - accuracy), 0.0) / images)
-               for weight, accuracy in zip(trapezoid_weights(percentages), accuracies))
+    return sum(
+        weight * math.sqrt(max(accuracy * (1 - accuracy), 0.0) / images)
+        for weight, accuracy in zip(trapezoid_weights(percentages), accuracies)
+    )

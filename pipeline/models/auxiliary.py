@@ -25,8 +25,11 @@ LAYER_PRESETS: dict[str, list[str]] = {
     "efficientnet_lite1": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
     "efficientnet_lite2": ["blocks.1", "blocks.2", "blocks.4", "blocks.6"],
     "vgg16": ["features.16", "features.23", "features.30"],
-    "vit_b_16": ["encoder.layers.encoder_layer_9.ln_1", "encoder.layers.encoder_layer_10.ln_1",
-                 "encoder.layers.encoder_layer_11.ln_1"],
+    "vit_b_16": [
+        "encoder.layers.encoder_layer_9.ln_1",
+        "encoder.layers.encoder_layer_10.ln_1",
+        "encoder.layers.encoder_layer_11.ln_1",
+    ],
 }
 
 

@@ -34,7 +34,9 @@ _RESNET = (["maxpool", "layer1", "layer2", "layer3"], "avgpool")
 _LITE = (["bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6"], "global_pool")
 _CONVNEXT = (["stem", "stages.1.downsample", "stages.2.downsample", "stages.3.downsample"], "head.global_pool")
 STREAM_PRESETS: dict[str, tuple[list[str], str]] = {
-    "efficientnet_lite0": _LITE, "efficientnet_lite1": _LITE, "efficientnet_lite2": _LITE,
+    "efficientnet_lite0": _LITE,
+    "efficientnet_lite1": _LITE,
+    "efficientnet_lite2": _LITE,
 }
 # torchvision's ResNet family shares resnet50's module names.
 _RESNET_FAMILY = ("resnet", "resnext", "wide_resnet")
@@ -62,9 +64,11 @@ def preset_layout(backbone: str) -> StreamLayout:
     bare = backbone.removeprefix("timm:")
     if bare in NO_GLOBAL_POOLING or backbone.startswith("timm:vit"):
         reason = NO_GLOBAL_POOLING.get(bare, "it classifies a transformer's class token")
-        raise UserError(f"CA-Stream does not apply to {backbone!r}: it has no global average pooling to replace "
-                        f"({reason}); use a CNN with GAP before its classifier (resnet50, efficientnet_lite0, "
-                        "timm:convnext_*)")
+        raise UserError(
+            f"CA-Stream does not apply to {backbone!r}: it has no global average pooling to replace "
+            f"({reason}); use a CNN with GAP before its classifier (resnet50, efficientnet_lite0, "
+            "timm:convnext_*)"
+        )
     if backbone.startswith("timm:convnext"):
         points, pool = _CONVNEXT
     elif backbone.startswith(_RESNET_FAMILY):
@@ -72,8 +76,10 @@ def preset_layout(backbone: str) -> StreamLayout:
     elif backbone in STREAM_PRESETS:
         points, pool = STREAM_PRESETS[backbone]
     else:
-        raise UserError(f"no CA-Stream preset for {backbone!r}; name its attachment points and its global pooling "
-                        "module with castream.points and castream.pool (module names of the network)")
+        raise UserError(
+            f"no CA-Stream preset for {backbone!r}; name its attachment points and its global pooling "
+            "module with castream.points and castream.pool (module names of the network)"
+        )
     return StreamLayout(tuple(points), pool)
 
 
@@ -161,17 +167,21 @@ class CAStreamModel(nn.Module):
         unknown = [name for name in (*layout.points, layout.pool) if name not in modules]
         if unknown:
             candidates = [n for n in modules if n and n.count(".") <= 1]
-            raise UserError(f"{classifier.name!r} has no module(s) {', '.join(unknown)} to attach CA-Stream to; "
-                            "set castream.points / castream.pool to module names such as: "
-                            f"{', '.join(candidates[:40])}")
+            raise UserError(
+                f"{classifier.name!r} has no module(s) {', '.join(unknown)} to attach CA-Stream to; "
+                "set castream.points / castream.pool to module names such as: "
+                f"{', '.join(candidates[:40])}"
+            )
         self._modules_at = [modules[name] for name in layout.points]
         self._pool = modules[layout.pool]
         widths = self._probe()
         if stream is None:
             stream = CAStream(widths, seed)
         elif stream.widths != widths:
-            raise UserError(f"the stream's widths {stream.widths} do not fit {classifier.name!r} at "
-                            f"{layout.describe()} (widths {widths}); it was trained for another backbone")
+            raise UserError(
+                f"the stream's widths {stream.widths} do not fit {classifier.name!r} at "
+                f"{layout.describe()} (widths {widths}); it was trained for another backbone"
+            )
         self.stream = stream
 
     def _probe(self) -> list[int]:
@@ -184,21 +194,29 @@ class CAStreamModel(nn.Module):
         with self._hooks(seen, replace=None), torch.no_grad():
             self.classifier(images)
         if "pool_in" not in seen:
-            raise UserError(f"the pooling module {self.layout.pool!r} of {self.classifier.name!r} never ran; "
-                            "castream.pool must name the global pooling before the classifier")
+            raise UserError(
+                f"the pooling module {self.layout.pool!r} of {self.classifier.name!r} never ran; "
+                "castream.pool must name the global pooling before the classifier"
+            )
         if len(seen["features"]) != len(self.layout.points) + 1:
-            raise UserError(f"the CA-Stream points of {self.classifier.name!r} ran {len(seen['features']) - 1} times "
-                            f"for {len(self.layout.points)} points; name modules that run once per forward pass")
+            raise UserError(
+                f"the CA-Stream points of {self.classifier.name!r} ran {len(seen['features']) - 1} times "
+                f"for {len(self.layout.points)} points; name modules that run once per forward pass"
+            )
         for name, feature in zip((*self.layout.points, self.layout.pool + " (input)"), seen["features"]):
             if feature.dim() != 4:
-                raise UserError(f"CA-Stream point {name!r} of {self.classifier.name!r} gives a {feature.dim()}-d "
-                                "output, not a [B, C, H, W] feature map; name convolutional stages")
+                raise UserError(
+                    f"CA-Stream point {name!r} of {self.classifier.name!r} gives a {feature.dim()}-d "
+                    "output, not a [B, C, H, W] feature map; name convolutional stages"
+                )
         pool_in, pool_out = seen["pool_in"], seen["pool_out"]
         gap = pool_in.mean(dim=(2, 3))
         if pool_out.numel() != gap.numel() or not torch.allclose(pool_out.reshape(gap.shape), gap, atol=1e-5):
-            raise UserError(f"{self.layout.pool!r} of {self.classifier.name!r} is not a global average pooling "
-                            f"(output {tuple(pool_out.shape)} from input {tuple(pool_in.shape)}); CA-Stream replaces "
-                            "GAP only")
+            raise UserError(
+                f"{self.layout.pool!r} of {self.classifier.name!r} is not a global average pooling "
+                f"(output {tuple(pool_out.shape)} from input {tuple(pool_in.shape)}); CA-Stream replaces "
+                "GAP only"
+            )
         return [feature.shape[1] for feature in seen["features"]]
 
     @contextmanager
@@ -206,8 +224,10 @@ class CAStreamModel(nn.Module):
         """Record the points' outputs and the pool's input; ``replace``: put the stream's token (and with
         ``True`` also the original GAP, as a second half of the batch) in place of the pool's output."""
         seen["features"] = []
-        handles = [module.register_forward_hook(lambda _m, _i, out: seen["features"].append(out))
-                   for module in self._modules_at]
+        handles = [
+            module.register_forward_hook(lambda _m, _i, out: seen["features"].append(out))
+            for module in self._modules_at
+        ]
 
         def before_pool(_module, inputs):
             seen["pool_in"] = inputs[0]
@@ -240,8 +260,10 @@ class CAStreamModel(nn.Module):
             return StreamOutput(logits, seen["attentions"])
         batch = images.shape[0]
         if logits.shape[0] != 2 * batch:
-            raise UserError(f"{self.classifier.name!r} mixes images after its pooling; CA-Stream cannot run it "
-                            "beside the original in one pass")
+            raise UserError(
+                f"{self.classifier.name!r} mixes images after its pooling; CA-Stream cannot run it "
+                "beside the original in one pass"
+            )
         return StreamOutput(logits[:batch], seen["attentions"], logits[batch:])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -69,12 +69,12 @@ class FrozenNetwork(nn.Module):
         return (images - self.mean) / self.std
 
 
-
 class Classifier(FrozenNetwork):
     """A frozen image classifier: pixel-space images in, logits out."""
 
-    def __init__(self, name: str, network: nn.Module, preprocessing: Preprocessing,
-                 categories: Sequence[str] | None = None):
+    def __init__(
+        self, name: str, network: nn.Module, preprocessing: Preprocessing, categories: Sequence[str] | None = None
+    ):
         super().__init__(name, network, preprocessing)
         self.categories = list(categories) if categories else None
 
@@ -208,7 +208,7 @@ def build_network(name: str, weights: str | None = None) -> tuple[nn.Module, Pre
     """
     pretrained = weights is None
     if name.startswith("timm:"):
-        network, preprocessing, categories = _timm(name[len("timm:"):], pretrained)
+        network, preprocessing, categories = _timm(name[len("timm:") :], pretrained)
     elif name in LITE_SIZES:
         network, preprocessing, categories = _efficientnet_lite(name, pretrained)
     elif ":" in name:

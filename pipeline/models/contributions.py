@@ -29,9 +29,12 @@ def layer_contributions(explainer: Explainer, min_count: int) -> list[LayerContr
     trained = ClassCoverage.of(head, min_count).trained.nonzero().flatten()
     overall = head.contributions().tolist()
     on_trained = head.contributions(trained.to(head.fuse.weight.device)).tolist() if trained.numel() else None
-    return [LayerContribution(layer, channels, share, overall[i], on_trained[i] if on_trained else None)
-            for i, (layer, channels, share) in enumerate(
-                zip(explainer.auxiliary.layers, head.channels, head.channel_shares().tolist()))]
+    return [
+        LayerContribution(layer, channels, share, overall[i], on_trained[i] if on_trained else None)
+        for i, (layer, channels, share) in enumerate(
+            zip(explainer.auxiliary.layers, head.channels, head.channel_shares().tolist())
+        )
+    ]
 
 
 def contribution_metrics(contributions: list[LayerContribution]) -> dict[str, float]:

@@ -45,12 +45,17 @@ class ClassCoverage:
 
     def summary(self) -> dict[str, int]:
         """Class counts for logs: how many classes are trained, and how many were ever in S."""
-        return {"num_classes": self.target_counts.numel(), "min_count": self.min_count,
-                "classes_trained": int(self.trained.sum()),
-                "classes_explained": int((self.target_counts > 0).sum()),
-                "classes_in_subset": int((self.subset_counts > 0).sum())}
+        return {
+            "num_classes": self.target_counts.numel(),
+            "min_count": self.min_count,
+            "classes_trained": int(self.trained.sum()),
+            "classes_explained": int((self.target_counts > 0).sum()),
+            "classes_in_subset": int((self.subset_counts > 0).sum()),
+        }
 
     def counts(self) -> dict[str, dict[int, int]]:
         """The non-zero counts per class index, for a JSON artifact."""
-        return {name: {int(i): int(tensor[i]) for i in tensor.nonzero().flatten()}
-                for name, tensor in (("target_counts", self.target_counts), ("subset_counts", self.subset_counts))}
+        return {
+            name: {int(i): int(tensor[i]) for i in tensor.nonzero().flatten()}
+            for name, tensor in (("target_counts", self.target_counts), ("subset_counts", self.subset_counts))
+        }

@@ -29,8 +29,13 @@ class Explanation:
 class Explainer(nn.Module):
     """One forward pass gives the map of any class; only ``head`` has trainable parameters."""
 
-    def __init__(self, classifier: Classifier, auxiliary: FeatureExtractor, head: AttentionHead,
-                 masking: Literal["pixel", "normalized"] = "pixel"):
+    def __init__(
+        self,
+        classifier: Classifier,
+        auxiliary: FeatureExtractor,
+        head: AttentionHead,
+        masking: Literal["pixel", "normalized"] = "pixel",
+    ):
         super().__init__()
         self.classifier = classifier
         self.auxiliary = auxiliary
@@ -51,8 +56,9 @@ class Explainer(nn.Module):
         return maps[:, 0].clamp(0, 1)
 
     @torch.no_grad()
-    def explain(self, images: torch.Tensor, classes: torch.Tensor | None = None,
-                min_count: int = DEFAULT_MIN_COUNT) -> Explanation:
+    def explain(
+        self, images: torch.Tensor, classes: torch.Tensor | None = None, min_count: int = DEFAULT_MIN_COUNT
+    ) -> Explanation:
         """Min-max maps of ``classes`` (default: the classifier's own prediction) upsampled to the image size;
         a class is trained when it was explained at least ``min_count`` times in training."""
         logits = self.classifier(images)

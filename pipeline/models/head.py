@@ -69,8 +69,9 @@ class AttentionHead(nn.Module):
         counts = torch.tensor(self.channels, dtype=torch.float64)
         return counts / counts.sum()
 
-    def forward(self, features: Sequence[torch.Tensor], classes: torch.Tensor | None = None,
-                per_image: bool = False) -> torch.Tensor:
+    def forward(
+        self, features: Sequence[torch.Tensor], classes: torch.Tensor | None = None, per_image: bool = False
+    ) -> torch.Tensor:
         """Maps ``[B, K, h, w]`` for ``classes`` (``[K]``, shared by the batch; all classes if None),
         or ``[B, 1, h, w]`` with ``per_image=True`` and ``classes`` of shape ``[B]`` (one class per image)."""
         size = max((f.shape[-2], f.shape[-1]) for f in features)

@@ -36,18 +36,27 @@ def _each(*names: str) -> list[Block]:
 
 
 def _efficientnet_lite_blocks() -> list[Block]:
-    return [Block("stem", ("conv_stem", "bn1")), *_each(*(f"blocks.{i}" for i in range(7))),
-            Block("conv_head", ("conv_head", "bn2")), *_each("classifier")]
+    return [
+        Block("stem", ("conv_stem", "bn1")),
+        *_each(*(f"blocks.{i}" for i in range(7))),
+        Block("conv_head", ("conv_head", "bn2")),
+        *_each("classifier"),
+    ]
 
 
 # Input to output. VGG-16's blocks end at its max-pools (features.4, 9, 16, 23, 30 hold no weights).
 BLOCK_PRESETS: dict[str, list[Block]] = {
     "resnet50": [Block("stem", ("conv1", "bn1")), *_each("layer1", "layer2", "layer3", "layer4", "fc")],
-    "vgg16": [Block(f"conv{i + 1}", tuple(f"features.{n}" for n in convs)) for i, convs in
-              enumerate([(0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28)])] + _each("classifier"),
-    "vit_b_16": [Block("embedding", ("class_token", "conv_proj", "encoder.pos_embedding")),
-                 *_each(*(f"encoder.layers.encoder_layer_{i}" for i in range(12))),
-                 Block("head", ("encoder.ln", "heads"))],
+    "vgg16": [
+        Block(f"conv{i + 1}", tuple(f"features.{n}" for n in convs))
+        for i, convs in enumerate([(0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28)])
+    ]
+    + _each("classifier"),
+    "vit_b_16": [
+        Block("embedding", ("class_token", "conv_proj", "encoder.pos_embedding")),
+        *_each(*(f"encoder.layers.encoder_layer_{i}" for i in range(12))),
+        Block("head", ("encoder.ln", "heads")),
+    ],
     **{f"efficientnet_lite{level}": _efficientnet_lite_blocks() for level in range(3)},
 }
 
@@ -59,12 +68,17 @@ def _stateful(module: nn.Module) -> bool:
 def default_blocks(network: nn.Module) -> list[Block]:
     """The network's children in registration order, containers (Sequential, ModuleList) opened one level;
     tensors held by the network itself come first."""
-    blocks = [Block(name, (name,)) for name in [*dict(network.named_parameters(recurse=False)),
-                                                *dict(network.named_buffers(recurse=False))]]
+    blocks = [
+        Block(name, (name,))
+        for name in [*dict(network.named_parameters(recurse=False)), *dict(network.named_buffers(recurse=False))]
+    ]
     for name, child in network.named_children():
         if isinstance(child, (nn.Sequential, nn.ModuleList)):
-            blocks += [Block(f"{name}.{inner}", (f"{name}.{inner}",)) for inner, grandchild in child.named_children()
-                       if _stateful(grandchild)]
+            blocks += [
+                Block(f"{name}.{inner}", (f"{name}.{inner}",))
+                for inner, grandchild in child.named_children()
+                if _stateful(grandchild)
+            ]
         elif _stateful(child):
             blocks.append(Block(name, (name,)))
     return blocks
@@ -78,9 +92,11 @@ def parse_blocks(text: str, network: nn.Module) -> list[Block]:
         modules = tuple(name.strip() for name in entry.split("+"))
         unknown = [name for name in modules if name not in names]
         if not entry or unknown:
-            raise UserError(f"--blocks: {', '.join(map(repr, unknown)) or 'an empty entry'} is not a module of the "
-                            f"backbone; name modules as in named_modules(), e.g. "
-                            f"{', '.join(block.label for block in default_blocks(network)[:6])}")
+            raise UserError(
+                f"--blocks: {', '.join(map(repr, unknown)) or 'an empty entry'} is not a module of the "
+                f"backbone; name modules as in named_modules(), e.g. "
+                f"{', '.join(block.label for block in default_blocks(network)[:6])}"
+            )
         blocks.append(Block(entry, modules))
     return blocks
 

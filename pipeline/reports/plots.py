@@ -84,14 +84,11 @@ def save_overlay(image: Any, saliency: Any, path: str | Path, title: str | None 
     axes.imshow(blended, interpolation="none")
     axes.set_axis_off()
     if title:
-        figure.text(0.5, 1.0 - 0.5 * band / (height + band), _short(title),
-                    ha="center", va="center", fontsize=10)
+        figure.text(0.5, 1.0 - 0.5 * band / (height + band), _short(title), ha="center", va="center", fontsize=10)
     return _save(figure, path)
 
 
-def explanation_grid(
-    images: Any, saliencies: Any, titles: Sequence[str], path: str | Path, columns: int = 4
-) -> Path:
+def explanation_grid(images: Any, saliencies: Any, titles: Sequence[str], path: str | Path, columns: int = 4) -> Path:
     """A grid of overlays with one title each (e.g. "Egyptian cat (0.62)").
 
     images: [N, 3, H, W]; saliencies: [N, H, W]. Each cell is 3 in x 100 dpi = 300 x 300 px, so the
@@ -100,15 +97,19 @@ def explanation_grid(
     photos, maps = _to_numpy(images), _to_numpy(saliencies)
     count = len(photos)
     if count == 0 or len(maps) != count or len(titles) != count:
-        raise ValueError(
-            f"need as many saliencies and titles as images (>0): {count}, {len(maps)}, {len(titles)}"
-        )
+        raise ValueError(f"need as many saliencies and titles as images (>0): {count}, {len(maps)}, {len(titles)}")
     columns = min(columns, count)
     rows = math.ceil(count / columns)
     height_in = rows * CELL_INCHES
     figure = Figure(figsize=(columns * CELL_INCHES, height_in), dpi=DPI)
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01 * CELL_INCHES / height_in,
-                           top=1.0 - 0.3 / height_in, wspace=0.05, hspace=0.12)
+    figure.subplots_adjust(
+        left=0.01,
+        right=0.99,
+        bottom=0.01 * CELL_INCHES / height_in,
+        top=1.0 - 0.3 / height_in,
+        wspace=0.05,
+        hspace=0.12,
+    )
     grid = figure.subplots(rows, columns, squeeze=False)
     for index, axes in enumerate(grid.flat):
         axes.set_axis_off()
@@ -149,15 +150,22 @@ def road_curve(
         raise ValueError(f"lengths differ: {len(removed)} percentages, {len(morf)}, {len(lerf)}")
     figure = Figure(figsize=ROAD_FIGSIZE, dpi=DPI)
     axes = figure.add_subplot()
-    curves = (("MoRF", morf, morf_auc, "lower is better", "tab:red"),
-              ("LeRF", lerf, lerf_auc, "higher is better", "tab:blue"))
+    curves = (
+        ("MoRF", morf, morf_auc, "lower is better", "tab:red"),
+        ("LeRF", lerf, lerf_auc, "higher is better", "tab:blue"),
+    )
     for name, accuracies, auc, better, colour in curves:
         xs, ys = _with_endpoints(removed, accuracies)
         axes.plot(xs, ys, color=colour, label=f"{name}  AUC {auc:.3f} ({better})")
         axes.plot(removed, accuracies, "o", color=colour)
     axes.plot([0.0, 100.0], [1.0, 0.0], "o", color="black", markerfacecolor="white", clip_on=False)
-    axes.set(xlim=(0, 100), ylim=(-0.02, 1.05), xlabel="% of pixels removed",
-             ylabel="accuracy vs. original prediction", title=title or "ROAD")
+    axes.set(
+        xlim=(0, 100),
+        ylim=(-0.02, 1.05),
+        xlabel="% of pixels removed",
+        ylabel="accuracy vs. original prediction",
+        title=title or "ROAD",
+    )
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right")
     figure.tight_layout()
@@ -191,8 +199,14 @@ def method_grid(
         raise ValueError(f"need one title and one map per method for each of the {rows} images (>0)")
     row_inches = MAP_CELL_INCHES + 0.5
     figure = Figure(figsize=(count * MAP_CELL_INCHES, rows * row_inches + 0.3), dpi=DPI)
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.5 / (rows * row_inches + 0.3),
-                           top=1 - 0.3 / (rows * row_inches + 0.3), wspace=0.04, hspace=0.25)
+    figure.subplots_adjust(
+        left=0.01,
+        right=0.99,
+        bottom=0.5 / (rows * row_inches + 0.3),
+        top=1 - 0.3 / (rows * row_inches + 0.3),
+        wspace=0.04,
+        hspace=0.25,
+    )
     grid = figure.subplots(rows, count, squeeze=False)
     for row in range(rows):
         grid[row, 0].imshow(np.clip(photos[row].transpose(1, 2, 0), 0.0, 1.0))
@@ -230,13 +244,26 @@ def sanity_figure(
         raise ValueError(f"need an SSIM, a std and maps of all {rows} images for each of the {count} levels")
     curve_inches = 3.0
     figure = Figure(figsize=(max(count, 4) * MAP_CELL_INCHES, curve_inches + rows * MAP_CELL_INCHES + 0.9), dpi=DPI)
-    layout = figure.add_gridspec(rows + 1, count, height_ratios=[curve_inches, *[MAP_CELL_INCHES] * rows],
-                                 hspace=0.35, wspace=0.04, left=0.06, right=0.99, top=0.95, bottom=0.02)
+    layout = figure.add_gridspec(
+        rows + 1,
+        count,
+        height_ratios=[curve_inches, *[MAP_CELL_INCHES] * rows],
+        hspace=0.35,
+        wspace=0.04,
+        left=0.06,
+        right=0.99,
+        top=0.95,
+        bottom=0.02,
+    )
     curve = figure.add_subplot(layout[0, :])
     positions = list(range(count))
     curve.errorbar(positions, ssim, yerr=ssim_std, marker="o", capsize=3, color="tab:blue")
-    curve.set(ylim=(min(-0.05, min(ssim) - 0.05), 1.05), ylabel="SSIM to the original maps", title=title,
-              xlim=(-0.5, count - 0.5))
+    curve.set(
+        ylim=(min(-0.05, min(ssim) - 0.05), 1.05),
+        ylabel="SSIM to the original maps",
+        title=title,
+        xlim=(-0.5, count - 0.5),
+    )
     curve.set_xticks(positions, [_short(label) for label in levels], rotation=30, ha="right", fontsize=8)
     curve.grid(alpha=0.3)
     for row in range(rows):

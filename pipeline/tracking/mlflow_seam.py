@@ -21,8 +21,12 @@ from mlflow.utils.validation import (
 )
 
 # What a tracking server accepts per request and per value; larger batches or values are refused, not cut.
-LIMITS = {"metrics_per_batch": MAX_METRICS_PER_BATCH, "params_tags_per_batch": MAX_PARAMS_TAGS_PER_BATCH,
-          "param_length": MAX_PARAM_VAL_LENGTH, "tag_length": MAX_TAG_VAL_LENGTH}
+LIMITS = {
+    "metrics_per_batch": MAX_METRICS_PER_BATCH,
+    "params_tags_per_batch": MAX_PARAMS_TAGS_PER_BATCH,
+    "param_length": MAX_PARAM_VAL_LENGTH,
+    "tag_length": MAX_TAG_VAL_LENGTH,
+}
 DESCRIPTION_TAG = MLFLOW_RUN_NOTE  # the run's description in the UI ("mlflow.note.content")
 
 
@@ -30,8 +34,9 @@ def health_status(server: str, timeout_s: float) -> int:
     """The HTTP status of the server's ``/health``, asked once. MLflow's client retries a dead server for minutes;
     its REST helper with ``max_retries=0`` answers at once and sends the same credentials (basic auth, token).
     Raises `mlflow.exceptions.MlflowException` when nothing answers."""
-    response = http_request(get_default_host_creds(server), "/health", "GET", max_retries=0, timeout=timeout_s,
-                            raise_on_status=False)
+    response = http_request(
+        get_default_host_creds(server), "/health", "GET", max_retries=0, timeout=timeout_s, raise_on_status=False
+    )
     return response.status_code
 
 

@@ -31,8 +31,7 @@ def registered_model_name(backbone: str, auxiliary: str) -> str:
 
     e.g. ("timm:convnext_tiny", "resnet18") -> "ptame-timm_convnext_tiny-resnet18".
     """
-    parts = [re.sub(r"[^A-Za-z0-9_.-]+", "_", part).strip("_") or "none"
-             for part in (backbone, auxiliary)]
+    parts = [re.sub(r"[^A-Za-z0-9_.-]+", "_", part).strip("_") or "none" for part in (backbone, auxiliary)]
     return "-".join(["ptame", *parts])[:250]
 
 
@@ -51,8 +50,9 @@ class FinalRunLog(RunLog):
         super().__init__(client, run_id)
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
-        self._system_metrics = (SystemMetrics(run_id, system_metrics_interval_s, tracking_uri)
-                                if system_metrics_interval_s > 0 else None)
+        self._system_metrics = (
+            SystemMetrics(run_id, system_metrics_interval_s, tracking_uri) if system_metrics_interval_s > 0 else None
+        )
 
     def _end(self, status: str, reason: str | None = None) -> None:
         if self._system_metrics is not None:
@@ -60,8 +60,9 @@ class FinalRunLog(RunLog):
             self._system_metrics = None
         super()._end(status, reason)
 
-    def log_explainer(self, head_directory: str | Path, config: ExperimentConfig, input_size: int,
-                      registered_name: str) -> str:
+    def log_explainer(
+        self, head_directory: str | Path, config: ExperimentConfig, input_size: int, registered_name: str
+    ) -> str:
         """Register the explainer in `head_directory` (written by `save_head`; its backbone takes
         `input_size` px images) as `registered_name` and return the new version; also log the plain
         head files (weights, config, training summary) under "head/".
@@ -78,18 +79,24 @@ class FinalRunLog(RunLog):
             # signature already states the input, so its advice to add one is noise here.
             warnings.filterwarnings("ignore", message=".*An input example was not provided")
             info = Model.log(
-                artifact_path=None, name="explainer", flavor=mlflow.pyfunc, python_model=str(serving.ENTRY_POINT),
-                artifacts=serving.model_artifacts(head_directory, config), code_paths=[str(serving.PACKAGE)],
-                signature=serving.signature(input_size), pip_requirements=serving.requirements(config),
-                registered_model_name=registered_name, run_id=self.run_id, model_id=logged.model_id,
+                artifact_path=None,
+                name="explainer",
+                flavor=mlflow.pyfunc,
+                python_model=str(serving.ENTRY_POINT),
+                artifacts=serving.model_artifacts(head_directory, config),
+                code_paths=[str(serving.PACKAGE)],
+                signature=serving.signature(input_size),
+                pip_requirements=serving.requirements(config),
+                registered_model_name=registered_name,
+                run_id=self.run_id,
+                model_id=logged.model_id,
             )
         for name in (HEAD_FILE, CONFIG_FILE, SUMMARY_FILE, COUNTS_FILE):
             if (head_directory / name).is_file():
                 self.log_artifact(head_directory / name, "head")
         return str(info.registered_model_version)
 
-    def describe_version(self, name: str, version: str, description: str, tags: Mapping[str, str],
-                         alias: str) -> None:
+    def describe_version(self, name: str, version: str, description: str, tags: Mapping[str, str], alias: str) -> None:
         """Give registered version `version` of `name` its description and tags, and point `alias` at it
         (moved from the version it named before), so that "models:/NAME@ALIAS" loads it."""
         self.client.update_model_version(name, version, description=description)

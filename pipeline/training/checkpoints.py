@@ -29,8 +29,10 @@ class Checkpoints:
     def due(self, total_steps: int) -> dict[int, int]:
         """Step -> percentage: the step after which each checkpoint runs (at least 1, at most ``total_steps``); of
         percentages that fall on one step (a short training) only the first runs."""
-        return {min(total_steps, max(1, round(percentage * total_steps / 100))): percentage
-                for percentage in reversed(self.percentages)}
+        return {
+            min(total_steps, max(1, round(percentage * total_steps / 100))): percentage
+            for percentage in reversed(self.percentages)
+        }
 
 
 def run_checkpoint(checkpoints: Checkpoints, explainer: Explainer, percentage: int, step: int) -> float:

@@ -39,9 +39,11 @@ class CompiledNetwork:
                 torch.autograd.grad(outputs.float().sum(), images, retain_graph=True)  # compiles the backward
         except Exception as error:  # any compiler failure: the eager network still works
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            print(f"warning: torch.compile of {type(self.network).__name__} failed ({type(error).__name__}: "
-                  f"{reason[:200]}); training goes on without compiling (train.compile=false skips it)",
-                  file=sys.stderr)
+            print(
+                f"warning: torch.compile of {type(self.network).__name__} failed ({type(error).__name__}: "
+                f"{reason[:200]}); training goes on without compiling (train.compile=false skips it)",
+                file=sys.stderr,
+            )
             self.compiled = None
             return self.network(images)
         if images.is_cuda:

@@ -56,8 +56,11 @@ class FrozenOutputs:
         """Start a run with these networks: drop what was kept for other networks or weights."""
         networks = (classifier,) if auxiliary is None else (classifier, auxiliary)
         versions = _weights_versions(networks)
-        if len(networks) != len(self._networks) or any(a is not b for a, b in zip(networks, self._networks)) \
-                or versions != self._weights_versions:
+        if (
+            len(networks) != len(self._networks)
+            or any(a is not b for a, b in zip(networks, self._networks))
+            or versions != self._weights_versions
+        ):
             self._kept.clear()
             self._feature_bytes_kept = 0
             self._networks, self._weights_versions = networks, versions
@@ -74,8 +77,9 @@ class FrozenOutputs:
         self.computed += 1
         return kept
 
-    def outputs(self, batch: int, images: torch.Tensor, classify: Classify,
-                extract: Extract) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def outputs(
+        self, batch: int, images: torch.Tensor, classify: Classify, extract: Extract
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The classifier's argmax and the auxiliary features of batch number ``batch``, kept ones where the pixels
         are the same; features are kept on the CPU while FEATURE_BYTES allow."""
         kept = self._batch(batch, images, classify)

@@ -33,7 +33,10 @@ class Workbench:
     def serves(self, config: ExperimentConfig) -> bool:
         """True when ``config`` needs exactly these models and data."""
         return (config.model, config.data, config.train.device) == (
-            self.config.model, self.config.data, self.config.train.device)
+            self.config.model,
+            self.config.data,
+            self.config.train.device,
+        )
 
     @cached_property
     def split_record(self) -> SplitRecord:
@@ -66,8 +69,13 @@ class TrainedHead:
         return ClassCoverage.of(self.explainer.head, self.config.evaluation.min_class_count)
 
 
-def train_head(config: ExperimentConfig, bench: Workbench | None = None, on_step: StepCallback | None = None,
-               progress: bool = True, checkpoints: Checkpoints | None = None) -> TrainedHead:
+def train_head(
+    config: ExperimentConfig,
+    bench: Workbench | None = None,
+    on_step: StepCallback | None = None,
+    progress: bool = True,
+    checkpoints: Checkpoints | None = None,
+) -> TrainedHead:
     """Train a head for ``config``; pass a ``bench`` to reuse loaded models and data, ``checkpoints`` to score it
     during training."""
     if bench is None or not bench.serves(config):
@@ -78,7 +86,16 @@ def train_head(config: ExperimentConfig, bench: Workbench | None = None, on_step
         raise UserError("the training split is empty; check data.root and data.train_limit")
     models = bench.models
     batches = training_batches(dataset, config, models.classifier.preprocessing.input_size, models.device)
-    summary = train(explainer, batches, len(batches), config.loss, config.train, models.device,
-                    on_step=on_step, progress=progress, frozen=bench.frozen,
-                    checkpoints=checkpoints)
+    summary = train(
+        explainer,
+        batches,
+        len(batches),
+        config.loss,
+        config.train,
+        models.device,
+        on_step=on_step,
+        progress=progress,
+        frozen=bench.frozen,
+        checkpoints=checkpoints,
+    )
     return TrainedHead(explainer, summary, config, bench)

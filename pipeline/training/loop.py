@@ -47,10 +47,14 @@ class TrainingSummary:
         return self.images / self.seconds if self.seconds else 0.0
 
 
-def training_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
-                  generator: torch.Generator | None = None,
-                  classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  clean: CleanOutputs | None = None) -> LossTerms:
+def training_step(
+    explainer: Explainer,
+    images: torch.Tensor,
+    loss: LossConfig,
+    generator: torch.Generator | None = None,
+    classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    clean: CleanOutputs | None = None,
+) -> LossTerms:
     """Forward pass of one batch: clean prediction, maps of S, masked prediction, loss.
 
     ``classify`` runs the classifier (default: ``explainer.classifier``; the loop passes its compiled form);
@@ -66,8 +70,9 @@ def training_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
     if loss.class_subset == "reference":
         classes, position = reference_class_subset(targets)
     else:
-        classes, position = class_subset(targets, loss.lambda_rand or images.shape[0], explainer.head.num_classes,
-                                         generator)
+        classes, position = class_subset(
+            targets, loss.lambda_rand or images.shape[0], explainer.head.num_classes, generator
+        )
     explainer.head.record(targets, classes)
     subset_maps = activate(explainer.head(features, classes), training=True)
     own_maps = subset_maps[torch.arange(images.shape[0], device=images.device), position]
@@ -82,11 +87,18 @@ def _check(terms: LossTerms, step: int, limit: float) -> None:
         raise TrainingDiverged(f"loss diverged at step {step}: {value} (limit train.max_loss = {limit})")
 
 
-def optimisation_step(explainer: Explainer, images: torch.Tensor, loss: LossConfig,
-                      optimizer: torch.optim.Optimizer, generator: torch.Generator | None,
-                      autocast: AbstractContextManager, max_loss: float, step: int,
-                      classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      clean: CleanOutputs | None = None) -> LossTerms:
+def optimisation_step(
+    explainer: Explainer,
+    images: torch.Tensor,
+    loss: LossConfig,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator | None,
+    autocast: AbstractContextManager,
+    max_loss: float,
+    step: int,
+    classify: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    clean: CleanOutputs | None = None,
+) -> LossTerms:
     """Forward, divergence check, backward and optimiser step for one batch."""
     with autocast:
         terms = training_step(explainer, images, loss, generator, classify, clean)
@@ -97,10 +109,18 @@ def optimisation_step(explainer: Explainer, images: torch.Tensor, loss: LossConf
     return terms
 
 
-def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
-          loss: LossConfig, settings: TrainConfig, device: torch.device,
-          on_step: StepCallback | None = None, progress: bool = True,
-          frozen: FrozenOutputs | None = None, checkpoints: Checkpoints | None = None) -> TrainingSummary:
+def train(
+    explainer: Explainer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    steps_per_epoch: int,
+    loss: LossConfig,
+    settings: TrainConfig,
+    device: torch.device,
+    on_step: StepCallback | None = None,
+    progress: bool = True,
+    frozen: FrozenOutputs | None = None,
+    checkpoints: Checkpoints | None = None,
+) -> TrainingSummary:
     """Train ``explainer.head`` for ``settings.epochs`` epochs; the frozen networks stay in eval mode.
 
     Batches of another size than the first one run the classifier eagerly when it is compiled. With ``frozen``
@@ -108,8 +128,9 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
     score the head at percentages of the steps without changing its training (`run_checkpoint`); their
     `StopTraining` ends it."""
     head = explainer.head
-    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.max_lr, weight_decay=settings.weight_decay,
-                                  amsgrad=True)
+    optimizer = torch.optim.AdamW(
+        head.parameters(), lr=settings.max_lr, weight_decay=settings.weight_decay, amsgrad=True
+    )
     total = steps_per_epoch * settings.epochs
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.max_lr, total_steps=total)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -134,8 +155,18 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
                 clean = None
                 if frozen is not None:
                     clean = partial(frozen.outputs, summary.steps, classify=classify, extract=explainer.auxiliary)
-                terms = optimisation_step(explainer, images, loss, optimizer, generator, autocast, settings.max_loss,
-                                          summary.steps, classify, clean)
+                terms = optimisation_step(
+                    explainer,
+                    images,
+                    loss,
+                    optimizer,
+                    generator,
+                    autocast,
+                    settings.max_loss,
+                    summary.steps,
+                    classify,
+                    clean,
+                )
                 schedule.step()
                 summary.steps += 1
                 summary.images += images.shape[0]
@@ -144,8 +175,9 @@ def train(explainer: Explainer, batches: Iterable[tuple[torch.Tensor, torch.Tens
                     on_step(summary.steps, summary.last)
                 bar.update(status=f"loss {summary.last['loss']:.4f}")
                 if summary.steps in due:
-                    summary.checkpoint_seconds += run_checkpoint(checkpoints, explainer, due[summary.steps],
-                                                                 summary.steps)
+                    summary.checkpoint_seconds += run_checkpoint(
+                        checkpoints, explainer, due[summary.steps], summary.steps
+                    )
     head.eval()
     summary.seconds = time.perf_counter() - started - summary.checkpoint_seconds
     summary.compile_seconds = compiled.compile_seconds if compiled else 0.0

@@ -24,8 +24,9 @@ class LossTerms:
         return dict(zip(("loss", "loss_ce", "loss_area", "loss_variation"), values))
 
 
-def class_subset(targets: torch.Tensor, size: int, num_classes: int,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def class_subset(
+    targets: torch.Tensor, size: int, num_classes: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """S: the batch's predicted classes topped up with uniformly drawn other classes to ``size``.
 
     Returns ``(classes [K], position [B])`` with ``classes[position[b]] == targets[b]``; K is
@@ -69,14 +70,19 @@ def reference_variation_loss(maps: torch.Tensor, border_penalty: float, power: f
     right = (maps[..., :, 1:] - maps[..., :, :-1]).abs().pow(power).sum()
     total = down + right
     if border_penalty > 0:
-        edges = (maps[..., -1, :].pow(power) + maps[..., 0, :].pow(power)
-                 + maps[..., :, -1].pow(power) + maps[..., :, 0].pow(power))
+        edges = (
+            maps[..., -1, :].pow(power)
+            + maps[..., 0, :].pow(power)
+            + maps[..., :, -1].pow(power)
+            + maps[..., :, 0].pow(power)
+        )
         total = total + border_penalty * edges.sum()
     return total / (power * maps.shape[0])
 
 
-def ptame_loss(masked_logits: torch.Tensor, targets: torch.Tensor, subset_maps: torch.Tensor,
-               loss: LossConfig) -> LossTerms:
+def ptame_loss(
+    masked_logits: torch.Tensor, targets: torch.Tensor, subset_maps: torch.Tensor, loss: LossConfig
+) -> LossTerms:
     """``λ1·CE(masked, c*) + λ2·area(E_S) + λ3·variation(E_S)``, the variation term in ``loss.variation``'s form."""
     maps = subset_maps.float()
     cross_entropy = F.cross_entropy(masked_logits.float(), targets)

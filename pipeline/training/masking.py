@@ -19,8 +19,9 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
 
 
-def mask_images(images: torch.Tensor, maps: torch.Tensor, mean: torch.Tensor,
-                mode: Literal["pixel", "normalized"] = "pixel") -> torch.Tensor:
+def mask_images(
+    images: torch.Tensor, maps: torch.Tensor, mean: torch.Tensor, mode: Literal["pixel", "normalized"] = "pixel"
+) -> torch.Tensor:
     """Mask pixel-space ``images`` ``[B, 3, H, W]`` with ``maps`` ``[B, h, w]`` in [0, 1]."""
     weights = upsample(maps, images.shape[-2:])
     if mode == "pixel":

@@ -28,25 +28,37 @@ def save_head(trained: TrainedHead, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # On the CPU, so that the file loads on any machine, whatever device trained the head.
-    torch.save({name: value.cpu() for name, value in trained.explainer.head.state_dict().items()},
-               directory / HEAD_FILE)
+    torch.save(
+        {name: value.cpu() for name, value in trained.explainer.head.state_dict().items()}, directory / HEAD_FILE
+    )
     configs.dump(trained.config, directory / CONFIG_FILE)
     summary = trained.summary
     contributions = layer_contributions(trained.explainer, trained.config.evaluation.min_class_count)
-    (directory / SUMMARY_FILE).write_text(json.dumps(
-        {"steps": summary.steps, "images": summary.images, "seconds": round(summary.seconds, 3),
-         "images_per_second": round(summary.images_per_second, 1),
-         "compile_seconds": round(summary.compile_seconds, 3), "reused_predictions": summary.reused_predictions,
-         "last": summary.last, "class_coverage": trained.coverage.summary(),
-         "contributions": [asdict(entry) for entry in contributions]}, indent=2))
+    (directory / SUMMARY_FILE).write_text(
+        json.dumps(
+            {
+                "steps": summary.steps,
+                "images": summary.images,
+                "seconds": round(summary.seconds, 3),
+                "images_per_second": round(summary.images_per_second, 1),
+                "compile_seconds": round(summary.compile_seconds, 3),
+                "reused_predictions": summary.reused_predictions,
+                "last": summary.last,
+                "class_coverage": trained.coverage.summary(),
+                "contributions": [asdict(entry) for entry in contributions],
+            },
+            indent=2,
+        )
+    )
     (directory / COUNTS_FILE).write_text(json.dumps(trained.coverage.counts(), indent=1))
     if trained.split_record is not None:
         trained.split_record.write(directory)
     return directory
 
 
-def load_explainer(directory: str | Path, device: str = "auto",
-                   overrides: Sequence[str] = ()) -> tuple[Explainer, ExperimentConfig]:
+def load_explainer(
+    directory: str | Path, device: str = "auto", overrides: Sequence[str] = ()
+) -> tuple[Explainer, ExperimentConfig]:
     """Rebuild a trained explainer from a directory written by ``save_head`` (``overrides`` as ``--set``) on
     ``device`` (``auto``: a CUDA device when there is one, whichever device trained the head)."""
     directory = Path(directory)
@@ -62,10 +74,13 @@ def load_explainer(directory: str | Path, device: str = "auto",
     except RuntimeError as error:
         raise UserError(f"{directory / HEAD_FILE} does not fit the head of its config: {error}") from None
     if set(missing) == {"target_counts", "subset_counts"} and not unexpected:
-        raise UserError(f"{directory / HEAD_FILE} predates class-coverage counts, so its trained classes are "
-                        f"unknown; retrain it: python -m pipeline.train --config {directory / CONFIG_FILE}")
+        raise UserError(
+            f"{directory / HEAD_FILE} predates class-coverage counts, so its trained classes are "
+            f"unknown; retrain it: python -m pipeline.train --config {directory / CONFIG_FILE}"
+        )
     if missing or unexpected:
-        raise UserError(f"{directory / HEAD_FILE} does not fit the head of its config: missing {missing}, "
-                        f"unexpected {unexpected}")
+        raise UserError(
+            f"{directory / HEAD_FILE} does not fit the head of its config: missing {missing}, unexpected {unexpected}"
+        )
     explainer.head.eval()
     return explainer, config

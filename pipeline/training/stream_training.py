@@ -80,10 +80,17 @@ class StreamSummary:
     evaluation: dict[str, dict] = field(default_factory=dict)  # per split, after training
 
     def as_dict(self) -> dict:
-        return {"steps": self.steps, "images": self.images, "seconds": round(self.seconds, 3),
-                "parameters": self.parameters,
-                "trained_parameters": self.trained_parameters, "target": self.target, "epoch_losses": self.losses,
-                "train": self.train, "evaluation": self.evaluation}
+        return {
+            "steps": self.steps,
+            "images": self.images,
+            "seconds": round(self.seconds, 3),
+            "parameters": self.parameters,
+            "trained_parameters": self.trained_parameters,
+            "target": self.target,
+            "epoch_losses": self.losses,
+            "train": self.train,
+            "evaluation": self.evaluation,
+        }
 
 
 @dataclass
@@ -100,8 +107,10 @@ def target_kind(config: ExperimentConfig) -> str:
     if target == "auto":
         target = "labels" if imagenet else "prediction"
     if target == "labels" and not imagenet:
-        raise UserError(f"castream.target = 'labels' needs labels that are the backbone's classes (ImageNet); "
-                        f"data.dataset = {config.data.dataset!r} has none: use castream.target=prediction")
+        raise UserError(
+            f"castream.target = 'labels' needs labels that are the backbone's classes (ImageNet); "
+            f"data.dataset = {config.data.dataset!r} has none: use castream.target=prediction"
+        )
     return target
 
 
@@ -134,14 +143,22 @@ def _optimizer(stream: CAStream, settings: CAStreamConfig) -> torch.optim.Optimi
     stream.projections[-1].requires_grad_(settings.train_last_projection)
     parameters = [parameter for parameter in stream.parameters() if parameter.requires_grad]
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
-                               weight_decay=settings.weight_decay)
+        return torch.optim.SGD(
+            parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
     return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def fit_stream(model: CAStreamModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps_per_epoch: int,
-               settings: CAStreamConfig, kind: str, summary: StreamSummary, progress: bool = True,
-               on_step: StepCallback | None = None) -> None:
+def fit_stream(
+    model: CAStreamModel,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    steps_per_epoch: int,
+    settings: CAStreamConfig,
+    kind: str,
+    summary: StreamSummary,
+    progress: bool = True,
+    on_step: StepCallback | None = None,
+) -> None:
     """Train ``model.stream`` on ``batches`` of (images, labels) for ``settings.epochs`` epochs towards ``kind``
     (``labels`` or ``prediction``), recording steps, images and losses in ``summary``; ``on_step(step, {"loss":
     ..., "agreement": ...})`` after every step (the batch's top-1 agreement with the unchanged network)."""
@@ -161,8 +178,9 @@ def fit_stream(model: CAStreamModel, batches: Iterable[tuple[torch.Tensor, torch
                     target = labels if kind == "labels" else prediction_target(output.original, settings.top1_weight)
                     loss = F.cross_entropy(output.logits.float(), target)
                 if not torch.isfinite(loss):
-                    raise UserError(f"the CA-Stream loss diverged at step {summary.steps}: {float(loss)}; "
-                                    "lower castream.lr")
+                    raise UserError(
+                        f"the CA-Stream loss diverged at step {summary.steps}: {float(loss)}; lower castream.lr"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -171,8 +189,10 @@ def fit_stream(model: CAStreamModel, batches: Iterable[tuple[torch.Tensor, torch
                 agreement.add(output.logits.detach(), output.original, labels if kind == "labels" else None)
                 total += float(loss.detach())
                 if on_step is not None:
-                    on_step(summary.steps, {"loss": float(loss.detach()),
-                                            "agreement": (agreement.agree - agreed) / images.shape[0]})
+                    on_step(
+                        summary.steps,
+                        {"loss": float(loss.detach()), "agreement": (agreement.agree - agreed) / images.shape[0]},
+                    )
                 summary.steps += 1
                 summary.images += images.shape[0]
                 bar.update(status=f"mean loss {total / step:.4f}")
@@ -181,8 +201,7 @@ def fit_stream(model: CAStreamModel, batches: Iterable[tuple[torch.Tensor, torch
     model.eval()
 
 
-def train_stream(config: ExperimentConfig, progress: bool = True,
-                 on_step: StepCallback | None = None) -> TrainedStream:
+def train_stream(config: ExperimentConfig, progress: bool = True, on_step: StepCallback | None = None) -> TrainedStream:
     """Train a stream for ``config`` (``castream`` section; batch size, seed, device from ``train``); see
     `fit_stream` for ``on_step``."""
     device = resolve_device(config.train.device)
@@ -201,8 +220,9 @@ def train_stream(config: ExperimentConfig, progress: bool = True,
 
 
 @torch.no_grad()
-def measure_agreement(model: CAStreamModel, dataset: Dataset, batch_size: int, labelled: bool,
-                      progress: bool = False) -> Agreement:
+def measure_agreement(
+    model: CAStreamModel, dataset: Dataset, batch_size: int, labelled: bool, progress: bool = False
+) -> Agreement:
     """Top-1 agreement of the stream model with the unchanged network over ``dataset`` (and accuracy when
     ``labelled``: the dataset's labels are the backbone's classes)."""
     model.eval()
@@ -222,8 +242,9 @@ def evaluate_splits(trained: TrainedStream, splits: Sequence[str] = ("val", "tes
     config = trained.config
     data = build_splits(config.data, trained.model.classifier.preprocessing.input_size)
     for name in splits:
-        agreement = measure_agreement(trained.model, getattr(data, name), config.evaluation.batch_size,
-                                      labelled=config.data.dataset == "imagenet")
+        agreement = measure_agreement(
+            trained.model, getattr(data, name), config.evaluation.batch_size, labelled=config.data.dataset == "imagenet"
+        )
         trained.summary.evaluation[name] = agreement.as_dict()
 
 
@@ -233,17 +254,24 @@ def save_stream(trained: TrainedStream, directory: str | Path) -> list[Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = trained.model
-    torch.save({"backbone": model.classifier.name, "points": list(model.layout.points), "pool": model.layout.pool,
-                "widths": list(model.stream.widths),
-                "state": {name: value.detach().cpu() for name, value in model.stream.state_dict().items()}},
-               directory / STREAM_FILE)
+    torch.save(
+        {
+            "backbone": model.classifier.name,
+            "points": list(model.layout.points),
+            "pool": model.layout.pool,
+            "widths": list(model.stream.widths),
+            "state": {name: value.detach().cpu() for name, value in model.stream.state_dict().items()},
+        },
+        directory / STREAM_FILE,
+    )
     configs.dump(trained.config, directory / CONFIG_FILE)
     (directory / SUMMARY_FILE).write_text(json.dumps(trained.summary.as_dict(), indent=2))
     return [directory / name for name in (STREAM_FILE, CONFIG_FILE, SUMMARY_FILE)] + [trained.splits.write(directory)]
 
 
-def load_stream(directory: str | Path, device: str = "auto",
-                overrides: Sequence[str] = ()) -> tuple[CAStreamModel, ExperimentConfig]:
+def load_stream(
+    directory: str | Path, device: str = "auto", overrides: Sequence[str] = ()
+) -> tuple[CAStreamModel, ExperimentConfig]:
     """The stream model saved in ``directory`` by ``save_stream`` (``overrides`` as ``--set``) on ``device``."""
     directory = Path(directory)
     for name in (STREAM_FILE, CONFIG_FILE):
@@ -253,10 +281,14 @@ def load_stream(directory: str | Path, device: str = "auto",
     saved = torch.load(directory / STREAM_FILE, map_location="cpu", weights_only=True)
     layout = resolve_layout(config.model.backbone, config.castream.points, config.castream.pool)
     if saved["backbone"] != config.model.backbone or (tuple(saved["points"]), saved["pool"]) != (
-            layout.points, layout.pool):
-        raise UserError(f"{directory / STREAM_FILE} is a CA-Stream for {saved['backbone']!r} at "
-                        f"{', '.join(saved['points'])} -> {saved['pool']}, not for {config.model.backbone!r} at "
-                        f"{layout.describe()}; train one for this backbone with `python -m pipeline.castream`")
+        layout.points,
+        layout.pool,
+    ):
+        raise UserError(
+            f"{directory / STREAM_FILE} is a CA-Stream for {saved['backbone']!r} at "
+            f"{', '.join(saved['points'])} -> {saved['pool']}, not for {config.model.backbone!r} at "
+            f"{layout.describe()}; train one for this backbone with `python -m pipeline.castream`"
+        )
     stream = CAStream(saved["widths"])
     stream.load_state_dict(saved["state"])
     model = build_stream_model(config, resolve_device(device, "--device"), stream)

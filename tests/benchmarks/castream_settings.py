@@ -64,21 +64,31 @@ def main() -> None:
             evaluate_splits(trained, splits=("val",))
             agreements.append(trained.summary.evaluation["val"]["top1_agreement"])
             peaks.append(attention_peak(trained))
-            print(f"{label}, seed {seed}: validation agreement {agreements[-1]:.4f}, last attention peak "
-                  f"{peaks[-1]:.2f}x uniform", flush=True)
+            print(
+                f"{label}, seed {seed}: validation agreement {agreements[-1]:.4f}, last attention peak "
+                f"{peaks[-1]:.2f}x uniform",
+                flush=True,
+            )
         rows.append((label, agreements, peaks))
     images = trained.summary.evaluation["val"]["images"]
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    lines = [f"Measured {date.today()} at commit {commit} on {platform.node()}: "
-             f"`python tests/benchmarks/castream_settings.py {' '.join(sys.argv[1:])}`".rstrip(), "",
-             f"Top-1 agreement with EfficientNet-Lite0 on the demo's {images} validation views (train.seed "
-             f"{', '.join(map(str, args.seeds))}):", "",
-             "| setting | agreement per seed | mean | last attention peak / uniform (mean of seeds) |",
-             "|---|---|---:|---:|"]
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    lines = [
+        f"Measured {date.today()} at commit {commit} on {platform.node()}: "
+        f"`python tests/benchmarks/castream_settings.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        f"Top-1 agreement with EfficientNet-Lite0 on the demo's {images} validation views (train.seed "
+        f"{', '.join(map(str, args.seeds))}):",
+        "",
+        "| setting | agreement per seed | mean | last attention peak / uniform (mean of seeds) |",
+        "|---|---|---:|---:|",
+    ]
     for label, agreements, peaks in rows:
-        lines.append(f"| {label} | {', '.join(f'{a:.3f}' for a in agreements)} | {statistics.mean(agreements):.3f} | "
-                     f"{statistics.mean(peaks):.2f} |")
+        lines.append(
+            f"| {label} | {', '.join(f'{a:.3f}' for a in agreements)} | {statistics.mean(agreements):.3f} | "
+            f"{statistics.mean(peaks):.2f} |"
+        )
     text = "\n".join(lines)
     print(f"\n{text}")
     if args.out:

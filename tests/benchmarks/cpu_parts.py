@@ -68,14 +68,20 @@ def main() -> None:
         difference = float((result - whole[name]).abs().max())
         largest_difference[part] = max(largest_difference[part], difference)
     classifiers.CPU_PART_IMAGES = 4
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    lines = [f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}, "
-             f"{torch.get_num_threads()} torch threads): `python tests/benchmarks/cpu_parts.py "
-             f"{' '.join(sys.argv[1:])}`".rstrip(), "",
-             f"EfficientNet-Lite0 at 224 px, median of {args.repeats} shuffled runs, ms per image (ratio to the whole "
-             "batch):", "", "| pass | " + " | ".join(f"parts of {p}" for p in PARTS) + " |",
-             "|---|" + "---:|" * len(PARTS)]
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    lines = [
+        f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads): `python tests/benchmarks/cpu_parts.py "
+        f"{' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        f"EfficientNet-Lite0 at 224 px, median of {args.repeats} shuffled runs, ms per image (ratio to the whole "
+        "batch):",
+        "",
+        "| pass | " + " | ".join(f"parts of {p}" for p in PARTS) + " |",
+        "|---|" + "---:|" * len(PARTS),
+    ]
     for name, (_, batch) in passes.items():
         reference = statistics.median(seconds[(name, batch if batch in PARTS else 32)])
         cells = []
@@ -84,10 +90,16 @@ def main() -> None:
             cells.append(f"{median:.1f} ({median / reference:.2f})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     same = [str(part) for part in PARTS if largest_difference[part] == 0.0]
-    differ = [f"{part} (largest difference {largest_difference[part]:.1e})" for part in PARTS
-              if largest_difference[part] != 0.0]
-    lines += ["", f"Outputs and input gradients bit-identical to the whole batch's in every run: parts of "
-              f"{', '.join(same) or 'none'}; not: parts of {', '.join(differ) or 'none'}."]
+    differ = [
+        f"{part} (largest difference {largest_difference[part]:.1e})"
+        for part in PARTS
+        if largest_difference[part] != 0.0
+    ]
+    lines += [
+        "",
+        f"Outputs and input gradients bit-identical to the whole batch's in every run: parts of "
+        f"{', '.join(same) or 'none'}; not: parts of {', '.join(differ) or 'none'}.",
+    ]
     text = "\n".join(lines)
     print(text)
     if args.out:

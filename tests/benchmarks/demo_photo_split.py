@@ -40,8 +40,13 @@ def predictions(classifier, views: DemoViews) -> list[int]:
     return in_parts(classifier, images).argmax(1).tolist()
 
 
-def coverage(classes: dict[str, list[int]], train: tuple[str, ...], held_out: tuple[str, ...],
-             evaluation: dict[str, list[int]], train_views: int) -> float:
+def coverage(
+    classes: dict[str, list[int]],
+    train: tuple[str, ...],
+    held_out: tuple[str, ...],
+    evaluation: dict[str, list[int]],
+    train_views: int,
+) -> float:
     """Share of the held-out photos' evaluation views whose class has DEFAULT_MIN_COUNT training views, with
     ``train_views`` spread evenly over the training photos (their crops' classes scaled to that count)."""
     per_photo = train_views / len(train)
@@ -65,13 +70,17 @@ def main() -> None:
     classes, evaluation = {}, {}
     for name in names:
         classes[name] = predictions(classifier, DemoViews(size, args.views, data.seed, photos=[name]))
-        evaluation[name] = predictions(classifier, DemoViews(size, data.demo_eval_views // 2, data.seed + 1,
-                                                             random=False, photos=[name]))
+        evaluation[name] = predictions(
+            classifier, DemoViews(size, data.demo_eval_views // 2, data.seed + 1, random=False, photos=[name])
+        )
     lines = ["| photo | top classes of its training-recipe crops (share) |", "|---|---|"]
     for name in names:
         top = Counter(classes[name]).most_common(3)
-        lines.append(f"| {name} | " + ", ".join(f"{classifier.category(label)} ({count / args.views:.2f})"
-                                                for label, count in top) + " |")
+        lines.append(
+            f"| {name} | "
+            + ", ".join(f"{classifier.category(label)} ({count / args.views:.2f})" for label, count in top)
+            + " |"
+        )
     ranked = []
     for held in itertools.chain.from_iterable(itertools.combinations(names, k) for k in (2, 3, 4)):
         for val_count in range(1, len(held)):
@@ -80,22 +89,31 @@ def main() -> None:
                 if len(val) > 2 or len(test) > 2:
                     continue
                 train = tuple(name for name in names if name not in held)
-                pair = (coverage(classes, train, val, evaluation, data.demo_train_views),
-                        coverage(classes, train, test, evaluation, data.demo_train_views))
+                pair = (
+                    coverage(classes, train, val, evaluation, data.demo_train_views),
+                    coverage(classes, train, test, evaluation, data.demo_train_views),
+                )
                 ranked.append((min(pair), pair, val, test))
     ranked.sort(key=lambda item: (-item[0], -sum(item[1])))
     lines += ["", "| validation photos | test photos | validation coverage | test coverage |", "|---|---|---:|---:|"]
     for _, (val_cover, test_cover), val, test in ranked[:8]:
         lines.append(f"| {', '.join(val)} | {', '.join(test)} | {val_cover:.2f} | {test_cover:.2f} |")
     chosen = tuple(DEMO_SPLITS["train"])
-    val, test = (coverage(classes, chosen, DEMO_SPLITS[split], evaluation, data.demo_train_views)
-                 for split in ("val", "test"))
-    lines += ["", f"DEMO_SPLITS (validation {', '.join(DEMO_SPLITS['val'])}; test {', '.join(DEMO_SPLITS['test'])}): "
-              f"validation coverage {val:.2f}, test coverage {test:.2f} (estimated from per-photo crops)."]
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    header = (f"Measured {date.today()} at commit {commit} on {platform.node()}: "
-              f"`python tests/benchmarks/demo_photo_split.py {' '.join(sys.argv[1:])}`".rstrip())
+    val, test = (
+        coverage(classes, chosen, DEMO_SPLITS[split], evaluation, data.demo_train_views) for split in ("val", "test")
+    )
+    lines += [
+        "",
+        f"DEMO_SPLITS (validation {', '.join(DEMO_SPLITS['val'])}; test {', '.join(DEMO_SPLITS['test'])}): "
+        f"validation coverage {val:.2f}, test coverage {test:.2f} (estimated from per-photo crops).",
+    ]
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    header = (
+        f"Measured {date.today()} at commit {commit} on {platform.node()}: "
+        f"`python tests/benchmarks/demo_photo_split.py {' '.join(sys.argv[1:])}`".rstrip()
+    )
     text = header + "\n\n" + "\n".join(lines)
     print(text)
     if args.out:

@@ -58,15 +58,31 @@ class Side:
 
 def without_seconds(metrics: dict) -> dict:
     """Scores only: no timing keys, at any depth."""
-    return {key: without_seconds(value) if isinstance(value, dict) else value for key, value in metrics.items()
-            if "seconds" not in key and key not in ("compile_seconds", "train_images_per_second")}
+    return {
+        key: without_seconds(value) if isinstance(value, dict) else value
+        for key, value in metrics.items()
+        if "seconds" not in key and key not in ("compile_seconds", "train_images_per_second")
+    }
 
 
 def run_search(checkout: Path, trials: int, folder: Path) -> Run:
     """Run the demo search of ``checkout`` in ``folder`` (its working directory, so MLflow's artifacts land there)."""
-    command = [sys.executable, "-m", "pipeline.search", "--experiment", str(checkout / "experiments" / "demo.yaml"),
-               "--trials", str(trials), "--name", "pair", "--out", str(folder / "runs"), "--no-progress",
-               "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.search",
+        "--experiment",
+        str(checkout / "experiments" / "demo.yaml"),
+        "--trials",
+        str(trials),
+        "--name",
+        "pair",
+        "--out",
+        str(folder / "runs"),
+        "--no-progress",
+        "--tracking-uri",
+        f"sqlite:///{folder / 'mlflow.db'}",
+    ]
     environment = os.environ | {"PYTHONPATH": str(checkout)}
     started = time.perf_counter()
     with open(folder / "console.log", "w") as log:
@@ -80,29 +96,48 @@ def run_search(checkout: Path, trials: int, folder: Path) -> Run:
     search = folder / "runs" / "pair"
     state, metrics = (json.loads((search / name).read_text()) for name in ("state.json", "metrics.json"))
     scores = {"reference maps": state["reference_maps"], "final": without_seconds(metrics)}
-    return Run([float(s) for *_, s in lines], [(i, morf, lerf) for i, morf, lerf, _ in lines], scores, wall,
-               usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    return Run(
+        [float(s) for *_, s in lines],
+        [(i, morf, lerf) for i, morf, lerf, _ in lines],
+        scores,
+        wall,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss / 1024,
+    )
 
 
 def commit(checkout: Path) -> str:
-    return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=checkout, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=checkout, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def report(before: Side, after: Side, trials: int, command: str) -> str:
-    lines = [f"Measured {date.today()} on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs): `{command}`",
-             "", f"Demo search, {trials} trials and the final head, {len(after.runs)} runs per side, alternated.", "",
-             "| | before | after | before / after |", "|---|---:|---:|---:|"]
-    for label, figure in (("trial, median s", "trial"), ("search wall, median s", "wall"),
-                          ("search CPU, median s", "cpu"), ("peak RSS, median MiB", "peak_rss_mib")):
+    lines = [
+        f"Measured {date.today()} on {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs): `{command}`",
+        "",
+        f"Demo search, {trials} trials and the final head, {len(after.runs)} runs per side, alternated.",
+        "",
+        "| | before | after | before / after |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, figure in (
+        ("trial, median s", "trial"),
+        ("search wall, median s", "wall"),
+        ("search CPU, median s", "cpu"),
+        ("peak RSS, median MiB", "peak_rss_mib"),
+    ):
         b, a = before.median(figure), after.median(figure)
         lines.append(f"| {label} | {b:.1f} | {a:.1f} | {b / a:.2f} |")
     lines.append(f"| commit | {commit(before.checkout)} | {commit(after.checkout)} | |")
     same_trials = all(run.trial_scores == before.runs[0].trial_scores for run in before.runs + after.runs)
     same_scores = all(run.scores == before.runs[0].scores for run in before.runs + after.runs)
-    lines += ["", f"Trial scores (MoRF, LeRF as printed) identical in every run of both sides: {same_trials}.",
-              "Reference maps' scores and the final head's validation and test metrics identical at full precision "
-              f"in every run of both sides: {same_scores}."]
+    lines += [
+        "",
+        f"Trial scores (MoRF, LeRF as printed) identical in every run of both sides: {same_trials}.",
+        "Reference maps' scores and the final head's validation and test metrics identical at full precision "
+        f"in every run of both sides: {same_scores}.",
+    ]
     if not same_scores:
         first, other = before.runs[0].scores, after.runs[0].scores
         lines.append(f"before: {json.dumps(first)[:600]}\n\nafter: {json.dumps(other)[:600]}")
@@ -121,8 +156,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         sides = [Side(name, Path(scratch) / name) for name in ("before", "after")]
         for side, revision in zip(sides, (args.before, args.after)):
-            subprocess.run(["git", "worktree", "add", "--detach", str(side.checkout), revision], cwd=REPO,
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(side.checkout), revision],
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+            )
         try:
             for pair in range(args.pairs):
                 for side in sides:
@@ -130,8 +169,11 @@ def main() -> None:
                     folder.mkdir()
                     run = run_search(side.checkout, args.trials, folder)
                     side.runs.append(run)
-                    print(f"{side.name} {pair}: trials {run.trial_seconds} s, wall {run.wall:.0f} s, "
-                          f"peak RSS {run.peak_rss_mib:.0f} MiB", flush=True)
+                    print(
+                        f"{side.name} {pair}: trials {run.trial_seconds} s, wall {run.wall:.0f} s, "
+                        f"peak RSS {run.peak_rss_mib:.0f} MiB",
+                        flush=True,
+                    )
             command = "python tests/benchmarks/demo_search_pair.py " + " ".join(sys.argv[1:])
             text = report(*sides, args.trials, command.strip())
         finally:

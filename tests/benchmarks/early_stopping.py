@@ -35,9 +35,24 @@ PAPER_TRIALS, PAPER_SOBOL = 20, 5
 
 def run_search(trials: int, overrides: list[str], out: Path) -> Path:
     """Run the demo search command with checkpoints and without stopping; returns its folder."""
-    command = [sys.executable, "-m", "pipeline.search", "--experiment", "experiments/demo.yaml", "--trials",
-               str(trials), "--name", "early-stopping", "--out", str(out / "search"), "--no-progress",
-               "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--set", "checkpoints.early_stop=false"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.search",
+        "--experiment",
+        "experiments/demo.yaml",
+        "--trials",
+        str(trials),
+        "--name",
+        "early-stopping",
+        "--out",
+        str(out / "search"),
+        "--no-progress",
+        "--tracking-uri",
+        f"sqlite:///{out / 'mlflow.db'}",
+        "--set",
+        "checkpoints.early_stop=false",
+    ]
     for override in overrides:
         command += ["--set", override]
     print("$", " ".join(command), flush=True)
@@ -80,19 +95,27 @@ def report(folder: Path) -> None:
             tau = kendalltau([r.checkpoints[percentage][name] for r in scored], [r.metrics[name] for r in scored])
             cells.append(f"{tau.statistic:+.3f} ({tau.pvalue:.3f})")
         print(f"{percentage:>9d} %  " + "  ".join(f"{cell:>16s}" for cell in cells))
-    noise = {name: statistics.median(r.checkpoints[p][f"{name}_se"] for r in records for p in r.checkpoints)
-             for name in signs}
-    print("median noise (standard error) of a checkpoint score: "
-          + ", ".join(f"{LABELS.get(name, name)} {value:.4f}" for name, value in noise.items()))
+    noise = {
+        name: statistics.median(r.checkpoints[p][f"{name}_se"] for r in records for p in r.checkpoints)
+        for name in signs
+    }
+    print(
+        "median noise (standard error) of a checkpoint score: "
+        + ", ".join(f"{LABELS.get(name, name)} {value:.4f}" for name, value in noise.items())
+    )
 
     total = sum(trial_seconds(r) for r in records)
     checkpoint_cost = sum(r.metrics["checkpoint_seconds"] for r in records)
-    medians = {name: statistics.median(r.metrics[name] for r in records)
-               for name in ("checkpoint_seconds", "train_seconds", "eval_seconds")}
-    print(f"\ntrial work (training + checkpoints + final scoring): {total:.0f} s in all, median "
-          f"{statistics.median(trial_seconds(r) for r in records):.1f} s a trial; checkpoints {checkpoint_cost:.0f} s "
-          f"({checkpoint_cost / total:.1%}), median {medians['checkpoint_seconds']:.1f} s a trial; training median "
-          f"{medians['train_seconds']:.1f} s, final scoring median {medians['eval_seconds']:.1f} s")
+    medians = {
+        name: statistics.median(r.metrics[name] for r in records)
+        for name in ("checkpoint_seconds", "train_seconds", "eval_seconds")
+    }
+    print(
+        f"\ntrial work (training + checkpoints + final scoring): {total:.0f} s in all, median "
+        f"{statistics.median(trial_seconds(r) for r in records):.1f} s a trial; checkpoints {checkpoint_cost:.0f} s "
+        f"({checkpoint_cost / total:.1%}), median {medians['checkpoint_seconds']:.1f} s a trial; training median "
+        f"{medians['train_seconds']:.1f} s, final scoring median {medians['eval_seconds']:.1f} s"
+    )
 
     chosen = choose_trial(records, signs)
     later = [r for r in records if r.generator != INITIAL_DESIGN]
@@ -105,22 +128,27 @@ def report(folder: Path) -> None:
         kept = [r for r in records if r.index not in stopped]
         now = choose_trial(kept, signs).index
         listed = ", ".join(f"{index}@{p}" for index, p in stopped.items()) or "none"
-        print(f"{dominating:>17d}  {len(stopped):>2d}: {listed:27s}  {steps:>14.1%}  {seconds:>16.1%}  "
-              f"{now} ({'unchanged' if now == chosen.index else 'CHANGED'})")
+        print(
+            f"{dominating:>17d}  {len(stopped):>2d}: {listed:27s}  {steps:>14.1%}  {seconds:>16.1%}  "
+            f"{now} ({'unchanged' if now == chosen.index else 'CHANGED'})"
+        )
         share = len(stopped) / len(later) if later else 0.0
         kept_fraction = statistics.mean(p / 100 for p in stopped.values()) if stopped else 1.0
         saved = (PAPER_TRIALS - PAPER_SOBOL) * share * (1 - kept_fraction)
-        print(f"{'':17s}  paper scale: {PAPER_TRIALS - PAPER_SOBOL} BoTorch trials x {share:.2f} stopped x "
-              f"{1 - kept_fraction:.2f} of an epoch = {saved:.2f} of {PAPER_TRIALS} one-epoch trainings "
-              f"({saved / PAPER_TRIALS:.1%})")
+        print(
+            f"{'':17s}  paper scale: {PAPER_TRIALS - PAPER_SOBOL} BoTorch trials x {share:.2f} stopped x "
+            f"{1 - kept_fraction:.2f} of an epoch = {saved:.2f} of {PAPER_TRIALS} one-epoch trainings "
+            f"({saved / PAPER_TRIALS:.1%})"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", type=Path, help="where the search and its MLflow store go (default: a temporary "
-                                                  "folder, kept)")
+    parser.add_argument(
+        "--out", type=Path, help="where the search and its MLflow store go (default: a temporary folder, kept)"
+    )
     parser.add_argument("--folder", type=Path, help="analyse this search folder instead of running one")
     args = parser.parse_args()
     if args.folder is None:

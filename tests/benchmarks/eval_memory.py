@@ -66,8 +66,9 @@ def rss_mib() -> float:
 def evaluate(folder: Path, count: int, in_memory: bool, options: argparse.Namespace) -> dict:
     """One evaluation of the first ``count`` images of ``folder``, in this process."""
     torch.manual_seed(0)
-    network = nn.Sequential(nn.Conv2d(3, 8, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                            nn.Linear(8, 10))
+    network = nn.Sequential(
+        nn.Conv2d(3, 8, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+    )
     classifier = Classifier("tiny", network, Preprocessing(SIZE))
     settings = EvalConfig(percentages=options.percentages, imputer=options.imputer)
     dataset = plain_images([folder], SIZE)
@@ -77,23 +78,50 @@ def evaluate(folder: Path, count: int, in_memory: bool, options: argparse.Namesp
     if in_memory:
         images = evalset.first_images(count)
         maps = reference_maps(options.maps, count, evalset.size, settings.seed)
-        metrics = road(classifier, images, maps, evalset.targets, RoadProtocol.of(settings), settings.batch_size,
-                       torch.Generator().manual_seed(settings.seed)).metrics()
-        metrics |= ad_ic(classifier, images, maps, evalset.targets, evalset.probabilities,
-                         batch_size=settings.batch_size).metrics()
+        metrics = road(
+            classifier,
+            images,
+            maps,
+            evalset.targets,
+            RoadProtocol.of(settings),
+            settings.batch_size,
+            torch.Generator().manual_seed(settings.seed),
+        ).metrics()
+        metrics |= ad_ic(
+            classifier, images, maps, evalset.targets, evalset.probabilities, batch_size=settings.batch_size
+        ).metrics()
     else:
-        metrics = evaluate_maps(classifier, evalset, reference_maker(options.maps, settings.seed), settings
-                                )[0].metrics()
-    return {"images": len(evalset), "size": list(evalset.size), "before_mib": before,
-            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "seconds": time.perf_counter() - started, "morf": metrics["road_morf_auc"], "ad_100": metrics["ad_100"]}
+        metrics = evaluate_maps(classifier, evalset, reference_maker(options.maps, settings.seed), settings)[
+            0
+        ].metrics()
+    return {
+        "images": len(evalset),
+        "size": list(evalset.size),
+        "before_mib": before,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds": time.perf_counter() - started,
+        "morf": metrics["road_morf_auc"],
+        "ad_100": metrics["ad_100"],
+    }
 
 
 def row(folder: Path, count: int, in_memory: bool, options: argparse.Namespace) -> dict:
     """``evaluate`` in a fresh process, so its peak RSS is this evaluation's alone."""
-    command = [sys.executable, __file__, "--child", str(folder), "--counts", str(count), "--maps", options.maps,
-               "--imputer", options.imputer, "--percentages", *map(str, options.percentages),
-               *(["--in-memory", str(count)] if in_memory else [])]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(folder),
+        "--counts",
+        str(count),
+        "--maps",
+        options.maps,
+        "--imputer",
+        options.imputer,
+        "--percentages",
+        *map(str, options.percentages),
+        *(["--in-memory", str(count)] if in_memory else []),
+    ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.splitlines()[-1])
 
@@ -113,19 +141,26 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.folder or write_folder(Path(scratch), max(args.counts + args.in_memory))
-        print(f"{max(args.counts + args.in_memory)} JPEGs (500x375) in {CLASSES} class folders; tiny CNN at {SIZE} px, "
-              f"{args.maps} maps, ROAD {args.percentages} % removed ({args.imputer}), AD/IC; "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-        print(f"{'path':<16} {'images':>7} {'RSS before MiB':>15} {'peak RSS MiB':>13} {'peak - before':>14} "
-              f"{'seconds':>8} {'MoRF AUC':>9}")
+        print(
+            f"{max(args.counts + args.in_memory)} JPEGs (500x375) in {CLASSES} class folders; tiny CNN at {SIZE} px, "
+            f"{args.maps} maps, ROAD {args.percentages} % removed ({args.imputer}), AD/IC; "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        )
+        print(
+            f"{'path':<16} {'images':>7} {'RSS before MiB':>15} {'peak RSS MiB':>13} {'peak - before':>14} "
+            f"{'seconds':>8} {'MoRF AUC':>9}"
+        )
         rows = [("streamed", count, False) for count in args.counts]
         rows += [("in memory", count, True) for count in args.in_memory]
         for label, count, in_memory in rows:
             result = row(folder, count, in_memory, args)
-            print(f"{label:<16} {result['images']:>7} "
-                  f"{result['before_mib']:>15.0f} {result['peak_mib']:>13.0f} "
-                  f"{result['peak_mib'] - result['before_mib']:>14.0f} {result['seconds']:>8.1f} "
-                  f"{result['morf']:>9.4f}", flush=True)
+            print(
+                f"{label:<16} {result['images']:>7} "
+                f"{result['before_mib']:>15.0f} {result['peak_mib']:>13.0f} "
+                f"{result['peak_mib'] - result['before_mib']:>14.0f} {result['seconds']:>8.1f} "
+                f"{result['morf']:>9.4f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -48,19 +48,32 @@ def main() -> None:
     explainer = train_head(config, bench, progress=False).explainer
     classifier, settings = explainer.classifier, config.evaluation
     evalset = prepare_eval_set(classifier, bench.splits.val, settings.batch_size)
-    print(f"demo: {len(evalset)} validation views of {evalset.size}, ROAD {settings.percentages} % removed, "
-          f"{torch.get_num_threads()} torch threads; fastest of {args.repeats}")
+    print(
+        f"demo: {len(evalset)} validation views of {evalset.size}, ROAD {settings.percentages} % removed, "
+        f"{torch.get_num_threads()} torch threads; fastest of {args.repeats}"
+    )
 
     def in_memory() -> dict[str, float]:
         images = evalset.first_images(len(evalset))
         with torch.no_grad():
-            maps = torch.cat([explainer.explain(part, classes).saliency for part, classes in
-                              zip(images.split(settings.batch_size), evalset.targets.split(settings.batch_size))])
+            maps = torch.cat(
+                [
+                    explainer.explain(part, classes).saliency
+                    for part, classes in zip(
+                        images.split(settings.batch_size), evalset.targets.split(settings.batch_size)
+                    )
+                ]
+            )
         generator = torch.Generator().manual_seed(settings.seed)
-        scores = road(classifier, images, maps, evalset.targets, RoadProtocol.of(settings), settings.batch_size,
-                      generator).metrics()
-        return scores | ad_ic(classifier, images, maps, evalset.targets, evalset.probabilities,
-                              batch_size=settings.batch_size).metrics()
+        scores = road(
+            classifier, images, maps, evalset.targets, RoadProtocol.of(settings), settings.batch_size, generator
+        ).metrics()
+        return (
+            scores
+            | ad_ic(
+                classifier, images, maps, evalset.targets, evalset.probabilities, batch_size=settings.batch_size
+            ).metrics()
+        )
 
     def streamed() -> dict[str, float]:
         metrics = evaluate_head(explainer, evalset, settings)[0].metrics()
@@ -73,8 +86,10 @@ def main() -> None:
         seconds, scores = fastest(streamed, 1)
         streamed_seconds = min(streamed_seconds, seconds)
     print(f"{'evaluation':<40} {'in memory s':>12} {'streamed s':>11} {'streamed / in memory':>21}")
-    print(f"{'head maps, ROAD, AD/IC':<40} {held_seconds:>12.2f} {streamed_seconds:>11.2f} "
-          f"{streamed_seconds / held_seconds:>21.3f}")
+    print(
+        f"{'head maps, ROAD, AD/IC':<40} {held_seconds:>12.2f} {streamed_seconds:>11.2f} "
+        f"{streamed_seconds / held_seconds:>21.3f}"
+    )
     print(f"scores identical: {held == scores}")
 
 

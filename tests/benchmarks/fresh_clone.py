@@ -44,8 +44,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="clone into this new folder and keep it")
     parser.add_argument("--out", type=Path, help="also write the result as Markdown here")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", args.commit], cwd=REPO, capture_output=True, text=True,
-                            check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", args.commit], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         clone = args.keep.resolve() if args.keep else Path(scratch) / "clone"
@@ -55,17 +56,29 @@ def main() -> None:
             print(f"$ {command}", flush=True)
             started = time.perf_counter()
             with open(Path(scratch) / "output.log", "w") as log:
-                process = subprocess.Popen(["bash", "-c", command], cwd=clone, stdout=log, stderr=subprocess.STDOUT,
-                                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+                process = subprocess.Popen(
+                    ["bash", "-c", command],
+                    cwd=clone,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                )
                 _, status, usage = os.wait4(process.pid, 0)
             wall = time.perf_counter() - started
             tail = (Path(scratch) / "output.log").read_text().strip().splitlines()[-3:]
             rows.append((command, wall, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), tail))
-            print(f"  {minutes(wall)}, peak RSS {usage.ru_maxrss / 1024:.0f} MiB, exit "
-                  f"{os.waitstatus_to_exitcode(status)}", flush=True)
-    lines = [f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}, "
-             f"{os.cpu_count()} CPUs, no GPU): `python tests/benchmarks/fresh_clone.py {' '.join(sys.argv[1:])}`"
-             .rstrip(), "", "| command | wall | peak RSS | exit |", "|---|---:|---:|---:|"]
+            print(
+                f"  {minutes(wall)}, peak RSS {usage.ru_maxrss / 1024:.0f} MiB, exit "
+                f"{os.waitstatus_to_exitcode(status)}",
+                flush=True,
+            )
+    lines = [
+        f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}, "
+        f"{os.cpu_count()} CPUs, no GPU): `python tests/benchmarks/fresh_clone.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        "| command | wall | peak RSS | exit |",
+        "|---|---:|---:|---:|",
+    ]
     for command, wall, rss, code, _ in rows:
         lines.append(f"| `{command}` | {minutes(wall)} | {rss:,.0f} MiB | {code} |")
     for command, _, _, _, tail in rows:

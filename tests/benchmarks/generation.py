@@ -71,8 +71,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="default: the space's seed")
     parser.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "ptame.yaml")
     parser.add_argument("--profile", type=Path, default=None, help="cProfile the last BoTorch generation")
-    parser.add_argument("--ax-defaults", action="store_true",
-                        help="baseline: Ax's unmodified Sobol+MBM strategy (configure_generation_strategy)")
+    parser.add_argument(
+        "--ax-defaults",
+        action="store_true",
+        help="baseline: Ax's unmodified Sobol+MBM strategy (configure_generation_strategy)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="override study.GENERATION_THREADS")
     args = parser.parse_args()
 

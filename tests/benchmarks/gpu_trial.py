@@ -110,8 +110,9 @@ def images_per_second(batches, device: torch.device) -> float:
 def model_config(args) -> ModelConfig:
     """The benchmarked backbone and auxiliary, with random weights unless ``--weights library``."""
     weights = None if args.weights == "library" else "random"
-    return ModelConfig(backbone=args.backbone, backbone_weights=weights, auxiliary=args.auxiliary,
-                       auxiliary_weights=weights)
+    return ModelConfig(
+        backbone=args.backbone, backbone_weights=weights, auxiliary=args.auxiliary, auxiliary_weights=weights
+    )
 
 
 def step_rates(args, device: torch.device) -> tuple[dict[str, float], float]:
@@ -131,8 +132,9 @@ def step_rates(args, device: torch.device) -> tuple[dict[str, float], float]:
     compiled = None
     if device.type == "cuda":
         compiled = CompiledNetwork(explainer.classifier, args.batch)
-        runs["P-TAME step, classifier compiled"] = lambda: optimisation_step(explainer, images, loss, optimizer, None,
-                                                                      autocast, 1e4, 0, compiled)
+        runs["P-TAME step, classifier compiled"] = lambda: optimisation_step(
+            explainer, images, loss, optimizer, None, autocast, 1e4, 0, compiled
+        )
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for run in runs.values():  # warm-up (and compilation)
         run()
@@ -149,10 +151,13 @@ def step_rates(args, device: torch.device) -> tuple[dict[str, float], float]:
 
 def end_to_end(args, root: Path, device: torch.device) -> tuple[float, float, float]:
     """``train_head`` on the folder with the default settings: images/s, images/s after compiling, compile s."""
-    config = configs.from_dict({
-        "model": asdict(model_config(args)),
-        "data": {"dataset": "folder", "root": str(root), "num_workers": args.workers},
-        "train": {"batch_size": args.batch, "device": str(device)}})
+    config = configs.from_dict(
+        {
+            "model": asdict(model_config(args)),
+            "data": {"dataset": "folder", "root": str(root), "num_workers": args.workers},
+            "train": {"batch_size": args.batch, "device": str(device)},
+        }
+    )
     trained = train_head(config, Workbench.load(config), progress=False)
     summary = trained.summary
     steady = summary.seconds - summary.compile_seconds
@@ -172,8 +177,15 @@ def road_seconds(args, device: torch.device) -> tuple[float, int]:
         targets = torch.cat([models.classifier(batch).argmax(1) for batch in images.split(settings.batch_size)])
     synchronize(device)
     started = time.perf_counter()
-    road(models.classifier, images, maps, targets, RoadProtocol.of(settings), settings.batch_size,
-         torch.Generator(device=device).manual_seed(0))
+    road(
+        models.classifier,
+        images,
+        maps,
+        targets,
+        RoadProtocol.of(settings),
+        settings.batch_size,
+        torch.Generator(device=device).manual_seed(0),
+    )
     synchronize(device)
     return (time.perf_counter() - started) * ROAD_PER / args.road_images, args.road_images
 
@@ -193,8 +205,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"{name}: {args.backbone} + {args.auxiliary} auxiliary, batch {args.batch}, {args.workers} loader workers, "
-          f"{args.images} training JPEGs (500x375), torch {torch.__version__}")
+    print(
+        f"{name}: {args.backbone} + {args.auxiliary} auxiliary, batch {args.batch}, {args.workers} loader workers, "
+        f"{args.images} training JPEGs (500x375), torch {torch.__version__}"
+    )
     with tempfile.TemporaryDirectory() as scratch:
         root = args.folder or write_folder(Path(scratch), args.images)
         files = image_folder(root / "train", train_transform(224))
@@ -213,8 +227,12 @@ def main() -> None:
         if cuda:
             rows.append(("step: compile (first calls, both graphs)", f"{compile_seconds:8.1f} s"))
         overall, steady, compile_total = end_to_end(args, root, device)
-        rows.append(("train_head end to end (training.json)",
-                     f"{overall:8.0f} img/s  ({steady:.0f} img/s without {compile_total:.1f} s compile)"))
+        rows.append(
+            (
+                "train_head end to end (training.json)",
+                f"{overall:8.0f} img/s  ({steady:.0f} img/s without {compile_total:.1f} s compile)",
+            )
+        )
         seconds, measured = road_seconds(args, device)
         scaled = "" if measured == ROAD_PER else f" (measured on {measured}, scaled)"
         rows.append(("ROAD, both orders, 7 percentages", f"{seconds:8.1f} s per {ROAD_PER} images{scaled}"))
@@ -222,8 +240,10 @@ def main() -> None:
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
     if not cuda:
-        print("GPU rows skipped (no CUDA device): GPU decode, the compiled step and their end-to-end and ROAD "
-              "figures on the GPU")
+        print(
+            "GPU rows skipped (no CUDA device): GPU decode, the compiled step and their end-to-end and ROAD "
+            "figures on the GPU"
+        )
 
 
 if __name__ == "__main__":

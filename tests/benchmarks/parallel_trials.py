@@ -81,10 +81,18 @@ def run_trials(base: dict, trials: int, parallel_trials: int, folder: Path) -> d
     spent.clear()
     moments.clear()
     work.clear()
-    options = SearchOptions(name=f"parallel-{parallel_trials}", trials=trials, base=base,
-                            space=load_search_space(DEFAULT_SEARCH_SPACE), space_path=DEFAULT_SEARCH_SPACE, seed=12345,
-                            directory=folder / "search", tracking_uri=f"sqlite:///{folder}/mlflow.db",
-                            progress=False, parallel=parallel_trials)
+    options = SearchOptions(
+        name=f"parallel-{parallel_trials}",
+        trials=trials,
+        base=base,
+        space=load_search_space(DEFAULT_SEARCH_SPACE),
+        space_path=DEFAULT_SEARCH_SPACE,
+        seed=12345,
+        directory=folder / "search",
+        tracking_uri=f"sqlite:///{folder}/mlflow.db",
+        progress=False,
+        parallel=parallel_trials,
+    )
     search = Search(options)
     search.open()
     started = time.perf_counter()
@@ -108,8 +116,11 @@ def run_trials(base: dict, trials: int, parallel_trials: int, folder: Path) -> d
         "dispatch: round trip - work, mean (s)": statistics.mean(dispatch),
         "record result per trial, mean (s)": spent["record result (MLflow, PNGs, Ax, snapshot)"] / per_trial,
     }
-    overhead = (figures["start MLflow run per trial, mean (s)"] + figures["dispatch: round trip - work, mean (s)"]
-                + figures["record result per trial, mean (s)"])
+    overhead = (
+        figures["start MLflow run per trial, mean (s)"]
+        + figures["dispatch: round trip - work, mean (s)"]
+        + figures["record result per trial, mean (s)"]
+    )
     figures["dispatch + logging per trial (s)"] = overhead
     figures["  as % of a trial's work"] = 100 * overhead / figures["trial work inside its worker, mean (s)"]
     return figures
@@ -130,16 +141,23 @@ def main() -> None:
             runs.append(run_trials(base, args.trials, parallel_trials, Path(folder)))
     one = {label: statistics.mean((runs[0][label], runs[3][label])) for label in runs[0]}
     many = {label: statistics.mean((runs[1][label], runs[2][label])) for label in runs[0]}
-    print(f"\n{args.trials} demo trials on {os.cpu_count()} CPU cores (no GPU), --parallel 1 vs {args.parallel}, "
-          f"runs in the order {', '.join(map(str, order))}; means of each mode's two runs")
+    print(
+        f"\n{args.trials} demo trials on {os.cpu_count()} CPU cores (no GPU), --parallel 1 vs {args.parallel}, "
+        f"runs in the order {', '.join(map(str, order))}; means of each mode's two runs"
+    )
     print(f"{'':44s} {'--parallel 1':>14s} {f'--parallel {args.parallel}':>14s}")
     for label in one:
         print(f"{label:44s} {one[label]:14.2f} {many[label]:14.2f}")
     wall, before = "wall time of the trials (s)", "  before the first trial starts (s)"
     pairs = [(runs[0], runs[1]), (runs[3], runs[2])]
-    print(f"speed-up of --parallel {args.parallel} (pair 1, pair 2): "
-          + ", ".join(f"{a[wall] / b[wall]:.2f}x" for a, b in pairs) + " with Ray's start-up; "
-          + ", ".join(f"{a[wall] / (b[wall] - b[before]):.2f}x" for a, b in pairs) + " from the first trial")
+    print(
+        f"speed-up of --parallel {args.parallel} (pair 1, pair 2): "
+        + ", ".join(f"{a[wall] / b[wall]:.2f}x" for a, b in pairs)
+        + " with Ray's start-up; "
+        + ", ".join(f"{a[wall] / (b[wall] - b[before]):.2f}x" for a, b in pairs)
+        + " from the first trial"
+    )
+
 
 if __name__ == "__main__":
     main()

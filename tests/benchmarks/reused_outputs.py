@@ -47,11 +47,15 @@ def main() -> None:
             heads[mode] = torch.cat([p.detach().flatten() for p in trained.explainer.head.parameters()])
     computed, reused = (statistics.median(seconds[m]) for m in ("computed", "reused"))
     steps = trained.summary.steps
-    print(f"{config.model.backbone} backbone, {config.model.auxiliary} auxiliary, batch {config.train.batch_size}, "
-          f"{steps} steps, {args.pairs} interleaved pairs, {torch.get_num_threads()} threads")
+    print(
+        f"{config.model.backbone} backbone, {config.model.auxiliary} auxiliary, batch {config.train.batch_size}, "
+        f"{steps} steps, {args.pairs} interleaved pairs, {torch.get_num_threads()} threads"
+    )
     for mode, values in seconds.items():
-        print(f"  clean outputs {mode:8s} {statistics.median(values):7.2f} s "
-              f"(min {min(values):.2f}, max {max(values):.2f})")
+        print(
+            f"  clean outputs {mode:8s} {statistics.median(values):7.2f} s "
+            f"(min {min(values):.2f}, max {max(values):.2f})"
+        )
     print(f"  reused / computed: {reused / computed:.3f}; same head: {torch.equal(heads['computed'], heads['reused'])}")
 
 

@@ -159,9 +159,11 @@ def count_launches(size: int) -> None:
     few, before = road._IMAGES_PER_CHUNK, 8 * imputation._CHUNK_VALUES  # the GPU plan before it was widened
     fixed = ops_per_system(images[:few], maps[:few], before)
     wide = ops_per_system(images, maps, imputation._ACCELERATOR_CHUNK_VALUES)
-    print(f"ops per image system: {few} images per ROAD chunk in pieces of {before:,} values (the GPU plan before) "
-          f"{fixed:.1f}; {many} images in pieces of {imputation._ACCELERATOR_CHUNK_VALUES:,} (now) {wide:.1f}; "
-          f"ratio {wide / fixed:.3f}")
+    print(
+        f"ops per image system: {few} images per ROAD chunk in pieces of {before:,} values (the GPU plan before) "
+        f"{fixed:.1f}; {many} images in pieces of {imputation._ACCELERATOR_CHUNK_VALUES:,} (now) {wide:.1f}; "
+        f"ratio {wide / fixed:.3f}"
+    )
 
 
 def main() -> None:
@@ -181,8 +183,9 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     images = make_batch(args.batch, args.size, generator)
     maps = smooth_maps(args.batch, args.size, generator)
-    print(f"{args.batch} images x {len(PERCENTAGES)} percentages, {args.size}x{args.size}, MoRF, "
-          f"{args.threads} threads")
+    print(
+        f"{args.batch} images x {len(PERCENTAGES)} percentages, {args.size}x{args.size}, MoRF, {args.threads} threads"
+    )
     time_batched(images[:2], removal_masks(maps[:2], 0.5, "morf"), device)  # warm-up
 
     # Interleaved per percentage so that both sides see the same machine load.
@@ -194,9 +197,7 @@ def main() -> None:
         line = f"{percentage:3d}%: batched {seconds:6.2f} s"
         if not args.skip_scipy:
             start = time.perf_counter()
-            exact = np.stack(
-                [scipy_impute(image.double().numpy(), mask.numpy()) for image, mask in zip(images, masks)]
-            )
+            exact = np.stack([scipy_impute(image.double().numpy(), mask.numpy()) for image, mask in zip(images, masks)])
             scipy_time += time.perf_counter() - start
             difference = (batched.double() - torch.from_numpy(exact)).abs().max().item()
             error = max(error, difference)

@@ -50,13 +50,16 @@ def main() -> None:
     batch = next(evalset.batches(len(evalset)))
     masks = road_masks(head_maps(explainer, settings.batch_size)(batch), percentages)
     images = batch.images
-    print(f"{images.shape[0]} validation images of {tuple(images.shape[1:])}, {masks.shape[0] * masks.shape[1]} "
-          f"masks each (percentages {percentages}), {torch.get_num_threads()} torch threads")
+    print(
+        f"{images.shape[0]} validation images of {tuple(images.shape[1:])}, {masks.shape[0] * masks.shape[1]} "
+        f"masks each (percentages {percentages}), {torch.get_num_threads()} torch threads"
+    )
     costs = {}
     with torch.inference_mode():
         for name in ("noisy_linear", "telea"):
             impute = RoadProtocol(imputer=name, noise=settings.noise).imputer_drawing_from(
-                torch.Generator().manual_seed(settings.seed))
+                torch.Generator().manual_seed(settings.seed)
+            )
             costs[name] = min(seconds_per_image(impute, images, masks) for _ in range(args.repeats))
             print(f"{name}: {costs[name] * 1000:.2f} ms per imputed image")
     print(f"telea / noisy_linear: {costs['telea'] / costs['noisy_linear']:.3f}")

@@ -35,8 +35,9 @@ METHODS = {"search (default)": None, "Sobol only": "random_search", "uniform ran
 def run(command: list[str], log: Path, cwd: Path) -> None:
     print("$", " ".join(command), flush=True)
     with open(log, "w") as file:
-        if subprocess.run(command, cwd=cwd, stdout=file, stderr=subprocess.STDOUT,
-                          env=os.environ | {"PYTHONPATH": str(REPO)}).returncode:
+        if subprocess.run(
+            command, cwd=cwd, stdout=file, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONPATH": str(REPO)}
+        ).returncode:
             raise SystemExit(f"failed: {' '.join(command)}; see {log}")
 
 
@@ -57,49 +58,117 @@ def main() -> None:
             name = label.split()[0].lower()
             space_file = folder / f"{name}.yaml"
             space_file.write_text(space if method is None else space.replace("method: fast", f"method: {method}"))
-            run([sys.executable, "-m", "pipeline.search", "--experiment", demo, "--space", str(space_file),
-                 "--trials", str(args.trials), "--name", name, "--out", str(folder / "runs"), "--no-progress",
-                 "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}"], folder / f"{name}.log", folder)
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.search",
+                    "--experiment",
+                    demo,
+                    "--space",
+                    str(space_file),
+                    "--trials",
+                    str(args.trials),
+                    "--name",
+                    name,
+                    "--out",
+                    str(folder / "runs"),
+                    "--no-progress",
+                    "--tracking-uri",
+                    f"sqlite:///{folder / 'mlflow.db'}",
+                ],
+                folder / f"{name}.log",
+                folder,
+            )
             report = json.loads((folder / "runs" / name / "metrics.json").read_text())
             test = report["test"]["metrics"]
             parameters = report["parameters"]
             morf, lerf = surrogate(parameters)
-            rows.append({"method": label, **{k: parameters[k] for k in PAPER_POINT}, "rule": report["choice"]["rule"],
-                         "validation_trade_off": report["validation"][LERF] - report["validation"][MORF],
-                         "test_trade_off": test[LERF] - test[MORF], "test_class_coverage": test.get("class_coverage"),
-                         "surrogate_trade_off": lerf - morf, "seconds": time.perf_counter() - started})
+            rows.append(
+                {
+                    "method": label,
+                    **{k: parameters[k] for k in PAPER_POINT},
+                    "rule": report["choice"]["rule"],
+                    "validation_trade_off": report["validation"][LERF] - report["validation"][MORF],
+                    "test_trade_off": test[LERF] - test[MORF],
+                    "test_class_coverage": test.get("class_coverage"),
+                    "surrogate_trade_off": lerf - morf,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
             print(rows[-1], flush=True)
         head = folder / "paper-head"
-        run([sys.executable, "-m", "pipeline.train", "--experiment", demo, "--out", str(head), "--no-progress",
-             *[f"--set=loss.{key}={value}" for key, value in PAPER_POINT.items()]], folder / "paper.log", folder)
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.train",
+                "--experiment",
+                demo,
+                "--out",
+                str(head),
+                "--no-progress",
+                *[f"--set=loss.{key}={value}" for key, value in PAPER_POINT.items()],
+            ],
+            folder / "paper.log",
+            folder,
+        )
         for split in ("val", "test"):
-            run([sys.executable, "-m", "pipeline.evaluate", "--head", str(head), "--split", split, "--out",
-                 str(folder / f"paper-{split}.json")], folder / f"paper-{split}.log", folder)
-        scores = {split: json.loads((folder / f"paper-{split}.json").read_text())["metrics"]
-                  for split in ("val", "test")}
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.evaluate",
+                    "--head",
+                    str(head),
+                    "--split",
+                    split,
+                    "--out",
+                    str(folder / f"paper-{split}.json"),
+                ],
+                folder / f"paper-{split}.log",
+                folder,
+            )
+        scores = {
+            split: json.loads((folder / f"paper-{split}.json").read_text())["metrics"] for split in ("val", "test")
+        }
         morf, lerf = surrogate(PAPER_POINT)
-        rows.append({"method": "paper's λ's (no search)", **PAPER_POINT, "rule": "-",
-                     "validation_trade_off": scores["val"][LERF] - scores["val"][MORF],
-                     "test_trade_off": scores["test"][LERF] - scores["test"][MORF],
-                     "test_class_coverage": scores["test"].get("class_coverage"),
-                     "surrogate_trade_off": lerf - morf, "seconds": 0.0})
+        rows.append(
+            {
+                "method": "paper's λ's (no search)",
+                **PAPER_POINT,
+                "rule": "-",
+                "validation_trade_off": scores["val"][LERF] - scores["val"][MORF],
+                "test_trade_off": scores["test"][LERF] - scores["test"][MORF],
+                "test_class_coverage": scores["test"].get("class_coverage"),
+                "surrogate_trade_off": lerf - morf,
+                "seconds": 0.0,
+            }
+        )
     args.results.mkdir(parents=True, exist_ok=True)
     with open(args.results / "search_confirm.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    lines = [f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}): "
-             f"`python tests/benchmarks/search_confirm.py {' '.join(sys.argv[1:])}`".rstrip(), "",
-             f"One real demo search of {args.trials} trials per method (LeRF − MoRF, ROAD as `experiments/demo.yaml`):",
-             "", "| method | chosen λ1, λ2, λ_area | rule | validation | held-out test (coverage) | surrogate |",
-             "|---|---|---|---:|---:|---:|"]
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    lines = [
+        f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}): "
+        f"`python tests/benchmarks/search_confirm.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        f"One real demo search of {args.trials} trials per method (LeRF − MoRF, ROAD as `experiments/demo.yaml`):",
+        "",
+        "| method | chosen λ1, λ2, λ_area | rule | validation | held-out test (coverage) | surrogate |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     for row in rows:
         coverage = "" if row["test_class_coverage"] is None else f" ({row['test_class_coverage']:.2f})"
-        lines.append(f"| {row['method']} | {row['lambda1']:.3f}, {row['lambda2']:.3f}, {row['lambda_area']:g} | "
-                     f"{row['rule']} | {row['validation_trade_off']:.4f} | {row['test_trade_off']:.4f}{coverage} | "
-                     f"{row['surrogate_trade_off']:.4f} |")
+        lines.append(
+            f"| {row['method']} | {row['lambda1']:.3f}, {row['lambda2']:.3f}, {row['lambda_area']:g} | "
+            f"{row['rule']} | {row['validation_trade_off']:.4f} | {row['test_trade_off']:.4f}{coverage} | "
+            f"{row['surrogate_trade_off']:.4f} |"
+        )
     text = "\n".join(lines)
     (args.results / "search_confirm.md").write_text(text + "\n")
     print(f"\n{text}")

@@ -34,8 +34,19 @@ from pipeline.hpo.study import objective_thresholds  # noqa: E402
 from pipeline.hpo.trial_worker import TrialWorker  # noqa: E402
 
 AREAS = (0.5, 1.0, 2.0)
-FIELDS = ["point", "lambda1", "lambda2", "lambda_area", "road_morf_auc", "road_lerf_auc", "seed", "commit",
-          "command", "date", "machine"]
+FIELDS = [
+    "point",
+    "lambda1",
+    "lambda2",
+    "lambda_area",
+    "road_morf_auc",
+    "road_lerf_auc",
+    "seed",
+    "commit",
+    "command",
+    "date",
+    "machine",
+]
 
 
 def sobol_points(count: int, seed: int = 0) -> list[tuple[float, float, float]]:
@@ -63,36 +74,62 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="") as file:
             csv.DictWriter(file, fieldnames=FIELDS).writeheader()
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     command = f"python tests/benchmarks/search_landscape.py {' '.join(sys.argv[1:])}".strip()
     base = configs.load(REPO / "experiments" / "demo.yaml")
     worker = TrialWorker.load(base)
     thresholds = args.out.parent / "thresholds.json"
     if not thresholds.is_file():
         classifier = worker.bench.models.classifier
-        references = {label: evaluate_maps(classifier, worker.val_set, reference_maker(kind, base.evaluation.seed),
-                                           base.evaluation)[0].road.metrics()
-                      for kind, label in REFERENCE_MAPS.items()}
+        references = {
+            label: evaluate_maps(
+                classifier, worker.val_set, reference_maker(kind, base.evaluation.seed), base.evaluation
+            )[0].road.metrics()
+            for kind, label in REFERENCE_MAPS.items()
+        }
         signs = {"road_morf_auc": -1.0, "road_lerf_auc": 1.0}
-        thresholds.write_text(json.dumps({"thresholds": objective_thresholds(references, signs),
-                                          "references": references, "commit": commit, "date": str(date.today())},
-                                         indent=1))
+        thresholds.write_text(
+            json.dumps(
+                {
+                    "thresholds": objective_thresholds(references, signs),
+                    "references": references,
+                    "commit": commit,
+                    "date": str(date.today()),
+                },
+                indent=1,
+            )
+        )
     started = time.perf_counter()
     for index, (lambda1, lambda2, area) in enumerate(sobol_points(args.points)):
         if index in done:
             continue
-        config = configs.load(REPO / "experiments" / "demo.yaml", [
-            f"loss.lambda1={lambda1}", f"loss.lambda2={lambda2}", f"loss.lambda_area={area}"])
+        config = configs.load(
+            REPO / "experiments" / "demo.yaml",
+            [f"loss.lambda1={lambda1}", f"loss.lambda2={lambda2}", f"loss.lambda_area={area}"],
+        )
         result = worker.run(index, config)
-        row = {"point": index, "lambda1": lambda1, "lambda2": lambda2, "lambda_area": area,
-               "road_morf_auc": result.metrics["road_morf_auc"], "road_lerf_auc": result.metrics["road_lerf_auc"],
-               "seed": config.train.seed, "commit": commit, "command": command, "date": str(date.today()),
-               "machine": f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads)"}
+        row = {
+            "point": index,
+            "lambda1": lambda1,
+            "lambda2": lambda2,
+            "lambda_area": area,
+            "road_morf_auc": result.metrics["road_morf_auc"],
+            "road_lerf_auc": result.metrics["road_lerf_auc"],
+            "seed": config.train.seed,
+            "commit": commit,
+            "command": command,
+            "date": str(date.today()),
+            "machine": f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads)",
+        }
         with open(args.out, "a", newline="") as file:
             csv.DictWriter(file, fieldnames=FIELDS).writerow(row)
-        print(f"point {index}: λ = ({lambda1:.3f}, {lambda2:.3f}, {area}) -> MoRF {row['road_morf_auc']:.4f} "
-              f"LeRF {row['road_lerf_auc']:.4f} ({time.perf_counter() - started:.0f} s)", flush=True)
+        print(
+            f"point {index}: λ = ({lambda1:.3f}, {lambda2:.3f}, {area}) -> MoRF {row['road_morf_auc']:.4f} "
+            f"LeRF {row['road_lerf_auc']:.4f} ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

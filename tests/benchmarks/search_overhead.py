@@ -64,11 +64,17 @@ def main() -> None:
         timed(module, "grid_and_curve", LOGGING)
     base = configs.apply_overrides(configs.read_yaml(REPO / "experiments" / "demo.yaml"), args.overrides)
     with tempfile.TemporaryDirectory() as folder:
-        options = SearchOptions(name="overhead", trials=args.trials, base=base,
-                                space=load_search_space(DEFAULT_SEARCH_SPACE), space_path=DEFAULT_SEARCH_SPACE,
-                                seed=12345,
-                                directory=Path(folder) / "search", tracking_uri=f"sqlite:///{folder}/mlflow.db",
-                                progress=False)
+        options = SearchOptions(
+            name="overhead",
+            trials=args.trials,
+            base=base,
+            space=load_search_space(DEFAULT_SEARCH_SPACE),
+            space_path=DEFAULT_SEARCH_SPACE,
+            seed=12345,
+            directory=Path(folder) / "search",
+            tracking_uri=f"sqlite:///{folder}/mlflow.db",
+            progress=False,
+        )
         started = time.perf_counter()
         Search(options).run()
         total = time.perf_counter() - started

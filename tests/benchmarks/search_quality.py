@@ -85,8 +85,10 @@ def seed_noise(results: Path) -> dict[str, float]:
                 groups.setdefault(row["point"], []).append((float(row["MoRF"]), float(row["LeRF"])))
     pooled = {}
     for column, name in enumerate((MORF, LERF)):
-        squares = sum(sum((v[column] - statistics.mean(x[column] for x in values)) ** 2 for v in values)
-                      for values in groups.values())
+        squares = sum(
+            sum((v[column] - statistics.mean(x[column] for x in values)) ** 2 for v in values)
+            for values in groups.values()
+        )
         pooled[name] = (squares / sum(len(values) - 1 for values in groups.values())) ** 0.5
     return pooled
 
@@ -118,11 +120,13 @@ def leave_one_out(inputs: torch.Tensor, outputs: torch.Tensor) -> dict[str, dict
         for index in range(len(inputs)):
             keep = torch.arange(len(inputs)) != index
             model = fit_gp(inputs[keep], outputs[keep, column])
-            predicted.append(float(posterior_mean(model, inputs[index:index + 1])))
+            predicted.append(float(posterior_mean(model, inputs[index : index + 1])))
         truth = outputs[:, column].numpy()
         errors = np.array(predicted) - truth
-        report[name] = {"rmse": float(np.sqrt(np.mean(errors ** 2))),
-                        "r2": float(1 - np.sum(errors ** 2) / np.sum((truth - truth.mean()) ** 2))}
+        report[name] = {
+            "rmse": float(np.sqrt(np.mean(errors**2))),
+            "r2": float(1 - np.sum(errors**2) / np.sum((truth - truth.mean()) ** 2)),
+        }
     return report
 
 
@@ -134,8 +138,9 @@ class Surrogate:
     lerf: object
 
     def __call__(self, parameters: Mapping[str, float]) -> tuple[float, float]:
-        x = torch.tensor([features(parameters["lambda1"], parameters["lambda2"], parameters["lambda_area"])],
-                         dtype=torch.float64)
+        x = torch.tensor(
+            [features(parameters["lambda1"], parameters["lambda2"], parameters["lambda_area"])], dtype=torch.float64
+        )
         return float(posterior_mean(self.morf, x)), float(posterior_mean(self.lerf, x))
 
 
@@ -150,8 +155,11 @@ def grid(step: int = 60) -> list[dict[str, float]]:
 
 def hypervolume(values: list[tuple[float, float]], thresholds: Mapping[str, float]) -> float:
     """The 2-d hypervolume of (MoRF, LeRF) pairs dominating the reference point (MoRF ≤, LeRF ≥ its values)."""
-    points = sorted((thresholds[MORF] - morf, lerf - thresholds[LERF]) for morf, lerf in values
-                    if morf < thresholds[MORF] and lerf > thresholds[LERF])
+    points = sorted(
+        (thresholds[MORF] - morf, lerf - thresholds[LERF])
+        for morf, lerf in values
+        if morf < thresholds[MORF] and lerf > thresholds[LERF]
+    )
     volume, best = 0.0, 0.0
     for gain_morf, gain_lerf in reversed(points):  # from the largest MoRF gain down
         if gain_lerf > best:
@@ -160,8 +168,14 @@ def hypervolume(values: list[tuple[float, float]], thresholds: Mapping[str, floa
     return volume
 
 
-def problem(surrogate: Surrogate, thresholds: Mapping[str, float], noise: Mapping[str, float], trials: int,
-            observe_noise: bool, optimal: float):
+def problem(
+    surrogate: Surrogate,
+    thresholds: Mapping[str, float],
+    noise: Mapping[str, float],
+    trials: int,
+    observe_noise: bool,
+    optimal: float,
+):
     """The `ax.benchmark` problem: the paper's space, the surrogate as its test function, the measured noise."""
     from ax.api import Client
     from ax.benchmark.benchmark_problem import BenchmarkProblem, get_moo_opt_config
@@ -180,14 +194,23 @@ def problem(surrogate: Surrogate, thresholds: Mapping[str, float], noise: Mappin
 
     client = Client()
     load_search_space(DEFAULT_SEARCH_SPACE).configure(client)
-    config, metrics = get_moo_opt_config(outcome_names=[MORF, NEG_LERF],
-                                         ref_point=[thresholds[MORF], -thresholds[LERF]], lower_is_better=True,
-                                         observe_noise_sd=observe_noise)
-    return BenchmarkProblem(name="demo", optimization_config=config, num_trials=trials,
-                            test_function=Landscape(outcome_names=[MORF, NEG_LERF]),
-                            noise=GaussianNoise(noise_std={MORF: noise[MORF], NEG_LERF: noise[LERF]}),
-                            optimal_value=optimal, baseline_value=0.0, opt_config_metrics=metrics,
-                            search_space=ax_seam.experiment(client).search_space)
+    config, metrics = get_moo_opt_config(
+        outcome_names=[MORF, NEG_LERF],
+        ref_point=[thresholds[MORF], -thresholds[LERF]],
+        lower_is_better=True,
+        observe_noise_sd=observe_noise,
+    )
+    return BenchmarkProblem(
+        name="demo",
+        optimization_config=config,
+        num_trials=trials,
+        test_function=Landscape(outcome_names=[MORF, NEG_LERF]),
+        noise=GaussianNoise(noise_std={MORF: noise[MORF], NEG_LERF: noise[LERF]}),
+        optimal_value=optimal,
+        baseline_value=0.0,
+        opt_config_metrics=metrics,
+        search_space=ax_seam.experiment(client).search_space,
+    )
 
 
 def strategy(name: str, seed: int):
@@ -199,9 +222,15 @@ def strategy(name: str, seed: int):
     from pipeline.hpo import ax_seam
 
     if name == "uniform random":
-        return GenerationStrategy(name="Uniform", nodes=[GenerationNode(
-            name="Uniform", generator_specs=[GeneratorSpec(generator_enum=Generators.UNIFORM,
-                                                           generator_kwargs={"seed": seed})])])
+        return GenerationStrategy(
+            name="Uniform",
+            nodes=[
+                GenerationNode(
+                    name="Uniform",
+                    generator_specs=[GeneratorSpec(generator_enum=Generators.UNIFORM, generator_kwargs={"seed": seed})],
+                )
+            ],
+        )
     method = "random_search" if name == "Sobol only" else "fast"
     return ax_seam.generation_strategy(method, 5, seed)
 
@@ -211,12 +240,19 @@ def observations(result) -> list[tuple[dict[str, float], float, float]]:
     experiment = result.experiment
     frame = experiment.lookup_data().df
     values = {(int(row.trial_index), row.metric_name): float(row.mean) for row in frame.itertuples()}
-    return [(dict(trial.arm.parameters), values[(index, MORF)], -values[(index, NEG_LERF)])
-            for index, trial in sorted(experiment.trials.items())]
+    return [
+        (dict(trial.arm.parameters), values[(index, MORF)], -values[(index, NEG_LERF)])
+        for index, trial in sorted(experiment.trials.items())
+    ]
 
 
-def choose(rule: str, seen: list[tuple[dict[str, float], float, float]], surrogate: Surrogate,
-           noise: Mapping[str, float], generator: np.random.Generator) -> dict[str, float]:
+def choose(
+    rule: str,
+    seen: list[tuple[dict[str, float], float, float]],
+    surrogate: Surrogate,
+    noise: Mapping[str, float],
+    generator: np.random.Generator,
+) -> dict[str, float]:
     """The point a final-choice rule picks from a replication's observations."""
     from pipeline.hpo.study import dominates
 
@@ -226,8 +262,9 @@ def choose(rule: str, seen: list[tuple[dict[str, float], float, float]], surroga
 
     observed = [(morf, lerf) for _, morf, lerf in seen]
     if rule == "predicted":
-        x = torch.tensor([features(p["lambda1"], p["lambda2"], p["lambda_area"]) for p, _, _ in seen],
-                         dtype=torch.float64)
+        x = torch.tensor(
+            [features(p["lambda1"], p["lambda2"], p["lambda_area"]) for p, _, _ in seen], dtype=torch.float64
+        )
         y = torch.tensor(observed, dtype=torch.float64)
         predicted = list(zip(*(posterior_mean(fit_gp(x, y[:, c]), x).tolist() for c in (0, 1))))
         candidates = front(predicted)
@@ -269,48 +306,87 @@ def main() -> None:
     everywhere = [(point, *surrogate(point)) for point in grid()]
     # The search's thresholds, and the landscape's worst observed values: where no point beats the thresholds (the
     # demo's validation LeRF rarely beats the trivial maps'), only the second ranks the methods by hypervolume.
-    references = {"the search's thresholds": thresholds,
-                  "the landscape's worst observed values": {MORF: float(outputs[:, 0].max()),
-                                                            LERF: float(outputs[:, 1].min())}}
+    references = {
+        "the search's thresholds": thresholds,
+        "the landscape's worst observed values": {MORF: float(outputs[:, 0].max()), LERF: float(outputs[:, 1].min())},
+    }
     pairs = [(morf, lerf) for _, morf, lerf in everywhere]
     optimal = {name: hypervolume(pairs, point) for name, point in references.items()}
     best_point, best_morf, best_lerf = max(everywhere, key=lambda item: item[2] - item[1])
     paper_morf, paper_lerf = surrogate(PAPER_POINT)
-    print(f"{len(inputs)} real trials; leave-one-out {loo}; noise {noise}; thresholds {thresholds}; "
-          f"best LeRF − MoRF {best_lerf - best_morf:.4f} at {best_point}", flush=True)
-    methods = {"search, noise inferred (default)": ("search", False), "search, SEM given": ("search", True),
-               "Sobol only": ("Sobol only", False), "uniform random": ("uniform random", False)}
+    print(
+        f"{len(inputs)} real trials; leave-one-out {loo}; noise {noise}; thresholds {thresholds}; "
+        f"best LeRF − MoRF {best_lerf - best_morf:.4f} at {best_point}",
+        flush=True,
+    )
+    methods = {
+        "search, noise inferred (default)": ("search", False),
+        "search, SEM given": ("search", True),
+        "Sobol only": ("Sobol only", False),
+        "uniform random": ("uniform random", False),
+    }
     traces: dict[str, dict[str, list[list[float]]]] = {name: {} for name in references}
     chosen: dict[tuple[str, str], list[float]] = {}
     rows = []
     for label, (kind, observe) in methods.items():
-        bench = problem(surrogate, thresholds, noise, args.trials, observe,
-                        max(optimal["the search's thresholds"], 1e-9))
+        bench = problem(
+            surrogate, thresholds, noise, args.trials, observe, max(optimal["the search's thresholds"], 1e-9)
+        )
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             method = BenchmarkMethod(name=label, generation_strategy=strategy(kind, seed))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = benchmark_replication(bench, method, seed=seed, strip_runner_before_saving=False,
-                                               orchestrator_logging_level=logging.WARNING)
+                result = benchmark_replication(
+                    bench,
+                    method,
+                    seed=seed,
+                    strip_runner_before_saving=False,
+                    orchestrator_logging_level=logging.WARNING,
+                )
             seen = observations(result)
             truth = [surrogate(point) for point, _, _ in seen]
             for reference, point in references.items():
                 traces[reference].setdefault(label, []).append(
-                    [hypervolume(truth[:n], point) for n in range(1, len(truth) + 1)])
+                    [hypervolume(truth[:n], point) for n in range(1, len(truth) + 1)]
+                )
             trace = traces["the landscape's worst observed values"][label][-1]
             generator = np.random.default_rng(seed)
             for rule in RULES:
                 point = choose(rule, seen, surrogate, noise, generator)
                 morf, lerf = surrogate(point)
                 chosen.setdefault((label, rule), []).append(lerf - morf)
-                rows.append({"method": label, "seed": seed, "rule": rule, **point, "true_morf": morf,
-                             "true_lerf": lerf, **{f"hypervolume_{n}": trace[min(n, len(trace)) - 1] for n in STEPS}})
+                rows.append(
+                    {
+                        "method": label,
+                        "seed": seed,
+                        "rule": rule,
+                        **point,
+                        "true_morf": morf,
+                        "true_lerf": lerf,
+                        **{f"hypervolume_{n}": trace[min(n, len(trace)) - 1] for n in STEPS},
+                    }
+                )
             volumes = " / ".join(f"{trace[min(n, len(trace)) - 1]:.4f}" for n in STEPS)
-            print(f"{label}, seed {seed}: hypervolume {volumes} after {', '.join(map(str, STEPS))} trials "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"{label}, seed {seed}: hypervolume {volumes} after {', '.join(map(str, STEPS))} trials "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     paper_volume = {name: hypervolume([(paper_morf, paper_lerf)], point) for name, point in references.items()}
-    write_outputs(args, rows, traces, chosen, loo, noise, references, optimal, paper_volume,
-                  (best_point, best_lerf - best_morf), paper_lerf - paper_morf, len(inputs))
+    write_outputs(
+        args,
+        rows,
+        traces,
+        chosen,
+        loo,
+        noise,
+        references,
+        optimal,
+        paper_volume,
+        (best_point, best_lerf - best_morf),
+        paper_lerf - paper_morf,
+        len(inputs),
+    )
 
 
 def quartiles(values: list[float]) -> str:
@@ -318,8 +394,9 @@ def quartiles(values: list[float]) -> str:
     return f"{median:.4f} [{q1:.4f}, {q3:.4f}]"
 
 
-def write_outputs(args, rows, traces, chosen, loo, noise, references, optimal, paper_volume, best, paper_value,
-                  points) -> None:
+def write_outputs(
+    args, rows, traces, chosen, loo, noise, references, optimal, paper_volume, best, paper_value, points
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -343,34 +420,52 @@ def write_outputs(args, rows, traces, chosen, loo, noise, references, optimal, p
         axis.set_ylabel("hypervolume of true (MoRF, LeRF)")
         axis.set_title(f"reference point: {name}", fontsize=9)
         axis.legend(fontsize=7)
-    figure.suptitle(f"Replays on the demo surrogate: median and quartiles of seeds {args.first_seed}-"
-                    f"{args.first_seed + args.seeds - 1}", fontsize=10)
+    figure.suptitle(
+        f"Replays on the demo surrogate: median and quartiles of seeds {args.first_seed}-"
+        f"{args.first_seed + args.seeds - 1}",
+        fontsize=10,
+    )
     figure.tight_layout()
     (REPO / "docs" / "images").mkdir(parents=True, exist_ok=True)
     figure.savefig(REPO / "docs" / "images" / f"{args.name}.png", dpi=110)
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    lines = [f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}): "
-             f"`python tests/benchmarks/search_quality.py {' '.join(sys.argv[1:])}`".rstrip(), "",
-             f"Surrogate: one GP per objective fit on {points} real demo trials; leave-one-out RMSE / R²: MoRF "
-             f"{loo[MORF]['rmse']:.4f} / {loo[MORF]['r2']:.2f}, LeRF {loo[LERF]['rmse']:.4f} / {loo[LERF]['r2']:.2f}. "
-             f"Observation noise (SD between training seeds, measured): MoRF {noise[MORF]:.4f}, LeRF "
-             f"{noise[LERF]:.4f}."]
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    lines = [
+        f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}): "
+        f"`python tests/benchmarks/search_quality.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        f"Surrogate: one GP per objective fit on {points} real demo trials; leave-one-out RMSE / R²: MoRF "
+        f"{loo[MORF]['rmse']:.4f} / {loo[MORF]['r2']:.2f}, LeRF {loo[LERF]['rmse']:.4f} / {loo[LERF]['r2']:.2f}. "
+        f"Observation noise (SD between training seeds, measured): MoRF {noise[MORF]:.4f}, LeRF "
+        f"{noise[LERF]:.4f}.",
+    ]
     for name, point in references.items():
-        lines += ["", f"Hypervolume of the true values of the points evaluated so far, reference point {name} (MoRF ≤ "
-                  f"{point[MORF]:.4f}, LeRF ≥ {point[LERF]:.4f}; best possible {optimal[name]:.4f}), median "
-                  f"[quartiles] of {args.seeds} seeds:", "", "| method | 5 trials | 10 trials | 20 trials |",
-                  "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Hypervolume of the true values of the points evaluated so far, reference point {name} (MoRF ≤ "
+            f"{point[MORF]:.4f}, LeRF ≥ {point[LERF]:.4f}; best possible {optimal[name]:.4f}), median "
+            f"[quartiles] of {args.seeds} seeds:",
+            "",
+            "| method | 5 trials | 10 trials | 20 trials |",
+            "|---|---:|---:|---:|",
+        ]
         for label, runs in traces[name].items():
             values = np.array(runs)
-            lines.append(f"| {label} | " + " | ".join(quartiles(list(values[:, min(n, args.trials) - 1]))
-                                                      for n in STEPS) + " |")
+            lines.append(
+                f"| {label} | " + " | ".join(quartiles(list(values[:, min(n, args.trials) - 1])) for n in STEPS) + " |"
+            )
         volume = paper_volume[name]
         lines.append(f"| paper's λ's (no search) | {volume:.4f} | {volume:.4f} | {volume:.4f} |")
-    lines += ["", f"True LeRF − MoRF of the point each rule chooses after {args.trials} trials (median [quartiles]); "
-              f"best in the space {best[1]:.4f} at λ1 {best[0]['lambda1']:.2f}, λ2 {best[0]['lambda2']:.2f}, "
-              f"λ_area {best[0]['lambda_area']:g}; the paper's λ's {paper_value:.4f}:", "",
-              "| method | " + " | ".join(RULES) + " |", "|---|" + "---:|" * len(RULES)]
+    lines += [
+        "",
+        f"True LeRF − MoRF of the point each rule chooses after {args.trials} trials (median [quartiles]); "
+        f"best in the space {best[1]:.4f} at λ1 {best[0]['lambda1']:.2f}, λ2 {best[0]['lambda2']:.2f}, "
+        f"λ_area {best[0]['lambda_area']:g}; the paper's λ's {paper_value:.4f}:",
+        "",
+        "| method | " + " | ".join(RULES) + " |",
+        "|---|" + "---:|" * len(RULES),
+    ]
     for label in next(iter(traces.values())):
         lines.append(f"| {label} | " + " | ".join(quartiles(chosen[(label, rule)]) for rule in RULES) + " |")
     text = "\n".join(lines)

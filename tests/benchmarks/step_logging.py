@@ -42,10 +42,12 @@ def measure(tracker: Tracker, steps: int, unbuffered_steps: int) -> None:
     per_call = (time.perf_counter() - started) / (unbuffered_steps * len(NAMES))
     plain.finish()
 
-    print(f"{steps} steps x {len(NAMES)} metrics over HTTP: "
-          f"log_step {buffered / steps * 1e6:.0f} us/step, "
-          f"finish (one log_batch + end) {finished * 1000:.0f} ms; unbuffered log_metric "
-          f"{per_call * 1000:.1f} ms/call -> ~{per_call * steps * len(NAMES):.1f} s for the same")
+    print(
+        f"{steps} steps x {len(NAMES)} metrics over HTTP: "
+        f"log_step {buffered / steps * 1e6:.0f} us/step, "
+        f"finish (one log_batch + end) {finished * 1000:.0f} ms; unbuffered log_metric "
+        f"{per_call * 1000:.1f} ms/call -> ~{per_call * steps * len(NAMES):.1f} s for the same"
+    )
     for name in NAMES:
         arrived = len(tracker.client.get_metric_history(run.run_id, name))
         if arrived != steps:

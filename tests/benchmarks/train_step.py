@@ -75,8 +75,11 @@ def main() -> None:
         training_step(explainer, images, loss).total.backward()
         optimizer.step()
 
-    runs = {"bare work": lambda: bare_work(explainer, images), "P-TAME step": ours,
-            "naive head step": lambda: naive_step(explainer, images, loss)}
+    runs = {
+        "bare work": lambda: bare_work(explainer, images),
+        "P-TAME step": ours,
+        "naive head step": lambda: naive_step(explainer, images, loss),
+    }
     times: dict[str, list[float]] = {name: [] for name in runs}
     for name, run in runs.items():
         run()  # warm-up
@@ -86,8 +89,10 @@ def main() -> None:
             run()
             times[name].append((time.perf_counter() - start) * 1000 / args.batch)
     base = statistics.median(times["bare work"])
-    print(f"{args.backbone} backbone, {args.auxiliary} auxiliary, batch {args.batch}, CPU, "
-          f"{args.repeats} interleaved repeats")
+    print(
+        f"{args.backbone} backbone, {args.auxiliary} auxiliary, batch {args.batch}, CPU, "
+        f"{args.repeats} interleaved repeats"
+    )
     for name, values in times.items():
         median = statistics.median(values)
         extra = "" if name == "bare work" else f"   overhead vs bare work: {100 * (median / base - 1):+.0f}%"

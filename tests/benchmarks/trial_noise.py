@@ -64,46 +64,85 @@ def main() -> None:
     rows, started = [], time.perf_counter()
     for name, (lambda1, lambda2, area) in POINTS.items():
         for seed in range(args.seeds):
-            config = configs.load(REPO / "experiments" / "demo.yaml", [
-                f"loss.lambda1={lambda1}", f"loss.lambda2={lambda2}", f"loss.lambda_area={area}",
-                f"train.seed={seed}"])
+            config = configs.load(
+                REPO / "experiments" / "demo.yaml",
+                [
+                    f"loss.lambda1={lambda1}",
+                    f"loss.lambda2={lambda2}",
+                    f"loss.lambda_area={area}",
+                    f"train.seed={seed}",
+                ],
+            )
 
             def checkpoint(explainer, percentage, step, config=config, seed=seed, name=name):
-                rows.append({"point": name, "seed": seed, "draw": 0, "percent": percentage,
-                             **scores(evaluate_head(explainer, val, config.evaluation)[0])})
+                rows.append(
+                    {
+                        "point": name,
+                        "seed": seed,
+                        "draw": 0,
+                        "percent": percentage,
+                        **scores(evaluate_head(explainer, val, config.evaluation)[0]),
+                    }
+                )
 
             trained = train_head(config, bench, progress=False, checkpoints=Checkpoints(CHECKPOINTS, checkpoint))
             for draw in range(args.draws):
                 settings = dataclasses.replace(config.evaluation, seed=draw)
-                rows.append({"point": name, "seed": seed, "draw": draw, "percent": 100,
-                             **scores(evaluate_head(trained.explainer, val, settings)[0])})
-            print(f"{name}, seed {seed}: " + ", ".join(
-                f"{key} {rows[-1][key]:.4f}" for key in OBJECTIVES) + f" ({time.perf_counter() - started:.0f} s)",
-                flush=True)
+                rows.append(
+                    {
+                        "point": name,
+                        "seed": seed,
+                        "draw": draw,
+                        "percent": 100,
+                        **scores(evaluate_head(trained.explainer, val, settings)[0]),
+                    }
+                )
+            print(
+                f"{name}, seed {seed}: "
+                + ", ".join(f"{key} {rows[-1][key]:.4f}" for key in OBJECTIVES)
+                + f" ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "trial_noise.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    lines = [f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}): "
-             f"`python tests/benchmarks/trial_noise.py {' '.join(sys.argv[1:])}`".rstrip(), "",
-             f"The demo (`experiments/demo.yaml`), {len(val)} validation views, ROAD: "
-             f"{road_protocol_of(base.evaluation)}; {args.seeds} training seeds per point, "
-             f"{args.draws} ROAD noise draws of each final head. Standard deviations:", "",
-             "| point (λ1, λ2, λ_area) | at | objective | mean | SD between seeds | SD between ROAD draws |",
-             "|---|---|---|---:|---:|---:|"]
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    lines = [
+        f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}): "
+        f"`python tests/benchmarks/trial_noise.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        f"The demo (`experiments/demo.yaml`), {len(val)} validation views, ROAD: "
+        f"{road_protocol_of(base.evaluation)}; {args.seeds} training seeds per point, "
+        f"{args.draws} ROAD noise draws of each final head. Standard deviations:",
+        "",
+        "| point (λ1, λ2, λ_area) | at | objective | mean | SD between seeds | SD between ROAD draws |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     for name, point in POINTS.items():
         for percent in (*CHECKPOINTS, 100):
             for objective in OBJECTIVES:
-                first = [row[objective] for row in rows
-                         if row["point"] == name and row["percent"] == percent and row["draw"] == 0]
-                draws = [[row[objective] for row in rows if row["point"] == name and row["percent"] == percent
-                          and row["seed"] == seed] for seed in range(args.seeds)]
+                first = [
+                    row[objective]
+                    for row in rows
+                    if row["point"] == name and row["percent"] == percent and row["draw"] == 0
+                ]
+                draws = [
+                    [
+                        row[objective]
+                        for row in rows
+                        if row["point"] == name and row["percent"] == percent and row["seed"] == seed
+                    ]
+                    for seed in range(args.seeds)
+                ]
                 within = f"{pooled_sd(draws):.4f}" if percent == 100 and args.draws > 1 else "–"
-                lines.append(f"| {name} {point} | {'end' if percent == 100 else f'{percent} %'} | {objective} | "
-                             f"{statistics.mean(first):.4f} | {statistics.stdev(first):.4f} | {within} |")
+                lines.append(
+                    f"| {name} {point} | {'end' if percent == 100 else f'{percent} %'} | {objective} | "
+                    f"{statistics.mean(first):.4f} | {statistics.stdev(first):.4f} | {within} |"
+                )
     text = "\n".join(lines)
     (args.out / "trial_noise.md").write_text(text + "\n")
     print(f"\n{text}")

@@ -49,7 +49,13 @@ from pipeline.training import head_training, loop  # noqa: E402
 
 # Groups: the phase of a trial a part belongs to (the innermost group on the stack decides).
 TRAINING, CHECKPOINTS, VALIDATION, PLOTS, AX, MLFLOW = (
-    "training", "checkpoint scoring", "ROAD validation", "plots", "Ax bookkeeping", "MLflow bookkeeping")
+    "training",
+    "checkpoint scoring",
+    "ROAD validation",
+    "plots",
+    "Ax bookkeeping",
+    "MLflow bookkeeping",
+)
 OTHER = "other"
 
 
@@ -132,8 +138,12 @@ def instrument(profile: Profile) -> None:
     wrap = profile.wrap
     wrap(head_training, "train", TRAINING, group=True)
     wrap(loop, "run_checkpoint", CHECKPOINTS, group=True)
-    wrap(trial_worker, "evaluate_head", lambda *_, **__: CHECKPOINTS if CHECKPOINTS in profile.groups else VALIDATION,
-         group=True)
+    wrap(
+        trial_worker,
+        "evaluate_head",
+        lambda *_, **__: CHECKPOINTS if CHECKPOINTS in profile.groups else VALIDATION,
+        group=True,
+    )
     wrap(trial_worker, "grid_and_curve", PLOTS, group=True)
     for method in ("next_trial", "complete", "stop_early", "fail"):
         wrap(Study, method, AX, group=True)
@@ -236,18 +246,27 @@ def main() -> None:
     instrument(profile)
     base = configs.apply_overrides(configs.read_yaml(REPO / "experiments" / "demo.yaml"), args.overrides)
     with tempfile.TemporaryDirectory() as folder:
-        options = SearchOptions(name="profile", trials=args.trials, base=base,
-                                space=load_search_space(DEFAULT_SEARCH_SPACE), space_path=DEFAULT_SEARCH_SPACE,
-                                seed=12345, directory=Path(folder) / "search",
-                                tracking_uri=f"sqlite:///{folder}/mlflow.db", progress=False)
+        options = SearchOptions(
+            name="profile",
+            trials=args.trials,
+            base=base,
+            space=load_search_space(DEFAULT_SEARCH_SPACE),
+            space_path=DEFAULT_SEARCH_SPACE,
+            seed=12345,
+            directory=Path(folder) / "search",
+            tracking_uri=f"sqlite:///{folder}/mlflow.db",
+            progress=False,
+        )
         started = time.perf_counter()
         Search(options).run()
         wall = time.perf_counter() - started
     text = table(profile, args.trials, start_up, wall)
     command = "python tests/benchmarks/trial_profile.py " + " ".join(sys.argv[1:])
-    header = (f"Measured {date.today()} at commit {commit()} on {platform.node()} ({platform.machine()}, "
-              f"{torch.get_num_threads()} torch threads, torch {torch.__version__}), "
-              f"device {'cuda' if torch.cuda.is_available() else 'cpu'}: `{command.strip()}`")
+    header = (
+        f"Measured {date.today()} at commit {commit()} on {platform.node()} ({platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}), "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}: `{command.strip()}`"
+    )
     print(f"\n{header}\n\n{text}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

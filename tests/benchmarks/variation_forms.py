@@ -51,30 +51,47 @@ def main() -> None:
     base = configs.load(args.experiment, args.overrides)
     bench = Workbench.load(base)
     evalset = prepare_eval_set(bench.models.classifier, bench.splits.val, base.evaluation.batch_size)
-    print(f"{len(evalset)} validation views; ROAD: {base.evaluation.percentages} % removed, "
-          f"imputer {getattr(base.evaluation, 'imputer', 'noisy_linear')}")
-    print(f"{'form':<10} {'λ1':>6} {'λ2':>6} {'λ3':>4} {'MoRF':>7} {'LeRF':>7} {'nbr diff':>9} "
-          f"{'moved %':>8} {'loss_var':>10} {'seconds':>7}")
+    print(
+        f"{len(evalset)} validation views; ROAD: {base.evaluation.percentages} % removed, "
+        f"imputer {getattr(base.evaluation, 'imputer', 'noisy_linear')}"
+    )
+    print(
+        f"{'form':<10} {'λ1':>6} {'λ2':>6} {'λ3':>4} {'MoRF':>7} {'LeRF':>7} {'nbr diff':>9} "
+        f"{'moved %':>8} {'loss_var':>10} {'seconds':>7}"
+    )
     for form in FORMS:
         baseline: tuple[torch.Tensor, torch.Tensor] | None = None
         for lambda1, lambda2, lambda3 in WEIGHTS:
-            config = configs.load(args.experiment, [*args.overrides, f"loss.variation={form}",
-                                                    f"loss.lambda1={lambda1}", f"loss.lambda2={lambda2}",
-                                                    f"loss.lambda3={lambda3}"])
+            config = configs.load(
+                args.experiment,
+                [
+                    *args.overrides,
+                    f"loss.variation={form}",
+                    f"loss.lambda1={lambda1}",
+                    f"loss.lambda2={lambda2}",
+                    f"loss.lambda3={lambda3}",
+                ],
+            )
             trained = train_head(config, bench, progress=False)
             evaluation, _ = evaluate_head(trained.explainer, evalset, config.evaluation)
             maps = head_resolution_maps(trained, evalset, config.evaluation.batch_size)
-            covered = ClassCoverage.of(trained.explainer.head, config.evaluation.min_class_count).covered(
-                evalset.targets).cpu()
+            covered = (
+                ClassCoverage.of(trained.explainer.head, config.evaluation.min_class_count)
+                .covered(evalset.targets)
+                .cpu()
+            )
             if baseline is None:
                 baseline = (maps, covered)
                 moved = "-"
             else:
                 both = covered & baseline[1]
                 moved = f"{100 * float((maps[both] - baseline[0][both]).abs().mean()):.2f}"
-            print(f"{form:<10} {lambda1:>6g} {lambda2:>6g} {lambda3:>4g} {evaluation.road.morf_auc:>7.4f} "
-                  f"{evaluation.road.lerf_auc:>7.4f} {neighbour_difference(maps):>9.5f} {moved:>8} "
-                  f"{trained.summary.last['loss_variation']:>10.4g} {trained.summary.seconds:>7.1f}", flush=True)
+            print(
+                f"{form:<10} {lambda1:>6g} {lambda2:>6g} {lambda3:>4g} {evaluation.road.morf_auc:>7.4f} "
+                f"{evaluation.road.lerf_auc:>7.4f} {neighbour_difference(maps):>9.5f} {moved:>8} "
+                f"{trained.summary.last['loss_variation']:>10.4g} {trained.summary.seconds:>7.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
