@@ -1,12 +1,13 @@
 """The README's two commands, exactly as written, in a fresh clone: wall time and peak RSS of each.
 
-    python tests/benchmarks/fresh_clone.py [--commit HEAD] [--keep DIR] [--out benchmarks/results/fresh_clone.md]
+    python tests/benchmarks/fresh_clone.py [--commit HEAD] [--keep DIR] [--only N] [--out FILE.md]
 
 Clones this repository at ``--commit`` into a temporary folder and runs the two commands of the README's first
 code block there, one after the other, each through ``bash -c`` as a user would paste it; prints each command's
 wall time, its peak RSS (the largest single process, from the kernel's accounting of the finished command and its
 children) and its last output lines, and whether it succeeded. ``--keep DIR`` clones into DIR (which must not exist)
-and keeps it, e.g. for `docs/make_figures.py` to read the demo search it ran.
+and keeps it, e.g. for `docs/make_figures.py` to read the demo search it ran; ``--only 2`` runs the test command
+alone, install included.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--commit", default="HEAD")
     parser.add_argument("--keep", type=Path, help="clone into this new folder and keep it")
     parser.add_argument("--out", type=Path, help="also write the result as Markdown here")
+    parser.add_argument("--only", type=int, metavar="N", help="run only the README's Nth command (1 or 2), alone")
     args = parser.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", args.commit], cwd=REPO, capture_output=True, text=True, check=True
@@ -52,7 +54,8 @@ def main() -> None:
         clone = args.keep.resolve() if args.keep else Path(scratch) / "clone"
         subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
         subprocess.run(["git", "checkout", "--quiet", commit], cwd=clone, check=True)
-        for command in readme_commands((clone / "README.md").read_text()):
+        commands = readme_commands((clone / "README.md").read_text())
+        for command in [commands[args.only - 1]] if args.only else commands:
             print(f"$ {command}", flush=True)
             started = time.perf_counter()
             with open(Path(scratch) / "output.log", "w") as log:
