@@ -228,16 +228,16 @@ class Study:
         """The final head's trial: the completed trial named (``--select``), else by the space's ``choice`` rule
         (`choose`), with its LeRF − MoRF as observed and as Ax's model predicts it."""
         records, signs = self.records(), self.space.objective_signs
-        predicted, note = self.predicted_trade_offs()
+        predicted, note = self.predicted_trade_offs(records)
         if trial is not None:
             record = choose_trial(records, signs, trial)
             return Choice(record, "selected", trade_off(record, signs), predicted.get(record.index), note)
         return choose(records, signs, self.space.choice, predicted, note)
 
-    def predicted_trade_offs(self) -> tuple[dict[int, float], str | None]:
-        """Trial index -> LeRF − MoRF as Ax's model predicts it, for the completed trials on the model-predicted
+    def predicted_trade_offs(self, records: Sequence[TrialRecord]) -> tuple[dict[int, float], str | None]:
+        """Trial index -> LeRF − MoRF as Ax's model predicts it, for the completed ``records`` on the model-predicted
         Pareto front (`model_front`); empty, with the reason, when no model could be fit."""
-        completed = [record for record in self.records() if record.status is TrialState.COMPLETED]
+        completed = [record for record in records if record.status is TrialState.COMPLETED]
         if len(completed) < 2:
             return {}, "no model prediction from fewer than 2 completed trials"
         try:

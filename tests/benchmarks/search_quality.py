@@ -214,24 +214,9 @@ def problem(
 
 
 def strategy(name: str, seed: int):
-    from ax.adapter.registry import Generators
-    from ax.generation_strategy.generation_node import GenerationNode
-    from ax.generation_strategy.generation_strategy import GenerationStrategy
-    from ax.generation_strategy.generator_spec import GeneratorSpec
-
     from pipeline.hpo import ax_seam
 
-    if name == "uniform random":
-        return GenerationStrategy(
-            name="Uniform",
-            nodes=[
-                GenerationNode(
-                    name="Uniform",
-                    generator_specs=[GeneratorSpec(generator_enum=Generators.UNIFORM, generator_kwargs={"seed": seed})],
-                )
-            ],
-        )
-    method = "random_search" if name == "Sobol only" else "fast"
+    method = {"uniform random": "uniform", "Sobol only": "random_search"}.get(name, "fast")
     return ax_seam.generation_strategy(method, 5, seed)
 
 
