@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         classifier = stream.classifier
         make_maps = stream_maps(stream, args.ca_maps, args.target_layer, config.evaluation.batch_size)[0]
     else:
-        explainer, config = load_explainer(args.head, args.device)
+        explainer, config = load_explainer(args.head, args.device, fold=False)  # its layers get randomised
         classifier = explainer.classifier
     blocks = blocks_for(config.model.backbone, classifier.network, args.blocks)
     evalset = load_eval_set(classifier, config, args.split, args.images, args.limit)

@@ -23,6 +23,7 @@ from torch import nn
 from pipeline.errors import UserError
 from pipeline.models.auxiliary import tokens_to_grid
 from pipeline.models.classifiers import Classifier
+from pipeline.models.folding import folded_convolution
 
 CAM_METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM,
@@ -67,6 +68,12 @@ def find_layer(classifier: Classifier, name: str) -> nn.Module:
         raise UserError(
             f"backbone {classifier.name!r} has no layer {name!r}; pass --target-layer with one of its "
             f"module names, e.g. {', '.join(_last_modules(classifier.network))}"
+        )
+    norm = folded_convolution(classifier.network, name)
+    if norm:
+        raise UserError(
+            f"layer {name!r} of {classifier.name!r} has its BatchNorm {norm!r} folded into it (for speed), so it "
+            f"outputs normalised values, not the raw convolution's; pass --target-layer {norm} (the BatchNorm's output)"
         )
     return modules[name]
 

@@ -10,6 +10,7 @@ from pipeline.config import ModelConfig
 from pipeline.models.auxiliary import FeatureExtractor, backbone_features, load_auxiliary
 from pipeline.models.classifiers import Classifier, load_classifier
 from pipeline.models.explainer import Explainer
+from pipeline.models.folding import fold_batch_norms
 from pipeline.models.head import AttentionHead
 
 
@@ -24,9 +25,14 @@ class Models:
     device: torch.device
 
 
-def load_models(model: ModelConfig, device: torch.device) -> Models:
-    """Load the classifier and the auxiliary feature extractor, frozen, on ``device``."""
+def load_models(model: ModelConfig, device: torch.device, fold: bool = True) -> Models:
+    """Load the classifier and the auxiliary feature extractor, frozen, on ``device``; with ``fold``, the
+    classifier's BatchNorms folded into its convolutions (faster, same function; not for randomising its layers)."""
     classifier = load_classifier(model.backbone, model.backbone_weights)
+    size = classifier.preprocessing.input_size
+    if fold:
+        probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        fold_batch_norms(classifier.network, classifier.normalize(probe))
     if model.auxiliary == "backbone":
         auxiliary = backbone_features(classifier, model.auxiliary_layers)
     else:
@@ -34,7 +40,6 @@ def load_models(model: ModelConfig, device: torch.device) -> Models:
     layout = torch.channels_last
     classifier.to(device, memory_format=layout)
     auxiliary.to(device, memory_format=layout)
-    size = classifier.preprocessing.input_size
     with torch.no_grad():
         num_classes = classifier(torch.zeros(1, 3, size, size, device=device)).shape[1]
     return Models(classifier, auxiliary, num_classes, auxiliary.channels(size), device)

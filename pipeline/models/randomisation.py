@@ -18,6 +18,7 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.models.classifiers import build_network
+from pipeline.models.folding import is_folded
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ class CascadingRandomisation:
     """Randomises a network's blocks in place, cumulatively, from a fresh network's tensors."""
 
     def __init__(self, network: nn.Module, fresh: nn.Module):
+        if is_folded(network):
+            raise ValueError("a network with folded BatchNorms cannot be randomised layer by layer; load it unfolded")
         self.live = network.state_dict()  # shares storage with the network's parameters and buffers
         self.fresh = fresh.state_dict()
         if [(k, v.shape) for k, v in self.live.items()] != [(k, v.shape) for k, v in self.fresh.items()]:

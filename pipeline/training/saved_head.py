@@ -57,16 +57,17 @@ def save_head(trained: TrainedHead, directory: str | Path) -> Path:
 
 
 def load_explainer(
-    directory: str | Path, device: str = "auto", overrides: Sequence[str] = ()
+    directory: str | Path, device: str = "auto", overrides: Sequence[str] = (), fold: bool = True
 ) -> tuple[Explainer, ExperimentConfig]:
     """Rebuild a trained explainer from a directory written by ``save_head`` (``overrides`` as ``--set``) on
-    ``device`` (``auto``: a CUDA device when there is one, whichever device trained the head)."""
+    ``device`` (``auto``: a CUDA device when there is one, whichever device trained the head); ``fold`` as in
+    ``load_models`` (off to randomise the classifier's layers)."""
     directory = Path(directory)
     for name in (HEAD_FILE, CONFIG_FILE):
         if not (directory / name).is_file():
             raise UserError(f"{directory} has no {name}; pass a folder written by `python -m pipeline.train`")
     config = configs.load(directory / CONFIG_FILE, overrides)
-    models = load_models(config.model, resolve_device(device, "--device"))
+    models = load_models(config.model, resolve_device(device, "--device"), fold)
     explainer = build_explainer(models, config.model, config.train.seed)
     state = torch.load(directory / HEAD_FILE, map_location=models.device, weights_only=True)
     try:
