@@ -125,7 +125,9 @@ class CascadingRandomisation:
 
     def __init__(self, network: nn.Module, fresh: nn.Module):
         if is_folded(network):
-            raise ValueError("a network with folded BatchNorms cannot be randomised layer by layer; load it unfolded")
+            raise ValueError(
+                "a network with folded BatchNorms cannot be randomised layer by layer; load it with fold=False"
+            )
         self.live = network.state_dict()  # shares storage with the network's parameters and buffers
         self.fresh = fresh.state_dict()
         if [(k, v.shape) for k, v in self.live.items()] != [(k, v.shape) for k, v in self.fresh.items()]:
