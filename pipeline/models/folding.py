@@ -114,8 +114,14 @@ def fold_batch_norms(network: nn.Module, probe: torch.Tensor) -> int:
 def _close(outputs: Any, expected: Any) -> bool:
     """Whether two outputs (a tensor, or a list or tuple of tensors) agree within _PROBE_TOLERANCE."""
     if isinstance(expected, (list, tuple)):
-        return isinstance(outputs, (list, tuple)) and len(outputs) == len(expected) and all(map(_close, outputs, expected))
-    if not isinstance(expected, torch.Tensor) or not isinstance(outputs, torch.Tensor) or outputs.shape != expected.shape:
+        return (
+            isinstance(outputs, (list, tuple)) and len(outputs) == len(expected) and all(map(_close, outputs, expected))
+        )
+    if (
+        not isinstance(expected, torch.Tensor)
+        or not isinstance(outputs, torch.Tensor)
+        or outputs.shape != expected.shape
+    ):
         return False
     scale = expected.abs().max().clamp_min(1e-12)
     return bool((outputs - expected).abs().max() / scale <= _PROBE_TOLERANCE)
