@@ -251,13 +251,13 @@ def _value_type(values: list[Any]) -> ValueType | None:
 class _SpaceFile:
     """A search-space YAML file as written; `load_search_space` checks what ties its parts together."""
 
-    name: str | None = Field(None, min_length=1)  # None: the file's stem
-    seed: Int = Field(0, ge=0)
+    name: str | None = Field(default=None, min_length=1)  # None: the file's stem
+    seed: Int = Field(default=0, ge=0)
     parameters: dict[Name, Annotated[_RangeSpec | _ChoiceSpec, Field(discriminator="type")]] = Field(min_length=1)
     constraints: list[str] | None = None
     objectives: dict[Name, Direction] = Field(min_length=1)
     thresholds: dict[Name, Finite] | None = None
-    initialization_trials: Int = Field(5, ge=1)
+    initialization_trials: Int = Field(default=5, ge=1)
     method: Method = "fast"
     choice: ChoiceRule = "predicted"  # replays on the demo favoured it (tests/benchmarks/search_quality.py)
 
