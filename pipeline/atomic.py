@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(temporary)`` for a temporary file in ``path``'s folder, then make it ``path``."""
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)

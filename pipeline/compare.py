@@ -64,7 +64,7 @@ def metric_key(name: str) -> str:
 def log_comparison(
     run: RunLog, rows: Sequence[Row], contributions: dict[str, list[LayerContribution]], files: Sequence[Path]
 ) -> None:
-    metrics = {}
+    metrics: dict[str, float] = {}
     for row in rows:
         values = row.metrics | {
             "resolution": row.resolution,
@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         contributions = {
             m.name: layer_contributions(m.explainer, m.config.evaluation.min_class_count)
             for m in methods
-            if m.explainer is not None
+            if m.explainer is not None and m.config is not None
         }
         notes = conventions(evalset, rise, layers, ca_stream=args.ca_stream is not None) + road_notes
         if held_out.note:

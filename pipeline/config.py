@@ -70,11 +70,11 @@ class DataConfig:
     train_limit: Int | None = None
     val_limit: Int | None = None
     test_limit: Int | None = None
-    demo_train_views: Int = Field(384, ge=1)
-    demo_eval_views: Int = Field(32, ge=1)
+    demo_train_views: Int = Field(default=384, ge=1)
+    demo_eval_views: Int = Field(default=32, ge=1)
     num_workers: Int = 0
     seed: Int = 0
-    holdout: Float = Field(0.1, gt=0, le=0.5, description="share of a plain folder in validation, and in test")
+    holdout: Float = Field(default=0.1, gt=0, le=0.5, description="share of a plain folder in validation, and in test")
     decode: Literal["auto", "cpu", "gpu"] = "auto"
     index_lists: Literal["project", "reference"] = "project"
 
@@ -100,15 +100,15 @@ class LossConfig:
     ``reference`` (the batch's predictions, duplicates included, as the authors' code).
     """
 
-    lambda1: Float = Field(0.5, ge=0, le=1)
-    lambda2: Float = Field(0.4, ge=0, le=1)
-    lambda3: Float | None = Field(None, ge=0, description="or null for 1 - lambda1 - lambda2")
-    lambda_area: Float = Field(1.0, gt=0, description="paper: 0.5, 1 or 2")
-    lambda_rand: Int | None = Field(None, ge=1, description="or null for the batch size")
+    lambda1: Float = Field(default=0.5, ge=0, le=1)
+    lambda2: Float = Field(default=0.4, ge=0, le=1)
+    lambda3: Float | None = Field(default=None, ge=0, description="or null for 1 - lambda1 - lambda2")
+    lambda_area: Float = Field(default=1.0, gt=0, description="paper: 0.5, 1 or 2")
+    lambda_rand: Int | None = Field(default=None, ge=1, description="or null for the batch size")
     area_epsilon: Float = 0.0005
     variation: Literal["paper", "reference"] = "paper"
-    border_penalty: Float = Field(REFERENCE_BORDER_PENALTY, ge=0, description="the authors' code: 0.3")
-    variation_power: Float = Field(REFERENCE_VARIATION_POWER, gt=0, description="the authors' code: 2")
+    border_penalty: Float = Field(default=REFERENCE_BORDER_PENALTY, ge=0, description="the authors' code: 0.3")
+    variation_power: Float = Field(default=REFERENCE_VARIATION_POWER, gt=0, description="the authors' code: 2")
     class_subset: Literal["paper", "reference"] = "paper"
 
     @property
@@ -156,9 +156,9 @@ class TrainConfig:
     ``compile`` runs the frozen classifier under ``torch.compile`` (``auto``: on CUDA only).
     """
 
-    batch_size: Int = Field(64, ge=1)
-    epochs: Int = Field(1, ge=1)
-    max_lr: Float = Field(1e-4, gt=0)
+    batch_size: Int = Field(default=64, ge=1)
+    epochs: Int = Field(default=1, ge=1)
+    max_lr: Float = Field(default=1e-4, gt=0)
     weight_decay: Float = 0.01
     seed: Int = 12345
     device: str = "auto"
@@ -180,9 +180,9 @@ class EvalConfig:
     )
     imputer: Imputer = "noisy_linear"
     noise: Float = 0.01
-    batch_size: Int = Field(32, ge=1)
+    batch_size: Int = Field(default=32, ge=1)
     seed: Int = 0
-    min_class_count: Int = Field(DEFAULT_MIN_COUNT, ge=1)
+    min_class_count: Int = Field(default=DEFAULT_MIN_COUNT, ge=1)
 
 
 EARLY_STOP_AT = (50, 75)  # checkpoints of a search with early stopping when checkpoints.at is left out
@@ -201,13 +201,13 @@ class CheckpointConfig:
     """
 
     at: list[Annotated[Int, Field(gt=0, lt=100)]] | None = Field(
-        None,
+        default=None,
         description="percentages of training strictly between 0 and 100, increasing; [] turns checkpoints off; "
         "left out: [50, 75] with early_stop, none without",
     )
-    images: Int = Field(256, ge=1, description="the first validation images, scored at every checkpoint")
+    images: Int = Field(default=256, ge=1, description="the first validation images, scored at every checkpoint")
     early_stop: Bool = False
-    dominating: Int = Field(2, ge=1, description="completed trials that must beat a trial to stop it")
+    dominating: Int = Field(default=2, ge=1, description="completed trials that must beat a trial to stop it")
 
     @property
     def percentages(self) -> list[int]:
@@ -247,16 +247,18 @@ class CAStreamConfig:
     (they had been chosen on the earlier demo's test views); docs/evaluation.md.
     """
 
-    epochs: Int = Field(1, ge=1)
+    epochs: Int = Field(default=1, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: Float = Field(1e-4, gt=0)
-    weight_decay: Float = Field(1e-4, ge=0)
-    momentum: Float = Field(0.9, ge=0, lt=1, description="SGD only")
+    lr: Float = Field(default=1e-4, gt=0)
+    weight_decay: Float = Field(default=1e-4, ge=0)
+    momentum: Float = Field(default=0.9, ge=0, lt=1, description="SGD only")
     target: Literal["auto", "labels", "prediction"] = "auto"
-    top1_weight: Float = Field(0.1, gt=0, le=1, description="prediction target: softmax moved this share to the top-1")
+    top1_weight: Float = Field(
+        default=0.1, gt=0, le=1, description="prediction target: softmax moved this share to the top-1"
+    )
     train_last_projection: Bool = False
-    points: list[str] | None = Field(None, description="module names, or null for the backbone's preset")
-    pool: str | None = Field(None, description="the global pooling module, or null for the backbone's preset")
+    points: list[str] | None = Field(default=None, description="module names, or null for the backbone's preset")
+    pool: str | None = Field(default=None, description="the global pooling module, or null for the backbone's preset")
 
 
 @dataclass(config=STRICT)

@@ -105,13 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     started = time.perf_counter()
 
-    def report(level: Level) -> None:
+    def print_level(level: Level) -> None:
         print(_line(level), flush=True)
 
     if args.ca_stream:
-        levels, maps = run_stream_mprt(stream, make_maps, config, evalset, blocks, args.seed, report)
+        levels, maps = run_stream_mprt(stream, make_maps, config, evalset, blocks, args.seed, print_level)
     else:
-        levels, maps = run_mprt(explainer, config, evalset, blocks, args.protocol, args.seed, report)
+        levels, maps = run_mprt(explainer, config, evalset, blocks, args.protocol, args.seed, print_level)
     seconds = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"sanity_{args.protocol}"

@@ -12,6 +12,7 @@ import contextlib
 import io
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from pytorch_grad_cam import AblationCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
@@ -134,7 +135,7 @@ class CamMethod:
     def _cam(self) -> Iterator[BaseCAM]:
         """The grad-cam object, its hooks released afterwards. (grad-cam's own ``with`` form would also
         release them, but its ``__exit__`` prints and swallows an IndexError.)"""
-        options = {"reshape_transform": tokens_to_grid} if self.tokens else {}
+        options: dict[str, Any] = {"reshape_transform": tokens_to_grid} if self.tokens else {}
         if self.cam_class is AblationCAM:  # a fresh ablation layer: grad-cam's default instance is shared
             options |= {
                 "ablation_layer": AblationLayerVit() if self.tokens else AblationLayer(),

@@ -72,7 +72,7 @@ def rise_saliency(
     settings: RiseSettings = RiseSettings(),
 ) -> torch.Tensor:
     """RISE maps [B, H, W] in [0, 1] of ``targets`` [B] for pixel-space ``images`` [B, 3, H, W]."""
-    masks = RiseMasks(settings, tuple(images.shape[-2:]))
+    masks = RiseMasks(settings, (images.shape[-2], images.shape[-1]))
     saliency = torch.zeros(images.shape[0], images[0, 0].numel(), dtype=torch.float64, device=images.device)
     with torch.inference_mode():
         for start in range(0, len(masks), settings.batch_size):

@@ -25,7 +25,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from pipeline.config import ExperimentConfig
-from pipeline.data.sources import ImageFiles, files_of, read_image
+from pipeline.data.sources import ImageFiles, dataset_size, files_of, read_image
 from pipeline.errors import UserError
 
 # Frame types nvJPEG decodes: baseline, extended sequential and progressive Huffman JPEGs, of 8-bit samples.
@@ -68,7 +68,8 @@ def jpeg_frame(content: bytes | memoryview) -> JpegFrame | None:
 
 def nvjpeg_can_decode(content: torch.Tensor) -> bool:
     """True for file bytes nvJPEG decodes, judged by content (never by file name)."""
-    frame = jpeg_frame(memoryview(content.numpy()))
+    # numpy's stubs declare ndarray's buffer protocol (__buffer__) for Python >= 3.12 only; 3.11 has it too.
+    frame = jpeg_frame(memoryview(content.numpy()))  # type: ignore[arg-type]
     return (
         frame is not None
         and frame.marker in _NVJPEG_FRAMES
@@ -274,9 +275,9 @@ def training_batches(
     """Shuffled training batches of ``dataset`` (seeded with ``train.seed``), the last short one dropped
     unless the split holds a single batch."""
     batch_size, workers, seed = config.train.batch_size, config.data.num_workers, config.train.seed
-    drop_last = len(dataset) > batch_size
+    drop_last = dataset_size(dataset) > batch_size
     files = files_of(dataset)
-    if decodes_on_device(config, device, files):
+    if decodes_on_device(config, device, files) and files is not None:  # (it is False without files)
         return DeviceBatches(files, batch_size, size, device, seed, workers, drop_last)
     return DataLoader(
         dataset,

@@ -18,8 +18,8 @@ IMAGENET_ENV, DEFAULT_IMAGENET = "IMAGENET_ROOT", Path("data/ImageNet")
 
 def find_imagenet(data: str | None) -> Path | None:
     """An ImageNet folder: ``--data`` if given, else ``$IMAGENET_ROOT``, else ``data/ImageNet``."""
-    candidates = [data] if data else [os.environ.get(IMAGENET_ENV), DEFAULT_IMAGENET]
-    for candidate in filter(None, candidates):
+    candidates: list[str | Path | None] = [data] if data else [os.environ.get(IMAGENET_ENV), DEFAULT_IMAGENET]
+    for candidate in (c for c in candidates if c):  # (mypy reads filter(None, ...) as of objects)
         root = Path(candidate).expanduser()
         if root.is_dir() and looks_like_imagenet(root):
             return root

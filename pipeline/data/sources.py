@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 import torch
@@ -137,7 +138,7 @@ def demo_photos() -> dict[str, np.ndarray]:
     left, right, _ = data.stereo_motorcycle()
     china, flower = load_sample_images().images
     camera = np.repeat(data.camera()[..., None], 3, axis=-1)
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as file:
+    with cast(IO[bytes], matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as file:  # a .jpg: a file, no array
         hopper = np.array(Image.open(file).convert("RGB"))
     return {
         "chelsea": data.chelsea(),
@@ -210,8 +211,13 @@ def imagenet_index_list(split: str, lists: str = "project") -> list[int]:
     return [int(line) for line in (DATALISTS / f"{prefix}_{split}.txt").read_text().split()]
 
 
+def dataset_size(dataset: Dataset) -> int:
+    """``len(dataset)``: torch's ``Dataset`` declares no ``__len__``, though every dataset of the pipeline has one."""
+    return len(cast(Sized, dataset))
+
+
 def _limit(dataset: Dataset, limit: int | None) -> Dataset:
-    return dataset if limit is None or limit >= len(dataset) else Subset(dataset, range(limit))
+    return dataset if limit is None or limit >= dataset_size(dataset) else Subset(dataset, range(limit))
 
 
 def path_share(relative: str, seed: int) -> float:
@@ -286,11 +292,15 @@ def build_splits(config: DataConfig, size: int) -> Splits:
       validation and test);
     - ``demo``: crops of the bundled photos, each photo in one split only (DEMO_SPLITS).
     """
+    train: Dataset
+    val: Dataset
+    test: Dataset
     if config.dataset == "demo":
         train = DemoViews(size, config.demo_train_views, seed=config.seed, photos=DEMO_SPLITS["train"])
         val = DemoViews(size, config.demo_eval_views, seed=config.seed + 1, random=False, photos=DEMO_SPLITS["val"])
         test = DemoViews(size, config.demo_eval_views, seed=config.seed + 2, random=False, photos=DEMO_SPLITS["test"])
     else:
+        assert config.root is not None  # DataConfig's validator requires it for every dataset but the demo
         root = Path(config.root).expanduser()
         if not root.is_dir():
             raise UserError(f"data.root {str(root)!r} does not exist; point it at {DATA_ROOTS[config.dataset]}")

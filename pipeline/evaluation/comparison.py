@@ -48,7 +48,7 @@ class Method:
     make_maps: MapMaker
     backbone: nn.Module | None  # counted as forward passes per explanation
     auxiliary: nn.Module | None = None  # heads: the auxiliary network's passes, counted separately
-    explainer: Explainer | None = None
+    explainer: Explainer | None = None  # heads: both the explainer and its config; other rows: neither
     config: ExperimentConfig | None = None
     target_layer: str | None = None  # CAMs: the backbone module they read
     stream: CAStreamModel | None = None  # CA rows: the stream model whose top-1 agreement the row reports
@@ -236,12 +236,16 @@ def stream_methods(
     methods = []
     for name in [name for name in CA_METHODS if name in names] + ["attention"]:
         make, resolution, layer = stream_maps(model, name, target_layer, batch_size)
+
+        def on_batch(batch: Batch, make: StreamMaps = make) -> torch.Tensor:
+            return make(batch.images, batch.targets)
+
         methods.append(
             Method(
                 f"ca-{name}",
                 "ca-stream",
                 resolution,
-                lambda batch, make=make: make(batch.images, batch.targets),
+                on_batch,
                 model.classifier,
                 target_layer=layer,
                 stream=model,
@@ -288,7 +292,7 @@ def run_method(
         scoring = time.perf_counter() - started - making
     measures = faithfulness_result(evalset.probabilities, faithful.columns, evalset.size)
     coverage = None
-    if method.explainer is not None:
+    if method.explainer is not None and method.config is not None:
         coverage = ClassCoverage.of(method.explainer.head, method.config.evaluation.min_class_count).fraction(
             evalset.targets
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 from torch.utils.data import Dataset, Subset
 
 from pipeline.data.manifest import SplitRecord, changes, seen_images, split_entries
-from pipeline.data.sources import files_of
+from pipeline.data.sources import dataset_size, files_of
 from pipeline.errors import UserError
 
 # What a model chose or learnt on, by the split scored: the test split must be new to training and selection,
@@ -69,7 +69,7 @@ def check_held_out(
     """Check ``dataset`` (the config's ``split``, or hand-given images when ``split`` is None) against the split
     record of each model folder; a refusal is a UserError naming the folder, what changed or was seen, and the
     flag that accepts it."""
-    outcome = HeldOut(len(dataset))
+    outcome = HeldOut(dataset_size(dataset))
     learnt_on = LEARNT_ON[split or "images"]
     for folder in folders:
         record = SplitRecord.read(folder)
@@ -94,7 +94,7 @@ def check_held_out(
         if seen:
             if not allow_seen:
                 raise UserError(
-                    f"{len(seen)} of the {len(dataset)} images to score were trained or selected on by "
+                    f"{len(seen)} of the {dataset_size(dataset)} images to score were trained or selected on by "
                     f"{folder} (first: {seen[0]}); pass --allow-seen to score them anyway (the scores are "
                     "then marked seen)"
                 )

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from pipeline.config import EvalConfig, ExperimentConfig
-from pipeline.data.sources import build_splits, plain_images
+from pipeline.data.sources import build_splits, dataset_size, plain_images
 from pipeline.errors import UserError
 from pipeline.metrics.adic import DEFAULT_KEEP, AdIcResult, adic_probabilities, adic_result
 from pipeline.metrics.road import RoadProtocol, RoadResult, images_per_chunk, road_correct, road_result
@@ -82,14 +82,14 @@ def prepare_eval_set(
 ) -> EvalSet:
     """Classify a split once, streaming it (``num_workers`` loader processes)."""
     if limit is not None:
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
+        dataset = Subset(dataset, range(min(limit, dataset_size(dataset))))
     device = classifier.mean.device
     targets, probabilities, size = [], [], (0, 0)
     for _, images in image_batches(dataset, batch_size, device, num_workers):
         best = in_parts(classifier, images).softmax(1).max(1)
         targets.append(best.indices.cpu())
         probabilities.append(best.values.cpu())
-        size = tuple(images.shape[-2:])
+        size = (images.shape[-2], images.shape[-1])
     if not targets:
         raise ValueError("the evaluation split is empty")
     return EvalSet(dataset, torch.cat(targets), torch.cat(probabilities), size, device, num_workers)
@@ -138,7 +138,7 @@ def reference_maker(kind: MapKind, seed: int = 0) -> MapMaker:
     def make(batch: Batch) -> torch.Tensor:
         if batch.first == 0:
             generator.manual_seed(seed)
-        return reference_maps(kind, len(batch), tuple(batch.images.shape[-2:]), seed, generator)
+        return reference_maps(kind, len(batch), (batch.images.shape[-2], batch.images.shape[-1]), seed, generator)
 
     return make
 
@@ -196,6 +196,7 @@ class Evaluation:
             "seconds": round(self.seconds, 3),
         }
         if self.trained is not None:
+            assert self.classes is not None  # evaluate_head sets both
             report |= {
                 "class_coverage": self.class_coverage,
                 "per_image": [{"class": c, "trained": t} for c, t in zip(self.classes, self.trained)],
@@ -303,6 +304,7 @@ def load_eval_set(
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit}: give a positive number of images")
     size = classifier.preprocessing.input_size
+    dataset: Dataset
     if images:
         dataset = plain_images(images, size)
     else:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from ax.core.experiment import Experiment
     from ax.generation_strategy.generation_strategy import GenerationStrategy
 
+    from pipeline.hpo.space import Method
+
 
 def quiet_ax() -> None:
     """Import Ax without its import-time INFO chatter; its console handler shows errors only."""
@@ -77,7 +79,7 @@ def botorch_transforms() -> list[type[Transform]]:
     return [*Cont_X_trans, *Y_trans]
 
 
-def generation_strategy(method: str, initialization_trials: int, seed: int) -> GenerationStrategy:
+def generation_strategy(method: Method, initialization_trials: int, seed: int) -> GenerationStrategy:
     """Ax's own Sobol -> MBM strategy for ``method``, with a cheaper BoTorch step (`BOTORCH_GEN_OPTIONS`); Ax's
     Sobol-only strategy for ``random_search``; uniform random points for ``uniform``.
 
@@ -137,6 +139,7 @@ def analysis_figures(client: Client) -> tuple[list[tuple[str, Any]], list[tuple[
     computed: parallel coordinates and sensitivity per objective, the two objectives' observed scatter with the
     Pareto frontier, and the utility (hypervolume) progression. Ax documents these classes as not part of its
     API; the README's review section depends on them."""
+    from ax.analysis import Analysis
     from ax.analysis.plotly import (
         ParallelCoordinatesPlot,
         PlotlyAnalysisCard,
@@ -145,11 +148,14 @@ def analysis_figures(client: Client) -> tuple[list[tuple[str, Any]], list[tuple[
         UtilityProgressionAnalysis,
     )
 
-    objectives = list(experiment(client).optimization_config.objective.metric_names)
-    analyses = [ParallelCoordinatesPlot(name) for name in objectives]
+    optimization = experiment(client).optimization_config
+    assert optimization is not None  # SearchSpace.configure set the objectives
+    objectives = list(optimization.objective.metric_names)
+    analyses: list[Analysis] = [ParallelCoordinatesPlot(name) for name in objectives]
     analyses += [SensitivityAnalysisPlot(name) for name in objectives]
     if len(objectives) == 2:
-        analyses.append(ScatterPlot(*objectives, use_model_predictions=False, show_pareto_frontier=True))
+        x, y = objectives
+        analyses.append(ScatterPlot(x, y, use_model_predictions=False, show_pareto_frontier=True))
     analyses.append(UtilityProgressionAnalysis())
     figures, skipped = [], []
     for group in client.compute_analyses(analyses, display=False):

@@ -70,7 +70,7 @@ def _data(data: DataConfig) -> str:
 
 def _parameter(parameter: Parameter) -> str:
     if parameter.type == "range":
-        low, high = parameter.bounds
+        low, high = parameter.range_bounds
         values = f"range [{low:g}, {high:g}]" + (", log scale" if parameter.log_scale else "")
     else:
         values = "choice " + ", ".join(map(_number, parameter.values))

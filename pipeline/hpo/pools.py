@@ -66,9 +66,11 @@ class InProcessPool:
         return self.worker.where
 
     def wait(self) -> list[Finished]:
+        assert self._job is not None  # the trial loop waits only while a trial runs
         (index, config, steps, rule), self._job = self._job, None
+        on_step = steps.log_step if steps is not None else None
         try:
-            return [Finished(index, result=self.worker.run(index, config, on_step=steps and steps.log_step, rule=rule))]
+            return [Finished(index, result=self.worker.run(index, config, on_step=on_step, rule=rule))]
         except Exception as error:  # a failing trial must not end the search
             return [Finished(index, failure=failure_reason(error))]
 

@@ -81,10 +81,11 @@ def slot_size(nodes: Sequence[Mapping[str, float]], parallel: int, gpus_per_tria
     return SlotSize(0.0, cpus, max(1, math.floor(cpus)))
 
 
-def slots_at_once(nodes: Sequence[Mapping[str, float]], size: SlotSize) -> int:
-    """How many slots of ``size`` the nodes hold at the same time (each node fills whole slots)."""
+def slots_at_once(nodes: Sequence[Mapping[str, float]], size: SlotSize) -> float:
+    """How many slots of ``size`` the nodes hold at the same time (each node fills whole slots); infinitely many
+    when a slot asks for neither CPUs nor GPUs."""
 
-    def fitting(node: Mapping[str, float]) -> int:
+    def fitting(node: Mapping[str, float]) -> float:
         by_cpu = math.floor(node.get("CPU", 0) / size.cpus + 1e-9) if size.cpus else math.inf
         by_gpu = math.floor(node.get("GPU", 0) / size.gpus + 1e-9) if size.gpus else math.inf
         return min(by_cpu, by_gpu)
@@ -232,7 +233,7 @@ class RayPool:
             print(note, flush=True)
 
     def _start(self, number: int) -> _Slot:
-        actor = self._actor_class.remote(*self._arguments)
+        actor: Any = self._actor_class.remote(*self._arguments)  # ray.actor.ActorHandle (its methods' .remote)
         return _Slot(number, actor, actor.where.remote())
 
     def free_slots(self) -> int:
@@ -242,6 +243,7 @@ class RayPool:
         self, index: int, config: ExperimentConfig, steps: StepLog | None, rule: StoppingRule | None = None
     ) -> dict[str, str]:
         slot = next(slot for slot in self.slots if slot.where is not None and slot.trial is None)
+        assert slot.where is not None  # (chosen for it)
         reference = slot.actor.run.remote(index, config, steps.run_id if self.direct_logging and steps else None, rule)
         slot.trial = index
         self._running[reference] = slot
@@ -278,6 +280,7 @@ class RayPool:
     def _collect(self, reference: Any) -> Finished:
         slot = self._running.pop(reference)
         index, slot.trial = slot.trial, None
+        assert index is not None  # submit set it
         try:
             return Finished(index, result=ray.get(reference))
         except RayTaskError as error:  # the trial raised: the worker is fine

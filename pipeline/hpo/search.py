@@ -12,7 +12,7 @@ import torch
 from pipeline import config as configs
 from pipeline.data.manifest import SPLIT_NAMES, SplitRecord, changes
 from pipeline.errors import UserError
-from pipeline.evaluation.scoring import EvalSet, evaluate_maps, prepare_eval_set, reference_maker, summary_line
+from pipeline.evaluation.scoring import EvalSet, MapKind, evaluate_maps, prepare_eval_set, reference_maker, summary_line
 from pipeline.hpo import ax_seam
 from pipeline.hpo.analyses import log_ax_analyses
 from pipeline.hpo.descriptions import FinalHead, search_description
@@ -33,7 +33,7 @@ from pipeline.tracking.runs import Tracker
 from pipeline.tracking.stores import is_tracking_server
 from pipeline.training.head_training import Workbench, train_head
 
-REFERENCE_MAPS = {"random": "random maps", "center": "centred blob"}  # reference_maker() kind -> table label
+REFERENCE_MAPS: dict[MapKind, str] = {"random": "random maps", "center": "centred blob"}  # kind -> table label
 
 
 @dataclass
@@ -122,6 +122,7 @@ class Search:
     def _record_splits(self) -> None:
         """Write what each split holds (``splits.json``); a resumed search whose data changed since it started is
         refused, since its trials would be scored on other images."""
+        assert self.bench is not None, "open() loads the bench first"
         record, recorded = self.bench.split_record, SplitRecord.read(self.folder.directory)
         if recorded is not None:
             changed = {
@@ -143,6 +144,7 @@ class Search:
         cached = self.folder.state.get(REFERENCES)
         if cached is not None:
             return cached
+        assert self.bench is not None and self.val_set is not None and self.tracker is not None, "set by open()"
         evaluation, classifier = self.base_config.evaluation, self.bench.models.classifier
         scores = {
             label: evaluate_maps(classifier, self.val_set, reference_maker(kind, evaluation.seed), evaluation)[
@@ -182,6 +184,7 @@ class Search:
 
     def _describe(self, final: FinalHead | None = None) -> None:
         """Refresh the search run's description: setup, trials so far, Pareto set, and the final head if any."""
+        assert self.tracker is not None and self.study is not None, "set by open()"
         self.tracker.describe_search(
             search_description(
                 self.options.name,
@@ -197,6 +200,7 @@ class Search:
     def _trial_pool(self) -> TrialPool:
         """This process for one trial at a time, else Ray workers (Ray is imported only then)."""
         options = self.options
+        assert self.bench is not None and self.val_set is not None and self.tracker is not None, "set by open()"
         if not options.uses_ray:
             return InProcessPool(TrialWorker(self.bench, self.val_set, self.trainer, options.progress))
         from pipeline.hpo.ray_pool import RayPool
@@ -216,6 +220,7 @@ class Search:
     def run_trials(self) -> None:
         """Run trials until ``trials`` have completed (`TrialLoop`), recorded in MLflow, the folder and the console."""
         options = self.options
+        assert self.tracker is not None and self.study is not None, "set by open()"
         listeners = [
             TrialRuns(self.tracker, self.folder, run_params),
             SearchProgress(self.tracker, self.study, self._describe),
@@ -232,6 +237,7 @@ class Search:
 
     def finish(self) -> dict[str, Any]:
         """Report the trials, train the chosen configuration, evaluate it on the test split, export, register."""
+        assert self.bench is not None and self.tracker is not None and self.study is not None, "set by open()"
         print(study_table(self.study, self.references))
         print(f"Pareto set (trial indices): {', '.join(str(r.index) for r in self.study.pareto())}")
         log_ax_analyses(self.tracker, self.study.client, self.folder.analyses, include_plotlyjs=True)
@@ -276,5 +282,6 @@ class Search:
                 if self.tracker is not None and self.tracker.search_run_id is not None:
                     self.tracker.end_search("FAILED")
                 raise
+            assert self.tracker is not None  # (open() set it)
             self.tracker.end_search("FINISHED")
         return report

@@ -52,13 +52,21 @@ class Parameter:
     values: tuple[Any, ...] = ()
     ordered: bool = False
 
+    @property
+    def range_bounds(self) -> tuple[float, float]:
+        """``bounds``, which every range parameter has (a choice has none)."""
+        if self.bounds is None:
+            raise ValueError(f"parameter {self.name!r} is a {self.type} parameter without bounds")
+        return self.bounds
+
     def ax_config(self) -> RangeParameterConfig | ChoiceParameterConfig:
         from ax.api import ChoiceParameterConfig, RangeParameterConfig
 
         if self.type == "range":
+            assert self.value_type in ("float", "int")  # a range is of numbers (_RangeSpec)
             return RangeParameterConfig(
                 name=self.name,
-                bounds=self.bounds,
+                bounds=self.range_bounds,
                 parameter_type=self.value_type,
                 scaling="log" if self.log_scale else "linear",
             )
@@ -122,7 +130,7 @@ class SearchSpace:
             value = parameters[parameter.name]
             if parameter.type == "choice" and value not in parameter.values:
                 return False
-            if parameter.type == "range" and not parameter.bounds[0] <= value <= parameter.bounds[1]:
+            if parameter.type == "range" and not parameter.range_bounds[0] <= value <= parameter.range_bounds[1]:
                 return False
         return all(constraint.holds(parameters) for constraint in self.constraints)
 
@@ -211,7 +219,8 @@ class _RangeSpec:
         return bounds
 
     def parameter(self, name: str) -> Parameter:
-        bounds = tuple(map(int if self.value_type == "int" else float, self.bounds))
+        number = int if self.value_type == "int" else float
+        bounds = (number(self.bounds[0]), number(self.bounds[1]))  # (_check_bounds: two of them)
         return Parameter(name, self.key, "range", self.value_type, bounds=bounds, log_scale=self.scale == "log")
 
 
@@ -235,6 +244,7 @@ class _ChoiceSpec:
 
     def parameter(self, name: str) -> Parameter:
         value_type = _value_type(self.values)
+        assert value_type is not None  # _check_values refused mixed types
         values = tuple(map(float, self.values)) if value_type == "float" else tuple(self.values)
         ordered = value_type in ("int", "float") if self.ordered is None else self.ordered
         return Parameter(name, self.key, "choice", value_type, values=values, ordered=ordered)
@@ -243,7 +253,12 @@ class _ChoiceSpec:
 def _value_type(values: list[Any]) -> ValueType | None:
     """The one Ax parameter type of all ``values`` (ints and floats together are floats), or None."""
     kinds = {type(value) for value in values}
-    typed = (("bool", {bool}), ("int", {int}), ("float", {int, float}), ("str", {str}))
+    typed: tuple[tuple[ValueType, set[type]], ...] = (
+        ("bool", {bool}),
+        ("int", {int}),
+        ("float", {int, float}),
+        ("str", {str}),
+    )
     return next((name for name, allowed in typed if kinds <= allowed), None)
 
 
@@ -251,13 +266,13 @@ def _value_type(values: list[Any]) -> ValueType | None:
 class _SpaceFile:
     """A search-space YAML file as written; `load_search_space` checks what ties its parts together."""
 
-    name: str | None = Field(None, min_length=1)  # None: the file's stem
-    seed: Int = Field(0, ge=0)
+    name: str | None = Field(default=None, min_length=1)  # None: the file's stem
+    seed: Int = Field(default=0, ge=0)
     parameters: dict[Name, Annotated[_RangeSpec | _ChoiceSpec, Field(discriminator="type")]] = Field(min_length=1)
     constraints: list[str] | None = None
     objectives: dict[Name, Direction] = Field(min_length=1)
     thresholds: dict[Name, Finite] | None = None
-    initialization_trials: Int = Field(5, ge=1)
+    initialization_trials: Int = Field(default=5, ge=1)
     method: Method = "fast"
     choice: ChoiceRule = "predicted"  # replays on the demo favoured it (tests/benchmarks/search_quality.py)
 
@@ -308,8 +323,8 @@ def _check_feasible(fail: Fail, parameters: dict[str, Parameter], constraints: l
     names = sorted({name for constraint in constraints for name in constraint.weights})
     if not names:
         return
-    lower = np.array([parameters[name].bounds[0] for name in names], dtype=float)
-    upper = np.array([parameters[name].bounds[1] for name in names], dtype=float)
+    lower = np.array([parameters[name].range_bounds[0] for name in names], dtype=float)
+    upper = np.array([parameters[name].range_bounds[1] for name in names], dtype=float)
     scale = upper - lower
     rows, limits = [], []
     for constraint in constraints:  # w.x <= b in unit-box coordinates u = (x - lower) / scale, plus radius r
@@ -323,7 +338,7 @@ def _check_feasible(fail: Fail, parameters: dict[str, Parameter], constraints: l
     bounds = [(None, None)] * len(names) + [(0.0, None)]
     result = linprog(maximise_radius, A_ub=np.array(rows), b_ub=np.array(limits), bounds=bounds)
     if result.status == 2 or (result.status == 0 and -result.fun <= 1e-9):
-        box = ", ".join(f"{name} in {list(parameters[name].bounds)}" for name in names)
+        box = ", ".join(f"{name} in {list(parameters[name].range_bounds)}" for name in names)
         raise fail(
             "constraints",
             f"{[constraint.text for constraint in constraints]} cannot be satisfied with {box}: the search "

@@ -311,20 +311,25 @@ def trial_records(experiment: Experiment) -> list[TrialRecord]:
     metrics: dict[int, dict[str, float]] = {}
     for row in experiment.lookup_data().df.itertuples(index=False):
         metrics.setdefault(int(row.trial_index), {})[str(row.metric_name)] = float(row.mean)
-    return [
-        TrialRecord(
-            index=trial.index,
-            status=TrialState.of_ax(trial.status),
-            parameters=dict(trial.arm.parameters),
-            metrics={**trial.run_metadata.get(_EXTRA_METRICS, {}), **metrics.get(trial.index, {})},
-            reason=trial.status_reason,
-            generator=_generator_name(trial.generator_run),
-            checkpoints={
-                int(percentage): scores for percentage, scores in trial.run_metadata.get(_CHECKPOINTS, {}).items()
-            },
+    from ax.core.trial import Trial
+
+    records = []
+    for _, trial in sorted(experiment.trials.items()):
+        assert isinstance(trial, Trial) and trial.arm is not None  # the Client's trials: one arm each
+        records.append(
+            TrialRecord(
+                index=trial.index,
+                status=TrialState.of_ax(trial.status),
+                parameters=dict(trial.arm.parameters),
+                metrics={**trial.run_metadata.get(_EXTRA_METRICS, {}), **metrics.get(trial.index, {})},
+                reason=trial.status_reason,
+                generator=_generator_name(trial.generator_run),
+                checkpoints={
+                    int(percentage): scores for percentage, scores in trial.run_metadata.get(_CHECKPOINTS, {}).items()
+                },
+            )
         )
-        for _, trial in sorted(experiment.trials.items())
-    ]
+    return records
 
 
 @dataclass(frozen=True)
@@ -436,6 +441,8 @@ def _torch_threads(count: int) -> Iterator[None]:
 
 def _generator_name(generator_run: Any) -> str:
     node = ax_seam.generation_node_name(generator_run)
+    if node is None:
+        return "manual"
     return _GENERATOR_NAMES.get(node, node or "manual")
 
 
@@ -459,13 +466,15 @@ def _check_same_space(
             f"saved constraints {saved.search_space.parameter_constraints}, "
             f"now {wanted.search_space.parameter_constraints}"
         )
-    if saved.optimization_config.objective != wanted.optimization_config.objective:
-        differences.append(
-            f"saved objectives {saved.optimization_config.objective!r}, now {wanted.optimization_config.objective!r}"
-        )
-    before, after = (getattr(c.optimization_config, "objective_thresholds", []) for c in (saved, wanted))
-    if thresholds is not None and before != after:
-        differences.append(f"saved objective thresholds {before!r}, now {after!r}")
+    assert wanted.optimization_config is not None  # space.configure set the objectives
+    saved_objective = saved.optimization_config.objective if saved.optimization_config is not None else None
+    if saved_objective != wanted.optimization_config.objective:
+        differences.append(f"saved objectives {saved_objective!r}, now {wanted.optimization_config.objective!r}")
+    saved_thresholds, wanted_thresholds = (
+        getattr(c.optimization_config, "objective_thresholds", []) for c in (saved, wanted)
+    )
+    if thresholds is not None and saved_thresholds != wanted_thresholds:
+        differences.append(f"saved objective thresholds {saved_thresholds!r}, now {wanted_thresholds!r}")
     if differences:
         raise UserError(
             f"{path} holds a search with a different search space ({'; '.join(differences)}); resume it with "

@@ -39,7 +39,7 @@ def check_space_fits(base: dict[str, Any], space: SearchSpace) -> None:
             f"but the experiment config fixes loss.lambda3 = {fixed}; add --set loss.lambda3=null"
         )
     for parameter in space.parameters:
-        for value in parameter.values or parameter.bounds[:1]:
+        for value in parameter.values or parameter.range_bounds[:1]:
             try:
                 configs.from_dict(configs.with_values(base, {parameter.key: value}))
             except UserError as error:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import ExperimentConfig
+from pipeline.data.sources import dataset_size
 from pipeline.evaluation.scoring import EvalSet, Evaluation, evaluate_head, prepare_eval_set
 from pipeline.hpo.early_stopping import StoppingRule, noise_key
 from pipeline.metrics.road_noise import auc_standard_error
@@ -98,7 +99,8 @@ class TrialWorker:
         validation set itself when it has no more)."""
         if images >= len(self.val_set):
             return self.val_set
-        if self._checkpoint_set is None or len(self._checkpoint_set) != min(images, len(self.bench.splits.val)):
+        wanted = min(images, dataset_size(self.bench.splits.val))
+        if self._checkpoint_set is None or len(self._checkpoint_set) != wanted:
             self._checkpoint_set = prepare_eval_set(
                 self.bench.models.classifier,
                 self.bench.splits.val,

@@ -104,7 +104,7 @@ def causal_probabilities(
     return torch.stack(
         [
             target_probabilities(classify, changed(count), targets, batch_size)
-            for count in causal_counts(*images.shape[-2:], step)
+            for count in causal_counts(images.shape[-2], images.shape[-1], step)
         ]
     )
 
@@ -131,7 +131,7 @@ def causal_curve(
     """Insertion or Deletion curve of ``classify`` (pixel-space images -> logits) for maps [N, H, W]."""
     return curve_of(
         mode,
-        tuple(images.shape[-2:]),
+        (images.shape[-2], images.shape[-1]),
         causal_probabilities(classify, images, maps, targets, mode, step, batch_size),
         step,
     )
@@ -194,6 +194,6 @@ def faithfulness(
     return faithfulness_result(
         clean_probs,
         faithfulness_probabilities(classify, images, maps, targets, step, batch_size),
-        tuple(images.shape[-2:]),
+        (images.shape[-2], images.shape[-1]),
         step,
     )

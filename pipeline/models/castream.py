@@ -117,19 +117,20 @@ class CAStream(nn.Module):
         # The authors' ResNet stream draws its token from N(1, 1).
         self.token = nn.Parameter(1.0 + torch.randn(widths[0], generator=generator))
         targets = list(widths[1:]) + [widths[-1]]
-        self.projections = nn.ModuleList(nn.Linear(width, target) for width, target in zip(widths, targets))
+        linears = [nn.Linear(width, target) for width, target in zip(widths, targets)]
+        self.projections = nn.ModuleList(linears)
         with torch.no_grad():
-            for projection in self.projections[:-2]:
+            for projection in linears[:-2]:
                 bound = math.sqrt(6.0 / (projection.in_features + projection.out_features))  # Xavier uniform
                 projection.weight.uniform_(-bound, bound, generator=generator)
                 projection.bias.zero_()
-            if len(self.projections) > 1:  # into the last stage: token 0, so the last attention is uniform
-                self.projections[-2].weight.zero_()
-                self.projections[-2].bias.zero_()
+            if len(linears) > 1:  # into the last stage: token 0, so the last attention is uniform
+                linears[-2].weight.zero_()
+                linears[-2].bias.zero_()
             else:
                 self.token.zero_()
-            self.projections[-1].weight.copy_(torch.eye(widths[-1]))  # the last one: GAP passes unchanged
-            self.projections[-1].bias.zero_()
+            linears[-1].weight.copy_(torch.eye(widths[-1]))  # the last one: GAP passes unchanged
+            linears[-1].bias.zero_()
 
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The last token ``[B, d_L]`` and the attention of every point (``[B, h, w]`` each)."""

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -53,6 +53,9 @@ class FrozenNetwork(nn.Module):
 
     ``train()`` is a no-op, so frozen BatchNorm statistics survive any ``.train()`` call on a parent.
     """
+
+    mean: torch.Tensor  # buffers [1, 3, 1, 1], registered in __init__
+    std: torch.Tensor
 
     def __init__(self, name: str, network: nn.Module, preprocessing: Preprocessing):
         super().__init__()
@@ -149,7 +152,7 @@ def _timm(name: str, pretrained: bool) -> tuple[nn.Module, Preprocessing, list[s
             f"({type(error).__name__}; cache: ~/.cache/huggingface). Give a state_dict file with the "
             f"`weights:` option (e.g. --set model.backbone_weights=/path/{name}.pth)."
         ) from None
-    cfg = network.pretrained_cfg
+    cfg = cast("dict[str, Any]", network.pretrained_cfg)  # timm's models carry it; nn.Module does not declare it
     preprocessing = Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
     categories = imagenet_categories() if cfg.get("num_classes") == 1000 else None
     return network, preprocessing, categories

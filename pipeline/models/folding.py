@@ -11,7 +11,7 @@ named module outputs what it did before, except the folded convolutions, which n
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ def _after_normalising(norm: nn.BatchNorm2d) -> nn.Module | None:
     if type(norm) is nn.BatchNorm2d:
         return nn.Identity()
     if type(norm).__name__ == "BatchNormAct2d" and hasattr(norm, "drop") and hasattr(norm, "act"):
-        return nn.Sequential(norm.drop, norm.act)
+        return nn.Sequential(cast(nn.Module, norm.drop), cast(nn.Module, norm.act))  # timm's, not declared on nn's
     return None
 
 

@@ -36,6 +36,9 @@ class AttentionHead(nn.Module):
     they travel with the ``state_dict``.
     """
 
+    target_counts: torch.Tensor  # buffers, registered in __init__
+    subset_counts: torch.Tensor
+
     def __init__(self, channels: Sequence[int], num_classes: int = 1000):
         super().__init__()
         self.channels = list(channels)
@@ -87,6 +90,7 @@ class AttentionHead(nn.Module):
                 fused = F.conv2d(hidden, block[:, :, None, None])
             fused = upsample(fused, size)
             maps = fused if maps is None else maps + fused
+        assert maps is not None  # max() above raised for empty features
         return maps
 
 

@@ -38,8 +38,9 @@ def load_models(model: ModelConfig, device: torch.device, fold: bool = True) -> 
     else:
         auxiliary = load_auxiliary(model.auxiliary, model.auxiliary_layers, model.auxiliary_weights)
     layout = torch.channels_last
-    classifier.to(device, memory_format=layout)
-    auxiliary.to(device, memory_format=layout)
+    # Module.to takes a device and a memory format together, though torch's overloads of it leave that out.
+    classifier.to(device, memory_format=layout)  # type: ignore[call-overload]
+    auxiliary.to(device, memory_format=layout)  # type: ignore[call-overload]
     with torch.no_grad():
         num_classes = classifier(torch.zeros(1, 3, size, size, device=device)).shape[1]
     return Models(classifier, auxiliary, num_classes, auxiliary.channels(size), device)
@@ -48,5 +49,6 @@ def load_models(model: ModelConfig, device: torch.device, fold: bool = True) -> 
 def build_explainer(models: Models, model: ModelConfig, seed: int) -> Explainer:
     """A freshly initialised head (seeded) around the frozen networks."""
     torch.manual_seed(seed)
-    head = AttentionHead(models.channels, models.num_classes).to(models.device, memory_format=torch.channels_last)
+    head = AttentionHead(models.channels, models.num_classes)
+    head.to(models.device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # (as above)
     return Explainer(models.classifier, models.auxiliary, head, model.masking)

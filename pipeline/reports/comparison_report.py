@@ -171,7 +171,7 @@ def write_figure(
             .tolist()
         ]
         for method in methods
-        if method.explainer is not None
+        if method.explainer is not None and method.config is not None
     }
     return method_grid(
         evalset.first_images(FIGURE_IMAGES), {row.method: maps[row.method][shown] for row in rows}, titles, path, notes

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import ExperimentConfig
 from pipeline.tracking import serving
 from pipeline.tracking.mlflow_seam import SystemMetrics
-from pipeline.tracking.runs import RunLog, Tracker
+from pipeline.tracking.runs import FAILURE_TAG, RunLog, Tracker
 from pipeline.tracking.stores import TRACKING_URI_ENV
 from pipeline.training.saved_head import CONFIG_FILE, COUNTS_FILE, HEAD_FILE, SUMMARY_FILE
 
@@ -54,11 +54,11 @@ class FinalRunLog(RunLog):
             SystemMetrics(run_id, system_metrics_interval_s, tracking_uri) if system_metrics_interval_s > 0 else None
         )
 
-    def _end(self, status: str, reason: str | None = None) -> None:
+    def _end(self, status: str, reason: str | None = None, tag: str = FAILURE_TAG) -> None:
         if self._system_metrics is not None:
             self._system_metrics.stop()
             self._system_metrics = None
-        super()._end(status, reason)
+        super()._end(status, reason, tag)
 
     def log_explainer(
         self, head_directory: str | Path, config: ExperimentConfig, input_size: int, registered_name: str
@@ -114,7 +114,8 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(None)
+        # mlflow takes None (no URI set: it unsets the env var too) but annotates str | Path only
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
         if env_before is not None:
             os.environ[TRACKING_URI_ENV] = env_before
 

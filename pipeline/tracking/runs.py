@@ -159,9 +159,9 @@ class RunLog:
         if error is None:
             self.finish()
         elif isinstance(error, Exception):
-            self.fail(f"{kind.__name__}: {error}")
+            self.fail(f"{type(error).__name__}: {error}")
         else:
-            self._end(RunStatus.to_string(RunStatus.KILLED), f"{kind.__name__}: {error}")
+            self._end(RunStatus.to_string(RunStatus.KILLED), f"{type(error).__name__}: {error}")
 
 
 class Tracker:

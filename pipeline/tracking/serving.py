@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
+from mlflow.pyfunc import PythonModel, PythonModelContext  # (mypy reads mlflow.pyfunc as mlflow's lazy loader)
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 from pipeline import resources
 from pipeline.config import ExperimentConfig
@@ -46,7 +47,7 @@ def weight_files(config: ExperimentConfig) -> dict[str, str]:
 def signature(input_size: int) -> ModelSignature:
     """uint8 RGB images of any size in; maps at the backbone's ``input_size``, classes and coverage out."""
     images = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))  # unnamed: predict() gets the bare array
-    outputs = [
+    outputs: list[ColSpec | TensorSpec] = [
         TensorSpec(np.dtype(np.float32), (-1, input_size, input_size), "saliency"),
         TensorSpec(np.dtype(np.int64), (-1,), "classes"),
         TensorSpec(np.dtype(np.bool_), (-1,), "coverage"),
@@ -66,13 +67,13 @@ def requirements(config: ExperimentConfig) -> list[str]:
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in dict.fromkeys(names)]
 
 
-class ExplainerModel(mlflow.pyfunc.PythonModel):
+class ExplainerModel(PythonModel):
     """Images in, maps out: the evaluation transform, the explainer, and the class coverage flag."""
 
     explainer: Explainer
     config: ExperimentConfig
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         artifacts = context.artifacts
         folder = Path(artifacts["head"]).parent
         if Path(artifacts["config"]).parent != folder:
@@ -83,7 +84,7 @@ class ExplainerModel(mlflow.pyfunc.PythonModel):
 
     @torch.no_grad()
     def predict(
-        self, context: mlflow.pyfunc.PythonModelContext, model_input: np.ndarray, params: dict | None = None
+        self, context: PythonModelContext, model_input: np.ndarray, params: dict | None = None
     ) -> dict[str, np.ndarray]:
         """``model_input``: uint8 ``[N, H, W, 3]`` RGB images (or one ``[H, W, 3]`` image)."""
         images = np.asarray(model_input)

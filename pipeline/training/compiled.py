@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ class CompiledNetwork:
 
     def __init__(self, network: nn.Module, batch_size: int):
         self.network = network
-        self.compiled: nn.Module | None = torch.compile(network, dynamic=False)
+        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = torch.compile(network, dynamic=False)
         self.batch_size = batch_size
         self.compile_seconds = 0.0
         self._compiled_modes: set[bool] = set()

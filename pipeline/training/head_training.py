@@ -9,7 +9,7 @@ from functools import cached_property
 from pipeline.config import ExperimentConfig
 from pipeline.data.batches import training_batches
 from pipeline.data.manifest import SplitRecord
-from pipeline.data.sources import Splits, build_splits
+from pipeline.data.sources import Splits, build_splits, dataset_size
 from pipeline.errors import UserError
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.device import resolve_device
@@ -82,7 +82,7 @@ def train_head(
         bench = Workbench.load(config)
     explainer = build_explainer(bench.models, config.model, config.train.seed)
     dataset = bench.splits.train
-    if len(dataset) == 0:
+    if dataset_size(dataset) == 0:
         raise UserError("the training split is empty; check data.root and data.train_limit")
     models = bench.models
     batches = training_batches(dataset, config, models.classifier.preprocessing.input_size, models.device)

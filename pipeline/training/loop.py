@@ -170,11 +170,11 @@ def train(
                 schedule.step()
                 summary.steps += 1
                 summary.images += images.shape[0]
-                summary.last = terms.as_floats() | {"lr": schedule.get_last_lr()[0]}
+                summary.last = terms.as_floats() | {"lr": float(schedule.get_last_lr()[0])}
                 if on_step is not None:
                     on_step(summary.steps, summary.last)
                 bar.update(status=f"loss {summary.last['loss']:.4f}")
-                if summary.steps in due:
+                if checkpoints is not None and summary.steps in due:  # (due is empty without checkpoints)
                     summary.checkpoint_seconds += run_checkpoint(
                         checkpoints, explainer, due[summary.steps], summary.steps
                     )

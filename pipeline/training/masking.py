@@ -23,7 +23,7 @@ def mask_images(
     images: torch.Tensor, maps: torch.Tensor, mean: torch.Tensor, mode: Literal["pixel", "normalized"] = "pixel"
 ) -> torch.Tensor:
     """Mask pixel-space ``images`` ``[B, 3, H, W]`` with ``maps`` ``[B, h, w]`` in [0, 1]."""
-    weights = upsample(maps, images.shape[-2:])
+    weights = upsample(maps, (images.shape[-2], images.shape[-1]))
     if mode == "pixel":
         return images * weights
     return mean + (images - mean) * weights

@@ -25,7 +25,7 @@ from pipeline import config as configs
 from pipeline.config import CAStreamConfig, ExperimentConfig
 from pipeline.data.batches import training_batches
 from pipeline.data.manifest import SplitRecord
-from pipeline.data.sources import build_splits
+from pipeline.data.sources import build_splits, dataset_size
 from pipeline.errors import UserError
 from pipeline.models.castream import CAStream, CAStreamModel, parameter_count, resolve_layout
 from pipeline.models.classifiers import load_classifier
@@ -175,6 +175,7 @@ def fit_stream(
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 with autocast:
                     output = model.run(images, original=True)
+                    assert output.original is not None  # original=True gives it
                     target = labels if kind == "labels" else prediction_target(output.original, settings.top1_weight)
                     loss = F.cross_entropy(output.logits.float(), target)
                 if not torch.isfinite(loss):
@@ -209,7 +210,7 @@ def train_stream(config: ExperimentConfig, progress: bool = True, on_step: StepC
     model = build_stream_model(config, device)
     size = model.classifier.preprocessing.input_size
     splits = build_splits(config.data, size)
-    if len(splits.train) == 0:
+    if dataset_size(splits.train) == 0:
         raise UserError("the training split is empty; check data.root and data.train_limit")
     batches = training_batches(splits.train, config, size, device)
     summary = StreamSummary(parameters=parameter_count(model.stream), target=describe_target(config))
@@ -232,6 +233,7 @@ def measure_agreement(
     with Progress(len(loader), "agreement", "batches", enabled=progress) as bar:
         for images, labels in loader:
             output = model.run(images.to(device), original=True)
+            assert output.original is not None  # original=True gives it
             agreement.add(output.logits, output.original, labels.to(device) if labelled else None)
             bar.update()
     return agreement
