@@ -82,9 +82,9 @@ def pareto(search: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.hpo import ax_seam
-    from pipeline.hpo.folder import SearchFolder
-    from pipeline.hpo.study import Study
+    from pipeline.hpo.ax_study import ax_seam
+    from pipeline.hpo.ax_study.study import Study
+    from pipeline.hpo.outputs.folder import SearchFolder
 
     folder = SearchFolder(search)
     ax_seam.quiet_ax()

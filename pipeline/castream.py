@@ -38,15 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("runs") / f"{config.name}-castream"
     cli.check_tracking(args)
 
-    from pipeline.training.stream_training import describe_target, evaluate_splits, save_stream, train_stream
+    from pipeline.training.castream_training import describe_target, evaluate_splits, save_stream, train_stream
 
-    settings = config.castream
+    castream_config = config.castream
     target = describe_target(config)
     run = cli.start_tracking(args, "castream", {"target": target, "config": configs.to_dict(config)})
     print(
         f"training a CA-Stream: backbone {config.model.backbone}, target {target}, "
-        f"{settings.epochs} epoch(s) of {settings.optimizer} lr {settings.lr:g} "
-        f"weight decay {settings.weight_decay:g}"
+        f"{castream_config.epochs} epoch(s) of {castream_config.optimizer} lr {castream_config.lr:g} "
+        f"weight decay {castream_config.weight_decay:g}"
     )
     with run if run is not None else contextlib.nullcontext():  # a failure marks the MLflow run FAILED
         trained = train_stream(config, progress=not args.no_progress, on_step=run.log_step if run else None)

@@ -138,7 +138,7 @@ def check_tracking(args: argparse.Namespace) -> None:
 
 def search_parent_run(name: str) -> str:
     """The MLflow parent run of search ``name`` (a search folder, or a name under the default root)."""
-    from pipeline.hpo.folder import PARENT_RUN, SearchFolder
+    from pipeline.hpo.outputs.folder import PARENT_RUN, SearchFolder
 
     folder = SearchFolder.find(name)
     run_id = folder.state.get(PARENT_RUN)

@@ -27,18 +27,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.baselines.rise import RiseSettings
+from pipeline.baselines.rise import RiseParameters
 from pipeline.cli import add_device_argument, add_road_arguments, add_source_arguments, road_overrides
 from pipeline.errors import UserError
 from pipeline.evaluation.comparison import (
     METHODS,
     Row,
     baseline_methods,
+    castream_methods,
     head_methods,
     load_heads,
     load_stream_for,
     run_method,
-    stream_methods,
 )
 from pipeline.evaluation.held_out import check_held_out
 from pipeline.evaluation.scoring import load_eval_set
@@ -98,7 +98,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "Grad-CAM, Grad-CAM++ and Score-CAM of --methods, and ca-attention",
     )
     parser.add_argument("--target-layer", help="module of the backbone the CAMs read (default: the backbone's preset)")
-    parser.add_argument("--rise-masks", type=int, default=RiseSettings.masks, help="RISE's N (default 8000)")
+    parser.add_argument("--rise-masks", type=int, default=RiseParameters.masks, help="RISE's N (default 8000)")
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="output folder")
     cli.add_tracking_arguments(parser, "the comparison")
     add_road_arguments(parser)
@@ -118,13 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     road_notes = protocol_notes(heads)
     print("\n".join(road_notes), flush=True)
     classifier = first.classifier
-    rise = RiseSettings(masks=args.rise_masks, batch_size=config.evaluation.batch_size)
+    rise = RiseParameters(masks=args.rise_masks, batch_size=config.evaluation.batch_size)
     methods = head_methods(heads) + baseline_methods(
         args.methods, classifier, args.target_layer, config.evaluation.batch_size, rise
     )
     if args.ca_stream:
         stream = load_stream_for(args.ca_stream, config, args.device)
-        methods += stream_methods(stream, args.methods, args.target_layer, config.evaluation.batch_size)
+        methods += castream_methods(stream, args.methods, args.target_layer, config.evaluation.batch_size)
     evalset = load_eval_set(classifier, config, args.split, args.images, args.limit)
     trained = [directory for directory, _, _ in heads] + ([args.ca_stream] if args.ca_stream else [])
     held_out = check_held_out(trained, evalset.dataset, args.split, args.allow_changed_split, args.allow_seen)

@@ -195,7 +195,8 @@ class CheckpointConfig:
     At each percentage ``at`` of the training steps the head's ROAD MoRF/LeRF AUCs are measured on the first
     ``images`` validation images (the same images and imputation noise for every trial; the head is not changed).
     With ``early_stop`` a trial stops there when at least ``dominating`` completed trials scored better on every
-    objective at the same checkpoint by more than the subset's noise (`pipeline.hpo.early_stopping`). Searches only.
+    objective at the same checkpoint by more than the subset's noise (`pipeline.hpo.ax_study.early_stopping`).
+    Searches only.
     Left out, ``at`` is EARLY_STOP_AT with early stopping and none without: checkpoint scores cost ROAD passes
     and nothing else reads them, so a trial pays for them only when stopping uses them or ``at`` asks for the curves.
     """
@@ -433,11 +434,11 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return merged
 
 
-def with_values(values: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+def with_values(values: dict[str, Any], parameters: Mapping[str, Any]) -> dict[str, Any]:
     """Nested dicts (a copy) with dotted keys set to typed values, e.g. ``{"loss.lambda1": 0.3}``: no text on the
     way, so a float arrives bit for bit; unknown keys are caught by ``from_dict``."""
     merged = copy.deepcopy(values)
-    for key, value in settings.items():
+    for key, value in parameters.items():
         _set(merged, key.split("."), value, repr(key))
     return merged
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.hpo.exporting import export
-from pipeline.hpo.folder import DEFAULT_ROOT, SearchFolder
+from pipeline.hpo.outputs.exporting import export
+from pipeline.hpo.outputs.folder import DEFAULT_ROOT, SearchFolder
 
 
 def main(argv: Sequence[str] | None = None) -> int:

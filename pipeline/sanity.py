@@ -28,17 +28,17 @@ from pathlib import Path
 
 from pipeline import cli
 from pipeline.cli import add_device_argument, add_source_arguments
-from pipeline.evaluation.comparison import CA_METHODS, stream_maps
+from pipeline.evaluation.comparison import CA_METHODS, castream_maps
 from pipeline.evaluation.held_out import check_held_out
-from pipeline.evaluation.mprt import PROTOCOLS, Level, run_mprt, run_stream_mprt
+from pipeline.evaluation.mprt import PROTOCOLS, Level, run_castream_mprt, run_mprt
 from pipeline.evaluation.scoring import load_eval_set
 from pipeline.models.randomisation import blocks_for
 from pipeline.reports.plots import sanity_figure
+from pipeline.training.castream_training import load_castream
 from pipeline.training.saved_head import load_explainer
-from pipeline.training.stream_training import load_stream
 
 FIGURE_IMAGES = 3
-STREAM_PROTOCOL = (
+CASTREAM_PROTOCOL = (
     "the trained stream is kept on the randomised backbone: its maps change through the randomised "
     "features and the class the backbone predicts"
 )
@@ -83,9 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(--protocol reevaluate)"
         )
     if args.ca_stream:
-        stream, config = load_stream(args.ca_stream, args.device)
+        stream, config = load_castream(args.ca_stream, args.device)
         classifier = stream.classifier
-        make_maps = stream_maps(stream, args.ca_maps, args.target_layer, config.evaluation.batch_size)[0]
+        make_maps = castream_maps(stream, args.ca_maps, args.target_layer, config.evaluation.batch_size)[0]
     else:
         explainer, config = load_explainer(args.head, args.device, fold=False)  # its layers get randomised
         classifier = explainer.classifier
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if held_out.note:
         print(held_out.note)
     what = f"CA-Stream {args.ca_maps} maps" if args.ca_stream else "head maps"
-    description = STREAM_PROTOCOL if args.ca_stream else PROTOCOLS[args.protocol]
+    description = CASTREAM_PROTOCOL if args.ca_stream else PROTOCOLS[args.protocol]
     print(f"MPRT of {what}, protocol {args.protocol}: {description}")
     print(
         f"cascading bottom-up randomisation of {config.model.backbone} over {len(blocks)} blocks: "
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_line(level), flush=True)
 
     if args.ca_stream:
-        levels, maps = run_stream_mprt(stream, make_maps, config, evalset, blocks, args.seed, print_level)
+        levels, maps = run_castream_mprt(stream, make_maps, config, evalset, blocks, args.seed, print_level)
     else:
         levels, maps = run_mprt(explainer, config, evalset, blocks, args.protocol, args.seed, print_level)
     seconds = time.perf_counter() - started

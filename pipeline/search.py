@@ -4,7 +4,7 @@ Each trial trains a head for one epoch and is scored by ROAD MoRF (minimise) and
 validation split; everything is logged to MLflow. Then the chosen Pareto point trains the final head,
 which is evaluated on the test split, registered and exported as ``best.yaml``. Rerunning the same
 command (same ``--name``) resumes the search. ``--parallel N`` runs up to N trials at once on Ray
-workers (`pipeline.hpo.ray_pool`); this process alone talks to Ax.
+workers (`pipeline.hpo.trials.ray_pool`); this process alone talks to Ax.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pipeline import cli
 from pipeline import config as configs
 from pipeline.data.imagenet_root import find_imagenet
 from pipeline.errors import UserError
-from pipeline.hpo.folder import DEFAULT_ROOT, check_search_name, search_name
-from pipeline.hpo.space import load_search_space
-from pipeline.hpo.trial_configs import check_space_fits
+from pipeline.hpo.ax_study.space import load_search_space
+from pipeline.hpo.outputs.folder import DEFAULT_ROOT, check_search_name, search_name
+from pipeline.hpo.trials.trial_configs import check_space_fits
 from pipeline.resources import DEFAULT_SEARCH_SPACE, EXPERIMENTS, PACKAGE, experiment_file, search_space_file
 from pipeline.tracking.stores import check_tracking_server
 
@@ -133,7 +133,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         check_search_name(args.name)
     check_tracking_server(args.tracking_uri)
     if args.ray_address is not None:
-        from pipeline.hpo.ray_pool import check_reachable
+        from pipeline.hpo.trials.ray_pool import check_reachable
 
         check_reachable(args.ray_address)
     return args
@@ -142,7 +142,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # Loaded once the arguments and the tracking server have passed, so those fail within seconds (torch, Ax).
-    from pipeline.hpo.search import Search, SearchOptions
+    from pipeline.hpo.driver import Search, SearchOptions
 
     base = base_experiment(args)
     space_path = search_space_file(args.space)

@@ -8,7 +8,7 @@ import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from pipeline.baselines.cam import CAM_METHODS, CamMethod, find_layer
-from pipeline.baselines.rise import RiseMasks, RiseSettings, rise_saliency
+from pipeline.baselines.rise import RiseMasks, RiseParameters, rise_saliency
 from pipeline.errors import UserError
 from pipeline.models.classifiers import Classifier, build_network, load_classifier
 from tests.test_learning import OBJECT, SIZE, synthetic_batch, trained_backbone
@@ -94,18 +94,18 @@ def test_paper_backbone_presets(backbone, layer, grid):
 
 
 def test_rise_masks_are_seeded_binary_grids_upsampled_and_shifted():
-    settings = RiseSettings(masks=400, seed=3)
+    settings = RiseParameters(masks=400, seed=3)
     masks = RiseMasks(settings, (32, 32))[0:400]
     assert masks.shape == (400, 32, 32) and masks.min() >= 0 and masks.max() <= 1
     assert masks.mean().item() == pytest.approx(settings.keep, abs=0.03)
     assert torch.equal(RiseMasks(settings, (32, 32))[100:110], masks[100:110])
-    assert not torch.equal(RiseMasks(RiseSettings(masks=400, seed=4), (32, 32))[0:10], masks[:10])
+    assert not torch.equal(RiseMasks(RiseParameters(masks=400, seed=4), (32, 32))[0:10], masks[:10])
 
 
 def test_rise_does_not_depend_on_how_the_masks_are_chunked(classifier, images):
     targets = torch.tensor([0, 1, 2, 3, 4])
-    whole = rise_saliency(classifier, images, targets, RiseSettings(masks=60, batch_size=60))
-    chunked = rise_saliency(classifier, images, targets, RiseSettings(masks=60, batch_size=7))
+    whole = rise_saliency(classifier, images, targets, RiseParameters(masks=60, batch_size=60))
+    chunked = rise_saliency(classifier, images, targets, RiseParameters(masks=60, batch_size=7))
     torch.testing.assert_close(whole, chunked, atol=1e-5, rtol=1e-5)
     assert whole.amin() == 0 and whole.amax() == pytest.approx(1)
 
@@ -118,7 +118,7 @@ def test_rise_puts_at_least_twice_the_object_share_of_its_mass_on_the_object():
     with torch.no_grad():
         predictions = classifier(images).argmax(1)
     assert (predictions == labels).float().mean() > 0.9
-    saliency = rise_saliency(classifier, images, predictions, RiseSettings(masks=2000, batch_size=500))
+    saliency = rise_saliency(classifier, images, predictions, RiseParameters(masks=2000, batch_size=500))
     on_object = (saliency * where).flatten(1).sum(1) / saliency.flatten(1).sum(1)
     ratio = on_object.mean().item() / (OBJECT * OBJECT / (SIZE * SIZE))
     print(f"RISE mass on object / object area share = {ratio:.2f}x (uniform = 1x)")

@@ -18,14 +18,14 @@ from pipeline.castream import main as castream_main
 from pipeline.compare import main as compare_main
 from pipeline.config import load as load_config
 from pipeline.errors import UserError
-from pipeline.evaluation.comparison import stream_attention_maps
+from pipeline.evaluation.comparison import castream_attention_maps
 from pipeline.evaluation.scoring import evaluate_maps, load_eval_set
-from pipeline.models.castream import CAStream, CAStreamModel, StreamLayout, parameter_count, preset_layout
+from pipeline.models.castream_model import CAStream, CAStreamModel, StreamLayout, parameter_count, preset_layout
 from pipeline.models.classifiers import load_classifier
 from pipeline.sanity import main as sanity_main
 from pipeline.train import main as train_main
+from pipeline.training.castream_training import load_castream, prediction_target, save_stream, train_stream
 from pipeline.training.saved_head import load_explainer
-from pipeline.training.stream_training import load_stream, prediction_target, save_stream, train_stream
 from tests.toy_models import TINY_RESNET_STREAM
 
 TINY_RESNET = "tests.toy_models:tiny_resnet"
@@ -154,7 +154,7 @@ def test_the_command_saves_a_weights_only_stream_that_loads_back(tmp_path, capsy
     summary = yaml.safe_load((out / "castream.json").read_text())
     assert summary["steps"] == 4 and len(summary["epoch_losses"]) == 2
     assert 0.0 <= summary["evaluation"]["test"]["top1_agreement"] <= 1.0
-    model, config = load_stream(out, device="cpu")
+    model, config = load_castream(out, device="cpu")
     assert config.castream.epochs == 2
     assert torch.equal(model.stream.token.detach(), saved["state"]["token"])
 
@@ -238,7 +238,7 @@ def test_a_stream_trained_for_another_backbone_is_refused_when_loading(tmp_path,
     save_stream(trained, tmp_path / "saved")
     # the same module names on another network: the saved file names its backbone
     with pytest.raises(UserError) as error:
-        load_stream(tmp_path / "saved", device="cpu", overrides=["model.backbone=resnet18"])
+        load_castream(tmp_path / "saved", device="cpu", overrides=["model.backbone=resnet18"])
     assert "is a CA-Stream for 'tests.toy_models:tiny_resnet'" in one_line(error)
     # a stream of other widths put on this network
     other = copy.deepcopy(trained.model.stream)
@@ -340,14 +340,14 @@ def test_compare_ca_rows_score_like_pipeline_evaluate_and_refuse_another_backbon
     assert "| ca-scorecam |" in printed and "CA-Stream" in (tmp_path / "out" / "comparison.md").read_text()
 
     # the same maps, made again and scored by `pipeline.evaluate`'s scoring, give the rows' numbers exactly
-    model, config = load_stream(tmp_path / "stream", device="cpu")
+    model, config = load_castream(tmp_path / "stream", device="cpu")
     explainer, _ = load_explainer(tmp_path / "head")
     evalset = load_eval_set(explainer.classifier, config, "val", limit=4)
     images = evalset.first_images(len(evalset))
     agreement = float((model(images).argmax(1) == evalset.targets).float().mean())
     maps = {
         "ca-gradcam": CamMethod("gradcam", model.classifier, "layer4", model=model)(images, evalset.targets),
-        "ca-attention": stream_attention_maps(model, images, 32),
+        "ca-attention": castream_attention_maps(model, images, 32),
     }
     gap = CamMethod("gradcam", model.classifier, "layer4")(images, evalset.targets)
     assert (maps["ca-gradcam"] - gap).abs().max() > 0.01, "the stream changes Grad-CAM's map"

@@ -16,7 +16,7 @@ from pipeline import config as configs
 from pipeline.compare import main as compare_main
 from pipeline.data.sources import build_splits
 from pipeline.evaluation.scoring import evaluate_head, prepare_eval_set
-from pipeline.hpo.folder import PARENT_RUN, SearchFolder
+from pipeline.hpo.outputs.folder import PARENT_RUN, SearchFolder
 from pipeline.reports.comparison_report import protocol_notes
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.tracking.runs import Tracker

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import config as configs
 from pipeline.errors import UserError
-from pipeline.hpo.space import load_search_space
+from pipeline.hpo.ax_study.space import load_search_space
 from pipeline.resources import EXPERIMENTS
 from pipeline.schema import SCHEMA_FILE
 from pipeline.schema import main as schema_main

@@ -18,13 +18,13 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import cli
 from pipeline import config as configs
-from pipeline.hpo import trial_worker
-from pipeline.hpo.early_stopping import StoppingRule, replay, stopping_rule
-from pipeline.hpo.folder import PARENT_RUN, SearchFolder
-from pipeline.hpo.search import Search
-from pipeline.hpo.space import load_search_space
-from pipeline.hpo.study import INTERRUPTED, Study, TrialRecord
-from pipeline.hpo.trial_state import TrialState
+from pipeline.hpo.ax_study.early_stopping import StoppingRule, replay, stopping_rule
+from pipeline.hpo.ax_study.space import load_search_space
+from pipeline.hpo.ax_study.study import INTERRUPTED, Study, TrialRecord
+from pipeline.hpo.ax_study.trial_state import TrialState
+from pipeline.hpo.driver import Search
+from pipeline.hpo.outputs.folder import PARENT_RUN, SearchFolder
+from pipeline.hpo.trials import trial_worker
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.search import main as search_main
 from pipeline.training.head_training import train_head

@@ -16,8 +16,8 @@ from pipeline.data.manifest import SPLITS_FILE, SplitRecord, pixel_digest, seen_
 from pipeline.data.sources import DEMO_SPLITS, build_splits, demo_photos, path_share
 from pipeline.errors import UserError
 from pipeline.evaluate import main as evaluate_main
-from pipeline.hpo.search import Search, SearchOptions
-from pipeline.hpo.space import load_search_space
+from pipeline.hpo.ax_study.space import load_search_space
+from pipeline.hpo.driver import Search, SearchOptions
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.train import main as train_main
 from pipeline.training.head_training import Workbench

@@ -9,12 +9,12 @@ import torch.nn.functional as F
 
 from pipeline.config import CAStreamConfig, LossConfig, TrainConfig
 from pipeline.models.auxiliary import FeatureExtractor
-from pipeline.models.castream import CAStreamModel, StreamLayout
+from pipeline.models.castream_model import CAStreamModel, StreamLayout
 from pipeline.models.classifiers import Classifier
 from pipeline.models.explainer import Explainer
 from pipeline.models.head import AttentionHead
+from pipeline.training.castream_training import StreamSummary, fit_stream
 from pipeline.training.loop import train
-from pipeline.training.stream_training import StreamSummary, fit_stream
 from tests.toy_models import TOY_PREPROCESSING, TinyClassifier, TinyFeatures
 
 SIZE, OBJECT = 32, 8

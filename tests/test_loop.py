@@ -10,11 +10,11 @@ import pytest
 
 from pipeline import config as configs
 from pipeline.errors import UserError
-from pipeline.hpo.loop import TrialListener, TrialLoop
-from pipeline.hpo.pools import Finished
-from pipeline.hpo.study import INTERRUPTED, AwaitingData, TrialRecord
-from pipeline.hpo.trial_state import TrialState
-from pipeline.hpo.trial_worker import TrialResult
+from pipeline.hpo.ax_study.study import INTERRUPTED, AwaitingData, TrialRecord
+from pipeline.hpo.ax_study.trial_state import TrialState
+from pipeline.hpo.trials.loop import TrialListener, TrialLoop
+from pipeline.hpo.trials.pools import Finished
+from pipeline.hpo.trials.trial_worker import TrialResult
 
 
 class FakeStudy:

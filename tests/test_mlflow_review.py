@@ -7,8 +7,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline.hpo.folder import FINAL_TRIAL, SearchFolder
-from pipeline.hpo.study import Study
+from pipeline.hpo.ax_study.study import Study
+from pipeline.hpo.outputs.folder import FINAL_TRIAL, SearchFolder
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:

@@ -25,12 +25,12 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import cli
 from pipeline.errors import UserError
-from pipeline.hpo.folder import PARENT_RUN
-from pipeline.hpo.ray_pool import RayPool, SlotSize, crowding_note, slot_size, slots_at_once
-from pipeline.hpo.search import Search
-from pipeline.hpo.space import load_search_space
-from pipeline.hpo.study import INTERRUPTED, AwaitingData, Study
-from pipeline.hpo.trial_state import TrialState
+from pipeline.hpo.ax_study.space import load_search_space
+from pipeline.hpo.ax_study.study import INTERRUPTED, AwaitingData, Study
+from pipeline.hpo.ax_study.trial_state import TrialState
+from pipeline.hpo.driver import Search
+from pipeline.hpo.outputs.folder import PARENT_RUN
+from pipeline.hpo.trials.ray_pool import RayPool, SlotSize, crowding_note, slot_size, slots_at_once
 from pipeline.locking import search_lock
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.search import main, parse_args

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.hpo.search import Search, SearchOptions
-from pipeline.hpo.space import load_search_space
-from pipeline.hpo.trial_state import TrialState
+from pipeline.hpo.ax_study.space import load_search_space
+from pipeline.hpo.ax_study.trial_state import TrialState
+from pipeline.hpo.driver import Search, SearchOptions
 from pipeline.models.classifiers import build_network
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from tests.toy_models import TOY_SPLIT, write_images

@@ -13,8 +13,8 @@ from pipeline import config as configs
 from pipeline.config import LossConfig
 from pipeline.data.sources import imagenet_index_list
 from pipeline.errors import UserError
-from pipeline.hpo.space import load_search_space
-from pipeline.hpo.trial_configs import check_space_fits
+from pipeline.hpo.ax_study.space import load_search_space
+from pipeline.hpo.trials.trial_configs import check_space_fits
 from pipeline.models.head import AttentionHead, upsample
 from pipeline.training.loss import ptame_loss, reference_class_subset, reference_variation_loss, variation_loss
 

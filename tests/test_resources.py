@@ -83,7 +83,7 @@ def test_an_installed_wheel_runs_from_an_empty_directory(tmp_path):
     resolved = run(
         "-c",
         "import pipeline.search as s; from pipeline import config as c, resources as r; "
-        "from pipeline.hpo.space import load_search_space as load\n"
+        "from pipeline.hpo.ax_study.space import load_search_space as load\n"
         "print(s.__file__)\n"
         "print(load(r.search_space_file(r.DEFAULT_SEARCH_SPACE)).name)\n"
         "print(load(r.search_space_file('search_spaces/reference.yaml')).name)\n"

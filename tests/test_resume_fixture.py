@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from pipeline import config as configs
-from pipeline.hpo.exporting import export
-from pipeline.hpo.folder import PARENT_RUN, REFERENCES, SearchFolder
-from pipeline.hpo.study import INTERRUPTED, Study
+from pipeline.hpo.ax_study.study import INTERRUPTED, Study
+from pipeline.hpo.outputs.exporting import export
+from pipeline.hpo.outputs.folder import PARENT_RUN, REFERENCES, SearchFolder
 
 FIXTURES = Path(__file__).with_name("fixtures")
 EXPECTED = json.loads((FIXTURES / "search_folder_records.json").read_text())

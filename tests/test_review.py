@@ -8,10 +8,16 @@ import pytest
 from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
 
 from pipeline import config as configs
-from pipeline.hpo.descriptions import FinalHead, search_alias, search_description, version_description, version_tags
-from pipeline.hpo.space import load_search_space
-from pipeline.hpo.study import TrialRecord
-from pipeline.hpo.trial_state import TrialState
+from pipeline.hpo.ax_study.space import load_search_space
+from pipeline.hpo.ax_study.study import TrialRecord
+from pipeline.hpo.ax_study.trial_state import TrialState
+from pipeline.hpo.outputs.descriptions import (
+    FinalHead,
+    search_alias,
+    search_description,
+    version_description,
+    version_tags,
+)
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.tracking.links import experiment_url, review_link
 

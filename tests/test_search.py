@@ -17,12 +17,12 @@ import yaml
 from pipeline import cli
 from pipeline import config as configs
 from pipeline.errors import UserError
-from pipeline.hpo.exporting import export
-from pipeline.hpo.folder import SearchFolder
-from pipeline.hpo.search import Search, SearchOptions
-from pipeline.hpo.space import load_search_space
-from pipeline.hpo.study import Study
-from pipeline.hpo.trial_state import TrialState
+from pipeline.hpo.ax_study.space import load_search_space
+from pipeline.hpo.ax_study.study import Study
+from pipeline.hpo.ax_study.trial_state import TrialState
+from pipeline.hpo.driver import Search, SearchOptions
+from pipeline.hpo.outputs.exporting import export
+from pipeline.hpo.outputs.folder import SearchFolder
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.search import main as search_main
 from pipeline.search import parse_args

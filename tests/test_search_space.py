@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.hpo.space import load_search_space
-from pipeline.hpo.trial_configs import trial_config
+from pipeline.hpo.ax_study.space import load_search_space
+from pipeline.hpo.trials.trial_configs import trial_config
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_generation_strategy_is_sobol_then_a_cheaper_mbm() -> None:
     from ax.adapter.registry import Cont_X_trans, Generators, Y_trans
 
-    from pipeline.hpo.ax_seam import BOTORCH_GEN_OPTIONS, generation_strategy
+    from pipeline.hpo.ax_study.ax_seam import BOTORCH_GEN_OPTIONS, generation_strategy
 
     space = load_search_space(ROOT / "search_spaces" / "ptame.yaml")
     strategy = generation_strategy(space.method, space.initialization_trials, seed=3)

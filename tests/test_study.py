@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.hpo import ax_seam
-from pipeline.hpo.space import SearchSpace, load_search_space
-from pipeline.hpo.study import (
+from pipeline.hpo.ax_study import ax_seam
+from pipeline.hpo.ax_study.space import SearchSpace, load_search_space
+from pipeline.hpo.ax_study.study import (
     INTERRUPTED,
     SNAPSHOT_NAME,
     Study,
@@ -21,9 +21,9 @@ from pipeline.hpo.study import (
     pareto_front,
     trade_off,
 )
-from pipeline.hpo.trial_configs import trial_config
-from pipeline.hpo.trial_state import TrialState
-from pipeline.hpo.trial_table import format_table, study_table
+from pipeline.hpo.ax_study.trial_state import TrialState
+from pipeline.hpo.outputs.trial_table import format_table, study_table
+from pipeline.hpo.trials.trial_configs import trial_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNS = {"road_morf_auc": -1.0, "road_lerf_auc": 1.0}
@@ -290,7 +290,7 @@ def test_reference_maps_set_the_thresholds_and_sit_under_the_trial_table(tmp_pat
 
 
 def test_small_values_such_as_a_learning_rate_are_not_shown_as_zero():
-    from pipeline.hpo.trial_table import _format_cell
+    from pipeline.hpo.outputs.trial_table import _format_cell
 
     assert [_format_cell(value) for value in (1e-5, 4.467e-06, 5.5e-17, 0.29834, -0.0)] == [
         "1e-05",

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import config as configs
 from pipeline.errors import UserError
-from pipeline.hpo.analyses import log_ax_analyses
+from pipeline.hpo.ax_study.analyses import log_ax_analyses
 from pipeline.tracking import registry, runs, stores
 from pipeline.tracking.registry import start_final
 from pipeline.tracking.runs import Tracker
@@ -298,7 +298,7 @@ def test_ax_analyses_are_exported_and_logged(
             index, {"road_morf": 0.3 * params["lambda1"] + 0.1, "road_lerf": 0.8 - 0.2 * params["lambda2"]}
         )
 
-    with caplog.at_level(logging.INFO, logger="pipeline.hpo.analyses"):
+    with caplog.at_level(logging.INFO, logger="pipeline.hpo.ax_study.analyses"):
         written = log_ax_analyses(tracker, client, tmp_path / "ax")
     names = sorted(path.name for path in written)
     assert names == [

@@ -28,7 +28,7 @@ from pipeline.models.head import minmax
 
 
 @dataclass(frozen=True)
-class RiseSettings:
+class RiseParameters:
     masks: int = 8000  # N, also the forward passes per explanation
     cells: int = 7  # s, the grid is s x s (map resolution R = s * s)
     keep: float = 0.5  # p1, probability that a cell is kept
@@ -39,14 +39,14 @@ class RiseSettings:
 class RiseMasks:
     """N seeded masks for H x W images, drawn as small grids and built at full size chunk by chunk."""
 
-    def __init__(self, settings: RiseSettings, size: tuple[int, int]):
-        generator = torch.Generator().manual_seed(settings.seed)
-        cells = settings.cells
+    def __init__(self, parameters: RiseParameters, size: tuple[int, int]):
+        generator = torch.Generator().manual_seed(parameters.seed)
+        cells = parameters.cells
         self.size = size
         self.cell = (math.ceil(size[0] / cells), math.ceil(size[1] / cells))
-        self.grids = (torch.rand(settings.masks, 1, cells, cells, generator=generator) < settings.keep).float()
+        self.grids = (torch.rand(parameters.masks, 1, cells, cells, generator=generator) < parameters.keep).float()
         self.shifts = torch.stack(
-            [torch.randint(0, step, (settings.masks,), generator=generator) for step in self.cell], dim=1
+            [torch.randint(0, step, (parameters.masks,), generator=generator) for step in self.cell], dim=1
         )
 
     def __len__(self) -> int:
@@ -69,17 +69,17 @@ def rise_saliency(
     classify: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     targets: torch.Tensor,
-    settings: RiseSettings = RiseSettings(),
+    parameters: RiseParameters = RiseParameters(),
 ) -> torch.Tensor:
     """RISE maps [B, H, W] in [0, 1] of ``targets`` [B] for pixel-space ``images`` [B, 3, H, W]."""
-    masks = RiseMasks(settings, (images.shape[-2], images.shape[-1]))
+    masks = RiseMasks(parameters, (images.shape[-2], images.shape[-1]))
     saliency = torch.zeros(images.shape[0], images[0, 0].numel(), dtype=torch.float64, device=images.device)
     with torch.inference_mode():
-        for start in range(0, len(masks), settings.batch_size):
-            chunk = masks[start : start + settings.batch_size].to(images.device)
+        for start in range(0, len(masks), parameters.batch_size):
+            chunk = masks[start : start + parameters.batch_size].to(images.device)
             flat = chunk.flatten(1).double()
             for index, (image, target) in enumerate(zip(images, targets)):
                 probs = classify(image * chunk[:, None]).softmax(dim=1)[:, target]
                 saliency[index] += probs.double() @ flat
-    saliency /= len(masks) * settings.keep
+    saliency /= len(masks) * parameters.keep
     return minmax(saliency.view(images.shape[0], *images.shape[-2:]).float())

@@ -1,6 +1,6 @@
 """The rows of a comparison: trained heads, baselines (Grad-CAM family, RISE, trivial maps) and CA-Stream rows
 (CAMs of a stream model, its raw attention) make maps for the same images and classes, block by block as the split
-streams through, timed and with their forward passes counted, and are scored by the same code."""
+is read (blockwise), timed and with their forward passes counted, and are scored by the same code."""
 
 from __future__ import annotations
 
@@ -16,26 +16,26 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.baselines.cam import CAM_METHODS, CamMethod
-from pipeline.baselines.rise import RiseSettings, rise_saliency
+from pipeline.baselines.rise import RiseParameters, rise_saliency
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
 from pipeline.evaluation.scoring import (
-    Batch,
     EvalSet,
     MapKind,
     MapMaker,
     PerImage,
+    SplitBlock,
     evaluate_maps,
     head_maps,
     reference_maker,
 )
 from pipeline.metrics.faithfulness import faithfulness_probabilities, faithfulness_result
-from pipeline.models.castream import CAStreamModel
+from pipeline.models.castream_model import CAStreamModel
 from pipeline.models.classifiers import Classifier
 from pipeline.models.coverage import ClassCoverage
 from pipeline.models.explainer import Explainer
+from pipeline.training.castream_training import load_castream
 from pipeline.training.saved_head import load_explainer
-from pipeline.training.stream_training import load_stream
 
 
 @dataclass
@@ -131,7 +131,7 @@ class BaselineInputs:
     classifier: Classifier
     target_layer: str | None
     batch_size: int
-    rise: RiseSettings
+    rise: RiseParameters
 
 
 BaselineBuilder = Callable[[str, BaselineInputs], Method]
@@ -158,7 +158,7 @@ def _cam_row(name: str, inputs: BaselineInputs) -> Method:
         name,
         "baseline",
         cam.resolution,
-        lambda batch: cam(batch.images, batch.targets),
+        lambda block: cam(block.images, block.targets),
         inputs.classifier,
         target_layer=cam.layer_name,
     )
@@ -170,7 +170,7 @@ def _rise_row(name: str, inputs: BaselineInputs) -> Method:
         name,
         "baseline",
         inputs.rise.cells**2,
-        lambda batch: rise_saliency(inputs.classifier, batch.images, batch.targets, inputs.rise),
+        lambda block: rise_saliency(inputs.classifier, block.images, block.targets, inputs.rise),
         inputs.classifier,
     )
 
@@ -187,7 +187,7 @@ def _reference_row(name: str, inputs: BaselineInputs) -> Method:
 
 
 def baseline_methods(
-    names: Sequence[str], classifier: Classifier, target_layer: str | None, batch_size: int, rise: RiseSettings
+    names: Sequence[str], classifier: Classifier, target_layer: str | None, batch_size: int, rise: RiseParameters
 ) -> list[Method]:
     """The requested baselines, by their registered builders; CAM target layers are resolved (and checked) here,
     before any work."""
@@ -196,11 +196,11 @@ def baseline_methods(
 
 
 CA_METHODS = ("gradcam", "gradcam++", "scorecam")
-StreamMaps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, classes) -> maps [N, H, W]
+CastreamMaps = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, classes) -> maps [N, H, W]
 
 
 @torch.no_grad()
-def stream_attention_maps(model: CAStreamModel, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def castream_attention_maps(model: CAStreamModel, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """The stream's raw last-stage attention, bilinearly upsampled to the images and min-max scaled: [N, H, W]."""
     attention = torch.cat([model.run(batch).attentions[-1] for batch in images.split(batch_size)])
     maps = F.interpolate(attention[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -208,9 +208,9 @@ def stream_attention_maps(model: CAStreamModel, images: torch.Tensor, batch_size
     return (maps - low) / (high - low).clamp_min(1e-12)
 
 
-def stream_maps(
+def castream_maps(
     model: CAStreamModel, name: str, target_layer: str | None, batch_size: int
-) -> tuple[StreamMaps, int, str | None]:
+) -> tuple[CastreamMaps, int, str | None]:
     """Map maker ``name`` of a stream model (``gradcam``, ``gradcam++``, ``scorecam`` on the stream model at the
     backbone's CAM layer, the last conv stage that the stream pools; or ``attention``, class-agnostic), with its
     resolution and CAM layer."""
@@ -219,7 +219,7 @@ def stream_maps(
         with torch.no_grad():
             probe = model.run(torch.zeros(1, 3, size, size, device=model.classifier.mean.device))
         return (
-            lambda images, _classes: stream_attention_maps(model, images, batch_size),
+            lambda images, _classes: castream_attention_maps(model, images, batch_size),
             probe.attentions[-1][0].numel(),
             None,
         )
@@ -229,23 +229,23 @@ def stream_maps(
     return cam, cam.resolution, cam.layer_name
 
 
-def stream_methods(
+def castream_methods(
     model: CAStreamModel, names: Sequence[str], target_layer: str | None, batch_size: int
 ) -> list[Method]:
     """The CA rows: those of Grad-CAM, Grad-CAM++ and Score-CAM that ``names`` asks for, and ca-attention."""
     methods = []
     for name in [name for name in CA_METHODS if name in names] + ["attention"]:
-        make, resolution, layer = stream_maps(model, name, target_layer, batch_size)
+        make, resolution, layer = castream_maps(model, name, target_layer, batch_size)
 
-        def on_batch(batch: Batch, make: StreamMaps = make) -> torch.Tensor:
-            return make(batch.images, batch.targets)
+        def on_block(block: SplitBlock, make: CastreamMaps = make) -> torch.Tensor:
+            return make(block.images, block.targets)
 
         methods.append(
             Method(
                 f"ca-{name}",
                 "ca-stream",
                 resolution,
-                on_batch,
+                on_block,
                 model.classifier,
                 target_layer=layer,
                 stream=model,
@@ -255,40 +255,40 @@ def stream_methods(
 
 
 @torch.no_grad()
-def stream_agreement(model: CAStreamModel, evalset: EvalSet, batch_size: int) -> float:
+def castream_agreement(model: CAStreamModel, evalset: EvalSet, batch_size: int) -> float:
     """Share of the eval set's images whose stream-model top-1 is the backbone's (its explained class)."""
-    agreeing = sum(int((model(batch.images).argmax(1) == batch.targets).sum()) for batch in evalset.batches(batch_size))
+    agreeing = sum(int((model(block.images).argmax(1) == block.targets).sum()) for block in evalset.blocks(batch_size))
     return agreeing / len(evalset)
 
 
 def run_method(
-    method: Method, classifier: Classifier, evalset: EvalSet, settings: ExperimentConfig
+    method: Method, classifier: Classifier, evalset: EvalSet, config: ExperimentConfig
 ) -> tuple[Row, torch.Tensor]:
     """Make each block's maps (timed, forward passes counted) and score them like every other row; returns the row
     and the maps of the split's first images."""
-    count, batch_size = len(evalset), settings.evaluation.batch_size
+    count, batch_size = len(evalset), config.evaluation.batch_size
     making, faithful = 0.0, PerImage(count)
     with ForwardCounter(method.backbone) as backbone, ForwardCounter(method.auxiliary) as auxiliary:
 
-        def make(batch: Batch) -> torch.Tensor:
+        def make(block: SplitBlock) -> torch.Tensor:
             nonlocal making
             started = time.perf_counter()
             backbone.counting = auxiliary.counting = True
-            maps = method.make_maps(batch)
+            maps = method.make_maps(block)
             if maps.is_cuda:  # the head's maps come without a host sync: wait for the queued kernels
                 torch.cuda.synchronize(maps.device)
             backbone.counting = auxiliary.counting = False
             making += time.perf_counter() - started
             return maps
 
-        def score_faithfulness(batch: Batch, maps: torch.Tensor) -> None:
+        def score_faithfulness(block: SplitBlock, maps: torch.Tensor) -> None:
             faithful.put(
-                batch.first,
-                faithfulness_probabilities(classifier, batch.images, maps, batch.targets, batch_size=batch_size),
+                block.first,
+                faithfulness_probabilities(classifier, block.images, maps, block.targets, batch_size=batch_size),
             )
 
         started = time.perf_counter()
-        evaluation, shown = evaluate_maps(classifier, evalset, make, settings.evaluation, also=score_faithfulness)
+        evaluation, shown = evaluate_maps(classifier, evalset, make, config.evaluation, also=score_faithfulness)
         scoring = time.perf_counter() - started - making
     measures = faithfulness_result(evalset.probabilities, faithful.columns, evalset.size)
     coverage = None
@@ -298,7 +298,7 @@ def run_method(
         )
     agreement = None
     if method.stream is not None:
-        agreement = stream_agreement(method.stream, evalset, settings.evaluation.batch_size)
+        agreement = castream_agreement(method.stream, evalset, config.evaluation.batch_size)
     row = Row(
         method.name,
         method.kind,
@@ -350,7 +350,7 @@ Kind = Literal["head", "baseline", "reference", "ca-stream"]
 
 def load_stream_for(directory: Path, config: ExperimentConfig, device: str) -> CAStreamModel:
     """The CA-Stream saved in ``directory``, checked to be trained for the backbone (name and weights) of ``config``."""
-    model, stream_config = load_stream(directory, device)
+    model, stream_config = load_castream(directory, device)
     mine = (config.model.backbone, config.model.backbone_weights)
     theirs = (stream_config.model.backbone, stream_config.model.backbone_weights)
     if mine != theirs:

@@ -16,9 +16,9 @@ from torch import nn
 
 from pipeline.config import ExperimentConfig
 from pipeline.data.sources import build_splits
-from pipeline.evaluation.comparison import StreamMaps
+from pipeline.evaluation.comparison import CastreamMaps
 from pipeline.evaluation.scoring import EvalSet
-from pipeline.models.castream import CAStreamModel
+from pipeline.models.castream_model import CAStreamModel
 from pipeline.models.explainer import Explainer
 from pipeline.models.loading import Models
 from pipeline.models.randomisation import Block, randomisable
@@ -46,8 +46,8 @@ class Maps:
 
 @torch.no_grad()
 def explain_predictions(explainer: Explainer, evalset: EvalSet, batch_size: int, min_count: int) -> Maps:
-    """Maps of the classes the explainer's backbone predicts now, for the split streamed ``batch_size`` at a time."""
-    parts = [explainer.explain(batch.images, min_count=min_count) for batch in evalset.batches(batch_size)]
+    """Maps of the classes the explainer's backbone predicts now, for the split read ``batch_size`` images at a time."""
+    parts = [explainer.explain(block.images, min_count=min_count) for block in evalset.blocks(batch_size)]
     return Maps(
         torch.cat([p.saliency for p in parts]).cpu(),
         torch.cat([p.classes for p in parts]).cpu(),
@@ -153,9 +153,9 @@ def run_mprt(
     )
 
 
-def run_stream_mprt(
+def run_castream_mprt(
     model: CAStreamModel,
-    make_maps: StreamMaps,
+    make_maps: CastreamMaps,
     config: ExperimentConfig,
     evalset: EvalSet,
     blocks: Sequence[Block],
@@ -167,10 +167,10 @@ def run_stream_mprt(
 
     def explain() -> Maps:
         saliency, classes = [], []
-        for batch in evalset.batches(config.evaluation.batch_size):
+        for block in evalset.blocks(config.evaluation.batch_size):
             with torch.no_grad():
-                classes.append(model.classifier(batch.images).argmax(1))
-            saliency.append(make_maps(batch.images, classes[-1]).cpu())
+                classes.append(model.classifier(block.images).argmax(1))
+            saliency.append(make_maps(block.images, classes[-1]).cpu())
         return Maps(torch.cat(saliency), torch.cat(classes).cpu(), None)
 
     return cascade(model.classifier.network, config.model.backbone, blocks, seed, explain(), explain, report)

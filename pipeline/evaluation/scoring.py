@@ -1,6 +1,6 @@
 """Faithfulness scores of maps on a classified split: ROAD (both orders) and AD/IC of a head's maps or of trivial
-reference maps. The split streams through the device in blocks, maps made block by block, so memory does not grow
-with the split; its clean predictions are computed once and reused (`EvalSet`)."""
+reference maps. Blockwise evaluation: the split is read onto the device block by block and its maps are made block
+by block, so memory does not grow with the split; its clean predictions are computed once and reused (`EvalSet`)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ SHOWN_MAPS = 8  # maps of a split's first images kept for figures
 
 
 @dataclass
-class Batch:
+class SplitBlock:
     """A block of a split: its images on the device, their place in the split and their clean predictions."""
 
     first: int  # index of the first image in the split
@@ -66,10 +66,10 @@ class EvalSet:
     def __len__(self) -> int:
         return self.targets.numel()
 
-    def batches(self, size: int) -> Iterator[Batch]:
+    def blocks(self, size: int) -> Iterator[SplitBlock]:
         """The split in order, ``size`` images at a time, on the device."""
         for first, images in image_batches(self.dataset, size, self.device, self.num_workers):
-            yield Batch(first, images, self.targets[first : first + images.shape[0]].to(self.device))
+            yield SplitBlock(first, images, self.targets[first : first + images.shape[0]].to(self.device))
 
     def first_images(self, count: int) -> torch.Tensor:
         """The first ``count`` images, on the CPU (for figures)."""
@@ -80,7 +80,7 @@ class EvalSet:
 def prepare_eval_set(
     classifier: Classifier, dataset: Dataset, batch_size: int = 32, limit: int | None = None, num_workers: int = 0
 ) -> EvalSet:
-    """Classify a split once, streaming it (``num_workers`` loader processes)."""
+    """Classify a split once, reading it in batches (``num_workers`` loader processes)."""
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, dataset_size(dataset))))
     device = classifier.mean.device
@@ -95,7 +95,7 @@ def prepare_eval_set(
     return EvalSet(dataset, torch.cat(targets), torch.cat(probabilities), size, device, num_workers)
 
 
-MapMaker = Callable[[Batch], torch.Tensor]  # maps [B, H, W] in [0, 1] of a block's images for its targets
+MapMaker = Callable[[SplitBlock], torch.Tensor]  # maps [B, H, W] in [0, 1] of a block's images for its targets
 
 
 class PerImage:
@@ -132,13 +132,13 @@ def reference_maps(
 
 def reference_maker(kind: MapKind, seed: int = 0) -> MapMaker:
     """``reference_maps`` of each block; the random maps' generator is seeded again at the split's first image and
-    carried across blocks, so a streamed split draws what the whole split drawn at once draws."""
+    carried across blocks, so a split scored blockwise draws what the whole split drawn at once draws."""
     generator = torch.Generator()
 
-    def make(batch: Batch) -> torch.Tensor:
-        if batch.first == 0:
+    def make(block: SplitBlock) -> torch.Tensor:
+        if block.first == 0:
             generator.manual_seed(seed)
-        return reference_maps(kind, len(batch), (batch.images.shape[-2], batch.images.shape[-1]), seed, generator)
+        return reference_maps(kind, len(block), (block.images.shape[-2], block.images.shape[-1]), seed, generator)
 
     return make
 
@@ -150,11 +150,11 @@ def head_maps(explainer: Explainer, batch_size: int = 32, predict: bool = False)
     explain = (lambda images, classes: explainer.explain(images, classes).saliency) if predict else explainer.saliency
 
     @torch.no_grad()
-    def make(batch: Batch) -> torch.Tensor:
+    def make(block: SplitBlock) -> torch.Tensor:
         return torch.cat(
             [
                 explain(images, classes)
-                for images, classes in zip(batch.images.split(batch_size), batch.targets.split(batch_size))
+                for images, classes in zip(block.images.split(batch_size), block.targets.split(batch_size))
             ]
         )
 
@@ -162,8 +162,8 @@ def head_maps(explainer: Explainer, batch_size: int = 32, predict: bool = False)
 
 
 def block_size(batch_size: int, device: torch.device) -> int:
-    """Images per streamed block: whole ROAD chunks and whole batches, so every score is the one the whole split
-    in memory would get (the imputer solves a chunk's images together, to a tolerance)."""
+    """Images per block of a blockwise evaluation: whole ROAD chunks and whole batches, so every score is the one the
+    whole split in memory would get (the imputer solves a chunk's images together, to a tolerance)."""
     return math.lcm(batch_size, images_per_chunk(device))
 
 
@@ -208,46 +208,46 @@ def evaluate_maps(
     classifier: Classifier,
     evalset: EvalSet,
     maps: MapMaker,
-    settings: EvalConfig,
+    eval_config: EvalConfig,
     progress: bool = False,
-    also: Callable[[Batch, torch.Tensor], None] | None = None,
+    also: Callable[[SplitBlock, torch.Tensor], None] | None = None,
 ) -> tuple[Evaluation, torch.Tensor]:
     """ROAD (both orders, every percentage) and AD/IC of the maps ``maps`` makes for each block of ``evalset``;
     ``also``, if given, gets every block with its maps. Returns the evaluation and the first SHOWN_MAPS maps."""
     started = time.perf_counter()
     classify = partial(in_parts, classifier)
     results, shown = PerImage(len(evalset)), []
-    protocol = RoadProtocol.of(settings)
-    generator = torch.Generator(device=evalset.device).manual_seed(settings.seed)  # carried across the blocks
+    protocol = RoadProtocol.of(eval_config)
+    generator = torch.Generator(device=evalset.device).manual_seed(eval_config.seed)  # carried across the blocks
     with Progress(len(evalset), "ROAD", "images", enabled=progress) as bar:
-        for batch in evalset.batches(block_size(settings.batch_size, evalset.device)):
-            saliency = maps(batch).to(batch.images.device)
+        for block in evalset.blocks(block_size(eval_config.batch_size, evalset.device)):
+            saliency = maps(block).to(block.images.device)
 
-            def finished(done: int, first: int = batch.first) -> None:
+            def finished(done: int, first: int = block.first) -> None:
                 bar.update(first + done - bar.done)
 
             results.put(
-                batch.first,
+                block.first,
                 {
                     "correct": road_correct(
                         classify,
-                        batch.images,
+                        block.images,
                         saliency,
-                        batch.targets,
+                        block.targets,
                         protocol,
-                        settings.batch_size,
+                        eval_config.batch_size,
                         generator,
                         finished,
                     ),
                     "masked": adic_probabilities(
-                        classify, batch.images, saliency, batch.targets, DEFAULT_KEEP, settings.batch_size
+                        classify, block.images, saliency, block.targets, DEFAULT_KEEP, eval_config.batch_size
                     ),
                 },
             )
             if also is not None:
-                also(batch, saliency)
-            if batch.first < SHOWN_MAPS:  # a copy: a view would keep the whole block's maps alive
-                shown.append(saliency[: SHOWN_MAPS - batch.first].to("cpu", copy=True))
+                also(block, saliency)
+            if block.first < SHOWN_MAPS:  # a copy: a view would keep the whole block's maps alive
+                shown.append(saliency[: SHOWN_MAPS - block.first].to("cpu", copy=True))
     evaluation = Evaluation(
         road_result(protocol, results["correct"]),
         adic_result(DEFAULT_KEEP, evalset.probabilities, results["masked"]),
@@ -258,18 +258,20 @@ def evaluate_maps(
 
 
 def evaluate_head(
-    explainer: Explainer, evalset: EvalSet, settings: EvalConfig, maps: MapKind = "head", progress: bool = False
+    explainer: Explainer, evalset: EvalSet, eval_config: EvalConfig, maps: MapKind = "head", progress: bool = False
 ) -> tuple[Evaluation, torch.Tensor]:
     """Evaluate the head's maps (or reference maps); returns the evaluation and the first SHOWN_MAPS maps.
 
     For the head's maps the evaluation also records which images' classes the head was trained on."""
     if maps != "head":
-        return evaluate_maps(explainer.classifier, evalset, reference_maker(maps, settings.seed), settings, progress)
+        return evaluate_maps(
+            explainer.classifier, evalset, reference_maker(maps, eval_config.seed), eval_config, progress
+        )
     evaluation, shown = evaluate_maps(
-        explainer.classifier, evalset, head_maps(explainer, settings.batch_size), settings, progress
+        explainer.classifier, evalset, head_maps(explainer, eval_config.batch_size), eval_config, progress
     )
     evaluation.classes = evalset.targets.tolist()
-    evaluation.trained = ClassCoverage.of(explainer.head, settings.min_class_count).covered(evalset.targets).tolist()
+    evaluation.trained = ClassCoverage.of(explainer.head, eval_config.min_class_count).covered(evalset.targets).tolist()
     return evaluation, shown
 
 

@@ -86,9 +86,9 @@ class RoadProtocol:
         object.__setattr__(self, "percentages", tuple(int(p) for p in self.percentages))
 
     @classmethod
-    def of(cls, settings: EvalConfig) -> RoadProtocol:
+    def of(cls, eval_config: EvalConfig) -> RoadProtocol:
         """The protocol an experiment config's ``evaluation`` section scores with."""
-        return cls(tuple(settings.percentages), settings.imputer, settings.noise)
+        return cls(tuple(eval_config.percentages), eval_config.imputer, eval_config.noise)
 
     def describe(self) -> str:
         """E.g. "telea imputation, 10/30/50/70 % removed"."""
@@ -109,9 +109,9 @@ class RoadProtocol:
         raise ValueError(f"imputer must be one of {', '.join(IMPUTERS)} or a callable, got {self.imputer!r}")
 
 
-def road_protocol_of(settings: EvalConfig) -> str:
+def road_protocol_of(eval_config: EvalConfig) -> str:
     """The ROAD protocol an experiment config's ``evaluation`` section scores with, in words."""
-    return RoadProtocol.of(settings).describe()
+    return RoadProtocol.of(eval_config).describe()
 
 
 def images_per_chunk(device: torch.device) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pipeline.baselines.rise import RiseSettings
+from pipeline.baselines.rise import RiseParameters
 from pipeline.config import ExperimentConfig
 from pipeline.evaluation.comparison import Method, Row
 from pipeline.evaluation.scoring import EvalSet
@@ -60,7 +60,7 @@ def contributions_table(contributions: Sequence[LayerContribution]) -> str:
     return "\n".join(lines)
 
 
-def conventions(evalset: EvalSet, rise: RiseSettings, layers: dict[str, str], ca_stream: bool = False) -> list[str]:
+def conventions(evalset: EvalSet, rise: RiseParameters, layers: dict[str, str], ca_stream: bool = False) -> list[str]:
     width = evalset.size[1]
     cam_layers = ", ".join(f"{name}: {layer}" for name, layer in layers.items()) or "none"
     notes = [

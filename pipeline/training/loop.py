@@ -114,14 +114,14 @@ def train(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     steps_per_epoch: int,
     loss: LossConfig,
-    settings: TrainConfig,
+    train_config: TrainConfig,
     device: torch.device,
     on_step: StepCallback | None = None,
     progress: bool = True,
     frozen: FrozenOutputs | None = None,
     checkpoints: Checkpoints | None = None,
 ) -> TrainingSummary:
-    """Train ``explainer.head`` for ``settings.epochs`` epochs; the frozen networks stay in eval mode.
+    """Train ``explainer.head`` for ``train_config.epochs`` epochs; the frozen networks stay in eval mode.
 
     Batches of another size than the first one run the classifier eagerly when it is compiled. With ``frozen``
     the clean predictions and auxiliary features of batches an earlier run saw unchanged are reused. ``checkpoints``
@@ -129,11 +129,11 @@ def train(
     `StopTraining` ends it."""
     head = explainer.head
     optimizer = torch.optim.AdamW(
-        head.parameters(), lr=settings.max_lr, weight_decay=settings.weight_decay, amsgrad=True
+        head.parameters(), lr=train_config.max_lr, weight_decay=train_config.weight_decay, amsgrad=True
     )
-    total = steps_per_epoch * settings.epochs
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.max_lr, total_steps=total)
-    generator = torch.Generator().manual_seed(settings.seed)
+    total = steps_per_epoch * train_config.epochs
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train_config.max_lr, total_steps=total)
+    generator = torch.Generator().manual_seed(train_config.seed)
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     memory_format = torch.channels_last if cuda else torch.contiguous_format
@@ -146,10 +146,10 @@ def train(
     started = time.perf_counter()
     head.train()
     with Progress(total, "training", "steps", enabled=progress) as bar:
-        for _ in range(settings.epochs):
+        for _ in range(train_config.epochs):
             for images, _labels in batches:
                 images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                if summary.steps == 0 and compile_enabled(settings.compile, device):
+                if summary.steps == 0 and compile_enabled(train_config.compile, device):
                     compiled = CompiledNetwork(explainer.classifier, images.shape[0])
                 classify = compiled or partial(in_parts, explainer.classifier)
                 clean = None
@@ -162,7 +162,7 @@ def train(
                     optimizer,
                     generator,
                     autocast,
-                    settings.max_loss,
+                    train_config.max_loss,
                     summary.steps,
                     classify,
                     clean,

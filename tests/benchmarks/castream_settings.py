@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from pipeline import config as configs  # noqa: E402
 from pipeline.data.sources import build_splits  # noqa: E402
-from pipeline.training.stream_training import evaluate_splits, train_stream  # noqa: E402
+from pipeline.training.castream_training import evaluate_splits, train_stream  # noqa: E402
 
 SETTINGS = {
     "prediction target (softmax + 0.1 toward top-1), last projection at identity": [],

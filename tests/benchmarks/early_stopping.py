@@ -6,7 +6,7 @@
 Runs the demo search (`experiments/demo.yaml`, or what ``--set`` changes) with its checkpoints and no stopping,
 then prints: Kendall's τ between each checkpoint's scores and the final scores, per objective, over the completed
 trials; the checkpoints' cost; and, for each number of dominating trials the rule could ask for, the trials it
-would have stopped (replayed in index order on the recorded curves, `pipeline.hpo.early_stopping.replay`), the
+would have stopped (replayed in index order on the recorded curves, `pipeline.hpo.ax_study.early_stopping.replay`), the
 share of training and of trial time saved, and whether the chosen trial would change. Last, what the same stopping
 would save in a 20-trial search (5 Sobol trials, one epoch each) such as the paper's.
 """
@@ -25,9 +25,9 @@ from scipy.stats import kendalltau
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
-from pipeline.hpo.early_stopping import INITIAL_DESIGN, replay
-from pipeline.hpo.folder import SearchFolder
-from pipeline.hpo.study import Study, TrialRecord, choose_trial
+from pipeline.hpo.ax_study.early_stopping import INITIAL_DESIGN, replay
+from pipeline.hpo.ax_study.study import Study, TrialRecord, choose_trial
+from pipeline.hpo.outputs.folder import SearchFolder
 
 LABELS = {"road_morf_auc": "MoRF", "road_lerf_auc": "LeRF"}
 PAPER_TRIALS, PAPER_SOBOL = 20, 5

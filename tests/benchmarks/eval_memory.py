@@ -1,4 +1,4 @@
-"""Peak memory of an evaluation against the size of the split (RSS on the CPU): streamed, and held in memory.
+"""Peak memory of an evaluation against the size of the split (RSS on the CPU): blockwise, and held in memory.
 
     python tests/benchmarks/eval_memory.py [--counts 500 5000] [--in-memory 500 5000] [--percentages 50]
                                            [--maps center|random] [--imputer noisy_linear|telea]
@@ -8,7 +8,7 @@ in a fresh process per row: the split classified once (`prepare_eval_set`), then
 (`evaluate_maps`), with a tiny CNN at 224 px (the images are ImageNet-sized after the evaluation transform; the
 CNN is one strided conv, so the time goes to reading the images and imputing, as memory does).
 Each process reports its RSS before the evaluation and its peak RSS (``ru_maxrss``). ``--in-memory`` rows hold
-the whole split and its maps in memory and score them in one call, as evaluation did before it streamed.
+the whole split and its maps in memory and score them in one call, as evaluation did before it went blockwise.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def main() -> None:
             f"{'path':<16} {'images':>7} {'RSS before MiB':>15} {'peak RSS MiB':>13} {'peak - before':>14} "
             f"{'seconds':>8} {'MoRF AUC':>9}"
         )
-        rows = [("streamed", count, False) for count in args.counts]
+        rows = [("blockwise", count, False) for count in args.counts]
         rows += [("in memory", count, True) for count in args.in_memory]
         for label, count, in_memory in rows:
             result = row(folder, count, in_memory, args)

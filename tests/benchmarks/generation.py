@@ -10,7 +10,7 @@ threads) of ``Study.next_trial`` and the node that generated the trial.
 
 ``--profile`` writes a cProfile of the last BoTorch generation (read it with ``python -m pstats``).
 ``--ax-defaults`` runs Ax's unmodified strategy and ``--threads 2`` overrides
-`pipeline.hpo.study.GENERATION_THREADS` (torch threads during generation; the project uses 1): both
+`pipeline.hpo.ax_study.study.GENERATION_THREADS` (torch threads during generation; the project uses 1): both
 together reproduce the original setup.
 It also prints the hypervolume of the observed points, a rough check of optimisation quality.
 """
@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import pipeline.hpo.study as study_module  # noqa: E402
-from pipeline.hpo.space import SearchSpace, load_search_space
-from pipeline.hpo.study import Study
+import pipeline.hpo.ax_study.study as study_module  # noqa: E402
+from pipeline.hpo.ax_study.space import SearchSpace, load_search_space
+from pipeline.hpo.ax_study.study import Study
 
 
 def synthetic(parameters: dict) -> dict[str, float]:

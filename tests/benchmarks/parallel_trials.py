@@ -27,13 +27,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from search_overhead import spent, timed  # noqa: E402  (this folder; spent: label -> seconds in all calls)
 
 from pipeline import config as configs  # noqa: E402
-from pipeline.hpo import ray_pool as parallel
-from pipeline.hpo.pools import InProcessPool
-from pipeline.hpo.ray_pool import RayPool
-from pipeline.hpo.search import Search, SearchOptions
-from pipeline.hpo.space import load_search_space
-from pipeline.hpo.study import Study
-from pipeline.hpo.trial_table import study_table
+from pipeline.hpo.ax_study.space import load_search_space
+from pipeline.hpo.ax_study.study import Study
+from pipeline.hpo.driver import Search, SearchOptions
+from pipeline.hpo.outputs.trial_table import study_table
+from pipeline.hpo.trials import ray_pool as parallel
+from pipeline.hpo.trials.pools import InProcessPool
+from pipeline.hpo.trials.ray_pool import RayPool
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.tracking.runs import RunLog, Tracker
 

@@ -47,9 +47,9 @@ def main() -> None:
     percentages = args.percentages or settings.percentages
     split = build_splits(config.data, explainer.classifier.preprocessing.input_size).val
     evalset = prepare_eval_set(explainer.classifier, split, settings.batch_size)
-    batch = next(evalset.batches(len(evalset)))
-    masks = road_masks(head_maps(explainer, settings.batch_size)(batch), percentages)
-    images = batch.images
+    block = next(evalset.blocks(len(evalset)))
+    masks = road_masks(head_maps(explainer, settings.batch_size)(block), percentages)
+    images = block.images
     print(
         f"{images.shape[0]} validation images of {tuple(images.shape[1:])}, {masks.shape[0] * masks.shape[1]} "
         f"masks each (percentages {percentages}), {torch.get_num_threads()} torch threads"

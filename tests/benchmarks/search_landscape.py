@@ -7,7 +7,7 @@ validation split, the config's training seed), at ``--points`` scrambled-Sobol p
 on the simplex λ1 + λ2 ≤ 1, λ_area ∈ {0.5, 1, 2}). Appends one CSV row per trial (parameters, MoRF, LeRF, seed,
 commit, command, date, machine); a rerun skips the points already in the file, so an interrupted run resumes.
 Beside it, ``thresholds.json``: the objective thresholds a demo search sets (the worse trivial map per objective on
-the validation split, `pipeline.hpo.search`), the replays' reference point.
+the validation split, `pipeline.hpo.driver`), the replays' reference point.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
 from pipeline import config as configs  # noqa: E402
 from pipeline.evaluation.scoring import evaluate_maps, reference_maker  # noqa: E402
-from pipeline.hpo.search import REFERENCE_MAPS  # noqa: E402
-from pipeline.hpo.study import objective_thresholds  # noqa: E402
-from pipeline.hpo.trial_worker import TrialWorker  # noqa: E402
+from pipeline.hpo.ax_study.study import objective_thresholds  # noqa: E402
+from pipeline.hpo.driver import REFERENCE_MAPS  # noqa: E402
+from pipeline.hpo.trials.trial_worker import TrialWorker  # noqa: E402
 
 AREAS = (0.5, 1.0, 2.0)
 FIELDS = [

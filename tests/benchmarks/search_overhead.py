@@ -18,10 +18,12 @@ from functools import wraps
 from pathlib import Path
 
 from pipeline import config as configs
-from pipeline.hpo import final_head, search, trial_worker
-from pipeline.hpo.search import Search, SearchOptions
-from pipeline.hpo.space import load_search_space
-from pipeline.hpo.study import Study
+from pipeline.hpo import driver
+from pipeline.hpo.ax_study.space import load_search_space
+from pipeline.hpo.ax_study.study import Study
+from pipeline.hpo.driver import Search, SearchOptions
+from pipeline.hpo.outputs import final_head
+from pipeline.hpo.trials import trial_worker
 from pipeline.resources import DEFAULT_SEARCH_SPACE
 from pipeline.tracking.runs import RunLog, Tracker
 from pipeline.training import loop
@@ -53,7 +55,7 @@ def main() -> None:
     timed(loop, "optimisation_step", "training steps")
     for module in (trial_worker, final_head):  # the search's trials; the final head
         timed(module, "evaluate_head", "evaluation (maps, imputation, forwards)")
-    for module in (search, final_head):  # the validation set; the test set
+    for module in (driver, final_head):  # the validation set; the test set
         timed(module, "prepare_eval_set", "evaluation (maps, imputation, forwards)")
     timed(Study, "next_trial", "Ax generation")
     for name in ("start_trial", "log_search_metrics"):

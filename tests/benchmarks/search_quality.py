@@ -10,8 +10,8 @@ an `ax.benchmark` problem, observed with Gaussian noise of the measured standard
 its reference point is the thresholds a demo search sets (``thresholds.json``). Replayed, ``--seeds`` times
 ``--trials`` trials each:
 
-- the search as `pipeline.search` configures it (5 Sobol trials, then BoTorch; `pipeline.hpo.ax_seam`), with the
-  noise inferred by the model (as today) and with the measured standard error given to Ax;
+- the search as `pipeline.search` configures it (5 Sobol trials, then BoTorch; `pipeline.hpo.ax_study.ax_seam`),
+  with the noise inferred by the model (as today) and with the measured standard error given to Ax;
 - Sobol only (``method: random_search``), and uniform random points;
 - the paper's fixed λ's (one point, no search).
 
@@ -182,8 +182,8 @@ def problem(
     from ax.benchmark.benchmark_test_function import BenchmarkTestFunction
     from ax.benchmark.noise import GaussianNoise
 
-    from pipeline.hpo import ax_seam
-    from pipeline.hpo.space import load_search_space
+    from pipeline.hpo.ax_study import ax_seam
+    from pipeline.hpo.ax_study.space import load_search_space
     from pipeline.resources import DEFAULT_SEARCH_SPACE
 
     @dataclass(kw_only=True)
@@ -214,7 +214,7 @@ def problem(
 
 
 def strategy(name: str, seed: int):
-    from pipeline.hpo import ax_seam
+    from pipeline.hpo.ax_study import ax_seam
 
     method = {"uniform random": "uniform", "Sobol only": "random_search"}.get(name, "fast")
     return ax_seam.generation_strategy(method, 5, seed)
@@ -239,7 +239,7 @@ def choose(
     generator: np.random.Generator,
 ) -> dict[str, float]:
     """The point a final-choice rule picks from a replication's observations."""
-    from pipeline.hpo.study import dominates
+    from pipeline.hpo.ax_study.study import dominates
 
     def front(scores: list[tuple[float, float]]) -> list[int]:
         signed = [(-morf, lerf) for morf, lerf in scores]
@@ -278,7 +278,7 @@ def main() -> None:
     from ax.benchmark.benchmark import benchmark_replication
     from ax.benchmark.benchmark_method import BenchmarkMethod
 
-    from pipeline.hpo import ax_seam
+    from pipeline.hpo.ax_study import ax_seam
 
     ax_seam.quiet_ax()
     torch.set_num_threads(1)

@@ -35,10 +35,10 @@ from torch.utils.data import DataLoader  # noqa: E402
 from pipeline import config as configs  # noqa: E402
 from pipeline.data.batches import DeviceBatches  # noqa: E402
 from pipeline.evaluation import scoring  # noqa: E402
-from pipeline.hpo import recorders, trial_worker  # noqa: E402
-from pipeline.hpo.search import Search, SearchOptions  # noqa: E402
-from pipeline.hpo.space import load_search_space  # noqa: E402
-from pipeline.hpo.study import Study  # noqa: E402
+from pipeline.hpo.ax_study.space import load_search_space  # noqa: E402
+from pipeline.hpo.ax_study.study import Study  # noqa: E402
+from pipeline.hpo.driver import Search, SearchOptions  # noqa: E402
+from pipeline.hpo.outputs import recorders, trial_worker  # noqa: E402
 from pipeline.metrics import road  # noqa: E402
 from pipeline.models.auxiliary import FeatureExtractor  # noqa: E402
 from pipeline.models.classifiers import Classifier  # noqa: E402
@@ -187,7 +187,7 @@ def instrument(profile: Profile) -> None:
 def start_up_seconds() -> float:
     """Seconds a fresh interpreter takes to import the search command (torch, Ax, MLflow, ...)."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import pipeline.search, pipeline.hpo.search"], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-c", "import pipeline.search, pipeline.hpo.driver"], cwd=REPO, check=True)
     return time.perf_counter() - started
 
 

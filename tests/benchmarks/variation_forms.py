@@ -30,8 +30,8 @@ def head_resolution_maps(trained: TrainedHead, evalset: EvalSet, batch_size: int
     """Min-max maps of each view's predicted class at the head's own resolution, [N, h, w]."""
     explainer = trained.explainer
     parts = []
-    for batch in evalset.batches(batch_size):
-        raw = explainer.head(explainer.auxiliary(batch.images), batch.targets, per_image=True)
+    for block in evalset.blocks(batch_size):
+        raw = explainer.head(explainer.auxiliary(block.images), block.targets, per_image=True)
         parts.append(minmax(raw)[:, 0])
     return torch.cat(parts)
 

@@ -27,7 +27,7 @@ from pipeline.data.batches import training_batches
 from pipeline.data.manifest import SplitRecord
 from pipeline.data.sources import build_splits, dataset_size
 from pipeline.errors import UserError
-from pipeline.models.castream import CAStream, CAStreamModel, parameter_count, resolve_layout
+from pipeline.models.castream_model import CAStream, CAStreamModel, parameter_count, resolve_layout
 from pipeline.models.classifiers import load_classifier
 from pipeline.models.device import resolve_device
 from pipeline.progress import Progress
@@ -139,44 +139,49 @@ def build_stream_model(config: ExperimentConfig, device: torch.device, stream: C
     return model.to(device)
 
 
-def _optimizer(stream: CAStream, settings: CAStreamConfig) -> torch.optim.Optimizer:
-    stream.projections[-1].requires_grad_(settings.train_last_projection)
+def _optimizer(stream: CAStream, castream_config: CAStreamConfig) -> torch.optim.Optimizer:
+    stream.projections[-1].requires_grad_(castream_config.train_last_projection)
     parameters = [parameter for parameter in stream.parameters() if parameter.requires_grad]
-    if settings.optimizer == "sgd":
+    if castream_config.optimizer == "sgd":
         return torch.optim.SGD(
-            parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+            parameters,
+            lr=castream_config.lr,
+            momentum=castream_config.momentum,
+            weight_decay=castream_config.weight_decay,
         )
-    return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(parameters, lr=castream_config.lr, weight_decay=castream_config.weight_decay)
 
 
 def fit_stream(
     model: CAStreamModel,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     steps_per_epoch: int,
-    settings: CAStreamConfig,
+    castream_config: CAStreamConfig,
     kind: str,
     summary: StreamSummary,
     progress: bool = True,
     on_step: StepCallback | None = None,
 ) -> None:
-    """Train ``model.stream`` on ``batches`` of (images, labels) for ``settings.epochs`` epochs towards ``kind``
+    """Train ``model.stream`` on ``batches`` of (images, labels) for ``castream_config.epochs`` epochs towards ``kind``
     (``labels`` or ``prediction``), recording steps, images and losses in ``summary``; ``on_step(step, {"loss":
     ..., "agreement": ...})`` after every step (the batch's top-1 agreement with the unchanged network)."""
     device = next(model.stream.parameters()).device
-    optimizer = _optimizer(model.stream, settings)
+    optimizer = _optimizer(model.stream, castream_config)
     summary.trained_parameters = parameter_count(model.stream, trainable=True)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=castream_config.epochs * steps_per_epoch)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     model.train()
-    with Progress(settings.epochs * steps_per_epoch, "training CA-Stream", "steps", enabled=progress) as bar:
-        for _ in range(settings.epochs):
+    with Progress(castream_config.epochs * steps_per_epoch, "training CA-Stream", "steps", enabled=progress) as bar:
+        for _ in range(castream_config.epochs):
             agreement, total, step = Agreement(), 0.0, 0
             for step, (images, labels) in enumerate(batches, 1):
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 with autocast:
                     output = model.run(images, original=True)
                     assert output.original is not None  # original=True gives it
-                    target = labels if kind == "labels" else prediction_target(output.original, settings.top1_weight)
+                    target = (
+                        labels if kind == "labels" else prediction_target(output.original, castream_config.top1_weight)
+                    )
                     loss = F.cross_entropy(output.logits.float(), target)
                 if not torch.isfinite(loss):
                     raise UserError(
@@ -271,7 +276,7 @@ def save_stream(trained: TrainedStream, directory: str | Path) -> list[Path]:
     return [directory / name for name in (STREAM_FILE, CONFIG_FILE, SUMMARY_FILE)] + [trained.splits.write(directory)]
 
 
-def load_stream(
+def load_castream(
     directory: str | Path, device: str = "auto", overrides: Sequence[str] = ()
 ) -> tuple[CAStreamModel, ExperimentConfig]:
     """The stream model saved in ``directory`` by ``save_stream`` (``overrides`` as ``--set``) on ``device``."""

@@ -1,5 +1,5 @@
 """Where a search's trials run: the `TrialPool` protocol and the in-process pool (one trial at a time); the Ray
-pool is `pipeline.hpo.ray_pool`."""
+pool is `pipeline.hpo.trials.ray_pool`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pipeline.config import ExperimentConfig
-from pipeline.hpo.early_stopping import StoppingRule
-from pipeline.hpo.trial_worker import TrialResult, TrialWorker, failure_reason
+from pipeline.hpo.ax_study.early_stopping import StoppingRule
+from pipeline.hpo.trials.trial_worker import TrialResult, TrialWorker, failure_reason
 
 
 class StepLog(Protocol):
@@ -31,7 +31,7 @@ class Finished:
 
 
 class TrialPool(Protocol):
-    """Where the search's trials run: `InProcessPool` here, or `pipeline.hpo.ray_pool.RayPool`."""
+    """Where the search's trials run: `InProcessPool` here, or `pipeline.hpo.trials.ray_pool.RayPool`."""
 
     def free_slots(self) -> int:
         """How many more trials can start now."""

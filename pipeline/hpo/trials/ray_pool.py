@@ -2,7 +2,7 @@
 
 The search process starts a local Ray instance, or joins a running cluster (``--ray-address``). Each
 slot's worker loads the frozen models, the data and the validation set once and then runs one trial
-at a time (`pipeline.hpo.trial_worker.TrialWorker`). A slot is one GPU (``--gpus-per-trial``: a fraction packs
+at a time (`pipeline.hpo.trials.trial_worker.TrialWorker`). A slot is one GPU (``--gpus-per-trial``: a fraction packs
 several trials on one GPU) or, on a cluster without GPUs, an equal share of the CPU cores. Ray never
 retries anything: a worker that dies fails its trial and is replaced; the search decides what next.
 """
@@ -27,9 +27,9 @@ from pipeline import config as configs
 from pipeline import quiet
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
-from pipeline.hpo.early_stopping import StoppingRule
-from pipeline.hpo.pools import Finished, StepLog
-from pipeline.hpo.trial_worker import Trainer, TrialResult, TrialWorker, failure_reason
+from pipeline.hpo.ax_study.early_stopping import StoppingRule
+from pipeline.hpo.trials.pools import Finished, StepLog
+from pipeline.hpo.trials.trial_worker import Trainer, TrialResult, TrialWorker, failure_reason
 
 DEFAULT_PORTS = {"ray": 10001, "gcs": 6379}
 CONNECT_TIMEOUT_S = 5.0

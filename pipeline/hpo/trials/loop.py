@@ -11,11 +11,11 @@ from typing import Any
 
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
-from pipeline.hpo.early_stopping import stopping_rule
-from pipeline.hpo.pools import Finished, StepLog, TrialPool
-from pipeline.hpo.study import INTERRUPTED, AwaitingData, Study, TrialRecord
-from pipeline.hpo.trial_state import TrialState
-from pipeline.hpo.trial_worker import TrialResult, failure_reason
+from pipeline.hpo.ax_study.early_stopping import stopping_rule
+from pipeline.hpo.ax_study.study import INTERRUPTED, AwaitingData, Study, TrialRecord
+from pipeline.hpo.ax_study.trial_state import TrialState
+from pipeline.hpo.trials.pools import Finished, StepLog, TrialPool
+from pipeline.hpo.trials.trial_worker import TrialResult, failure_reason
 
 
 class TrialListener:

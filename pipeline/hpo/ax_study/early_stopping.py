@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pipeline.config import CheckpointConfig
-from pipeline.hpo.study import TrialRecord, dominates
-from pipeline.hpo.trial_state import TrialState
+from pipeline.hpo.ax_study.study import TrialRecord, dominates
+from pipeline.hpo.ax_study.trial_state import TrialState
 
 INITIAL_DESIGN = "Sobol"  # `TrialRecord.generator` of the initial trials, never stopped
 
@@ -62,14 +62,14 @@ class StoppingRule:
 
 
 def stopping_rule(
-    records: Sequence[TrialRecord], index: int, signs: Mapping[str, float], settings: CheckpointConfig
+    records: Sequence[TrialRecord], index: int, signs: Mapping[str, float], checkpoints: CheckpointConfig
 ) -> StoppingRule | None:
     """The rule for trial ``index`` against the completed trials now; None when early stopping is off or the trial
     belongs to the initial design."""
-    if not settings.early_stop or records[index].generator == INITIAL_DESIGN:
+    if not checkpoints.early_stop or records[index].generator == INITIAL_DESIGN:
         return None
     rivals = tuple(record for record in records if record.status is TrialState.COMPLETED)
-    return StoppingRule(dict(signs), settings.dominating, rivals)
+    return StoppingRule(dict(signs), checkpoints.dominating, rivals)
 
 
 def replay(records: Sequence[TrialRecord], signs: Mapping[str, float], dominating: int) -> dict[int, int]:

@@ -8,7 +8,7 @@ from typing import Any
 from pipeline import config as configs
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
-from pipeline.hpo.space import SearchSpace
+from pipeline.hpo.ax_study.space import SearchSpace
 
 
 def trial_config(base: dict[str, Any], space: SearchSpace, parameters: dict[str, Any]) -> ExperimentConfig:

@@ -1,7 +1,7 @@
 """One search trial's work: train a head, score it at its checkpoints and on the validation split, draw its plots.
 
 The same `TrialWorker` runs in the search process (``--parallel 1``, `InProcessPool`) and inside each
-Ray worker (`pipeline.hpo.ray_pool`). It never talks to Ax; its only MLflow contact is the optional
+Ray worker (`pipeline.hpo.trials.ray_pool`). It never talks to Ax; its only MLflow contact is the optional
 ``on_step`` callback. At each checkpoint (`pipeline.config.CheckpointConfig`) it scores the head on the first
 validation images and asks the trial's `StoppingRule`, made by the search process when the trial started, whether to
 stop there. What a trial produced comes back as a plain, picklable `TrialResult`, and the
@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.config import ExperimentConfig
 from pipeline.data.sources import dataset_size
 from pipeline.evaluation.scoring import EvalSet, Evaluation, evaluate_head, prepare_eval_set
-from pipeline.hpo.early_stopping import StoppingRule, noise_key
+from pipeline.hpo.ax_study.early_stopping import StoppingRule, noise_key
 from pipeline.metrics.road_noise import auc_standard_error
 from pipeline.models.explainer import Explainer
 from pipeline.reports.figures import grid_and_curve

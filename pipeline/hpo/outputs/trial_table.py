@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.hpo.study import Study, TrialRecord
+from pipeline.hpo.ax_study.study import Study, TrialRecord
 
 _COLUMN_LABELS = {"road_morf_auc": "MoRF", "road_lerf_auc": "LeRF"}
 

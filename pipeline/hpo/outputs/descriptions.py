@@ -15,9 +15,9 @@ from typing import Any
 
 from pipeline import config as configs
 from pipeline.config import DataConfig, ExperimentConfig
-from pipeline.hpo.space import Parameter, SearchSpace
-from pipeline.hpo.study import TrialRecord
-from pipeline.hpo.trial_state import TrialState
+from pipeline.hpo.ax_study.space import Parameter, SearchSpace
+from pipeline.hpo.ax_study.study import TrialRecord
+from pipeline.hpo.ax_study.trial_state import TrialState
 from pipeline.metrics.road import road_protocol_of
 
 ALIAS_PREFIX = "search-"  # only for search names MLflow reserves as aliases ("latest", "v3")

@@ -22,7 +22,7 @@ from pydantic import dataclasses as pydantic_dataclasses
 
 from pipeline.config import STRICT, Bool, ExperimentConfig, Float, Int, read_yaml, user_error
 from pipeline.errors import UserError
-from pipeline.hpo import ax_seam
+from pipeline.hpo.ax_study import ax_seam
 
 if TYPE_CHECKING:
     from ax.api import ChoiceParameterConfig, Client, RangeParameterConfig

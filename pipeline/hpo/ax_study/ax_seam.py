@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ax.core.experiment import Experiment
     from ax.generation_strategy.generation_strategy import GenerationStrategy
 
-    from pipeline.hpo.space import Method
+    from pipeline.hpo.ax_study.space import Method
 
 
 def quiet_ax() -> None:

@@ -10,11 +10,11 @@ from typing import Any
 from pipeline import config as configs
 from pipeline.config import ExperimentConfig
 from pipeline.evaluation.scoring import Evaluation, evaluate_head, prepare_eval_set
-from pipeline.hpo.descriptions import FinalHead, version_description, version_tags
-from pipeline.hpo.folder import SearchFolder
-from pipeline.hpo.study import Choice
-from pipeline.hpo.trial_configs import run_params
-from pipeline.hpo.trial_worker import Trainer
+from pipeline.hpo.outputs.descriptions import FinalHead, version_description, version_tags
+from pipeline.hpo.outputs.folder import SearchFolder
+from pipeline.hpo.ax_study.study import Choice
+from pipeline.hpo.trials.trial_configs import run_params
+from pipeline.hpo.trials.trial_worker import Trainer
 from pipeline.models.contributions import contribution_metrics, layer_contributions
 from pipeline.reports.figures import grid_and_curve
 from pipeline.tracking.registry import registered_model_name, start_final

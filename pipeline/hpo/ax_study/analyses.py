@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.hpo import ax_seam
+from pipeline.hpo.ax_study import ax_seam
 from pipeline.tracking.runs import Tracker
 
 _log = logging.getLogger(__name__)

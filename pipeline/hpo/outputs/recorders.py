@@ -6,12 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.config import ExperimentConfig
-from pipeline.hpo.folder import SearchFolder
-from pipeline.hpo.loop import TrialListener
-from pipeline.hpo.pools import StepLog
-from pipeline.hpo.study import INTERRUPTED, Study, TrialRecord
-from pipeline.hpo.trial_state import TrialState
-from pipeline.hpo.trial_worker import TrialResult
+from pipeline.hpo.outputs.folder import SearchFolder
+from pipeline.hpo.trials.loop import TrialListener
+from pipeline.hpo.trials.pools import StepLog
+from pipeline.hpo.ax_study.study import INTERRUPTED, Study, TrialRecord
+from pipeline.hpo.ax_study.trial_state import TrialState
+from pipeline.hpo.trials.trial_worker import TrialResult
 from pipeline.tracking.runs import RunLog, Tracker
 
 CHECKPOINT_PREFIX = "checkpoint_"  # the checkpoint curves: checkpoint_road_morf_auc at step = % of training

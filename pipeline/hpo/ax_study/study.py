@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.atomic import replace_atomically
 from pipeline.errors import UserError
-from pipeline.hpo import ax_seam
-from pipeline.hpo.space import SearchSpace
-from pipeline.hpo.trial_state import TrialState
+from pipeline.hpo.ax_study import ax_seam
+from pipeline.hpo.ax_study.space import SearchSpace
+from pipeline.hpo.ax_study.trial_state import TrialState
 
 if TYPE_CHECKING:
     from ax.api import Client

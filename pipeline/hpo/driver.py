@@ -13,19 +13,19 @@ from pipeline import config as configs
 from pipeline.data.manifest import SPLIT_NAMES, SplitRecord, changes
 from pipeline.errors import UserError
 from pipeline.evaluation.scoring import EvalSet, MapKind, evaluate_maps, prepare_eval_set, reference_maker, summary_line
-from pipeline.hpo import ax_seam
-from pipeline.hpo.analyses import log_ax_analyses
-from pipeline.hpo.descriptions import FinalHead, search_description
-from pipeline.hpo.final_head import train_final_head
-from pipeline.hpo.folder import FINAL_TRIAL, MODEL_VERSION, PARENT_RUN, REFERENCES, SearchFolder
-from pipeline.hpo.loop import TrialLoop
-from pipeline.hpo.pools import InProcessPool, TrialPool
-from pipeline.hpo.recorders import Console, SearchProgress, TrialRuns
-from pipeline.hpo.space import SearchSpace
-from pipeline.hpo.study import Study, objective_thresholds
-from pipeline.hpo.trial_configs import run_params, trial_config
-from pipeline.hpo.trial_table import study_table
-from pipeline.hpo.trial_worker import Trainer, TrialWorker
+from pipeline.hpo.ax_study import ax_seam
+from pipeline.hpo.ax_study.analyses import log_ax_analyses
+from pipeline.hpo.ax_study.space import SearchSpace
+from pipeline.hpo.ax_study.study import Study, objective_thresholds
+from pipeline.hpo.outputs.descriptions import FinalHead, search_description
+from pipeline.hpo.outputs.final_head import train_final_head
+from pipeline.hpo.outputs.folder import FINAL_TRIAL, MODEL_VERSION, PARENT_RUN, REFERENCES, SearchFolder
+from pipeline.hpo.outputs.recorders import Console, SearchProgress, TrialRuns
+from pipeline.hpo.outputs.trial_table import study_table
+from pipeline.hpo.trials.loop import TrialLoop
+from pipeline.hpo.trials.pools import InProcessPool, TrialPool
+from pipeline.hpo.trials.trial_configs import run_params, trial_config
+from pipeline.hpo.trials.trial_worker import Trainer, TrialWorker
 from pipeline.locking import search_lock
 from pipeline.metrics.road import road_protocol_of
 from pipeline.tracking.links import review_link
@@ -203,7 +203,7 @@ class Search:
         assert self.bench is not None and self.val_set is not None and self.tracker is not None, "set by open()"
         if not options.uses_ray:
             return InProcessPool(TrialWorker(self.bench, self.val_set, self.trainer, options.progress))
-        from pipeline.hpo.ray_pool import RayPool
+        from pipeline.hpo.trials.ray_pool import RayPool
 
         if torch.cuda.is_available():  # hand the GPU memory cached by the reference maps' ROAD to the workers
             torch.cuda.empty_cache()

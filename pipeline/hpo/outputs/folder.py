@@ -2,7 +2,7 @@
 
 base_config.yaml     the experiment it was started with (a rerun must pass the same)
 search_space.yaml    a copy of its search space
-ax_experiment.json   Ax's snapshot (`pipeline.hpo.study`)
+ax_experiment.json   Ax's snapshot (`pipeline.hpo.ax_study.study`)
 state.json           the rest: the MLflow parent run, the reference maps' scores, the final head's trial
 splits.json          what each split holds (`pipeline.data.manifest`); a resume on changed data is refused
 trials/NNN/          each trial's plots
@@ -23,7 +23,7 @@ from pipeline import config as configs
 from pipeline.atomic import write_text_atomically
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
-from pipeline.hpo.space import SearchSpace, load_search_space
+from pipeline.hpo.ax_study.space import SearchSpace, load_search_space
 
 DEFAULT_ROOT = Path("runs/search")  # --out of every command that names a search
 BASE_CONFIG, SPACE, STATE = "base_config.yaml", "search_space.yaml", "state.json"
