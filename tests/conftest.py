@@ -46,7 +46,7 @@ SYSTEM_FIXTURES = {"mlflow_server", "ray_address", "demo_search"}
 
 
 # The files whose tests read the session's demo search command; they run in one pytest-xdist worker, so the
-# search runs once (Ray's tests are all in test_parallel.py).
+# search runs once (Ray's tests are all in hpo/test_parallel.py).
 DEMO_SEARCH_FILES = {"test_console.py", "test_mlflow_review.py", "test_registered_explainer.py"}
 
 
@@ -164,8 +164,8 @@ def demo_search(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) ->
     """One short real demo search, run as a user runs it: `python -m pipeline.search` on the offline demo (the real
     EfficientNet-Lite0 and Lite1), 3 trials of the paper's space with BoTorch from the third one, logged to the
     session's MLflow server, output to files and Python's warnings shown. Several tests check what it printed
-    (test_console), what it logged for a reviewer (test_mlflow_review) and the final head it registered
-    (test_registered_explainer)."""
+    (end_to_end/test_console), what it logged for a reviewer (tracking/test_mlflow_review) and the final head it
+    registered (tracking/test_registered_explainer)."""
     root = tmp_path_factory.mktemp("demo_search")
     space = root / "ptame.yaml"  # the paper's space, with BoTorch from the third trial
     space.write_text(

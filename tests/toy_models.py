@@ -1,14 +1,18 @@
 """Tiny random networks for fast tests, loadable by name as ``tests.toy_models:<factory>``, and the toy
-experiment configs and image folders the tests train them on (one set, shared by every test module)."""
+experiment configs and image folders the tests train them on (one set, shared by every test module); also the
+synthetic task with known evidence and its trained backbone, and a classifier with a closed-form output, which
+tests in several folders share."""
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 
@@ -203,3 +207,65 @@ def tiny_resnet() -> nn.Module:
 
 
 TINY_RESNET_STREAM = {"points": ["maxpool", "layer1", "layer2", "layer3"], "pool": "avgpool"}
+
+
+# The synthetic task with known evidence (a coloured square at a random place): the learning tests train on it, and
+# RISE's test maps its trained backbone.
+SIZE, OBJECT = 32, 8
+COLOURS = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0], [1.0, 1.0, 0.1]])
+
+
+def synthetic_batch(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grey noise with one coloured square at a random place; the colour is the class."""
+    images = 0.35 + 0.15 * torch.rand(count, 3, SIZE, SIZE, generator=generator)
+    labels = torch.randint(0, len(COLOURS), (count,), generator=generator)
+    where = torch.zeros(count, SIZE, SIZE, dtype=torch.bool)
+    corners = torch.randint(0, SIZE - OBJECT + 1, (count, 2), generator=generator)
+    for i, (top, left) in enumerate(corners.tolist()):
+        images[i, :, top : top + OBJECT, left : left + OBJECT] = COLOURS[labels[i]].view(3, 1, 1)
+        where[i, top : top + OBJECT, left : left + OBJECT] = True
+    return images, labels, where
+
+
+_TRAINED: dict[tuple[bytes, str], tuple[dict[str, torch.Tensor], torch.Tensor]] = {}  # (generator state, pooling)
+
+
+def trained_backbone(generator: torch.Generator, pooling: str = "max") -> TinyClassifier:
+    """The toy classifier trained on the synthetic task with batches drawn from ``generator``, in eval mode;
+    ``pooling="average"`` puts a global average pooling module (``pool``) before its classifier, the GAP that
+    CA-Stream replaces. Trained once per process for a given generator state and pooling (the head's, RISE's and
+    CA-Stream's tests share it); every call returns a new network and leaves ``generator`` and torch's global
+    generator where training leaves them."""
+    key = (generator.get_state().numpy().tobytes(), pooling)
+    torch.manual_seed(0)
+    network = TinyClassifier(num_classes=len(COLOURS), pooling=pooling)
+    if key in _TRAINED:
+        weights, after = _TRAINED[key]
+        network.load_state_dict(weights)
+        generator.set_state(after)
+        return network.eval()
+    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    for _ in range(100):
+        images, labels, _ = synthetic_batch(64, generator)
+        loss = F.cross_entropy(network((images - 0.5) / 0.25), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    _TRAINED[key] = ({name: value.clone() for name, value in network.state_dict().items()}, generator.get_state())
+    return network.eval()
+
+
+# A classifier with a closed-form output, for the metrics computed by hand (AD/IC, AG, Insertion, Deletion).
+SCALE = 4.0
+
+
+class MeanClassifier(nn.Module):
+    """Two classes with logits [0, SCALE * mean pixel value]: p(class 1) = sigmoid(SCALE * mean)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        mean = images.mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(mean), SCALE * mean], dim=1)
+
+
+def sigmoid(value: float) -> float:
+    return 1 / (1 + math.exp(-value))

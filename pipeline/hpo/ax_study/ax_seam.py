@@ -2,7 +2,7 @@
 
 Ax 1.3 keeps some of what a resumable, multi-objective search needs behind private names, and documents its
 analyses as not part of its API. Every such use is here, each with the reason, so an Ax upgrade that moves one
-breaks this module (and ``tests/test_resume_fixture.py``, which opens a search folder written by this code), not
+breaks this module (and ``tests/hpo/test_resume_fixture.py``, which opens a search folder written by this code), not
 the search. ``pyproject.toml`` caps ``ax-platform`` below the next release line that was not tried.
 """
 
