@@ -7,7 +7,7 @@ import argparse
 import sys
 import typing
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline import quiet
 from pipeline.config import DEVICE_HELP, Imputer
@@ -16,6 +16,25 @@ from pipeline.errors import UserError
 if TYPE_CHECKING:
     from pipeline.models.coverage import ClassCoverage
     from pipeline.tracking.runs import RunLog
+
+
+class RenamedOption(argparse.Action):
+    """Stores the value like ``store``; the option's last name is its old one, which keeps working for one release
+    and prints a one-line notice naming the new one."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        if option_string == self.option_strings[-1]:
+            print(
+                f"note: {option_string} is renamed {self.option_strings[0]}; the old name goes in the next release",
+                file=sys.stderr,
+            )
+        setattr(namespace, self.dest, values)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

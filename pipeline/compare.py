@@ -3,11 +3,11 @@
     python -m pipeline.compare --head DIR [--head DIR2 ...] (--split val|test | --images PATH...)
         [--methods gradcam,gradcam++,scorecam,ablationcam,rise,random,center] [--limit N] [--out DIR]
         [--target-layer NAME] [--rise-masks N] [--tracking-uri URI] [--search NAME]
-        [--imputer noisy_linear|telea] [--percentages P...] [--ca-stream DIR]
+        [--imputer noisy_linear|telea] [--percentages P...] [--castream DIR]
 
 One row per head and per method: AD/IC at 100/50/15 % kept, ROAD MoRF/LeRF AUC, AG, Insertion and Deletion
 AUC, the map resolution R, forward passes per explanation (counted with hooks), seconds per image and, for
-heads, the coverage (share of images whose explained class the head was trained on). ``--ca-stream DIR`` (a
+heads, the coverage (share of images whose explained class the head was trained on). ``--castream DIR`` (a
 stream of `pipeline.castream` for the same backbone) adds rows ca-gradcam, ca-gradcam++, ca-scorecam (those CAMs on
 the stream model, for the ones in ``--methods``) and ca-attention (its last-stage attention), with the stream
 model's top-1 agreement. Every row is scored by
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pipeline import cli
 from pipeline.baselines.rise import RiseParameters
-from pipeline.cli import add_device_argument, add_road_arguments, add_source_arguments, road_overrides
+from pipeline.cli import RenamedOption, add_device_argument, add_road_arguments, add_source_arguments, road_overrides
 from pipeline.errors import UserError
 from pipeline.evaluation.comparison import (
     METHODS,
@@ -92,8 +92,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_source_arguments(parser)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
     parser.add_argument(
+        "--castream",
         "--ca-stream",
         type=Path,
+        action=RenamedOption,
         help="add the CA rows of this CA-Stream (pipeline.castream's folder): ca-<CAM> for the "
         "Grad-CAM, Grad-CAM++ and Score-CAM of --methods, and ca-attention",
     )
@@ -122,11 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = head_methods(heads) + baseline_methods(
         args.methods, classifier, args.target_layer, config.evaluation.batch_size, rise
     )
-    if args.ca_stream:
-        stream = load_stream_for(args.ca_stream, config, args.device)
+    if args.castream:
+        stream = load_stream_for(args.castream, config, args.device)
         methods += castream_methods(stream, args.methods, args.target_layer, config.evaluation.batch_size)
     evalset = load_eval_set(classifier, config, args.split, args.images, args.limit)
-    trained = [directory for directory, _, _ in heads] + ([args.ca_stream] if args.ca_stream else [])
+    trained = [directory for directory, _, _ in heads] + ([args.castream] if args.castream else [])
     held_out = check_held_out(trained, evalset.dataset, args.split, args.allow_changed_split, args.allow_seen)
     layers = {m.name: m.target_layer for m in methods if m.target_layer is not None}
     header = {
@@ -139,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "target_layers": layers,
         "rise": asdict(rise),
         "road_protocol": road_protocol_of(config.evaluation),
-        "ca_stream": str(args.ca_stream) if args.ca_stream else None,
+        "castream": str(args.castream) if args.castream else None,
     }
     run = cli.start_tracking(args, "comparison", header)
     with run if run is not None else contextlib.nullcontext():  # a failure marks the MLflow run FAILED
@@ -158,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for m in methods
             if m.explainer is not None and m.config is not None
         }
-        notes = conventions(evalset, rise, layers, ca_stream=args.ca_stream is not None) + road_notes
+        notes = conventions(evalset, rise, layers, castream=args.castream is not None) + road_notes
         if held_out.note:
             notes.insert(0, held_out.note)
         header["seconds"] = round(time.perf_counter() - started, 1)

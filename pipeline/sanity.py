@@ -1,6 +1,6 @@
 """Model-parameter randomisation test (MPRT): do a head's maps depend on the backbone's weights?
 
-    python -m pipeline.sanity (--head DIR | --ca-stream DIR [--ca-maps attention|gradcam|gradcam++|scorecam]
+    python -m pipeline.sanity (--head DIR | --castream DIR [--castream-maps attention|gradcam|gradcam++|scorecam]
                               [--target-layer NAME]) (--split val|test | --images PATH...)
                               [--protocol reevaluate|retrain] [--blocks A+B,C,...] [--limit N] [--out DIR] [--seed S]
 
@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.cli import add_device_argument, add_source_arguments
+from pipeline.cli import RenamedOption, add_device_argument, add_source_arguments
 from pipeline.evaluation.comparison import CA_METHODS, castream_maps
 from pipeline.evaluation.held_out import check_held_out
 from pipeline.evaluation.mprt import PROTOCOLS, Level, run_castream_mprt, run_mprt
@@ -59,14 +59,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.sanity", description=__doc__.splitlines()[0])
     explained = parser.add_mutually_exclusive_group(required=True)
     explained.add_argument("--head", type=Path, help="folder written by pipeline.train")
-    explained.add_argument("--ca-stream", type=Path, help="folder written by pipeline.castream")
+    explained.add_argument(
+        "--castream", "--ca-stream", type=Path, action=RenamedOption, help="folder written by pipeline.castream"
+    )
     parser.add_argument(
+        "--castream-maps",
         "--ca-maps",
+        action=RenamedOption,
         choices=["attention", *CA_METHODS],
         default="attention",
         help="the CA-Stream's maps to test (default: its raw last-stage attention)",
     )
-    parser.add_argument("--target-layer", help="CAM layer for --ca-maps gradcam/gradcam++/scorecam (default: preset)")
+    parser.add_argument(
+        "--target-layer", help="CAM layer for --castream-maps gradcam/gradcam++/scorecam (default: preset)"
+    )
     add_source_arguments(parser)
     parser.add_argument("--protocol", choices=list(PROTOCOLS), default="reevaluate")
     parser.add_argument(
@@ -77,27 +83,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("sanity"), help="output folder")
     add_device_argument(parser)
     args = parser.parse_args(argv)
-    if args.ca_stream and args.protocol != "reevaluate":
+    if args.castream and args.protocol != "reevaluate":
         parser.error(
-            f"--protocol {args.protocol} with --ca-stream: a stream is tested with its trained weights kept "
+            f"--protocol {args.protocol} with --castream: a stream is tested with its trained weights kept "
             "(--protocol reevaluate)"
         )
-    if args.ca_stream:
-        stream, config = load_castream(args.ca_stream, args.device)
+    if args.castream:
+        stream, config = load_castream(args.castream, args.device)
         classifier = stream.classifier
-        make_maps = castream_maps(stream, args.ca_maps, args.target_layer, config.evaluation.batch_size)[0]
+        make_maps = castream_maps(stream, args.castream_maps, args.target_layer, config.evaluation.batch_size)[0]
     else:
         explainer, config = load_explainer(args.head, args.device, fold=False)  # its layers get randomised
         classifier = explainer.classifier
     blocks = blocks_for(config.model.backbone, classifier.network, args.blocks)
     evalset = load_eval_set(classifier, config, args.split, args.images, args.limit)
     held_out = check_held_out(
-        [args.ca_stream or args.head], evalset.dataset, args.split, args.allow_changed_split, args.allow_seen
+        [args.castream or args.head], evalset.dataset, args.split, args.allow_changed_split, args.allow_seen
     )
     if held_out.note:
         print(held_out.note)
-    what = f"CA-Stream {args.ca_maps} maps" if args.ca_stream else "head maps"
-    description = CASTREAM_PROTOCOL if args.ca_stream else PROTOCOLS[args.protocol]
+    what = f"CA-Stream {args.castream_maps} maps" if args.castream else "head maps"
+    description = CASTREAM_PROTOCOL if args.castream else PROTOCOLS[args.protocol]
     print(f"MPRT of {what}, protocol {args.protocol}: {description}")
     print(
         f"cascading bottom-up randomisation of {config.model.backbone} over {len(blocks)} blocks: "
@@ -108,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def print_level(level: Level) -> None:
         print(_line(level), flush=True)
 
-    if args.ca_stream:
+    if args.castream:
         levels, maps = run_castream_mprt(stream, make_maps, config, evalset, blocks, args.seed, print_level)
     else:
         levels, maps = run_mprt(explainer, config, evalset, blocks, args.protocol, args.seed, print_level)
@@ -121,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "order": "bottom-up, cascading",
         "similarity": "SSIM (skimage, 7x7 window, data range 1)",
         "head": str(args.head) if args.head else None,
-        "ca_stream": {"folder": str(args.ca_stream), "maps": args.ca_maps} if args.ca_stream else None,
+        "castream": {"folder": str(args.castream), "maps": args.castream_maps} if args.castream else None,
         "backbone": config.model.backbone,
         "source": args.split or "images",
         "held_out": held_out.to_json(),

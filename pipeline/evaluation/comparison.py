@@ -243,7 +243,7 @@ def castream_methods(
         methods.append(
             Method(
                 f"ca-{name}",
-                "ca-stream",
+                "castream",
                 resolution,
                 on_block,
                 model.classifier,
@@ -345,7 +345,7 @@ def load_heads(
 METHODS = tuple(BASELINES)  # in registration order: the CAM family, rise, random, center
 
 
-Kind = Literal["head", "baseline", "reference", "ca-stream"]
+Kind = Literal["head", "baseline", "reference", "castream"]
 
 
 def load_stream_for(directory: Path, config: ExperimentConfig, device: str) -> CAStreamModel:
@@ -355,7 +355,7 @@ def load_stream_for(directory: Path, config: ExperimentConfig, device: str) -> C
     theirs = (stream_config.model.backbone, stream_config.model.backbone_weights)
     if mine != theirs:
         raise UserError(
-            f"--ca-stream {directory} was trained for {theirs[0]} (weights {theirs[1] or 'library'}), but "
+            f"--castream {directory} was trained for {theirs[0]} (weights {theirs[1] or 'library'}), but "
             f"the heads explain {mine[0]} (weights {mine[1] or 'library'}); train a stream for that "
             "backbone with `python -m pipeline.castream`"
         )

@@ -60,7 +60,7 @@ def contributions_table(contributions: Sequence[LayerContribution]) -> str:
     return "\n".join(lines)
 
 
-def conventions(evalset: EvalSet, rise: RiseParameters, layers: dict[str, str], ca_stream: bool = False) -> list[str]:
+def conventions(evalset: EvalSet, rise: RiseParameters, layers: dict[str, str], castream: bool = False) -> list[str]:
     width = evalset.size[1]
     cam_layers = ", ".join(f"{name}: {layer}" for name, layer in layers.items()) or "none"
     notes = [
@@ -73,7 +73,7 @@ def conventions(evalset: EvalSet, rise: RiseParameters, layers: dict[str, str], 
         "Coverage = share of images whose explained class the head was trained on (maps of untrained classes are "
         "the head's random initial rows); n/a for baselines, which explain any class.",
     ]
-    if ca_stream:
+    if castream:
         notes.append(
             "ca-* rows: CA-Stream (attention pooling in place of GAP). ca-gradcam/++/scorecam are those CAMs "
             "computed on the stream model at the same layer (ca-gradcam equals gradcam exactly while the "

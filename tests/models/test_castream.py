@@ -304,7 +304,7 @@ def test_compare_ca_rows_score_like_pipeline_evaluate_and_refuse_another_backbon
         [
             "--head",
             str(tmp_path / "head"),
-            "--ca-stream",
+            "--castream",
             str(tmp_path / "stream"),
             "--split",
             "val",
@@ -332,7 +332,7 @@ def test_compare_ca_rows_score_like_pipeline_evaluate_and_refuse_another_backbon
         "ca-scorecam",
         "ca-attention",
     ]
-    assert {rows[name]["kind"] for name in list(rows)[4:]} == {"ca-stream"}
+    assert {rows[name]["kind"] for name in list(rows)[4:]} == {"castream"}
     assert [rows[name]["forward_passes"] for name in ("gradcam", "ca-gradcam", "ca-attention")] == [1, 1, 1]
     assert rows["ca-scorecam"]["forward_passes"] == rows["scorecam"]["forward_passes"] == 1 + 512  # per channel
     assert rows["gradcam"]["agreement"] is None
@@ -381,7 +381,7 @@ def test_compare_ca_rows_score_like_pipeline_evaluate_and_refuse_another_backbon
         [
             "--head",
             str(tmp_path / "head"),
-            "--ca-stream",
+            "--castream",
             str(tmp_path / "other"),
             "--split",
             "val",
@@ -393,7 +393,7 @@ def test_compare_ca_rows_score_like_pipeline_evaluate_and_refuse_another_backbon
         capsys,
     )
     error = printed.splitlines()[-1]  # after the line naming the ROAD protocol
-    assert code == 2 and error.startswith("error: --ca-stream ")
+    assert code == 2 and error.startswith("error: --castream ")
     assert f"was trained for tests.toy_models:tiny_resnet (weights {other}), but the heads explain" in error
 
 
@@ -430,9 +430,9 @@ def test_sanity_runs_on_a_streams_maps_and_refuses_retraining_it(tmp_path, capsy
         cli.run(
             sanity_main,
             [
-                "--ca-stream",
+                "--castream",
                 str(tmp_path / "stream"),
-                "--ca-maps",
+                "--castream-maps",
                 "gradcam++",
                 "--target-layer",
                 "layer4",
@@ -448,10 +448,12 @@ def test_sanity_runs_on_a_streams_maps_and_refuses_retraining_it(tmp_path, capsy
     assert stop.value.code == 0, printed
     report = json.loads((tmp_path / "sanity" / "sanity_reevaluate.json").read_text())
     levels = report["levels"]
-    assert report["ca_stream"]["maps"] == "gradcam++" and report["head"] is None
+    assert report["castream"]["maps"] == "gradcam++" and report["head"] is None
     assert levels[0]["ssim_mean"] == pytest.approx(1.0) and levels[0]["coverage"] is None
     assert (levels[1]["block"], levels[-1]["block"]) == ("conv1", "fc")  # bottom-up, the whole network
     assert levels[-1]["ssim_mean"] < 0.9 and "coverage    n/a" in printed
     with pytest.raises(SystemExit) as stop:
         cli.run(sanity_main, ["--ca-stream", str(tmp_path / "stream"), "--protocol", "retrain", "--split", "val"])
-    assert stop.value.code == 2 and "with its trained weights kept" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the old flag still works for one release, with a notice
+    assert "note: --ca-stream is renamed --castream; the old name goes in the next release" in err
+    assert stop.value.code == 2 and "with its trained weights kept" in err
