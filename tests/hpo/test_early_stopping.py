@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import cli
 from pipeline import config as configs
+from pipeline.errors import UserError
 from pipeline.hpo.ax_study.early_stopping import StoppingRule, replay, stopping_rule
 from pipeline.hpo.ax_study.space import load_search_space
 from pipeline.hpo.ax_study.study import INTERRUPTED, Study, TrialRecord
@@ -108,11 +109,11 @@ def test_replay_stops_in_index_order_against_the_trials_it_kept():
 
 
 def test_checkpoint_percentages_must_increase_and_early_stop_needs_checkpoints():
-    with pytest.raises(configs.UserError, match=r"checkpoints.at = \[75, 50\]: give distinct percentages"):
+    with pytest.raises(UserError, match=r"checkpoints.at = \[75, 50\]: give distinct percentages"):
         configs.from_dict({"checkpoints": {"at": [75, 50]}})
-    with pytest.raises(configs.UserError, match="needs checkpoints to stop at"):
+    with pytest.raises(UserError, match="needs checkpoints to stop at"):
         configs.from_dict({"checkpoints": {"at": [], "early_stop": True}})
-    with pytest.raises(configs.UserError, match="checkpoints.at"):
+    with pytest.raises(UserError, match="checkpoints.at"):
         configs.from_dict({"checkpoints": {"at": [0]}})
 
 
