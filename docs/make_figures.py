@@ -84,12 +84,13 @@ def pareto(search: Path) -> None:
 
     from pipeline.hpo.ax_study import ax_seam
     from pipeline.hpo.ax_study.study import Study
+    from pipeline.hpo.ax_study.trial_state import TrialState
     from pipeline.hpo.outputs.folder import SearchFolder
 
     folder = SearchFolder(search)
     ax_seam.quiet_ax()
     study = Study.read(search, folder.space())
-    records = [r for r in study.records() if r.status == "completed"]
+    records = [r for r in study.records() if r.status is TrialState.COMPLETED]
     front = {r.index for r in study.pareto()}
     chosen = json.loads((search / "metrics.json").read_text())["trial"]
     figure, axis = plt.subplots(figsize=(5.2, 4.0))

@@ -25,8 +25,11 @@ from scipy.stats import kendalltau
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
+from pipeline.hpo.ax_study.choice import choose_trial
 from pipeline.hpo.ax_study.early_stopping import INITIAL_DESIGN, replay
-from pipeline.hpo.ax_study.study import Study, TrialRecord, choose_trial
+from pipeline.hpo.ax_study.records import TrialRecord
+from pipeline.hpo.ax_study.study import Study
+from pipeline.hpo.ax_study.trial_state import TrialState  # noqa: E402
 from pipeline.hpo.outputs.folder import SearchFolder
 
 LABELS = {"road_morf_auc": "MoRF", "road_lerf_auc": "LeRF"}
@@ -83,7 +86,7 @@ def report(folder: Path) -> None:
     search = SearchFolder(folder)
     space = search.space()
     signs = space.objective_signs
-    records = [r for r in Study.read(folder, space).records() if r.status == "completed"]
+    records = [r for r in Study.read(folder, space).records() if r.status is TrialState.COMPLETED]
     percentages = sorted({p for r in records for p in r.checkpoints})
     print(f"\n{len(records)} completed trials in {folder}; checkpoints at {percentages} % of training")
     print("\nKendall's τ between checkpoint and final scores (p-value):")

@@ -29,6 +29,7 @@ from search_overhead import spent, timed  # noqa: E402  (this folder; spent: lab
 from pipeline import config as configs  # noqa: E402
 from pipeline.hpo.ax_study.space import load_search_space
 from pipeline.hpo.ax_study.study import Study
+from pipeline.hpo.ax_study.trial_state import TrialState  # noqa: E402
 from pipeline.hpo.driver import Search, SearchOptions
 from pipeline.hpo.outputs.trial_table import study_table
 from pipeline.hpo.trials import ray_pool as parallel
@@ -98,7 +99,7 @@ def run_trials(base: dict, trials: int, parallel_trials: int, folder: Path) -> d
     started = time.perf_counter()
     search.run_trials()
     wall = time.perf_counter() - started
-    completed = [r.index for r in search.study.records() if r.status == "completed"]
+    completed = [r.index for r in search.study.records() if r.status is TrialState.COMPLETED]
     assert len(completed) == trials, study_table(search.study)
     round_trips = [moments["collected"][i] - moments["submitted"][i] for i in completed]
     dispatch = [trip - work[i] for trip, i in zip(round_trips, completed)]

@@ -239,7 +239,7 @@ def choose(
     generator: np.random.Generator,
 ) -> dict[str, float]:
     """The point a final-choice rule picks from a replication's observations."""
-    from pipeline.hpo.ax_study.study import dominates
+    from pipeline.hpo.ax_study.records import dominates
 
     def front(scores: list[tuple[float, float]]) -> list[int]:
         signed = [(-morf, lerf) for morf, lerf in scores]

@@ -38,7 +38,8 @@ from pipeline.evaluation import scoring  # noqa: E402
 from pipeline.hpo.ax_study.space import load_search_space  # noqa: E402
 from pipeline.hpo.ax_study.study import Study  # noqa: E402
 from pipeline.hpo.driver import Search, SearchOptions  # noqa: E402
-from pipeline.hpo.outputs import recorders, trial_worker  # noqa: E402
+from pipeline.hpo.outputs import recorders  # noqa: E402
+from pipeline.hpo.trials import trial_worker  # noqa: E402
 from pipeline.metrics import road  # noqa: E402
 from pipeline.models.auxiliary import FeatureExtractor  # noqa: E402
 from pipeline.models.classifiers import Classifier  # noqa: E402

@@ -20,8 +20,9 @@ from pipeline import cli
 from pipeline import config as configs
 from pipeline.errors import UserError
 from pipeline.hpo.ax_study.early_stopping import StoppingRule, replay, stopping_rule
+from pipeline.hpo.ax_study.records import TrialRecord
 from pipeline.hpo.ax_study.space import load_search_space
-from pipeline.hpo.ax_study.study import INTERRUPTED, Study, TrialRecord
+from pipeline.hpo.ax_study.study import INTERRUPTED, Study
 from pipeline.hpo.ax_study.trial_state import TrialState
 from pipeline.hpo.driver import Search
 from pipeline.hpo.outputs.folder import PARENT_RUN, SearchFolder

@@ -10,7 +10,8 @@ import pytest
 
 from pipeline import config as configs
 from pipeline.errors import UserError
-from pipeline.hpo.ax_study.study import INTERRUPTED, AwaitingData, TrialRecord
+from pipeline.hpo.ax_study.records import TrialRecord
+from pipeline.hpo.ax_study.study import INTERRUPTED, AwaitingData
 from pipeline.hpo.ax_study.trial_state import TrialState
 from pipeline.hpo.trials.loop import TrialListener, TrialLoop
 from pipeline.hpo.trials.pools import Finished

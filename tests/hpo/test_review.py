@@ -8,8 +8,8 @@ import pytest
 from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
 
 from pipeline import config as configs
+from pipeline.hpo.ax_study.records import TrialRecord
 from pipeline.hpo.ax_study.space import load_search_space
-from pipeline.hpo.ax_study.study import TrialRecord
 from pipeline.hpo.ax_study.trial_state import TrialState
 from pipeline.hpo.outputs.descriptions import (
     FinalHead,

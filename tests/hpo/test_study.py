@@ -10,17 +10,10 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.hpo.ax_study import ax_seam
+from pipeline.hpo.ax_study.choice import choose
+from pipeline.hpo.ax_study.records import TrialRecord, pareto_front, trade_off
 from pipeline.hpo.ax_study.space import SearchSpace, load_search_space
-from pipeline.hpo.ax_study.study import (
-    INTERRUPTED,
-    SNAPSHOT_NAME,
-    Study,
-    TrialRecord,
-    choose,
-    objective_thresholds,
-    pareto_front,
-    trade_off,
-)
+from pipeline.hpo.ax_study.study import INTERRUPTED, SNAPSHOT_NAME, Study, objective_thresholds
 from pipeline.hpo.ax_study.trial_state import TrialState
 from pipeline.hpo.outputs.trial_table import format_table, study_table
 from pipeline.hpo.trials.trial_configs import trial_config

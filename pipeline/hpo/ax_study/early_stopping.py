@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pipeline.config import CheckpointConfig
-from pipeline.hpo.ax_study.study import TrialRecord, dominates
+from pipeline.hpo.ax_study.records import TrialRecord, dominates
 from pipeline.hpo.ax_study.trial_state import TrialState
 
 INITIAL_DESIGN = "Sobol"  # `TrialRecord.generator` of the initial trials, never stopped

@@ -1,4 +1,5 @@
-"""The persistent Ax study of one search: ask/tell trials, atomic JSON snapshots, resume, final choice.
+"""The persistent Ax study of one search: ask/tell trials, atomic JSON snapshots, resume, the final choice
+(`choice`) over the trials' records (`records`).
 
 The whole state lives in ``<directory>/ax_experiment.json`` (Ax's own snapshot: experiment, data,
 generation strategy, trial failure reasons) and is rewritten atomically after every change, so a
@@ -10,13 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.atomic import replace_atomically
 from pipeline.errors import UserError
 from pipeline.hpo.ax_study import ax_seam
+from pipeline.hpo.ax_study.choice import Choice, choose, choose_trial, model_front
+from pipeline.hpo.ax_study.records import TrialRecord, pareto_front, trade_off
 from pipeline.hpo.ax_study.space import SearchSpace
 from pipeline.hpo.ax_study.trial_state import TrialState
 
@@ -39,50 +41,6 @@ _GENERATOR_NAMES = {"Sobol": "Sobol", "MBM": "BoTorch", "Uniform": "uniform"}
 class AwaitingData(Exception):
     """Ax wants results before it generates more points: its Sobol budget is spent on running trials
     and too few have completed. Wait for a running trial, then ask again."""
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One trial as the rest of the pipeline sees it. ``checkpoints``: its scores during training by percentage of
-    the training done."""
-
-    index: int
-    status: TrialState
-    parameters: dict[str, Any]
-    metrics: dict[str, float]
-    reason: str | None
-    generator: str
-    checkpoints: dict[int, dict[str, float]] = field(default_factory=dict)
-
-    @property
-    def lambda3(self) -> float | None:
-        """``1 − λ1 − λ2`` (the loss's third weight) when the trial searched λ1 and λ2."""
-        if "lambda1" in self.parameters and "lambda2" in self.parameters:
-            return 1.0 - self.parameters["lambda1"] - self.parameters["lambda2"]
-        return None
-
-
-def pareto_front(records: Sequence[TrialRecord], signs: Mapping[str, float]) -> list[TrialRecord]:
-    """Completed trials that no other completed trial dominates, on observed (not predicted) values.
-
-    ``signs`` maps each objective to +1 (maximise) or −1 (minimise).
-    """
-    scored = [
-        (record, [signs[name] * record.metrics[name] for name in signs])
-        for record in records
-        if record.status is TrialState.COMPLETED and all(name in record.metrics for name in signs)
-    ]
-    return [record for record, score in scored if not any(dominates(other, score) for _, other in scored)]
-
-
-def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    """``a`` is at least as good as ``b`` everywhere and better somewhere (values signed so that larger is better)."""
-    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
-
-
-def trade_off(record: TrialRecord, signs: Mapping[str, float]) -> float:
-    """The sum of direction-signed objectives, e.g. ``LeRF − MoRF``: larger is better."""
-    return sum(sign * record.metrics[name] for name, sign in signs.items())
 
 
 class Study:
@@ -330,100 +288,6 @@ def trial_records(experiment: Experiment) -> list[TrialRecord]:
             )
         )
     return records
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The final head's trial and why: the rule (``observed``, ``predicted`` or ``selected`` by ``--select``), and
-    the trial's LeRF − MoRF as observed and as predicted (None without a model prediction; ``note`` says why)."""
-
-    record: TrialRecord
-    rule: str
-    observed: float
-    predicted: float | None
-    note: str | None = None
-
-    def describe(self) -> str:
-        """One line, e.g. "the largest model-predicted LeRF − MoRF on the predicted Pareto front (trial 7): ..."."""
-        words = {
-            "observed": "the largest observed LeRF − MoRF on the observed Pareto set",
-            "predicted": "the largest model-predicted LeRF − MoRF on the model-predicted Pareto front",
-            "selected": "chosen with --select",
-        }[self.rule]
-        predicted = "n/a" if self.predicted is None else f"{self.predicted:.4f}"
-        return (
-            f"{words}: trial {self.record.index}, LeRF − MoRF observed {self.observed:.4f}, predicted {predicted}"
-            + (f" ({self.note})" if self.note else "")
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "trial": self.record.index,
-            "observed_trade_off": self.observed,
-            "predicted_trade_off": self.predicted,
-            "note": self.note,
-        }
-
-
-def model_front(predicted: Mapping[int, Mapping[str, float]], signs: Mapping[str, float]) -> dict[int, float]:
-    """Trial index -> predicted `trade_off` of the trials that no other trial dominates on predicted values (the
-    in-sample predicted Pareto front; the objective thresholds play no part, so a front exists where no trial beats
-    them)."""
-    signed = {index: [sign * values[name] for name, sign in signs.items()] for index, values in predicted.items()}
-    return {
-        index: sum(score)
-        for index, score in signed.items()
-        if not any(dominates(other, score) for other in signed.values())
-    }
-
-
-def choose(
-    records: Sequence[TrialRecord],
-    signs: Mapping[str, float],
-    rule: str,
-    predicted: Mapping[int, float],
-    note: str | None = None,
-) -> Choice:
-    """The final choice by ``rule``: ``observed``, the Pareto trial with the largest observed `trade_off`;
-    ``predicted``, the trial on the model-predicted front with the largest predicted one (the observed rule when
-    there is no prediction, with ``note`` saying so). A noisy trial that looks best only by luck wins the observed
-    rule; the model pools nearby trials, which the replays in tests/benchmarks/search_quality.py weigh."""
-    completed = {record.index for record in records if record.status is TrialState.COMPLETED}
-    predicted = {index: value for index, value in predicted.items() if index in completed}
-    if rule == "predicted" and predicted:
-        index = max(predicted, key=predicted.__getitem__)
-        record = records[index]
-        return Choice(record, rule, trade_off(record, signs), predicted[index], note)
-    record = choose_trial(records, signs)
-    if rule == "predicted":
-        return Choice(
-            record,
-            "observed",
-            trade_off(record, signs),
-            predicted.get(record.index),
-            f"the observed rule: {note or 'no trial on the model-predicted front'}",
-        )
-    if note is None and record.index not in predicted:
-        note = "not on the model-predicted front"
-    return Choice(record, rule, trade_off(record, signs), predicted.get(record.index), note)
-
-
-def choose_trial(records: Sequence[TrialRecord], signs: Mapping[str, float], trial: int | None = None) -> TrialRecord:
-    """The Pareto trial with the best `trade_off`, or completed trial ``trial`` (``--select``)."""
-    if trial is None:
-        front = pareto_front(records, signs)
-        if not front:
-            raise UserError("no trial has completed yet, so there is no configuration to select; run more trials")
-        return max(front, key=lambda record: trade_off(record, signs))
-    completed = [record.index for record in records if record.status is TrialState.COMPLETED]
-    if not 0 <= trial < len(records):
-        raise UserError(f"--select {trial}: no such trial; completed trials are {completed}")
-    record = records[trial]
-    if record.status is not TrialState.COMPLETED:
-        why = f" ({record.reason})" if record.reason else ""
-        raise UserError(f"--select {trial}: that trial is {record.status}{why}; pick a completed one: {completed}")
-    return record
 
 
 @contextmanager

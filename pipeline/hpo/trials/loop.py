@@ -12,7 +12,8 @@ from typing import Any
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
 from pipeline.hpo.ax_study.early_stopping import stopping_rule
-from pipeline.hpo.ax_study.study import INTERRUPTED, AwaitingData, Study, TrialRecord
+from pipeline.hpo.ax_study.records import TrialRecord
+from pipeline.hpo.ax_study.study import INTERRUPTED, AwaitingData, Study
 from pipeline.hpo.ax_study.trial_state import TrialState
 from pipeline.hpo.trials.pools import Finished, StepLog, TrialPool
 from pipeline.hpo.trials.trial_worker import TrialResult, failure_reason
