@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import resource
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,7 @@ class Run:
 
     trial_seconds: list[float]
     trial_scores: list[tuple[str, str, str]]
+    trial_run_seconds: list[float]  # the trial runs' durations in MLflow (start to end, to the millisecond)
     scores: dict
     wall: float
     cpu: float
@@ -51,8 +53,9 @@ class Side:
     runs: list[Run] = field(default_factory=list)
 
     def median(self, figure: str) -> float:
-        if figure == "trial":
-            return statistics.median(s for run in self.runs for s in run.trial_seconds)
+        if figure in ("trial", "trial_run"):
+            attribute = "trial_seconds" if figure == "trial" else "trial_run_seconds"
+            return statistics.median(s for run in self.runs for s in getattr(run, attribute))
         return statistics.median(getattr(run, figure) for run in self.runs)
 
 
@@ -99,11 +102,52 @@ def run_search(checkout: Path, trials: int, folder: Path) -> Run:
     return Run(
         [float(s) for *_, s in lines],
         [(i, morf, lerf) for i, morf, lerf, _ in lines],
+        trial_run_seconds(folder / "mlflow.db"),
         scores,
         wall,
         usage.ru_utime + usage.ru_stime,
         usage.ru_maxrss / 1024,
     )
+
+
+def trial_run_seconds(database: Path) -> list[float]:
+    """Each trial run's duration in the search's MLflow store (runs named trial-NNN), in trial order."""
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute(
+            "SELECT name, end_time - start_time FROM runs WHERE name LIKE 'trial-%' ORDER BY name"
+        ).fetchall()
+    return [milliseconds / 1000 for _, milliseconds in rows]
+
+
+def score_differences(before: Side, after: Side) -> list[str]:
+    """The first run of each side, trial by trial, and the largest difference of every final metric."""
+    lines = ["", "| trial | MoRF before | MoRF after | LeRF before | LeRF after |", "|---:|---:|---:|---:|---:|"]
+    for (index, morf_b, lerf_b), (_, morf_a, lerf_a) in zip(before.runs[0].trial_scores, after.runs[0].trial_scores):
+        lines.append(f"| {index} | {morf_b} | {morf_a} | {lerf_b} | {lerf_a} |")
+    first_before, first_after = flat(before.runs[0].scores["final"]), flat(after.runs[0].scores["final"])
+    differences = {
+        key: abs(value - first_after[key])
+        for key, value in first_before.items()
+        if isinstance(value, float) and isinstance(first_after.get(key), float)
+    }
+    largest = sorted(differences.items(), key=lambda item: -item[1])[:5]
+    lines += [
+        "",
+        "Largest differences of the final head's metrics (first runs): "
+        + ", ".join(f"{key} {value:.4f}" for key, value in largest),
+    ]
+    return lines
+
+
+def flat(metrics: dict, prefix: str = "") -> dict:
+    """Every number of a nested metrics dict, keyed by its dotted path."""
+    found: dict = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            found |= flat(value, f"{prefix}{key}.")
+        else:
+            found[f"{prefix}{key}"] = value
+    return found
 
 
 def commit(checkout: Path) -> str:
@@ -122,7 +166,8 @@ def report(before: Side, after: Side, trials: int, command: str) -> str:
         "|---|---:|---:|---:|",
     ]
     for label, figure in (
-        ("trial, median s", "trial"),
+        ("trial, median s (console)", "trial"),
+        ("trial, median s (MLflow run)", "trial_run"),
         ("search wall, median s", "wall"),
         ("search CPU, median s", "cpu"),
         ("peak RSS, median MiB", "peak_rss_mib"),
@@ -131,6 +176,7 @@ def report(before: Side, after: Side, trials: int, command: str) -> str:
         lines.append(f"| {label} | {b:.1f} | {a:.1f} | {b / a:.2f} |")
     lines.append(f"| commit | {commit(before.checkout)} | {commit(after.checkout)} | |")
     same_trials = all(run.trial_scores == before.runs[0].trial_scores for run in before.runs + after.runs)
+    same_within = [all(run.scores == side.runs[0].scores for run in side.runs) for side in (before, after)]
     same_scores = all(run.scores == before.runs[0].scores for run in before.runs + after.runs)
     lines += [
         "",
@@ -139,8 +185,10 @@ def report(before: Side, after: Side, trials: int, command: str) -> str:
         f"in every run of both sides: {same_scores}.",
     ]
     if not same_scores:
-        first, other = before.runs[0].scores, after.runs[0].scores
-        lines.append(f"before: {json.dumps(first)[:600]}\n\nafter: {json.dumps(other)[:600]}")
+        lines.append(
+            f"Within each side, every run identical at full precision: before {same_within[0]}, after {same_within[1]}."
+        )
+        lines += score_differences(before, after)
     return "\n".join(lines)
 
 
