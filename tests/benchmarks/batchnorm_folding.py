@@ -94,7 +94,8 @@ def main() -> None:
         lines.append(f"| {work} | {before:.3f} | {after:.3f} | {before / after:.2f} |")
     lines += [
         "",
-        f"Largest difference, folded against as loaded: logits {logits:.1e}, input gradients {gradients:.1e}.",
+        f"Largest difference, folded against as loaded: logits {logits:.1e}; input gradients {gradients:.1e} (99.9 % "
+        f"of them within {typical:.1e}; the largest input gradient is {reference.abs().max().item():.1e}).",
     ]
     text = "\n".join(lines)
     print(text)
