@@ -15,8 +15,8 @@ from typing import Any
 
 from pipeline import config as configs
 from pipeline.config import DataConfig, ExperimentConfig
-from pipeline.hpo.ax_study.space import Parameter, SearchSpace
 from pipeline.hpo.ax_study.records import TrialRecord
+from pipeline.hpo.ax_study.space import Parameter, SearchSpace
 from pipeline.hpo.ax_study.trial_state import TrialState
 from pipeline.metrics.road import road_protocol_of
 

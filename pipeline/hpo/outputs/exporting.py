@@ -8,10 +8,10 @@ from pathlib import Path
 
 from pipeline import config as configs
 from pipeline.hpo.ax_study import ax_seam
-from pipeline.hpo.outputs.folder import FINAL_TRIAL, REFERENCES, SearchFolder
 from pipeline.hpo.ax_study.study import Study
-from pipeline.hpo.trials.trial_configs import trial_config
+from pipeline.hpo.outputs.folder import FINAL_TRIAL, REFERENCES, SearchFolder
 from pipeline.hpo.outputs.trial_table import study_table
+from pipeline.hpo.trials.trial_configs import trial_config
 from pipeline.metrics.road import road_protocol_of
 
 

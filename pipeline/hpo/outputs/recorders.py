@@ -6,12 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.config import ExperimentConfig
+from pipeline.hpo.ax_study.records import TrialRecord
+from pipeline.hpo.ax_study.study import INTERRUPTED, Study
+from pipeline.hpo.ax_study.trial_state import TrialState
 from pipeline.hpo.outputs.folder import SearchFolder
 from pipeline.hpo.trials.loop import TrialListener
 from pipeline.hpo.trials.pools import StepLog
-from pipeline.hpo.ax_study.study import INTERRUPTED, Study
-from pipeline.hpo.ax_study.records import TrialRecord
-from pipeline.hpo.ax_study.trial_state import TrialState
 from pipeline.hpo.trials.trial_worker import TrialResult
 from pipeline.tracking.runs import RunLog, Tracker
 

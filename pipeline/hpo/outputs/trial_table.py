@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.hpo.ax_study.study import Study
 from pipeline.hpo.ax_study.records import TrialRecord
+from pipeline.hpo.ax_study.study import Study
 
 _COLUMN_LABELS = {"road_morf_auc": "MoRF", "road_lerf_auc": "LeRF"}
 
