@@ -46,7 +46,7 @@ SYSTEM_FIXTURES = {"mlflow_server", "ray_address", "demo_search"}
 
 
 # The files whose tests read the session's demo search command; they run in one pytest-xdist worker, so the
-# search runs once (Ray's tests are all in hpo/test_parallel.py).
+# search runs once. (Ray starts once per worker whose tests need it: hpo/test_parallel.py, hpo/test_early_stopping.py.)
 DEMO_SEARCH_FILES = {"test_console.py", "test_mlflow_review.py", "test_registered_explainer.py"}
 
 
