@@ -43,8 +43,9 @@ def _after_normalising(norm: nn.BatchNorm2d) -> nn.Module | None:
     return None
 
 
-def _conv_norm_pairs(network: nn.Module, probe: torch.Tensor) -> dict[str, str]:
-    """Convolution name -> BatchNorm name, for each eval-mode BatchNorm whose input is a convolution's output."""
+def _conv_norm_pairs(network: nn.Module, probe: torch.Tensor) -> tuple[dict[str, str], Any]:
+    """Convolution name -> BatchNorm name, for each eval-mode BatchNorm whose input is a convolution's output, and
+    the network's output on ``probe``."""
     names = {module: name for name, module in network.named_modules()}
     outputs: dict[int, tuple[str, torch.Tensor]] = {}  # the tensors are kept so that no id is reused
     pairs: dict[str, str] = {}
@@ -63,24 +64,27 @@ def _conv_norm_pairs(network: nn.Module, probe: torch.Tensor) -> dict[str, str]:
     hooks += [norm.register_forward_pre_hook(seen_input) for norm in norms]
     try:
         with torch.no_grad():
-            network(probe)
+            output = network(probe)
     finally:
         for hook in hooks:
             hook.remove()
-    return pairs
+    return pairs, output
 
 
-def _fold(network: nn.Module, conv_name: str, norm_name: str) -> Callable[[], None] | None:
-    """Fold one pair in place; returns how to undo it, or None where the pair cannot be folded."""
-    modules = dict(network.named_modules())
+def _fold(
+    network: nn.Module, modules: dict[str, nn.Module], conv_name: str, norm_name: str
+) -> Callable[[], None] | None:
+    """Fold one pair in place (``modules``: the network's named modules); returns how to undo it, or None where the
+    pair cannot be folded."""
     conv, norm = modules[conv_name], modules[norm_name]
-    after = _after_normalising(norm)
-    if after is None or not isinstance(conv, nn.Conv2d):
+    if not isinstance(conv, nn.Conv2d) or not isinstance(norm, nn.BatchNorm2d):
+        return None
+    after, mean, variance = _after_normalising(norm), norm.running_mean, norm.running_var
+    if after is None or mean is None or variance is None:
         return None
     weight, bias = conv.weight, conv.bias
-    ones, zeros = torch.ones_like(norm.running_var), torch.zeros_like(norm.running_mean)
-    scale = (norm.weight if norm.affine else ones) / torch.sqrt(norm.running_var + norm.eps)
-    shift = (norm.bias if norm.affine else zeros) - norm.running_mean * scale
+    scale = (norm.weight if norm.affine else torch.ones_like(variance)) / torch.sqrt(variance + norm.eps)
+    shift = (norm.bias if norm.affine else torch.zeros_like(mean)) - mean * scale
     conv.weight = nn.Parameter(weight * scale.view(-1, 1, 1, 1).to(weight.dtype), requires_grad=False)
     conv.bias = nn.Parameter((shift if bias is None else bias * scale + shift).to(weight.dtype), requires_grad=False)
     parent_name, _, child = norm_name.rpartition(".")
@@ -99,11 +103,11 @@ def fold_batch_norms(network: nn.Module, probe: torch.Tensor) -> int:
     """Fold, in place, each BatchNorm of ``network`` (eval mode, frozen) that directly follows a convolution;
     ``probe`` (a batch the network takes) finds the pairs and checks the result: if the folded network's outputs
     on it differ from the unfolded ones, every fold is undone. Returns how many BatchNorms were folded."""
-    pairs = _conv_norm_pairs(network, probe)
+    pairs, expected = _conv_norm_pairs(network, probe)
     if not pairs:
         return 0
-    expected = network(probe)
-    undos = [undo for pair in pairs.items() if (undo := _fold(network, *pair))]
+    modules = dict(network.named_modules())
+    undos = [undo for pair in pairs.items() if (undo := _fold(network, modules, *pair))]
     if not _close(network(probe), expected):
         for undo in reversed(undos):
             undo()
