@@ -5,11 +5,10 @@ alias."""
 from __future__ import annotations
 
 import io
-import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, redirect_stderr
+from collections.abc import Mapping
+from contextlib import redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from pipeline.config import ExperimentConfig
 from pipeline.tracking import serving
 from pipeline.tracking.mlflow_seam import SystemMetrics
 from pipeline.tracking.runs import FAILURE_TAG, RunLog, Tracker
-from pipeline.tracking.stores import TRACKING_URI_ENV
+from pipeline.tracking.stores import fluent_tracking_uri
 from pipeline.training.saved_head import CONFIG_FILE, COUNTS_FILE, HEAD_FILE, SUMMARY_FILE
 
 
@@ -74,7 +73,7 @@ class FinalRunLog(RunLog):
         # Created here because log_model would file it under the fluent (default) experiment.
         logged = self.client.create_logged_model(self.experiment_id, "explainer", source_run_id=self.run_id)
         # MLflow prints its own two lines about the registration on stderr; the caller reports the version.
-        with _fluent_tracking_uri(self.tracking_uri), warnings.catch_warnings(), redirect_stderr(io.StringIO()):
+        with fluent_tracking_uri(self.tracking_uri), warnings.catch_warnings(), redirect_stderr(io.StringIO()):
             # An input example would make MLflow load both networks again just to log it; the
             # signature already states the input, so its advice to add one is noise here.
             warnings.filterwarnings("ignore", message=".*An input example was not provided")
@@ -103,21 +102,6 @@ class FinalRunLog(RunLog):
         for key, value in tags.items():
             self.client.set_model_version_tag(name, version, key, value)
         self.client.set_registered_model_alias(name, alias, version)
-
-
-@contextmanager
-def _fluent_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API at `uri` for one block, then restore the global and the env var
-    (`mlflow.set_tracking_uri` also writes $MLFLOW_TRACKING_URI)."""
-    env_before = os.environ.get(TRACKING_URI_ENV)
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        # mlflow takes None (no URI set: it unsets the env var too) but annotates str | Path only
-        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
-        if env_before is not None:
-            os.environ[TRACKING_URI_ENV] = env_before
 
 
 def start_final(tracker: Tracker, params: Mapping[str, Any], system_metrics_interval_s: float = 10.0) -> FinalRunLog:

@@ -31,6 +31,7 @@ from pipeline.data.sources import eval_transform
 from pipeline.errors import UserError
 from pipeline.models.classifiers import LITE_SIZES
 from pipeline.models.explainer import Explainer
+from pipeline.tracking.stores import fluent_tracking_uri
 from pipeline.training.saved_head import CONFIG_FILE, HEAD_FILE, load_explainer
 
 ENTRY_POINT = Path(__file__).with_name("registered_model.py")
@@ -115,9 +116,9 @@ def model_artifacts(head_directory: Path, config: ExperimentConfig) -> dict[str,
 
 def load_registered(uri: str, tracking_uri: str) -> ExplainerModel:
     """Load a registered explainer (e.g. ``models:/NAME/VERSION``) from the registry at ``tracking_uri``."""
-    mlflow.set_tracking_uri(tracking_uri)
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        with fluent_tracking_uri(tracking_uri):
+            model = mlflow.pyfunc.load_model(uri)
     except MlflowException as error:
         reason = str(error).strip().splitlines()[0]
         raise UserError(

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import mlflow
@@ -83,6 +84,21 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """Explicit `uri` > $MLFLOW_TRACKING_URI > MLflow's default (sqlite:///mlflow.db in the cwd)."""
     return uri or os.environ.get(TRACKING_URI_ENV) or mlflow.get_tracking_uri()
+
+
+@contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at `uri` for one block, then restore the global and the env var
+    (`mlflow.set_tracking_uri` also writes $MLFLOW_TRACKING_URI)."""
+    env_before = os.environ.get(TRACKING_URI_ENV)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        # mlflow takes None (no URI set: it unsets the env var too) but annotates str | Path only
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+        if env_before is not None:
+            os.environ[TRACKING_URI_ENV] = env_before
 
 
 def is_tracking_server(uri: str) -> bool:

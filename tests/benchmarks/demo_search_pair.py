@@ -1,6 +1,7 @@
 """A demo search of one commit against the same search of an earlier commit, alternated in one run.
 
-    python tests/benchmarks/demo_search_pair.py --before 83694fe [--after HEAD] [--pairs 3] [--trials 3] [--out FILE.md]
+    python tests/benchmarks/demo_search_pair.py --before 83694fe [--after HEAD] [--pairs 3] [--trials 3]
+        [--before-set KEY=VALUE ...] [--out FILE.md]
 
 Runs ``python -m pipeline.search --experiment experiments/demo.yaml --trials N`` of the commits ``--before`` and
 ``--after`` (temporary git worktrees, so uncommitted changes take no part) in turn, B A B A ..., each in a fresh
@@ -9,6 +10,9 @@ MLflow store, and prints per side: the median seconds of a trial (from the conso
 wall and CPU seconds and peak RSS (the process's own accounting), and the ratios before / after of the medians.
 Then whether the two sides scored alike: every trial's MoRF/LeRF as the console prints them, the reference maps'
 scores and the final head's validation and test metrics (full precision, seconds left out).
+
+``--before-set`` hands ``--set KEY=VALUE`` to the earlier commit's searches only: e.g. the earlier demo's size of
+today's, where the demo's defaults changed between the two commits.
 """
 
 from __future__ import annotations
@@ -68,8 +72,9 @@ def without_seconds(metrics: dict) -> dict:
     }
 
 
-def run_search(checkout: Path, trials: int, folder: Path) -> Run:
-    """Run the demo search of ``checkout`` in ``folder`` (its working directory, so MLflow's artifacts land there)."""
+def run_search(checkout: Path, trials: int, folder: Path, overrides: list[str]) -> Run:
+    """Run the demo search of ``checkout`` in ``folder`` (its working directory, so MLflow's artifacts land there),
+    with ``--set`` for each of ``overrides``."""
     command = [
         sys.executable,
         "-m",
@@ -85,6 +90,7 @@ def run_search(checkout: Path, trials: int, folder: Path) -> Run:
         "--no-progress",
         "--tracking-uri",
         f"sqlite:///{folder / 'mlflow.db'}",
+        *(word for override in overrides for word in ("--set", override)),
     ]
     environment = os.environ | {"PYTHONPATH": str(checkout)}
     started = time.perf_counter()
@@ -198,6 +204,9 @@ def main() -> None:
     parser.add_argument("--after", default="HEAD", help="the later commit (default HEAD)")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument(
+        "--before-set", action="append", default=[], metavar="KEY=VALUE", help="--set for the earlier commit only"
+    )
     parser.add_argument("--out", type=Path, help="also write the result as Markdown here")
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -215,7 +224,8 @@ def main() -> None:
                 for side in sides:
                     folder = Path(scratch) / f"{side.name}-{pair}"
                     folder.mkdir()
-                    run = run_search(side.checkout, args.trials, folder)
+                    overrides = args.before_set if side.name == "before" else []
+                    run = run_search(side.checkout, args.trials, folder, overrides)
                     side.runs.append(run)
                     print(
                         f"{side.name} {pair}: trials {run.trial_seconds} s, wall {run.wall:.0f} s, "

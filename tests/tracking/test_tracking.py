@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import config as configs
 from pipeline.errors import UserError
 from pipeline.hpo.ax_study.analyses import log_ax_analyses
-from pipeline.tracking import registry, runs, stores
+from pipeline.tracking import registry, runs, serving, stores
 from pipeline.tracking.registry import start_final
 from pipeline.tracking.runs import Tracker
 from pipeline.training.head_training import train_head
@@ -60,6 +60,20 @@ def test_resolve_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-env:5000")
     assert stores.resolve_tracking_uri(None) == "http://from-env:5000"
     assert stores.resolve_tracking_uri("http://explicit:5000") == "http://explicit:5000"
+
+
+def test_loading_a_registered_model_leaves_the_global_tracking_uri_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`load_registered` points MLflow's fluent API at the registry for the load only: a later default (or a test
+    after it in the same process) still resolves as before."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = stores.resolve_tracking_uri(None)
+    with pytest.raises(UserError, match="cannot load 'models:/absent/1' from the registry at sqlite:///"):
+        serving.load_registered("models:/absent/1", f"sqlite:///{tmp_path / 'registry.db'}")
+    assert stores.resolve_tracking_uri(None) == before
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
 @pytest.mark.parametrize(
