@@ -12,6 +12,8 @@ if [ -d /etc/xdg/pip ]; then
   .venv/bin/python -m pip install --quiet --no-compile torch==2.14.1 torchvision==0.29.1
 fi
 .venv/bin/python -m pip install --quiet --no-compile ".[test]"
-# -qq and `|| true`: like pip, skip the few files written for other Python versions (they never import here)
-.venv/bin/python -m compileall -qq -j 0 .venv/lib/python3*/site-packages || true
+# -qq and `|| true`: like pip, skip the few files written for other Python versions (they never import here); -x:
+# skip the packages' own test suites (a sixth of the source; nothing here imports them; measured: 10-11 s instead of
+# 12-13 s on a 2-core machine)
+.venv/bin/python -m compileall -qq -j 0 -x '/tests?/' .venv/lib/python3*/site-packages || true
 echo "installed into .venv"

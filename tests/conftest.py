@@ -7,12 +7,13 @@ unit tier is ``pytest -m "not system and not slow"``; plain ``pytest`` runs ever
 
 Tests that share the server or Ray keep apart by what they create: their own MLflow experiment, search name or
 registered model, and the run ids they were given. Under pytest-xdist (two workers by default, pyproject.toml)
-"session" means a worker: each starts its own server, Ray or demo search once one of its tests needs it, and the
-scheduler below keeps each of those users in one worker where it matters.
+the workers share one MLflow server (the first that needs it launches it, the controller stops it at the end), and
+"session" means a worker for Ray and the demo search: the scheduler below keeps each one's users in one worker.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -25,7 +26,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.mlflow_server import launch_mlflow_server, stop_mlflow_server, wait_for_mlflow_server
+from pipeline.locking import exclusive_lock
+from tests.mlflow_server import (
+    launch_mlflow_server,
+    stop_mlflow_server,
+    stop_mlflow_server_group,
+    wait_for_mlflow_server,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,18 +49,70 @@ def _share_the_cores_between_workers() -> None:
 
 _share_the_cores_between_workers()
 _server: dict = {}  # the session's MLflow server, launched once collection shows that a test needs it
+# Under pytest-xdist: the folder (made by the controller) where the workers record the MLflow server they share.
+SHARED_FOLDER_ENV = "PTAME_TESTS_SHARED_FOLDER"
+SERVER_RECORD = "mlflow_server.json"
 SYSTEM_FIXTURES = {"mlflow_server", "ray_address", "demo_search"}
 
 
-# The files whose tests read the session's demo search command; they run in one pytest-xdist worker, so the
-# search runs once. (Ray starts once per worker whose tests need it: hpo/test_parallel.py, hpo/test_early_stopping.py.)
-DEMO_SEARCH_FILES = {"test_console.py", "test_mlflow_review.py", "test_registered_explainer.py"}
+# Files whose tests share a session fixture too costly to build twice run in one pytest-xdist worker, as one scope:
+# the demo search command, and a local Ray instance. (Paths under tests/.)
+SHARED_SCOPES = {
+    "the demo search": (
+        "demo_search",
+        {"end_to_end/test_console.py", "tracking/test_mlflow_review.py", "tracking/test_registered_explainer.py"},
+    ),
+    "Ray": ("ray_address", {"hpo/test_parallel.py", "hpo/test_early_stopping.py"}),
+}
+# Seconds per file in one plain `pytest` run (two workers, a quiet 2-core machine, 2026-12-07 at 4e52cb6), for the
+# order only: the workers take the longest scopes first, so that neither waits for the other at the end (a file not
+# listed here counts as 0 s; every one of those took under 3 s). Refresh with `pytest --durations=0` after a large
+# change in a test's size.
+FILE_SECONDS = {
+    "hpo/test_parallel.py": 117,
+    "hpo/test_early_stopping.py": 36,
+    "end_to_end/test_console.py": 34,
+    "end_to_end/test_product_card.py": 27,
+    "models/test_castream.py": 27,
+    "tracking/test_tracking.py": 23,
+    "hpo/test_search.py": 17,
+    "metrics/test_road_meaning.py": 17,
+    "models/test_coverage.py": 15,
+    "baselines/test_baselines.py": 15,
+    "hpo/test_study.py": 13,
+    "training/test_learning.py": 12,
+    "config/test_resources.py": 11,
+    "evaluation/test_blockwise_eval.py": 11,
+    "tracking/test_registered_explainer.py": 10,
+    "data/test_batches.py": 6,
+    "commands/test_train_cli.py": 5,
+}
+
+
+def under_tests(path: str | Path) -> str:
+    """A test file's path under tests/, e.g. ``hpo/test_parallel.py``."""
+    return Path(path).resolve().relative_to(REPO / "tests").as_posix()
+
+
+def scope_of(path: str | Path) -> str:
+    """The pytest-xdist scope of a test file: its SHARED_SCOPES name, or the file itself."""
+    name = under_tests(path)
+    return next((scope for scope, (_, files) in SHARED_SCOPES.items() if name in files), name)
+
+
+def scope_seconds(items: list[pytest.Item]) -> dict[str, int]:
+    """Each scope's seconds by FILE_SECONDS."""
+    seconds: dict[str, int] = {}
+    for path in {item.path for item in items}:
+        scope = scope_of(path)
+        seconds[scope] = seconds.get(scope, 0) + FILE_SECONDS.get(under_tests(path), 0)
+    return seconds
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep the tiers honest: a test that uses the server, Ray or the demo search command is marked ``system``;
-    keep the workers' schedule right: a test of the demo search is in one of DEMO_SEARCH_FILES; and run the files
-    with slow tests first."""
+    keep the workers' schedule right: a test that uses a shared fixture is in its SHARED_SCOPES files; and run the
+    longest scopes first."""
     wrong = [
         item.nodeid
         for item in items
@@ -63,26 +122,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(
             "mark these tests @pytest.mark.system (they use a server, Ray or a command): " + ", ".join(wrong)
         )
-    elsewhere = [
-        item.nodeid for item in items if "demo_search" in item.fixturenames and item.path.name not in DEMO_SEARCH_FILES
-    ]
-    if elsewhere:
-        raise pytest.UsageError(
-            "add these tests' files to DEMO_SEARCH_FILES in tests/conftest.py: " + ", ".join(elsewhere)
-        )
-    with_slow_tests = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in with_slow_tests)  # long files first: no worker waits at the end
+    for scope, (fixture, files) in SHARED_SCOPES.items():
+        users = [item for item in items if fixture in item.fixturenames]
+        elsewhere = [item.nodeid for item in users if under_tests(item.path) not in files]
+        if elsewhere:
+            raise pytest.UsageError(
+                f"add these tests' files to SHARED_SCOPES[{scope!r}] in tests/conftest.py: " + ", ".join(elsewhere)
+            )
+    seconds = scope_seconds(items)
+    items.sort(key=lambda item: -seconds[scope_of(item.path)])  # stable: a file keeps its tests' order
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Under pytest-xdist (``-n 2`` in pyproject.toml), hand out whole files, so that a module's fixtures are built
-    once, and the files of DEMO_SEARCH_FILES together."""
+    once, and the files of a SHARED_SCOPES entry together, in the order pytest_collection_modifyitems left them."""
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # xdist would otherwise put the scopes with the most tests first
 
     class ByFile(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return "the demo search" if Path(path).name in DEMO_SEARCH_FILES else path
+            return scope_of(REPO / nodeid.split("::", 1)[0])
 
     return ByFile(config, log)
 
@@ -95,11 +155,45 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _launch_server()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, the controller makes the folder where its workers share one MLflow server."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        os.environ[SHARED_FOLDER_ENV] = tempfile.mkdtemp(prefix="pytest-shared-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop a server launched early whose fixture never ran (e.g. the run stopped first); under pytest-xdist the
+    controller stops the workers' shared server, once every worker has finished."""
+    if "process" in _server:
+        stop_mlflow_server(_server["process"])
+        shutil.rmtree(_server["folder"], ignore_errors=True)
+        _server.clear()
+    if hasattr(config, "workerinput") or (folder := os.environ.pop(SHARED_FOLDER_ENV, None)) is None:
+        return
+    record = Path(folder) / SERVER_RECORD
+    if record.exists():
+        stop_mlflow_server_group(json.loads(record.read_text())["pid"])
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _launch_server() -> None:
-    if not _server:
+    """Launch this process's MLflow server, or under pytest-xdist the workers' shared one, unless already done."""
+    if _server:
+        return
+    shared = os.environ.get(SHARED_FOLDER_ENV)
+    if shared is None:
         folder = Path(tempfile.mkdtemp(prefix="pytest-mlflow-server-"))
         uri, process = launch_mlflow_server(folder)
-        _server.update(uri=uri, process=process, folder=folder)
+        _server.update(uri=uri, pid=process.pid, folder=folder, process=process)
+        return
+    record = Path(shared) / SERVER_RECORD
+    with exclusive_lock(Path(shared) / "mlflow_server.lock"):
+        if not record.exists():  # the first worker to need it launches it; the controller stops it
+            folder = Path(shared) / "mlflow_server"
+            uri, process = launch_mlflow_server(folder)
+            record.write_text(json.dumps({"uri": uri, "pid": process.pid, "folder": str(folder)}))
+    launched = json.loads(record.read_text())
+    _server.update(uri=launched["uri"], pid=launched["pid"], folder=Path(launched["folder"]))
 
 
 @pytest.fixture(scope="session")
@@ -107,11 +201,12 @@ def mlflow_server() -> str:
     """The URI of one real `mlflow server` on 127.0.0.1 (SQLite store, proxied artifacts) for every test."""
     _launch_server()  # already launched, unless the fixture was requested in an unusual way
     try:
-        wait_for_mlflow_server(_server["uri"], _server["process"], _server["folder"])
+        wait_for_mlflow_server(_server["uri"], _server["pid"], _server["folder"])
         yield _server["uri"]
     finally:
-        stop_mlflow_server(_server["process"])
-        shutil.rmtree(_server["folder"], ignore_errors=True)
+        if "process" in _server:  # this process's own server (without pytest-xdist)
+            stop_mlflow_server(_server["process"])
+            shutil.rmtree(_server["folder"], ignore_errors=True)
         _server.clear()
 
 

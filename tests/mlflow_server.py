@@ -64,15 +64,24 @@ def launch_mlflow_server(tmp_path: Path) -> tuple[str, subprocess.Popen]:
     return uri, process
 
 
-def wait_for_mlflow_server(uri: str, process: subprocess.Popen, tmp_path: Path) -> None:
-    """Return once the server launched in `tmp_path` answers /health; stop it and raise if it dies or never does."""
+def wait_for_mlflow_server(uri: str, pid: int, tmp_path: Path) -> None:
+    """Return once the server launched in `tmp_path` (process `pid`) answers /health; raise if it dies or never
+    does (the caller stops it)."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not _healthy(uri):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_mlflow_server(process)
+        if not running(pid) or time.monotonic() > deadline:
             output = (tmp_path / "server.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"mlflow server did not come up at {uri}:\n{output}")
         time.sleep(0.25)
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def start_mlflow_server(tmp_path: Path) -> tuple[str, subprocess.Popen]:
@@ -81,8 +90,26 @@ def start_mlflow_server(tmp_path: Path) -> tuple[str, subprocess.Popen]:
     The caller stops it with `stop_mlflow_server(process)`. The server log is `tmp_path/server.log`.
     """
     uri, process = launch_mlflow_server(tmp_path)
-    wait_for_mlflow_server(uri, process, tmp_path)
+    try:
+        wait_for_mlflow_server(uri, process.pid, tmp_path)
+    except RuntimeError:
+        stop_mlflow_server(process)
+        raise
     return uri, process
+
+
+def stop_mlflow_server_group(pid: int) -> None:
+    """Terminate a server that another process launched (`pid` leads its process group), and wait until it is gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 15
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not running(pid):
+            return
 
 
 def stop_mlflow_server(process: subprocess.Popen) -> None:

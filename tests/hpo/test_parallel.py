@@ -167,19 +167,21 @@ def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_seco
     first = subprocess.Popen(
         command, cwd=REPO, env=command_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    output = [first.stdout.readline()]  # "search 'killed': ..." just before it takes the folder's lock
-    second = subprocess.Popen(
-        command, cwd=REPO, env=command_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    output: list[str] = []
     in_flight: set[int] = set()
     completed = 0
+    refused = None
     while first.poll() is None:
         line = first.stdout.readline()
         output.append(line)
         words = line.split()
         if line.startswith("trial") and words[2] == "started":
             in_flight.add(int(words[1]))
-            if len(in_flight) == 2 and completed and second.poll() is not None:
+            if refused is None:  # the first holds the folder's lock now: the same command again, in this process
+                with pytest.raises(SystemExit) as second:
+                    cli.run(main, command[3:])
+                refused = second.value.code, capsys.readouterr().err
+            if len(in_flight) == 2 and completed:
                 first.send_signal(signal.SIGKILL)
                 break
         elif line.startswith("trial") and words[2].startswith("["):
@@ -187,8 +189,8 @@ def test_killing_the_search_with_two_trials_in_flight_loses_only_them_and_a_seco
             completed += 1
     first.wait()
     assert first.returncode == -signal.SIGKILL, "".join(output)
-    refused = second.communicate(timeout=60)
-    assert second.returncode == 2 and "search 'killed' is already running (pid" in refused[1], refused
+    assert refused is not None and refused[0] == 2, refused
+    assert "search 'killed' is already running (pid " in refused[1], refused
 
     folder = tmp_path / "search" / "killed"
     space = load_search_space(DEFAULT_SEARCH_SPACE)
