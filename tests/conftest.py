@@ -64,10 +64,10 @@ SHARED_SCOPES = {
     ),
     "Ray": ("ray_address", {"hpo/test_parallel.py", "hpo/test_early_stopping.py"}),
 }
-# Seconds per file in one plain `pytest` run (two workers, a quiet 2-core machine, 2026-12-07 at 4e52cb6), for the
-# order only: the workers take the longest scopes first, so that neither waits for the other at the end (a file not
-# listed here counts as 0 s; every one of those took under 3 s). Refresh with `pytest --durations=0` after a large
-# change in a test's size.
+# Seconds per file in a plain `pytest` run (two workers, a quiet 2-core machine, 2026-12-07 at 4e52cb6; road_meaning at
+# fde626b), for the order only: the workers take the longest scopes first, so that neither waits for the other at the
+# end (a file not listed here counts as 0 s; every one of those took under 3 s). Refresh with `pytest --durations=0`
+# after a large change in a test's size.
 FILE_SECONDS = {
     "hpo/test_parallel.py": 117,
     "hpo/test_early_stopping.py": 36,
@@ -76,11 +76,11 @@ FILE_SECONDS = {
     "models/test_castream.py": 27,
     "tracking/test_tracking.py": 23,
     "hpo/test_search.py": 17,
-    "metrics/test_road_meaning.py": 17,
     "models/test_coverage.py": 15,
     "baselines/test_baselines.py": 15,
     "hpo/test_study.py": 13,
     "training/test_learning.py": 12,
+    "metrics/test_road_meaning.py": 11,
     "config/test_resources.py": 11,
     "evaluation/test_blockwise_eval.py": 11,
     "tracking/test_registered_explainer.py": 10,

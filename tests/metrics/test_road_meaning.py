@@ -12,9 +12,9 @@ from pipeline.evaluation.scoring import EvalSet, prepare_eval_set, reference_map
 from pipeline.metrics.road import RoadProtocol, RoadResult, road
 from pipeline.models.classifiers import load_classifier
 
-# A 3 x 3 grid of half-image patches: 9 passes over the views. (A 7 x 7 grid of quarter-image patches, 49 passes,
-# separated MoRF from LeRF by 0.40 on these views; this one by 0.42.)
-VIEWS, PATCH, STRIDE = 18, 112, 56
+# A 3 x 3 grid of half-image patches: 9 passes over the views. (On 18 views, a 7 x 7 grid of quarter-image patches,
+# 49 passes, separated MoRF from LeRF by 0.40; this one by 0.42. 12 views keep the margins of both assertions wide.)
+VIEWS, PATCH, STRIDE = 12, 112, 56
 
 
 @torch.no_grad()
@@ -54,7 +54,7 @@ def test_random_maps_tie_and_an_occlusion_map_separates_morf_from_lerf():
     # channels_last: the same logits to 1e-4, in two thirds of the time on a CPU (measured on 2 cores).
     classifier = load_classifier("efficientnet_lite0").to(memory_format=torch.channels_last)
     evalset = prepare_eval_set(classifier, DemoViews(224, VIEWS, seed=1, random=False))
-    settings = EvalConfig(percentages=[20, 50, 80])  # random maps 0.667 / 0.681, occlusion 0.308 / 0.722 (measured)
+    settings = EvalConfig(percentages=[20, 50, 80])  # random maps 0.617 / 0.612, occlusion 0.325 / 0.633 (measured)
     random = road_score(classifier, evalset, reference_maps("random", VIEWS, (224, 224)), settings)
     occlusion = road_score(classifier, evalset, occlusion_maps(classifier, evalset), settings)
     print(
