@@ -90,8 +90,9 @@ FILE_SECONDS = {
 
 
 def under_tests(path: str | Path) -> str:
-    """A test file's path under tests/, e.g. ``hpo/test_parallel.py``."""
-    return Path(path).resolve().relative_to(REPO / "tests").as_posix()
+    """A test file's path under tests/, e.g. ``hpo/test_parallel.py`` (a file elsewhere: its whole path)."""
+    path = Path(path).resolve()
+    return path.relative_to(REPO / "tests").as_posix() if path.is_relative_to(REPO / "tests") else path.as_posix()
 
 
 def scope_of(path: str | Path) -> str:
