@@ -348,10 +348,7 @@ def test_a_failing_backward_compile_is_caught_with_the_forward_and_training_goes
 
 
 @pytest.mark.system  # the real torch.compile: Inductor writes C++ and runs the compiler
-def test_compiled_and_eager_training_give_the_same_loss(toy_models, monkeypatch):
-    # Without this, Inductor preprocesses torch's C++ headers for a precompiled header in a background thread after
-    # the test (measured: about 26 CPU-s of g++ -E, once per process), slowing the tests that run next.
-    monkeypatch.setattr(torch._inductor.config, "cpp_cache_precompile_headers", False)
+def test_compiled_and_eager_training_give_the_same_loss(toy_models):
     rng = torch.Generator().manual_seed(0)
     batches = [(torch.rand(4, 3, 32, 32, generator=rng), torch.zeros(4)) for _ in range(3)]
     batches.append((torch.rand(3, 3, 32, 32, generator=rng), torch.zeros(3)))  # a short last batch
