@@ -114,10 +114,5 @@ def stop_mlflow_server_group(pid: int) -> None:
 
 def stop_mlflow_server(process: subprocess.Popen) -> None:
     """Terminate the server and its workers (its own process group), then reap it."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    stop_mlflow_server_group(process.pid)
+    process.wait()

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
 from pipeline.models.classifiers import Classifier, in_parts, load_classifier
 from pipeline.models.folding import fold_batch_norms
+from tests.benchmarks.reporting import publish
 
 
 def loaded(name: str, fold: bool) -> tuple[Classifier, int]:
@@ -98,10 +99,7 @@ def main() -> None:
         f"of them within {typical:.1e}; the largest input gradient is {reference.abs().max().item():.1e}).",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

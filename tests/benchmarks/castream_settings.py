@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from pipeline import config as configs  # noqa: E402
 from pipeline.data.sources import build_splits  # noqa: E402
 from pipeline.training.castream_training import evaluate_splits, train_stream  # noqa: E402
+from tests.benchmarks.reporting import publish  # noqa: E402
 
 SETTINGS = {
     "prediction target (softmax + 0.1 toward top-1), last projection at identity": [],
@@ -90,10 +91,8 @@ def main() -> None:
             f"{statistics.mean(peaks):.2f} |"
         )
     text = "\n".join(lines)
-    print(f"\n{text}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    print()
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

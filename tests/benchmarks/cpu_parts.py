@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
 from pipeline.models import classifiers  # noqa: E402
 from pipeline.models.classifiers import in_parts, load_classifier  # noqa: E402
+from tests.benchmarks.reporting import publish  # noqa: E402
 
 PARTS = (2, 4, 8, 16, 32)
 
@@ -101,10 +102,7 @@ def main() -> None:
         f"{', '.join(same) or 'none'}; not: parts of {', '.join(differ) or 'none'}.",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

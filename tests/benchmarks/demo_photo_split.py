@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 from pipeline.config import DEFAULT_MIN_COUNT, DataConfig  # noqa: E402
 from pipeline.data.sources import DEMO_SPLITS, DemoViews, demo_photos  # noqa: E402
 from pipeline.models.classifiers import in_parts, load_classifier  # noqa: E402
+from tests.benchmarks.reporting import publish  # noqa: E402
 
 DEMO_BACKBONE = "efficientnet_lite0"  # experiments/demo.yaml
 
@@ -115,10 +116,7 @@ def main() -> None:
         f"`python tests/benchmarks/demo_photo_split.py {' '.join(sys.argv[1:])}`".rstrip()
     )
     text = header + "\n\n" + "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

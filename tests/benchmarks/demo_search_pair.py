@@ -34,6 +34,10 @@ from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
+
+from tests.benchmarks.reporting import publish  # noqa: E402
+
 TRIAL_LINE = re.compile(r"^trial +(\d+) .*-> MoRF ([\d.]+) LeRF ([\d.]+).*\((\d+) s\)$", re.MULTILINE)
 
 
@@ -237,10 +241,8 @@ def main() -> None:
         finally:
             for side in sides:
                 subprocess.run(["git", "worktree", "remove", "--force", str(side.checkout)], cwd=REPO, check=False)
-    print(f"\n{text}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    print()
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
+
+from tests.benchmarks.reporting import publish  # noqa: E402
 
 
 def readme_commands(readme: str) -> list[str]:
@@ -87,10 +90,7 @@ def main() -> None:
     for command, _, _, _, tail in rows:
         lines += ["", f"Last lines of `{command}`:", "", "```", *tail, "```"]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":
