@@ -41,7 +41,13 @@ def record(index: int, morf: float, lerf: float, status: TrialState = TrialState
 
 
 @pytest.mark.slow  # three BoTorch generations
-def test_sobol_then_botorch_within_the_space(tmp_path: Path, space: SearchSpace) -> None:
+def test_sobol_then_botorch_within_the_space(tmp_path: Path, space: SearchSpace, monkeypatch) -> None:
+    from botorch.acquisition.multi_objective import logei
+
+    extensions = tmp_path / "torch_extensions"  # where BoTorch would compile its fused C++ kernel
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
+    monkeypatch.setattr(logei, "_load_attempted", False)  # as in a fresh process
+    monkeypatch.setattr(logei, "_C", None)
     study = Study.open(tmp_path, space, seed=space.seed)
     import torch
 
@@ -57,6 +63,7 @@ def test_sobol_then_botorch_within_the_space(tmp_path: Path, space: SearchSpace)
         assert space.contains(parameters)
         assert study.complete(index, synthetic(parameters))
     assert torch.get_num_threads() == threads  # generation runs single-threaded, then restores the setting
+    assert logei._C is None and not extensions.exists()  # no compiler ran (ax_seam.no_botorch_kernel_compile)
     records = study.records()
     assert [r.generator for r in records] == ["Sobol"] * 5 + ["BoTorch"] * 3
     assert [r.index for r in records] == list(range(8)) and study.finished_count == 8

@@ -109,6 +109,7 @@ class Study:
         """
         from ax.exceptions.core import DataRequiredError
 
+        ax_seam.no_botorch_kernel_compile()
         with _torch_threads(GENERATION_THREADS):
             try:
                 trials = self._client.get_next_trials(max_trials=1)
