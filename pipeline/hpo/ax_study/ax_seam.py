@@ -39,9 +39,9 @@ def no_botorch_kernel_compile() -> None:
     """Keep BoTorch from compiling its fused qLogEHVI C++ kernel; it runs its PyTorch path instead.
 
     BoTorch 0.18 compiles the kernel with ``torch.utils.cpp_extension.load`` (g++, ``-march=native``) at the first
-    multi-objective generation on each machine and environment path, into ``~/.cache/torch_extensions``: 30 CPU-s,
-    against 0.16 s saved per later generation (1.21 -> 1.05 s; ``benchmarks/results/botorch_kernel.md``), so a
-    first search (the demo's 15 BoTorch trials: 2.4 s) never earns it back. The two paths' points differ slightly
+    multi-objective generation on each machine and environment path, into ``~/.cache/torch_extensions``: 35 CPU-s,
+    against 0.15 s saved per later generation (1.19 -> 1.04 s; ``benchmarks/results/botorch_kernel.md``), so a
+    first search (the demo's 15 BoTorch trials: 2.3 s) never earns it back. The two paths' points differ slightly
     (e.g. λ1 0.4955 against 0.4969). Private: the module's "already tried to load" flag.
     """
     from botorch.acquisition.multi_objective import logei
