@@ -14,7 +14,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import date
@@ -27,7 +26,7 @@ sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
 from pipeline.models.classifiers import Classifier, in_parts, load_classifier
 from pipeline.models.folding import fold_batch_norms
-from tests.benchmarks.reporting import publish
+from tests.benchmarks.reporting import described_commit, publish
 
 
 def loaded(name: str, fold: bool) -> tuple[Classifier, int]:
@@ -77,9 +76,7 @@ def main() -> None:
     gradients = gradient_differences.max().item()
     # ReLU6 is not differentiable at 0 and 6: a unit that rounding moves across a kink changes the gradient there
     typical = gradient_differences.kthvalue(int(0.999 * gradient_differences.numel())).values.item()
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = described_commit()
     lines = [
         f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}, "
         f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}): "

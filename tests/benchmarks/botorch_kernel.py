@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
-from tests.benchmarks.reporting import publish
+from tests.benchmarks.reporting import described_commit, publish
 
 GENERATIONS = re.compile(r"^BoTorch: \d+ generations, wall mean ([\d.]+) s .*cpu mean ([\d.]+) s")
 TRIAL_ROW = re.compile(r"^\s*(\d+)\s+(Sobol|BoTorch)\s+[\d.]+\s+[\d.]+\s+(.*)$")
@@ -76,9 +76,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for label, kernel in sides.items():
                 runs[label].append(generation_run(args.botorch, kernel, Path(extensions)))
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = described_commit()
     lines = [
         f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}, {os.cpu_count()} "
         f"CPUs): `python tests/benchmarks/botorch_kernel.py {' '.join(sys.argv[1:])}`".rstrip(),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import subprocess
 import sys
 from datetime import date
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from pipeline import config as configs  # noqa: E402
 from pipeline.data.sources import build_splits  # noqa: E402
 from pipeline.training.castream_training import evaluate_splits, train_stream  # noqa: E402
-from tests.benchmarks.reporting import publish  # noqa: E402
+from tests.benchmarks.reporting import described_commit, publish  # noqa: E402
 
 SETTINGS = {
     "prediction target (softmax + 0.1 toward top-1), last projection at identity": [],
@@ -72,9 +71,7 @@ def main() -> None:
             )
         rows.append((label, agreements, peaks))
     images = trained.summary.evaluation["val"]["images"]
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = described_commit()
     lines = [
         f"Measured {date.today()} at commit {commit} on {platform.node()}: "
         f"`python tests/benchmarks/castream_settings.py {' '.join(sys.argv[1:])}`".rstrip(),

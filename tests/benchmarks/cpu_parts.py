@@ -15,7 +15,6 @@ import argparse
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from datetime import date
@@ -29,7 +28,7 @@ sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
 from pipeline.models import classifiers  # noqa: E402
 from pipeline.models.classifiers import in_parts, load_classifier  # noqa: E402
-from tests.benchmarks.reporting import publish  # noqa: E402
+from tests.benchmarks.reporting import described_commit, publish  # noqa: E402
 
 PARTS = (2, 4, 8, 16, 32)
 
@@ -69,9 +68,7 @@ def main() -> None:
         difference = float((result - whole[name]).abs().max())
         largest_difference[part] = max(largest_difference[part], difference)
     classifiers.CPU_PART_IMAGES = 4
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = described_commit()
     lines = [
         f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}, "
         f"{torch.get_num_threads()} torch threads): `python tests/benchmarks/cpu_parts.py "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import platform
-import subprocess
 import sys
 from collections import Counter
 from datetime import date
@@ -30,7 +29,7 @@ sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 from pipeline.config import DEFAULT_MIN_COUNT, DataConfig  # noqa: E402
 from pipeline.data.sources import DEMO_SPLITS, DemoViews, demo_photos  # noqa: E402
 from pipeline.models.classifiers import in_parts, load_classifier  # noqa: E402
-from tests.benchmarks.reporting import publish  # noqa: E402
+from tests.benchmarks.reporting import described_commit, publish  # noqa: E402
 
 DEMO_BACKBONE = "efficientnet_lite0"  # experiments/demo.yaml
 
@@ -108,9 +107,7 @@ def main() -> None:
         f"DEMO_SPLITS (validation {', '.join(DEMO_SPLITS['val'])}; test {', '.join(DEMO_SPLITS['test'])}): "
         f"validation coverage {val:.2f}, test coverage {test:.2f} (estimated from per-photo crops).",
     ]
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = described_commit()
     header = (
         f"Measured {date.today()} at commit {commit} on {platform.node()}: "
         f"`python tests/benchmarks/demo_photo_split.py {' '.join(sys.argv[1:])}`".rstrip()

@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
-from tests.benchmarks.reporting import publish  # noqa: E402
+from tests.benchmarks.reporting import described_commit, publish  # noqa: E402
 
 TRIAL_LINE = re.compile(r"^trial +(\d+) .*-> MoRF ([\d.]+) LeRF ([\d.]+).*\((\d+) s\)$", re.MULTILINE)
 
@@ -161,9 +161,7 @@ def flat(metrics: dict, prefix: str = "") -> dict:
 
 
 def commit(checkout: Path) -> str:
-    return subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=checkout, capture_output=True, text=True
-    ).stdout.strip()
+    return described_commit(checkout)
 
 
 def report(before: Side, after: Side, trials: int, command: str) -> str:

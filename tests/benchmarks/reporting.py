@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def publish(text: str, out: Path | None) -> None:
@@ -11,3 +14,10 @@ def publish(text: str, out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
+
+
+def described_commit(checkout: Path = REPO) -> str:
+    """``git describe --always --dirty`` of ``checkout``: the commit a result was measured at."""
+    return subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=checkout, capture_output=True, text=True
+    ).stdout.strip()

@@ -29,6 +29,8 @@ sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
 from search_quality import LERF, MORF, PAPER_POINT, Surrogate, fit_gp, read_points  # noqa: E402
 
+from tests.benchmarks.reporting import described_commit  # noqa: E402
+
 METHODS = {"search (default)": None, "Sobol only": "random_search", "uniform random": "uniform"}
 
 
@@ -150,9 +152,7 @@ def main() -> None:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = described_commit()
     lines = [
         f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}): "
         f"`python tests/benchmarks/search_confirm.py {' '.join(sys.argv[1:])}`".rstrip(),

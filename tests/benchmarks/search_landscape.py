@@ -16,7 +16,6 @@ import argparse
 import csv
 import json
 import platform
-import subprocess
 import sys
 import time
 from datetime import date
@@ -32,6 +31,7 @@ from pipeline.evaluation.scoring import evaluate_maps, reference_maker  # noqa: 
 from pipeline.hpo.ax_study.study import objective_thresholds  # noqa: E402
 from pipeline.hpo.driver import REFERENCE_MAPS  # noqa: E402
 from pipeline.hpo.trials.trial_worker import TrialWorker  # noqa: E402
+from tests.benchmarks.reporting import described_commit  # noqa: E402
 
 AREAS = (0.5, 1.0, 2.0)
 FIELDS = [
@@ -74,9 +74,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="") as file:
             csv.DictWriter(file, fieldnames=FIELDS).writeheader()
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = described_commit()
     command = f"python tests/benchmarks/search_landscape.py {' '.join(sys.argv[1:])}".strip()
     base = configs.load(REPO / "experiments" / "demo.yaml")
     worker = TrialWorker.load(base)

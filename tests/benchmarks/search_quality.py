@@ -31,7 +31,6 @@ import json
 import logging
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -45,6 +44,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
+
+from tests.benchmarks.reporting import described_commit  # noqa: E402
 
 MORF, LERF = "road_morf_auc", "road_lerf_auc"
 NEG_LERF = "neg_road_lerf_auc"  # ax.benchmark's multi-objective configs minimise every objective
@@ -413,9 +414,7 @@ def write_outputs(
     figure.tight_layout()
     (REPO / "docs" / "images").mkdir(parents=True, exist_ok=True)
     figure.savefig(REPO / "docs" / "images" / f"{args.name}.png", dpi=110)
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = described_commit()
     lines = [
         f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}): "
         f"`python tests/benchmarks/search_quality.py {' '.join(sys.argv[1:])}`".rstrip(),

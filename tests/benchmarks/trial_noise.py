@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import date
@@ -32,6 +31,7 @@ from pipeline.evaluation.scoring import evaluate_head, prepare_eval_set  # noqa:
 from pipeline.metrics.road import road_protocol_of  # noqa: E402
 from pipeline.training.checkpoints import Checkpoints  # noqa: E402
 from pipeline.training.head_training import Workbench, train_head  # noqa: E402
+from tests.benchmarks.reporting import described_commit  # noqa: E402
 
 # (λ1, λ2, λ_area). The paper's VGG-16 run (experiments/paper/tab1_vgg16.yaml: 0.07278, 0.977712, λ3 0.0001,
 # λ_area 0.3) lies outside the space: λ1 kept, λ3 kept at 0.0001 by λ2, λ_area the space's nearest value.
@@ -108,9 +108,7 @@ def main() -> None:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    commit = described_commit()
     lines = [
         f"Measured {date.today()} at commit {commit} on {platform.node()} ({platform.machine()}): "
         f"`python tests/benchmarks/trial_noise.py {' '.join(sys.argv[1:])}`".rstrip(),

@@ -21,6 +21,7 @@ from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, Valida
 from pydantic import dataclasses as pydantic_dataclasses
 
 from pipeline.config import STRICT, Bool, ExperimentConfig, Float, Int, read_yaml, user_error
+from pipeline.config.sections import CONSTRAINT_ROUND_OFF
 from pipeline.errors import UserError
 from pipeline.hpo.ax_study import ax_seam
 
@@ -83,9 +84,8 @@ class LinearConstraint:
     weights: dict[str, float]
     bound: float
 
-    def holds(self, parameters: Mapping[str, float], tolerance: float = 1e-6) -> bool:
-        """Within ``tolerance``: BoTorch's optimiser lands on a constraint up to round-off (seen: 1.8e-9 over
-        ``lambda1 + lambda2 <= 1``), which the loss config accepts up to the same 1e-6."""
+    def holds(self, parameters: Mapping[str, float], tolerance: float = CONSTRAINT_ROUND_OFF) -> bool:
+        """Within ``tolerance``, the optimiser's round-off that the loss config accepts too."""
         total = sum(weight * float(parameters[name]) for name, weight in self.weights.items())
         return total <= self.bound + tolerance
 
