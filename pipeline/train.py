@@ -14,8 +14,6 @@ from pipeline import cli
 from pipeline import config as configs
 from pipeline.cli import coverage_line
 from pipeline.resources import experiment_file
-from pipeline.training.head_training import train_head
-from pipeline.training.saved_head import CONFIG_FILE, HEAD_FILE, save_head
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = configs.load(experiment_file(args.experiment) if args.experiment else None, args.overrides)
     out = args.out or Path("runs") / config.name
+
+    from pipeline.training.head_training import train_head  # torch and the models: after the arguments are checked
+    from pipeline.training.saved_head import CONFIG_FILE, HEAD_FILE, save_head
+
     print(
         f"training a P-TAME head: backbone {config.model.backbone}, auxiliary {config.model.auxiliary}, "
         f"λ1={config.loss.lambda1:g} λ2={config.loss.lambda2:g} λ3={config.loss.variation_weight:g} "

@@ -9,6 +9,8 @@ Tests that share the server or Ray keep apart by what they create: their own MLf
 registered model, and the run ids they were given. Under pytest-xdist (two workers by default, pyproject.toml)
 the workers share one MLflow server (the first that needs it launches it, the controller stops it at the end), and
 "session" means a worker for Ray and the demo search: the scheduler below keeps each one's users in one worker.
+Torch is imported where a test runs, not at the top: the controller would wait 1.4 s for it before starting the
+workers.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from pipeline.locking import exclusive_lock
 from tests.mlflow_server import (
@@ -42,6 +45,8 @@ def _share_the_cores_between_workers() -> None:
     intra-op threads, so that the workers do not oversubscribe them."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
+        import torch
+
         threads = max(1, (os.cpu_count() or 1) // workers)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -303,24 +308,33 @@ def _unit_tests_run_single_threaded(request: pytest.FixtureRequest):
     if request.node.get_closest_marker("system") is not None:
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _one_intra_op_thread():
+        yield
 
 
 @pytest.fixture
 def single_thread():
     """One intra-op thread: on a shared 2-core machine, small multi-threaded ops are erratic."""
+    with _one_intra_op_thread():
+        yield
+
+
+@contextmanager
+def _one_intra_op_thread() -> Iterator[None]:
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """Twelve random 40 x 48 PNGs in two class folders, ``tmp_path/images``."""
+    import torch
     from PIL import Image
 
     generator = torch.Generator().manual_seed(0)

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import ExperimentConfig
 from pipeline.tracking import serving
-from pipeline.tracking.mlflow_seam import SystemMetrics
+from pipeline.tracking.mlflow_seam import SystemMetrics, requirements_of_this_environment
 from pipeline.tracking.runs import FAILURE_TAG, RunLog, Tracker
 from pipeline.tracking.stores import fluent_tracking_uri
 from pipeline.training.saved_head import CONFIG_FILE, COUNTS_FILE, HEAD_FILE, SUMMARY_FILE
@@ -73,7 +73,12 @@ class FinalRunLog(RunLog):
         # Created here because log_model would file it under the fluent (default) experiment.
         logged = self.client.create_logged_model(self.experiment_id, "explainer", source_run_id=self.run_id)
         # MLflow prints its own two lines about the registration on stderr; the caller reports the version.
-        with fluent_tracking_uri(self.tracking_uri), warnings.catch_warnings(), redirect_stderr(io.StringIO()):
+        with (
+            fluent_tracking_uri(self.tracking_uri),
+            warnings.catch_warnings(),
+            redirect_stderr(io.StringIO()),
+            requirements_of_this_environment(),  # serving.requirements pins the installed versions
+        ):
             # An input example would make MLflow load both networks again just to log it; the
             # signature already states the input, so its advice to add one is noise here.
             warnings.filterwarnings("ignore", message=".*An input example was not provided")

@@ -53,7 +53,7 @@ def test_vgg16_without_cached_weights_stops_with_the_missing_weights_message(tmp
 
 @pytest.mark.system
 @pytest.mark.slow
-def test_vgg16_search_runs_two_trials_with_a_weights_file(tmp_path):
+def test_vgg16_search_runs_with_a_weights_file(tmp_path):
     for name in ("vgg16", "resnet18"):
         network, _, _ = build_network(name, weights="random")
         torch.save(network.state_dict(), tmp_path / f"{name}.pth")
@@ -76,7 +76,7 @@ def test_vgg16_search_runs_two_trials_with_a_weights_file(tmp_path):
     }
     options = SearchOptions(
         name="vgg16",
-        trials=2,
+        trials=1,  # a trial, the final head and its test scores; a second trial of vgg16 would prove nothing more
         base=base,
         space=load_search_space(DEFAULT_SEARCH_SPACE),
         space_path=DEFAULT_SEARCH_SPACE,
@@ -88,5 +88,5 @@ def test_vgg16_search_runs_two_trials_with_a_weights_file(tmp_path):
     )
     search = Search(options)
     search.run()
-    assert [r.status for r in search.study.records()] == [TrialState.COMPLETED, TrialState.COMPLETED]
+    assert [r.status for r in search.study.records()] == [TrialState.COMPLETED]
     assert (tmp_path / "runs" / "vgg16" / "best.yaml").is_file()

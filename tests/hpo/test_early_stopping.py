@@ -160,13 +160,14 @@ def _claim(path: Path) -> bool:
     return True
 
 
-def scripted_search(tmp_path: Path, parallel: int) -> Search:
+def scripted_search(tmp_path: Path, ray_address: str | None = None) -> Search:
+    """Four scripted trials (two Sobol, then BoTorch), in this process or, with ``ray_address``, on one Ray worker."""
     space_path = tmp_path / "space.yaml"  # two Sobol trials, then BoTorch
     space_path.write_text(
         DEFAULT_SEARCH_SPACE.read_text().replace("initialization_trials: 5", "initialization_trials: 2")
     )
     settings = dataclasses.replace(
-        options(tmp_path, trials=4), parallel=parallel, space=load_search_space(space_path), space_path=space_path
+        options(tmp_path, trials=4), ray_address=ray_address, space=load_search_space(space_path), space_path=space_path
     )
     settings.base["checkpoints"] = {"early_stop": True, "dominating": 1}
     settings.base["train"]["batch_size"] = 1  # 6 steps: the checkpoints at 50 and 75 % fall on steps 3 and 4
@@ -204,7 +205,7 @@ def check_stopped_search(search: Search, output: str) -> None:
 
 @pytest.mark.slow  # a whole search with BoTorch generations
 def test_a_dominated_trial_is_stopped_counted_and_recorded_in_ax_and_mlflow(tmp_path, capsys):
-    search = scripted_search(tmp_path, parallel=1)
+    search = scripted_search(tmp_path)
     search.run()
     check_stopped_search(search, capsys.readouterr().out)
 
@@ -212,7 +213,7 @@ def test_a_dominated_trial_is_stopped_counted_and_recorded_in_ax_and_mlflow(tmp_
 @pytest.mark.system
 @pytest.mark.slow
 def test_a_dominated_trial_on_a_ray_worker_is_stopped_the_same_way(ray_address, tmp_path, capsys):
-    search = scripted_search(tmp_path, parallel=2)
+    search = scripted_search(tmp_path, ray_address)
     search.run()
     check_stopped_search(search, capsys.readouterr().out)
 
