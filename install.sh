@@ -3,12 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 -m venv --without-pip .venv
-# This Python's own pip (22.3 or newer) installs the current pip into .venv: 2 s, where ensurepip and an upgrade take 6.
+# This Python's own pip (22.3 or newer) installs the current pip into .venv: 2.2 s, where ensurepip and an upgrade
+# take 5.9 (benchmarks/results/install_steps.md).
 python3 -m pip --python .venv/bin/python install --quiet --upgrade pip 2>/dev/null ||
   { .venv/bin/python -m ensurepip --upgrade >/dev/null && .venv/bin/python -m pip install --quiet --upgrade pip; }
 # pip compiles every installed module to bytecode on one core; here pip only unpacks (--no-compile) and
-# compile_bytecode.py then compiles on every core (measured 2026-12-07 on a 2-core machine: 53 + 33 s instead of
-# 100 s with compileall; compile_bytecode.py takes 20-26 s where compileall -j 0 takes 31-35). The bytecode must
+# compile_bytecode.py then compiles on every core (measured 2026-12-07 on a 2-core machine: 53 + 33 s with
+# compileall -j 0 instead of 100 s; compile_bytecode.py 26.1 s where compileall -j 0 took 34.9). The bytecode must
 # exist: where PYTHONDONTWRITEBYTECODE is set, Python would otherwise compile torch anew in every process.
 if [ -d /etc/xdg/pip ]; then
   # On machines that keep these releases on disk, take them from there (no multi-GB download).

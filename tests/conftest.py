@@ -15,6 +15,7 @@ workers.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -53,6 +54,19 @@ def _share_the_cores_between_workers() -> None:
 
 
 _share_the_cores_between_workers()
+
+
+def _exit_without_teardown() -> None:
+    """Registered before torch, Ray or Ax is imported, so it runs after their exit handlers: a pytest-xdist worker
+    whose results are sent leaves without freeing every module and object one by one (seconds of work that the
+    controller waits for)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    atexit.register(_exit_without_teardown)
 _server: dict = {}  # the session's MLflow server, launched once collection shows that a test needs it
 # Under pytest-xdist: the folder (made by the controller) where the workers record the MLflow server they share.
 SHARED_FOLDER_ENV = "PTAME_TESTS_SHARED_FOLDER"
@@ -69,28 +83,29 @@ SHARED_SCOPES = {
     ),
     "Ray": ("ray_address", {"hpo/test_parallel.py", "hpo/test_early_stopping.py"}),
 }
-# Seconds per file in a plain `pytest` run (two workers, a quiet 2-core machine, 2026-12-07 at 4e52cb6; road_meaning at
-# fde626b), for the order only: the workers take the longest scopes first, so that neither waits for the other at the
-# end (a file not listed here counts as 0 s; every one of those took under 3 s). Refresh with `pytest --durations=0`
-# after a large change in a test's size.
+# Seconds per file in a plain `pytest` run (two workers, a 2-core machine, 2026-12-07 at 019363e), for the order only:
+# the workers take the longest scopes first, so that neither waits for the other at the end (a file not listed here
+# counts as 0 s; every one of those took under 3 s). Refresh with `pytest --durations=0` after a large change in a
+# test's size.
 FILE_SECONDS = {
-    "hpo/test_parallel.py": 117,
-    "hpo/test_early_stopping.py": 36,
-    "end_to_end/test_console.py": 34,
-    "end_to_end/test_product_card.py": 27,
-    "models/test_castream.py": 27,
-    "tracking/test_tracking.py": 23,
+    "hpo/test_parallel.py": 97,
+    "end_to_end/test_console.py": 41,
+    "hpo/test_early_stopping.py": 38,
+    "models/test_castream.py": 28,
+    "end_to_end/test_product_card.py": 26,
     "hpo/test_search.py": 17,
-    "models/test_coverage.py": 15,
-    "baselines/test_baselines.py": 15,
-    "hpo/test_study.py": 13,
-    "training/test_learning.py": 12,
+    "tracking/test_tracking.py": 14,
+    "models/test_coverage.py": 14,
+    "baselines/test_baselines.py": 14,
+    "hpo/test_study.py": 11,
     "metrics/test_road_meaning.py": 11,
-    "config/test_resources.py": 11,
     "evaluation/test_blockwise_eval.py": 11,
     "tracking/test_registered_explainer.py": 10,
-    "data/test_batches.py": 6,
-    "commands/test_train_cli.py": 5,
+    "training/test_learning.py": 9,
+    "config/test_resources.py": 8,
+    "data/test_batches.py": 7,
+    "commands/test_train_cli.py": 4,
+    "tracking/test_mlflow_review.py": 3,
 }
 
 
