@@ -53,13 +53,10 @@ def _share_the_cores_between_workers() -> None:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-_share_the_cores_between_workers()
-
-
 def _exit_without_teardown() -> None:
-    """Registered before torch, Ray or Ax is imported, so it runs after their exit handlers: a pytest-xdist worker
-    whose results are sent leaves without freeing every module and object one by one (seconds of work that the
-    controller waits for)."""
+    """A pytest-xdist worker whose results are sent leaves without freeing every module and object one by one
+    (seconds of work that the controller waits for). Registered before torch, Ray or Ax is imported, it runs after
+    their own exit handlers."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -67,6 +64,8 @@ def _exit_without_teardown() -> None:
 
 if "PYTEST_XDIST_WORKER" in os.environ:
     atexit.register(_exit_without_teardown)
+_share_the_cores_between_workers()
+
 _server: dict = {}  # the session's MLflow server, launched once collection shows that a test needs it
 # Under pytest-xdist: the folder (made by the controller) where the workers record the MLflow server they share.
 SHARED_FOLDER_ENV = "PTAME_TESTS_SHARED_FOLDER"
@@ -177,9 +176,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist, the controller makes the folder where its workers share one MLflow server."""
-    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
-        os.environ[SHARED_FOLDER_ENV] = tempfile.mkdtemp(prefix="pytest-shared-")
+    """Under pytest-xdist, the controller makes the folder where its workers share one MLflow server; a process that
+    only inherited a worker's environment (e.g. a pytest run that a test starts) exits as usual."""
+    if not hasattr(config, "workerinput"):
+        atexit.unregister(_exit_without_teardown)
+        if getattr(config.option, "numprocesses", None):
+            os.environ[SHARED_FOLDER_ENV] = tempfile.mkdtemp(prefix="pytest-shared-")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
