@@ -265,7 +265,10 @@ def test_final_explainer_is_logged_and_registered(
     head = save_head(train_head(config, progress=False), tmp_path / "head")
 
     scans: list[str] = []  # MLflow reading every installed package's files to check the requirements
-    with monkeypatch.context() as patch, start_final(tracker, {"loss": {"lambda1": 0.6}}, 0.5) as final:
+    with (
+        monkeypatch.context() as patch,
+        start_final(tracker, {"loss": {"lambda1": 0.6}}, system_metrics_interval_s=0.5) as final,
+    ):
         patch.setattr(requirements_utils, "_init_modules_to_packages_map", lambda: scans.append("scan"))
         final.log_step(0, {"loss": 0.5})
         version = final.log_explainer(head, config, 32, name)
